@@ -1,0 +1,49 @@
+"""rmda_jax: training structured neural networks with RMDA and RAMDA in JAX/Optax.
+
+Regularized dual averaging with momentum (RMDA) and its adaptive version
+(RAMDA) identify the optimal structure (zero channels, zero entries, low rank)
+of a regularized training problem after finitely many steps. This package
+provides them as Optax transformations, together with pytree-aware
+regularizers, the diagonally preconditioned subproblem solvers, the proximal
+baselines, stage-wise schedules and structure metrics.
+
+Example:
+  >>> import jax.numpy as jnp, optax, rmda_jax
+  >>> reg = rmda_jax.group_lasso(strength=1e-3)
+  >>> tx = rmda_jax.rmda(learning_rate=0.1, momentum=0.1, regularizer=reg)
+  >>> params = {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+  >>> state = tx.init(params)
+"""
+
+from rmda_jax import groups
+from rmda_jax import metrics
+from rmda_jax import regularizers
+from rmda_jax import schedules
+from rmda_jax import solvers
+from rmda_jax.dual_averaging import RAMDAState
+from rmda_jax.dual_averaging import RMDAState
+from rmda_jax.dual_averaging import ramda
+from rmda_jax.dual_averaging import rmda
+from rmda_jax.dual_averaging import structured_params
+from rmda_jax.proximal import ProxAdamState
+from rmda_jax.proximal import ProxSGDState
+from rmda_jax.proximal import prox_adamw
+from rmda_jax.proximal import prox_sgd
+from rmda_jax.proximal import prox_ssi
+from rmda_jax.regularizers import Regularizer
+from rmda_jax.regularizers import elastic_net
+from rmda_jax.regularizers import group_lasso
+from rmda_jax.regularizers import l1
+from rmda_jax.regularizers import nuclear_norm
+from rmda_jax.schedules import Stagewise
+from rmda_jax.schedules import stagewise
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "groups", "metrics", "regularizers", "schedules", "solvers",
+    "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
+    "rmda", "ramda", "RMDAState", "RAMDAState", "structured_params",
+    "prox_sgd", "prox_adamw", "prox_ssi", "ProxSGDState", "ProxAdamState",
+    "Stagewise", "stagewise",
+]

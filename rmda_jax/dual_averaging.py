@@ -1,0 +1,384 @@
+"""RMDA and RAMDA: regularized (adaptive) dual averaging with momentum.
+
+Both keep, per stage, the anchor ``x0`` (the params at the start of the
+stage), weighted gradient sums and ``alpha_k``; the point ``z`` they compute
+from these is where the structure is exact (Huang & Lee prove it identifies
+the optimal structure after finitely many steps), and the model's params move
+towards it with the papers' momentum ``x <- (1 - c) x + c z``.
+
+**Momentum convention.** ``momentum`` is the weight ``c`` in (0, 1] of the
+*new* point; ``c = 1`` means no averaging. This is the opposite of the usual
+``beta = 0.9``: ``momentum=0.1`` here averages about as much as ``beta = 0.9``.
+With ``c < 1`` the params are only near the structure; use
+:func:`structured_params` for the exactly structured point, or a
+:class:`~rmda_jax.schedules.Stagewise` schedule whose momentum ramp drives
+``c`` to 1 so the params themselves end up exactly structured.
+
+The transformations return *updates* ``x_new - params`` so they compose with
+``optax.apply_updates``; ``update`` needs ``params``. Place them last in an
+``optax.chain`` (transformations before them, e.g. gradient clipping, see the
+gradients; anything after them would rescale the step away from ``z``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rmda_jax import _common
+from rmda_jax import regularizers as regs
+from rmda_jax import solvers
+from rmda_jax.schedules import Stagewise
+
+Params = Any
+
+
+class RMDAState(NamedTuple):
+  """State of :func:`rmda`.
+
+  Attributes:
+    count: int32, updates applied so far (drives schedules and milestones).
+    stage_count: int32, ``k``, updates inside the current stage.
+    alpha: float32, ``alpha_k = sum_{i<=k} lr_i sqrt(i)``.
+    anchor: ``x0``, the params at the start of the stage (float32).
+    grad_sum: ``V_k = sum_{i<=k} lr_i sqrt(i) g_i`` (float32).
+    structured: ``z_k``, the exactly structured point (params' dtype).
+  """
+
+  count: jax.Array
+  stage_count: jax.Array
+  alpha: jax.Array
+  anchor: Params
+  grad_sum: Params
+  structured: Params
+
+
+class RAMDAState(NamedTuple):
+  """State of :func:`ramda`: the fields of :class:`RMDAState` plus
+
+  Attributes:
+    sq_grad_sum: ``U_k = sum_{i<=k} lr_i sqrt(i) g_i^2`` (float32).
+    solver_info: iterations and final residual of the last subproblem solve.
+  """
+
+  count: jax.Array
+  stage_count: jax.Array
+  alpha: jax.Array
+  anchor: Params
+  grad_sum: Params
+  structured: Params
+  sq_grad_sum: Params
+  solver_info: solvers.SolverInfo
+
+
+def _check_common(learning_rate, momentum, regularizer, stages):
+  _common.check_learning_rate(learning_rate)
+  _common.check_momentum(momentum)
+  regs.check_regularizer(regularizer)
+  if stages is not None and not isinstance(stages, Stagewise):
+    raise TypeError(f"stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, got {type(stages).__name__}.")
+
+
+def _hyperparameters(learning_rate, momentum, stages, count):
+  """Learning rate (stage decay applied), momentum (ramp applied), decay factor."""
+  lr = _common.evaluate(learning_rate, count)
+  c = _common.evaluate(momentum, count)
+  decay = jnp.ones((), jnp.float32)
+  if stages is not None:
+    decay = stages.decay(count)
+    c = stages.momentum(c, count)
+  return lr * decay, c, decay
+
+
+def _restart(state, params, stages):
+  """At a milestone: ``x0 <- x``, sums, ``alpha`` and ``k`` <- 0 (inside jit)."""
+  if stages is None or not (stages.milestones and stages.restart):
+    return state
+
+  def reset(s):
+    zeros = _common.zeros_float32(params)
+    fields = dict(
+        stage_count=jnp.zeros_like(s.stage_count),
+        alpha=jnp.zeros_like(s.alpha),
+        anchor=_common.to_float32(params),
+        grad_sum=zeros,
+    )
+    if isinstance(s, RAMDAState):
+      fields["sq_grad_sum"] = zeros
+    return s._replace(**fields)
+
+  return jax.lax.cond(stages.is_restart(state.count), reset, lambda s: s, state)
+
+
+def _accumulate(state, grads, lr):
+  """One dual-averaging step: ``k += 1``, ``s = lr sqrt(k)``, ``alpha += s``, ``V += s g``."""
+  k = state.stage_count + 1
+  sqrt_k = jnp.sqrt(k.astype(jnp.float32))
+  s = lr * sqrt_k
+  grad_sum = jax.tree_util.tree_map(lambda v, g: v + s * g.astype(v.dtype), state.grad_sum, grads)
+  return k, sqrt_k, s, state.alpha + s, grad_sum
+
+
+def _average(params, z, c):
+  """``(1 - c) x + c z`` in float32 (exactly ``z`` when ``c == 1``)."""
+  return jax.tree_util.tree_map(
+      lambda x, zz: (1 - c) * x.astype(zz.dtype) + c * zz, params, z
+  )
+
+
+def _check_tree(tree, params, argname):
+  if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(params):
+    raise ValueError(f"{argname} must have the params' tree structure.")
+
+
+def rmda(
+    learning_rate: _common.ScalarOrSchedule,
+    momentum: _common.ScalarOrSchedule = 0.1,
+    regularizer: Optional[regs.Regularizer] = None,
+    stages: Optional[Stagewise] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Regularized Modernized Dual Averaging (RMDA).
+
+  Per step, with ``k`` the step inside the current stage and ``x0`` the stage
+  anchor:
+
+  .. math::
+
+     s_k = \eta_k \sqrt{k},\quad \alpha_k = \sum_{i\le k} s_i,\quad
+     V_k = \sum_{i\le k} s_i g_i,\\
+     z_k = \mathrm{prox}_{(\alpha_k/\sqrt{k})\lambda\psi}\big(x_0 - V_k/\sqrt{k}\big),\quad
+     x_k = (1 - c_k)\, x_{k-1} + c_k z_k .
+
+  ``z_k`` is the minimizer of ``<V_k, z> + sqrt(k)/2 ||z - x0||^2 +
+  alpha_k lambda psi(z)``, so it is exactly structured; it is kept in the state
+  (:func:`structured_params`).
+
+  Args:
+    learning_rate: ``eta >= 0``, a float or an optax schedule of the step
+      count (the papers use 0.1).
+    momentum: ``c`` in (0, 1], the weight of the new point (1 = no momentum;
+      the papers use 0.1 or 0.01). A float or a schedule.
+    regularizer: a rmda_jax regularizer (``group_lasso``, ``l1``,
+      ``nuclear_norm``, ...) or None for plain momentum dual averaging.
+    stages: optional :class:`~rmda_jax.schedules.Stagewise`: learning-rate
+      drops with restarts at milestones and the momentum ramp to 1.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` requires
+    ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, rmda_jax
+    >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+    >>> tx = rmda_jax.rmda(0.1, momentum=1.0, regularizer=rmda_jax.group_lasso(10.0))
+    >>> state = tx.init(params)
+    >>> grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> float(jnp.abs(params["kernel"]).sum())   # every row's group is zeroed
+    0.0
+
+  References:
+    Huang & Lee, "Training Structured Neural Networks Through Manifold
+    Identification and Variance Reduction", ICLR 2022. arXiv:2112.02612
+  """
+  _check_common(learning_rate, momentum, regularizer, stages)
+
+  def init_fn(params):
+    if regularizer is not None:
+      regularizer.check(params)
+    return RMDAState(
+        count=jnp.zeros((), jnp.int32),
+        stage_count=jnp.zeros((), jnp.int32),
+        alpha=jnp.zeros((), jnp.float32),
+        anchor=_common.to_float32(params),
+        grad_sum=_common.zeros_float32(params),
+        structured=params,
+    )
+
+  def update_fn(grads, state, params=None, **extra_args):
+    del extra_args
+    _common.require_params(params, "rmda")
+    state = _restart(state, params, stages)
+    lr, c, _ = _hyperparameters(learning_rate, momentum, stages, state.count)
+    k, sqrt_k, _, alpha, grad_sum = _accumulate(state, grads, lr)
+    y = jax.tree_util.tree_map(lambda x0, v: x0 - v / sqrt_k, state.anchor, grad_sum)
+    z = y if regularizer is None else regularizer.prox(y, alpha / sqrt_k)
+    updates = _common.updates_to(_average(params, z, c), params)
+    new_state = RMDAState(
+        count=optax.safe_int32_increment(state.count),
+        stage_count=k,
+        alpha=alpha,
+        anchor=state.anchor,
+        grad_sum=grad_sum,
+        structured=_common.cast_like(z, params),
+    )
+    return updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def cube_root_preconditioner(sq_grad_sum, eps) -> Params:
+  """RAMDA's diagonal metric ``P = cbrt(U) + eps`` (``U >= 0``)."""
+  return jax.tree_util.tree_map(lambda u: jnp.cbrt(u) + eps, sq_grad_sum)
+
+
+def ramda(
+    learning_rate: _common.ScalarOrSchedule,
+    momentum: _common.ScalarOrSchedule = 0.1,
+    regularizer: Optional[regs.Regularizer] = None,
+    eps: float = 1e-6,
+    solver: Union[str, solvers.Solver] = "auto",
+    stages: Optional[Stagewise] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Regularized Adaptive Momentum Dual Averaging (RAMDA).
+
+  RMDA with a diagonal preconditioner from the weighted sum of squared
+  gradients; per step (``k`` inside the stage, ``x0`` the anchor):
+
+  .. math::
+
+     s_k = \eta_k\sqrt{k},\ \alpha_k = \sum s_i,\ V_k = \sum s_i g_i,\
+     U_k = \sum s_i g_i^2,\ P_k = \sqrt[3]{U_k} + \epsilon,\\
+     z_k \approx \arg\min_z \langle V_k, z - x_0\rangle
+       + \tfrac12\langle z - x_0, P_k (z - x_0)\rangle + \alpha_k\lambda\psi(z),\quad
+     x_k = (1 - c_k) x_{k-1} + c_k z_k.
+
+  The subproblem is solved by :mod:`rmda_jax.solvers`: exactly for no
+  regularizer (``z = x0 - V/P``), L1 / elastic net (closed form) and
+  group-LASSO (secular equation), inexactly by proximal gradient (warm
+  started at the previous ``z``) for the nuclear norm and other penalties.
+  Iterations and the final residual are in ``state.solver_info``.
+
+  Args:
+    learning_rate: ``eta >= 0``, float or schedule (the papers use 1e-2).
+    momentum: ``c`` in (0, 1], the weight of the new point (1 = none; the
+      papers use 0.1 or 0.01).
+    regularizer: a rmda_jax regularizer or None.
+    eps: ``epsilon >= 0`` added to the cube root (decays with the learning
+      rate under a stage-wise schedule).
+    solver: ``"auto"``, ``"exact"``, ``"pgd"``, or a
+      :class:`~rmda_jax.solvers.Exact` / :class:`~rmda_jax.solvers.ProximalGradient`.
+    stages: optional :class:`~rmda_jax.schedules.Stagewise`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, rmda_jax
+    >>> params = {"kernel": jnp.ones((3, 2))}
+    >>> tx = rmda_jax.ramda(1e-2, regularizer=rmda_jax.nuclear_norm(1e-3))
+    >>> state = tx.init(params)
+    >>> grads = {"kernel": jnp.full((3, 2), 0.5)}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> int(state.solver_info.iterations) >= 1
+    True
+
+  References:
+    Huang & Lee, "Regularized Adaptive Momentum Dual Averaging with an
+    Efficient Inexact Subproblem Solver for Training Structured Neural
+    Networks", NeurIPS 2024. arXiv:2403.14398
+  """
+  _check_common(learning_rate, momentum, regularizer, stages)
+  regs.check_nonnegative(eps, "eps")
+  solver = solvers.make_solver(solver, regularizer)
+
+  def init_fn(params):
+    if regularizer is not None:
+      regularizer.check(params)
+    zeros = _common.zeros_float32(params)
+    return RAMDAState(
+        count=jnp.zeros((), jnp.int32),
+        stage_count=jnp.zeros((), jnp.int32),
+        alpha=jnp.zeros((), jnp.float32),
+        anchor=_common.to_float32(params),
+        grad_sum=zeros,
+        structured=params,
+        sq_grad_sum=zeros,
+        solver_info=solvers.empty_info(),
+    )
+
+  def update_fn(grads, state, params=None, **extra_args):
+    del extra_args
+    _common.require_params(params, "ramda")
+    state = _restart(state, params, stages)
+    lr, c, decay = _hyperparameters(learning_rate, momentum, stages, state.count)
+    k, _, s, alpha, grad_sum = _accumulate(state, grads, lr)
+    sq_grad_sum = jax.tree_util.tree_map(
+        lambda u, g: u + s * jnp.square(g.astype(u.dtype)), state.sq_grad_sum, grads
+    )
+    precond = cube_root_preconditioner(sq_grad_sum, eps * decay)
+    b = jax.tree_util.tree_map(lambda p, x0, v: p * x0 - v, precond, state.anchor, grad_sum)
+    z, info = solvers.solve(
+        regularizer, b, precond, alpha, init=_common.to_float32(state.structured),
+        solver=solver, count=state.count, anchor=state.anchor,
+    )
+    updates = _common.updates_to(_average(params, z, c), params)
+    new_state = RAMDAState(
+        count=optax.safe_int32_increment(state.count),
+        stage_count=k,
+        alpha=alpha,
+        anchor=state.anchor,
+        grad_sum=grad_sum,
+        structured=_common.cast_like(z, params),
+        sq_grad_sum=sq_grad_sum,
+        solver_info=info,
+    )
+    return updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _find_states(state, types) -> list:
+  found = []
+
+  def visit(node):
+    if isinstance(node, types):
+      found.append(node)
+    elif isinstance(node, (tuple, list)):
+      for child in node:
+        visit(child)
+    elif isinstance(node, dict):
+      for child in node.values():
+        visit(child)
+
+  visit(state)
+  return found
+
+
+def structured_params(state, params=None):
+  """The exactly structured point ``z`` kept by :func:`rmda` / :func:`ramda`.
+
+  Walks a possibly nested optimizer state (``optax.chain``,
+  ``optax.inject_hyperparams``, ...) to the one dual-averaging state in it.
+  For the proximal baselines (``prox_sgd``, ``prox_adamw``, ``prox_ssi``),
+  whose iterate is the prox output itself, pass ``params`` and get them back.
+
+  Args:
+    state: an optimizer state.
+    params: the current params, returned for the proximal baselines.
+
+  Raises:
+    ValueError: no (or more than one) dual-averaging state is found and the
+      state is not a proximal baseline's.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, rmda_jax
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0), rmda_jax.rmda(0.1))
+    >>> state = tx.init({"w": jnp.ones((2, 2))})
+    >>> rmda_jax.structured_params(state)["w"].shape
+    (2, 2)
+  """
+  from rmda_jax import proximal
+
+  found = _find_states(state, (RMDAState, RAMDAState))
+  if len(found) == 1:
+    return found[0].structured
+  if len(found) > 1:
+    raise ValueError(f"the state holds {len(found)} rmda/ramda states; pass the one you mean.")
+  if params is not None and _find_states(state, (proximal.ProxSGDState, proximal.ProxAdamState)):
+    return params
+  raise ValueError(
+      "no rmda/ramda state found in this optimizer state (for prox_sgd / prox_adamw / "
+      "prox_ssi, the params themselves are structured: pass params=...)."
+  )
