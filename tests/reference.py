@@ -66,3 +66,114 @@ def rmda_run(x, grad_fn, steps, lr, c, lam, kind, groups):
     x = {n: (1 - c) * x[n] + c * z[n] for n in x}
     zs.append(z)
   return x, zs
+
+
+# --------------------------------------------------------------- diagonal-metric subproblems
+def diag_prox_group_bisect(b, P, thr, axes, iters=200):
+  """argmin 1/2 z'Pz - b'z + thr w ||z_g|| per group, by bisection on r = ||z_g||."""
+  w = group_weight(b.shape, axes)
+  tau = thr * w
+  bn = np.sqrt(np.sum(b * b, axis=axes, keepdims=True))
+  active = bn > tau
+  lo = np.zeros_like(bn)
+  p_min = np.min(np.where(b != 0, P, np.inf), axis=axes, keepdims=True)  # coordinates with b = 0 stay 0
+  hi = np.where(active, (bn - tau) / np.where(active, p_min, 1), 0)
+  for _ in range(iters):
+    mid = (lo + hi) / 2
+    f = np.sqrt(np.sum((b / (P * mid + tau)) ** 2, axis=axes, keepdims=True))
+    lo = np.where(f > 1, mid, lo)
+    hi = np.where(f > 1, hi, mid)
+  r = (lo + hi) / 2
+  return np.where(active, r * b / (P * r + tau), 0)
+
+
+def diag_prox_fista(b, P, prox, iters=1500, step_axes=None):
+  """argmin 1/2 z'Pz - b'z + psi(z) by FISTA with step 1/max(P) (over step_axes)."""
+  Pmax = np.max(P) if step_axes is None else np.max(P, axis=step_axes, keepdims=True)
+  eta = 1.0 / Pmax
+  z = b / P
+  v, t = z.copy(), 1.0
+  for _ in range(iters):
+    z_new = prox(v - eta * (P * v - b), eta)
+    t_new = (1 + np.sqrt(1 + 4 * t * t)) / 2
+    v = z_new + (t - 1) / t_new * (z_new - z)
+    z, t = z_new, t_new
+  return z
+
+
+def diag_prox(kind, b, P, thr, axes):
+  if kind is None or axes is None:
+    return b / P
+  if kind == "group_lasso":
+    return diag_prox_group_bisect(b, P, thr, axes)
+  if kind == "l1":
+    return np.sign(b) * np.maximum(np.abs(b) - thr, 0) / P
+  if kind == "nuclear":
+    return diag_prox_fista(b, P, lambda y, eta: prox_nuclear(y, eta * thr))
+  raise ValueError(kind)
+
+
+def ramda_run(x, grad_fn, steps, lr, c, lam, kind, groups, eps):
+  x = {k: v.astype(np.float64) for k, v in x.items()}
+  x0 = {k: v.copy() for k, v in x.items()}
+  V = {k: np.zeros_like(v) for k, v in x.items()}
+  U = {k: np.zeros_like(v) for k, v in x.items()}
+  alpha = 0.0
+  for k in range(1, steps + 1):
+    g = grad_fn(x)
+    s = lr * np.sqrt(k)
+    alpha += s
+    z = {}
+    for n in x:
+      V[n] = V[n] + s * g[n]
+      U[n] = U[n] + s * g[n] ** 2
+      P = np.cbrt(U[n]) + eps
+      z[n] = diag_prox(kind, P * x0[n] - V[n], P, alpha * lam, groups.get(n))
+    x = {n: (1 - c) * x[n] + c * z[n] for n in x}
+  return x, z
+
+
+def prox_sgd_run(x, grad_fn, steps, lr, c, lam, kind, groups):
+  x = {k: v.astype(np.float64) for k, v in x.items()}
+  m = {k: None for k in x}
+  for _ in range(steps):
+    g = grad_fn(x)
+    for n in x:
+      m[n] = c * g[n] if m[n] is None else (1 - c) * m[n] + c * g[n]
+    x = prox_tree(kind, {n: x[n] - lr * m[n] for n in x}, lr * lam, groups)
+  return x
+
+
+def prox_adamw_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+  x = {k: v.astype(np.float64) for k, v in x.items()}
+  m = {k: np.zeros_like(v) for k, v in x.items()}
+  v = {k: np.zeros_like(v) for k, v in x.items()}
+  for t in range(1, steps + 1):
+    g = grad_fn(x)
+    new = {}
+    for n in x:
+      xn = (1 - lr * wd) * x[n]
+      m[n] = b1 * m[n] + (1 - b1) * g[n]
+      v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
+      D = np.sqrt(v[n]) / np.sqrt(1 - b2 ** t) + eps
+      a = lr / (1 - b1 ** t)
+      new[n] = diag_prox(kind, D * xn - a * m[n], D, lr * lam, groups.get(n))
+    x = new
+  return x
+
+
+def prox_ssi_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, eps=1e-6):
+  x = {k: v.astype(np.float64) for k, v in x.items()}
+  m = {k: np.zeros_like(v) for k, v in x.items()}
+  v = {k: np.zeros_like(v) for k, v in x.items()}
+  for t in range(1, steps + 1):
+    g = grad_fn(x)
+    new = {}
+    for n in x:
+      m[n] = b1 * m[n] + (1 - b1) * g[n]
+      v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
+      D = np.sqrt(v[n]) + eps
+      y = x[n] - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m[n] / D
+      new[n] = diag_prox(kind, D * y, D, lr * lam, groups.get(n))
+    x = new
+  return x

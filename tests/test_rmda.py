@@ -9,43 +9,7 @@ import pytest
 
 import rmda_jax
 import reference as ref
-
-GROUPS = {"conv": (0, 1, 3), "dense": (1,), "bias": None}
-SHAPES = {"conv": (3, 3, 2, 4), "dense": (6, 5), "bias": (5,)}
-
-
-def _problem(seed=0):
-  rng = np.random.default_rng(seed)
-  x = {n: rng.normal(size=s) * 0.1 for n, s in SHAPES.items()}
-  target = {n: rng.normal(size=s) * 0.3 for n, s in SHAPES.items()}
-  target["dense"][:2] = 0.0  # groups that the penalty can remove
-  target["conv"][:, :, 0, :] = 0.0
-  scale = {n: rng.uniform(0.5, 2.0, size=s) for n, s in SHAPES.items()}
-  noise = [{n: rng.normal(size=s) * 0.1 for n, s in SHAPES.items()} for _ in range(40)]
-  return x, target, scale, noise
-
-
-def _grad_np(target, scale, noise):
-  step = {"t": 0}
-
-  def grad(x):
-    g = {n: scale[n] * (x[n] - target[n]) + noise[step["t"]][n] for n in x}
-    step["t"] += 1
-    return g
-
-  return grad
-
-
-def _to_tree(d):
-  return {"conv": {"kernel": jnp.asarray(d["conv"], jnp.float32)},
-          "dense": {"kernel": jnp.asarray(d["dense"], jnp.float32)},
-          "bias": jnp.asarray(d["bias"], jnp.float32)}
-
-
-def _from_tree(t):
-  return {"conv": np.asarray(t["conv"]["kernel"]), "dense": np.asarray(t["dense"]["kernel"]),
-          "bias": np.asarray(t["bias"])}
-
+from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax
 
 REGS = {"group_lasso": lambda lam: rmda_jax.group_lasso(lam), "l1": lambda lam: rmda_jax.l1(lam), None: None}
 
@@ -54,26 +18,12 @@ REGS = {"group_lasso": lambda lam: rmda_jax.group_lasso(lam), "l1": lambda lam: 
 @pytest.mark.parametrize("c", [1.0, 0.3])
 def test_rmda_matches_numpy_reference(kind, lam, c):
   steps, lr = 35, 0.05
-  x, target, scale, noise = _problem()
-  noise = noise + noise[:5]
-  x_np, zs_np = ref.rmda_run(x, _grad_np(target, scale, noise), steps, lr, c, lam, kind, GROUPS)
-
+  x, target, scale, noise = make_problem(steps=steps)
+  x_np, zs_np = ref.rmda_run(x, numpy_grad(target, scale, noise), steps, lr, c, lam, kind, GROUPS)
   reg = None if kind is None else REGS[kind](lam)
-  tx = rmda_jax.rmda(lr, momentum=c, regularizer=reg)
-  jt, js, jn = _to_tree(target), _to_tree(scale), [_to_tree(n) for n in noise]
-
-  @jax.jit
-  def step(params, state, noise_t):
-    grads = jax.tree_util.tree_map(lambda s, p, t, n: s * (p - t) + n, js, params, jt, noise_t)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  params = _to_tree(x)
-  state = tx.init(params)
-  for t in range(steps):
-    params, state = step(params, state, jn[t])
-  got = _from_tree(params)
-  z = _from_tree(rmda_jax.structured_params(state))
+  params, state = run_jax(rmda_jax.rmda(lr, momentum=c, regularizer=reg), x, target, scale, noise, steps)
+  got = from_tree(params)
+  z = from_tree(rmda_jax.structured_params(state))
   for n in SHAPES:
     np.testing.assert_allclose(got[n], x_np[n], atol=1e-5, rtol=0)
     np.testing.assert_allclose(z[n], zs_np[-1][n], atol=1e-5, rtol=0)
@@ -153,6 +103,8 @@ def test_jit_compiles_once_and_composes_with_chain():
                    rmda_jax.rmda(optax.linear_schedule(0.1, 0.01, 10), momentum=0.5,
                                  regularizer=rmda_jax.group_lasso(1e-2)))
   state = tx.init(params)
+
+  chex.clear_trace_counter()
 
   @jax.jit
   @chex.assert_max_traces(n=1)

@@ -1,0 +1,63 @@
+"""A small mixed pytree (conv kernel, dense kernel, bias) and a noisy quadratic
+loss, driven identically by the NumPy references and the JAX optimizers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+GROUPS = {"conv": (0, 1, 3), "dense": (1,), "bias": None}
+SHAPES = {"conv": (3, 3, 2, 4), "dense": (6, 5), "bias": (5,)}
+
+
+def make_problem(seed=0, steps=40, init_scale=0.1):
+  rng = np.random.default_rng(seed)
+  x = {n: rng.normal(size=s) * init_scale for n, s in SHAPES.items()}
+  target = {n: rng.normal(size=s) * 0.3 for n, s in SHAPES.items()}
+  target["dense"][:2] = 0.0  # groups that the penalty can remove
+  target["conv"][:, :, 0, :] = 0.0
+  scale = {n: rng.uniform(0.5, 2.0, size=s) for n, s in SHAPES.items()}
+  noise = [{n: rng.normal(size=s) * 0.1 for n, s in SHAPES.items()} for _ in range(steps)]
+  return x, target, scale, noise
+
+
+def numpy_grad(target, scale, noise):
+  step = {"t": 0}
+
+  def grad(x):
+    g = {n: scale[n] * (x[n] - target[n]) + noise[step["t"]][n] for n in x}
+    step["t"] += 1
+    return g
+
+  return grad
+
+
+def to_tree(d, dtype=jnp.float32):
+  return {"conv": {"kernel": jnp.asarray(d["conv"], dtype)},
+          "dense": {"kernel": jnp.asarray(d["dense"], dtype)},
+          "bias": jnp.asarray(d["bias"], dtype)}
+
+
+def from_tree(t):
+  return {"conv": np.asarray(t["conv"]["kernel"], np.float64),
+          "dense": np.asarray(t["dense"]["kernel"], np.float64),
+          "bias": np.asarray(t["bias"], np.float64)}
+
+
+def run_jax(tx, x, target, scale, noise, steps, dtype=jnp.float32):
+  """``steps`` jitted updates on the quadratic; returns (params, state)."""
+  jt, js = to_tree(target), to_tree(scale)
+  jn = [to_tree(n) for n in noise]
+
+  @jax.jit
+  def step(params, state, noise_t):
+    grads = jax.tree_util.tree_map(
+        lambda s, p, t, n: (s * (p.astype(jnp.float32) - t) + n).astype(p.dtype), js, params, jt, noise_t)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = to_tree(x, dtype)
+  state = tx.init(params)
+  for t in range(steps):
+    params, state = step(params, state, jn[t])
+  return params, state
