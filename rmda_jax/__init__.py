@@ -15,11 +15,13 @@ Example:
   >>> state = tx.init(params)
 """
 
+from rmda_jax import data
 from rmda_jax import groups
 from rmda_jax import metrics
 from rmda_jax import regularizers
 from rmda_jax import schedules
 from rmda_jax import solvers
+from rmda_jax import models
 from rmda_jax.dual_averaging import RAMDAState
 from rmda_jax.dual_averaging import RMDAState
 from rmda_jax.dual_averaging import ramda
@@ -41,7 +43,7 @@ from rmda_jax.schedules import stagewise
 __version__ = "0.1.0"
 
 __all__ = [
-    "groups", "metrics", "regularizers", "schedules", "solvers",
+    "data", "groups", "metrics", "models", "regularizers", "schedules", "solvers",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
     "rmda", "ramda", "RMDAState", "RAMDAState", "structured_params",
     "prox_sgd", "prox_adamw", "prox_ssi", "ProxSGDState", "ProxAdamState",

@@ -221,9 +221,20 @@ def rmda(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def cube_root(u: jax.Array) -> jax.Array:
+  """``u ** (1/3)`` for ``u >= 0`` as ``exp(log(u) / 3)`` (0 at 0).
+
+  XLA's CPU ``cbrt`` is about 10x slower on large arrays (range-reduced
+  Halley iterations are slower still, because of ``frexp``); the relative
+  error here is about 2e-6, far below the noise of a gradient-sum metric.
+  """
+  positive = u > 0
+  return jnp.where(positive, jnp.exp(jnp.log(jnp.where(positive, u, 1)) / 3), 0)
+
+
 def cube_root_preconditioner(sq_grad_sum, eps) -> Params:
   """RAMDA's diagonal metric ``P = cbrt(U) + eps`` (``U >= 0``)."""
-  return jax.tree_util.tree_map(lambda u: jnp.cbrt(u) + eps, sq_grad_sum)
+  return jax.tree_util.tree_map(lambda u: cube_root(u) + eps, sq_grad_sum)
 
 
 def ramda(

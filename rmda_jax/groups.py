@@ -21,9 +21,13 @@ Flax defaults (the papers' choices, translated from PyTorch layouts): every leaf
 with ``ndim >= 2`` whose name is not ``embedding`` is regularized. A Dense
 kernel ``(in, out)`` has one group per input feature (reduce axis 1), a Conv
 kernel ``(kh, kw, in, out)`` one group per input channel (reduce axes
-``(0, 1, 3)``); in general the group index is axis ``ndim - 2``. Biases, norm
-scales and embeddings are left alone. ``grouping="output"`` gives one group per
-output feature / filter (axis ``ndim - 1``) instead.
+``(0, 1, 3)``); in general the group index is axis ``ndim - 2``, which fits
+every ``nn.Conv`` (1-D, 2-D, 3-D). ``DenseGeneral`` kernels (attention
+projections, ``(in, heads, head_dim)``) look like conv kernels to a shape
+rule: give them an explicit rule (e.g. ``GroupRule((1, 2))`` for one group per
+input feature). Biases, norm scales and embeddings are left alone.
+``grouping="output"`` gives one group per output feature / filter (axis
+``ndim - 1``) instead.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ def prox_ssi(
     )
     y = jax.tree_util.tree_map(lambda yy: yy - lr * weight_decay * yy, y)
     b = jax.tree_util.tree_map(lambda d, yy: d * yy, diag, y)
-    z, info = solvers.solve(regularizer, b, diag, lr, init=y, solver=solver, count=state.count, anchor=y)
+    z, info = solvers.solve(regularizer, b, diag, lr, init=params, solver=solver, count=state.count, anchor=y)
     return _common.updates_to(z, params), ProxAdamState(t, mu, nu, info)
 
   return optax.GradientTransformationExtraArgs(_init_adam(regularizer), update_fn)

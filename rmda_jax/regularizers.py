@@ -131,20 +131,24 @@ class Regularizer(abc.ABC):
   def block_axes(self, rule, ndim: int) -> tuple[int, ...]:
     """Axes the prox couples: a diagonal metric's step size is constant along them."""
 
-  def leaf_prox_diag(self, b: Array, diag: Array, threshold: Array, rule) -> tuple[Array, Array]:
-    """Exact ``argmin_z 1/2 z^T D z - b^T z + threshold * psi(z)`` and the
-    number of iterations it took (0 for closed forms)."""
+  def leaf_prox_diag(self, b: Array, diag: Array, threshold: Array, rule) -> tuple[Array, Array, Array]:
+    """Exact ``argmin_z 1/2 z^T D z - b^T z + threshold * psi(z)``, the number
+    of iterations it took and the residual of its equation (0, 0 for closed
+    forms)."""
     raise NotImplementedError(f"{type(self).__name__} has no exact diagonal-metric prox.")
 
-  def leaves_prox_diag(self, bs, diags, thresholds, rules, **options) -> tuple[list, Array]:
-    """:meth:`leaf_prox_diag` over several leaves; returns the solutions and the
-    largest iteration count. Overridden where one joint loop is cheaper;
-    ``options`` (``max_iters``, ``rtol``) go to iterative solutions."""
+  def leaves_prox_diag(self, bs, diags, thresholds, rules, **options) -> tuple[list, Array, Array]:
+    """:meth:`leaf_prox_diag` over several leaves; returns the solutions, the
+    largest iteration count and the largest residual. Overridden where one
+    joint loop is cheaper; ``options`` (``max_iters``, ``rtol``) go to
+    iterative solutions."""
+    options.pop("inits", None)  # closed forms need no start
     results = [self.leaf_prox_diag(b, d, t, r) for b, d, t, r in zip(bs, diags, thresholds, rules)]
-    iterations = jnp.zeros((), jnp.int32)
-    for _, its in results:
+    iterations, residual = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
+    for _, its, res in results:
       iterations = jnp.maximum(iterations, its)
-    return [z for z, _ in results], iterations
+      residual = jnp.maximum(residual, res)
+    return [z for z, _, _ in results], iterations, residual
 
   def leaf_screen(self, b: Array, threshold: Array, rule) -> Optional[Array]:
     """Mask of groups that may be nonzero at the diagonal-metric optimum
@@ -273,15 +277,15 @@ class GroupLasso(Regularizer):
     return group_norm(b, rule) > threshold * self.weight(b, rule)
 
   def leaf_prox_diag(self, b, diag, threshold, rule):
-    zs, iterations = self.leaves_prox_diag([b], [diag], [threshold], [rule])
-    return zs[0], iterations
+    zs, iterations, residual = self.leaves_prox_diag([b], [diag], [threshold], [rule])
+    return zs[0], iterations, residual
 
-  def leaves_prox_diag(self, bs, diags, thresholds, rules, **options):
+  def leaves_prox_diag(self, bs, diags, thresholds, rules, inits=None, **options):
     from rmda_jax import solvers
 
     return solvers.group_lasso_secular(
         bs, diags, [t * self.weight(b, r) for b, t, r in zip(bs, thresholds, rules)],
-        [r.reduce_axes for r in rules], **options,
+        [r.reduce_axes for r in rules], inits=inits, **options,
     )
 
 
@@ -328,7 +332,7 @@ class ElasticNet(Regularizer):
   def leaf_prox_diag(self, b, diag, threshold, rule):
     r = self.l1_ratio
     z = safe_divide(soft_threshold(b, threshold * r), diag + threshold * (1 - r))
-    return z, jnp.zeros((), jnp.int32)
+    return z, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
 
 
 def l1(strength: float, rules=None) -> ElasticNet:

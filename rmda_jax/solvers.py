@@ -27,10 +27,11 @@ Three ways to solve it, chosen by the ``solver`` argument of the optimizers:
 Both report a :class:`SolverInfo` (iterations used, final residual) that the
 optimizers keep in their state.
 
-The residual is the norm of ``xi = (1/eta - D) (z - z+)``, an element of
-``d theta(z+)`` at the returned point ``z+ = prox_{eta t psi}(z - eta grad q(z))``
-(Huang & Lee 2024, the measurable inexactness condition). The exact solver
-applies one such polishing step too, so its residual certifies its answer.
+The inexact solver's residual is the norm of ``xi = (1/eta - D) (z - z+)``, an
+element of ``d theta(z+)`` at the returned point
+``z+ = prox_{eta t psi}(z - eta grad q(z))`` (Huang & Lee 2024, the measurable
+inexactness condition). ``Exact(certify=True)`` applies one such step to its
+answer and reports the same certificate.
 
 References:
   Huang & Lee, "Regularized Adaptive Momentum Dual Averaging with an Efficient
@@ -48,6 +49,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rmda_jax import regularizers as regs
 
@@ -62,8 +64,10 @@ class SolverInfo(NamedTuple):
     iterations: int32, inner iterations used (Newton iterations for the exact
       group-LASSO solver, 0 for closed forms, proximal-gradient iterations for
       the inexact solver).
-    residual: float32, ``||xi||_2`` with ``xi`` in the subdifferential of the
-      subproblem objective at the returned point (0 means optimal).
+    residual: float32. :class:`ProximalGradient` (and :class:`Exact` with
+      ``certify=True``): ``||xi||_2`` with ``xi`` in the subdifferential of
+      the subproblem objective at the returned point (0 means optimal).
+      :class:`Exact`: the secular equation's ``max_g |f(r_g) - 1|``.
   """
 
   iterations: Array
@@ -81,11 +85,16 @@ class Exact:
   Attributes:
     max_iters: cap on the Newton iterations (> 0).
     rtol: stop a group when the Newton step is below ``rtol * r``; None means
-      ``16 * machine epsilon`` of the compute dtype.
+      ``sqrt(machine epsilon)`` of the compute dtype (quadratic convergence
+      leaves an error at the epsilon level).
+    certify: apply one proximal-gradient step to the solution and report its
+      subgradient certificate as the residual (costs about one more prox);
+      otherwise the residual is ``max_g |f(r_g) - 1|`` of the secular equation.
   """
 
   max_iters: int = 50
   rtol: Optional[float] = None
+  certify: bool = False
 
   def __post_init__(self):
     _check_positive_int(self.max_iters, "Exact.max_iters")
@@ -168,7 +177,7 @@ def make_solver(spec: Union[str, Solver], regularizer) -> Optional[Solver]:
 
 
 # --------------------------------------------------------------------------- group lasso
-def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, rtol=None):
+def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, rtol=None, inits=None):
   """Exact ``argmin_z 1/2 z^T D z - b^T z + tau_g ||z_g||`` for every group of every leaf.
 
   Per group, ``z = 0`` iff ``||b_g|| <= tau_g`` (screening). Otherwise
@@ -177,30 +186,41 @@ def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, r
   ``h(r) = 1/f(r) - 1``, which is increasing and concave, so from
   ``r0 = (||b|| - tau)/max D`` (where ``h <= 0``) the iterates increase
   monotonically to the root; it is exact in one step when ``D`` is constant on
-  the group. Steps are also clamped to the bracket
-  ``[r0, (||b|| - tau)/min D]``. All groups of all leaves share one
-  ``lax.while_loop``, which stops when every group's step is below
-  ``rtol * r`` or after ``max_iters``.
+  the group. Since a Newton step of a concave function from *any* point lands
+  left of the root, a warm start (the group norms of the previous solution,
+  ``inits``) is just as safe and usually one or two steps from the answer.
+  Iterates are clamped to the bracket ``[(||b|| - tau)/max D, (||b|| - tau)/min D]``.
+  All groups of all leaves share one ``lax.while_loop``, which stops when
+  every group's step is below ``rtol * r`` or after ``max_iters``.
 
   Args:
     bs, diags: lists of arrays (one per leaf), ``D >= 0``.
     thresholds: list of ``tau`` per leaf, scalars or arrays broadcasting
       against the per-group shape (reduced axes kept).
     axes_list: list of reduce-axes tuples (the groups).
+    max_iters: cap on the Newton iterations.
+    rtol: relative step below which a group has converged; None means
+      ``sqrt(eps)`` of the dtype (convergence is quadratic, so the error left
+      is at the ``eps`` level).
+    inits: optional list of warm starts (arrays like ``bs``).
 
   Returns:
-    ``(zs, iterations)``: the solutions and the Newton iterations used.
+    ``(zs, iterations, residual)``: the solutions, the Newton iterations used,
+    and ``max_g |f(r_g) - 1| = max_g | ||z_g|| / r_g - 1 |`` at the returned
+    point (the relative residual of the secular equation; 0 when every group
+    is screened or unregularized).
   """
   if not bs:
-    return [], jnp.zeros((), jnp.int32)
+    return [], jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
   dtype = bs[0].dtype
-  tol = (16 * jnp.finfo(dtype).eps) if rtol is None else rtol
+  tol = float(np.sqrt(np.finfo(dtype).eps)) if rtol is None else rtol
+  inits = [None] * len(bs) if inits is None else inits
 
   def norm(x, axes):
     return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
 
-  prepared = []
-  for b, d, tau, axes in zip(bs, diags, thresholds, axes_list):
+  prepared, starts = [], []
+  for b, d, tau, axes, init in zip(bs, diags, thresholds, axes_list, inits):
     tau = jnp.broadcast_to(jnp.asarray(tau, dtype), norm(b, axes).shape)
     b_norm = norm(b, axes)
     d_max = jnp.max(d, axis=axes, keepdims=True)
@@ -210,16 +230,18 @@ def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, r
     r_lo = regs.safe_divide(excess, d_max)
     r_hi = jnp.where(d_min > 0, regs.safe_divide(excess, d_min), jnp.inf)
     prepared.append((b, d, tau, axes, active, r_lo, r_hi))
+    start = r_lo if init is None else jnp.clip(norm(init.astype(dtype), axes), r_lo, r_hi)
+    starts.append(jnp.where(active, start, 0))
 
   def newton(rs):
     new_rs, done = [], []
-    for r, (b, d, tau, axes, active, _, r_hi) in zip(rs, prepared):
+    for r, (b, d, tau, axes, active, r_lo, r_hi) in zip(rs, prepared):
       den = jnp.where(active, d * r + tau, 1)
       w = b / den
       f = norm(w, axes)
       s = jnp.sum(jnp.square(w) * d / den, axis=axes, keepdims=True)
       step = regs.safe_divide(jnp.square(f) * (f - 1), s)
-      r_new = jnp.clip(r + step, r, r_hi)
+      r_new = jnp.clip(r + step, r_lo, r_hi)
       r_new = jnp.where(active, r_new, 0)
       new_rs.append(r_new)
       done.append(jnp.all(jnp.abs(r_new - r) <= tol * r_new))
@@ -234,14 +256,16 @@ def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, r
     rs, done = newton(rs)
     return rs, it + 1, done
 
-  init = ([p[5] for p in prepared], jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+  init = (starts, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
   rs, iterations, _ = jax.lax.while_loop(cond, body, init)
 
-  zs = []
+  zs, residual = [], jnp.zeros((), dtype)
   for r, (b, d, tau, axes, active, _, _) in zip(rs, prepared):
     z_reg = jnp.where(active, r * b / jnp.where(active, d * r + tau, 1), 0)
+    misfit = jnp.where(active, jnp.abs(regs.safe_divide(norm(z_reg, axes), r) - 1), 0)
+    residual = jnp.maximum(residual, jnp.max(misfit, initial=0))
     zs.append(jnp.where(tau <= 0, regs.safe_divide(b, d), z_reg))
-  return zs, iterations
+  return zs, iterations, residual
 
 
 # --------------------------------------------------------------------------- solving a tree
@@ -314,22 +338,33 @@ def _masks(regularizer, problem: _Problem):
   ]
 
 
-def solve_exact(regularizer, b, diag, scale, max_iters: int = 50, rtol=None, anchor=None):
-  """Exact solve (closed forms / secular equation) plus one certifying step.
+def solve_exact(regularizer, b, diag, scale, max_iters: int = 50, rtol=None, anchor=None,
+                certify: bool = False, init=None):
+  """Exact solve: closed forms, or the secular equation for group-LASSO.
 
-  Returns ``(z, SolverInfo)`` with ``z`` a pytree like ``b``.
+  Returns ``(z, SolverInfo)`` with ``z`` a pytree like ``b``. The residual is
+  the secular equation's (0 for closed forms); with ``certify`` one
+  proximal-gradient step is applied to the solution and the residual is that
+  step's subgradient certificate, as for :class:`ProximalGradient`.
+  ``init`` (e.g. the previous solution) warm-starts iterative solutions.
   """
   problem, out = _layout(regularizer, b, diag, scale, anchor)
   if not problem.index:
     return problem.resolved.unflatten(out), empty_info()
-  zs, iterations = regularizer.leaves_prox_diag(
-      problem.bs, problem.diags, problem.thresholds, problem.rules, max_iters=max_iters, rtol=rtol
+  inits = None
+  if init is not None:
+    init_leaves = problem.resolved.treedef.flatten_up_to(init)
+    inits = [jnp.asarray(init_leaves[i]) for i in problem.index]
+  zs, iterations, residual = regularizer.leaves_prox_diag(
+      problem.bs, problem.diags, problem.thresholds, problem.rules, max_iters=max_iters, rtol=rtol,
+      inits=inits,
   )
-  etas, d_maxs = _steps(regularizer, problem)
-  zs, residual = _prox_gradient_step(regularizer, problem, zs, etas, d_maxs, _masks(regularizer, problem))
+  if certify:
+    etas, d_maxs = _steps(regularizer, problem)
+    zs, residual = _prox_gradient_step(regularizer, problem, zs, etas, d_maxs, _masks(regularizer, problem))
   for i, z in zip(problem.index, zs):
     out[i] = z
-  return problem.resolved.unflatten(out), SolverInfo(iterations, residual)
+  return problem.resolved.unflatten(out), SolverInfo(iterations, residual.astype(jnp.float32))
 
 
 def solve_proximal_gradient(regularizer, b, diag, scale, init, solver: ProximalGradient, count=None,
@@ -375,7 +410,8 @@ def solve(regularizer, b, diag, scale, init=None, solver: Optional[Solver] = Non
     regularizer: a rmda_jax regularizer, or None (then ``z = b / D``).
     b, diag: pytrees like the params; ``diag >= 0``.
     scale: scalar or per-leaf pytree multiplying the regularizer's strength.
-    init: warm start for the inexact solver (e.g. the previous solution).
+    init: warm start (e.g. the previous solution) for the inexact solver and
+      the group-LASSO root finder.
     solver: :class:`Exact` or :class:`ProximalGradient`; None picks as
       :func:`make_solver` with ``"auto"``.
     count: the optimizer's step count, for a tolerance schedule.
@@ -399,7 +435,8 @@ def solve(regularizer, b, diag, scale, init=None, solver: Optional[Solver] = Non
     return jax.tree_util.tree_map(unregularized_solution, b, diag, anchor), empty_info()
   solver = make_solver("auto", regularizer) if solver is None else solver
   if isinstance(solver, Exact):
-    return solve_exact(regularizer, b, diag, scale, solver.max_iters, solver.rtol, anchor)
+    return solve_exact(regularizer, b, diag, scale, solver.max_iters, solver.rtol, anchor, solver.certify,
+                       init)
   if init is None:
     init = jax.tree_util.tree_map(regs.safe_divide, b, diag)
   return solve_proximal_gradient(regularizer, b, diag, scale, init, solver, count, anchor)

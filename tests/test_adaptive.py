@@ -119,3 +119,15 @@ def test_jit_static_shapes_single_trace(make, reg):
     params, state = step(params, state, grads)
   for leaf in jax.tree_util.tree_leaves(params):
     assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_cube_root_accuracy_over_the_float32_range():
+  from rmda_jax.dual_averaging import cube_root
+  rng = np.random.default_rng(0)
+  u = (np.abs(rng.normal(size=20000)) * 10.0 ** rng.uniform(-37, 37, size=20000)).astype(np.float32)
+  u = np.concatenate([u, np.float32([0.0, 1.0, 8.0, 1e-30, 3e38, 1e-44])])
+  got = np.asarray(cube_root(jnp.asarray(u)), np.float64)
+  want = np.cbrt(u.astype(np.float64))
+  positive = u >= np.finfo(np.float32).tiny  # XLA flushes subnormals to zero
+  assert np.all(np.abs(got[positive] - want[positive]) <= 5e-6 * want[positive])
+  assert got[u == 0].tolist() == [0.0] and got[-4] == 2.0

