@@ -26,7 +26,8 @@ across steps and reports when it last changed (the identification step).
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -129,3 +130,70 @@ def summary(params, regularizer: Optional[regs.Regularizer] = None) -> dict:
     out["low_rank_level"] = low_rank_level(params, regularizer)
   return out
 
+
+
+class TrackerState(NamedTuple):
+  """State of a :class:`StructureTracker`.
+
+  Attributes:
+    support: per tracked leaf, the boolean support (nonzero groups or entries).
+    step: int32, number of updates seen.
+    last_change: int32, the step at which the support last changed (0 if it
+      never did): once training has identified the structure, this is the
+      identification step.
+    num_changes: int32, number of steps at which the support changed.
+  """
+
+  support: tuple
+  step: jax.Array
+  last_change: jax.Array
+  num_changes: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StructureTracker:
+  """Follow the support of a (structured) point across steps; pure and jittable.
+
+  Attributes:
+    regularizer: decides the groups (see :func:`group_structure`).
+    kind: ``"group"`` (support of groups) or ``"unstructured"`` (support of
+      the entries of the regularized leaves).
+
+  Example:
+    >>> import jax.numpy as jnp, rmda_jax
+    >>> tracker = rmda_jax.metrics.StructureTracker(rmda_jax.group_lasso(1e-3))
+    >>> t = tracker.init({"kernel": jnp.ones((3, 2))})
+    >>> t = tracker.update(t, {"kernel": jnp.array([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])})
+    >>> int(t.last_change), int(t.num_changes)
+    (1, 1)
+  """
+
+  regularizer: Optional[regs.Regularizer] = None
+  kind: str = "group"
+
+  def __post_init__(self):
+    if self.kind not in ("group", "unstructured"):
+      raise ValueError(f"kind must be 'group' or 'unstructured', got {self.kind!r}.")
+
+  def support(self, params) -> tuple:
+    structure = group_structure(params, self.regularizer)
+    if self.kind == "unstructured":
+      return tuple(x != 0 for _, x, _ in structure)
+    return tuple(regs.group_norm(x, r) > 0 for _, x, r in structure)
+
+  def init(self, params) -> TrackerState:
+    zero = jnp.zeros((), jnp.int32)
+    return TrackerState(self.support(params), zero, zero, zero)
+
+  def update(self, state: TrackerState, params) -> TrackerState:
+    support = self.support(params)
+    changed = jnp.zeros((), bool)
+    for old, new in zip(state.support, support):
+      changed = changed | jnp.any(old != new)
+    step = state.step + 1
+    return TrackerState(
+        support,
+        step,
+        jnp.where(changed, step, state.last_change),
+        state.num_changes + changed.astype(jnp.int32),
+    )

@@ -177,3 +177,45 @@ def prox_ssi_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, eps
       new[n] = diag_prox(kind, D * y, D, lr * lam, groups.get(n))
     x = new
   return x
+
+
+def stagewise_run(method, x, grad_fn, epochs, steps_per_epoch, milestones, gamma, lr, c0, lam, kind,
+                  groups, eps=1e-6):
+  """The reference multistep scheduler driving RMDA/RAMDA, written as the papers' epoch loop.
+
+  After each epoch whose number (1-based) is a milestone: lr and eps times gamma,
+  and a restart (k, alpha, sums <- 0, x0 <- x). After every step of an epoch
+  past the last milestone: count += 1 (from 1), c = min(c0 sqrt(count), 1).
+  Returns the params after every step, the z of every step and the c used.
+  """
+  x = {k: v.astype(np.float64) for k, v in x.items()}
+  zeros = lambda: {k: np.zeros_like(v) for k, v in x.items()}
+  x0, V, U, alpha, k = {n: v.copy() for n, v in x.items()}, zeros(), zeros(), 0.0, 0
+  c, count = c0, 1
+  xs, zs, cs = [], [], []
+  for epoch in range(epochs):
+    for _ in range(steps_per_epoch):
+      g = grad_fn(x)
+      k += 1
+      s = lr * np.sqrt(k)
+      alpha += s
+      z = {}
+      for n in x:
+        V[n] = V[n] + s * g[n]
+        if method == "rmda":
+          y = x0[n] - V[n] / np.sqrt(k)
+          z[n] = prox_tree(kind, {n: y}, alpha / np.sqrt(k) * lam, groups)[n]
+        else:
+          U[n] = U[n] + s * g[n] ** 2
+          P = np.cbrt(U[n]) + eps
+          z[n] = diag_prox(kind, P * x0[n] - V[n], P, alpha * lam, groups.get(n))
+      x = {n: (1 - c) * x[n] + c * z[n] for n in x}
+      xs.append(x); zs.append(z); cs.append(c)
+      if epoch + 1 > milestones[-1]:
+        count += 1
+        c = min(c0 * np.sqrt(count), 1.0)
+    if epoch + 1 in milestones:
+      lr *= gamma
+      eps *= gamma
+      x0, V, U, alpha, k = {n: v.copy() for n, v in x.items()}, zeros(), zeros(), 0.0, 0
+  return xs, zs, cs
