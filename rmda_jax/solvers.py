@@ -216,33 +216,38 @@ def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, r
   tol = float(np.sqrt(np.finfo(dtype).eps)) if rtol is None else rtol
   inits = [None] * len(bs) if inits is None else inits
 
-  def norm(x, axes):
-    return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
+  def group_sum(x, axes):
+    return jnp.sum(x, axis=axes, keepdims=True)
 
   prepared, starts = [], []
   for b, d, tau, axes, init in zip(bs, diags, thresholds, axes_list, inits):
-    tau = jnp.broadcast_to(jnp.asarray(tau, dtype), norm(b, axes).shape)
-    b_norm = norm(b, axes)
+    b2 = jnp.square(b)
+    b_norm = jnp.sqrt(group_sum(b2, axes))
+    tau = jnp.broadcast_to(jnp.asarray(tau, dtype), b_norm.shape)
     d_max = jnp.max(d, axis=axes, keepdims=True)
     d_min = jnp.min(d, axis=axes, keepdims=True)
     active = (b_norm > tau) & (tau > 0) & (d_max > 0)
     excess = jnp.where(active, b_norm - tau, 0)
     r_lo = regs.safe_divide(excess, d_max)
     r_hi = jnp.where(d_min > 0, regs.safe_divide(excess, d_min), jnp.inf)
-    prepared.append((b, d, tau, axes, active, r_lo, r_hi))
-    start = r_lo if init is None else jnp.clip(norm(init.astype(dtype), axes), r_lo, r_hi)
+    prepared.append((b, b2, d, tau, axes, active, r_lo, r_hi))
+    start = r_lo
+    if init is not None:
+      init_norm = jnp.sqrt(group_sum(jnp.square(init.astype(dtype)), axes))
+      start = jnp.clip(init_norm, r_lo, r_hi)
     starts.append(jnp.where(active, start, 0))
 
   def newton(rs):
+    # With inv = 1/(D r + tau): f^2 = sum b^2 inv^2, and the Newton step on
+    # 1/f - 1 is f^2 (f - 1) / sum(b^2 D inv^3).
     new_rs, done = [], []
-    for r, (b, d, tau, axes, active, r_lo, r_hi) in zip(rs, prepared):
-      den = jnp.where(active, d * r + tau, 1)
-      w = b / den
-      f = norm(w, axes)
-      s = jnp.sum(jnp.square(w) * d / den, axis=axes, keepdims=True)
-      step = regs.safe_divide(jnp.square(f) * (f - 1), s)
-      r_new = jnp.clip(r + step, r_lo, r_hi)
-      r_new = jnp.where(active, r_new, 0)
+    for r, (_, b2, d, tau, axes, active, r_lo, r_hi) in zip(rs, prepared):
+      inv = 1 / jnp.where(active, d * r + tau, 1)
+      t = b2 * jnp.square(inv)
+      f = jnp.sqrt(group_sum(t, axes))
+      slope = group_sum(t * d * inv, axes)
+      step = regs.safe_divide(jnp.square(f) * (f - 1), slope)
+      r_new = jnp.where(active, jnp.clip(r + step, r_lo, r_hi), 0)
       new_rs.append(r_new)
       done.append(jnp.all(jnp.abs(r_new - r) <= tol * r_new))
     return new_rs, jnp.all(jnp.stack(done))
@@ -260,11 +265,15 @@ def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, r
   rs, iterations, _ = jax.lax.while_loop(cond, body, init)
 
   zs, residual = [], jnp.zeros((), dtype)
-  for r, (b, d, tau, axes, active, _, _) in zip(rs, prepared):
-    z_reg = jnp.where(active, r * b / jnp.where(active, d * r + tau, 1), 0)
-    misfit = jnp.where(active, jnp.abs(regs.safe_divide(norm(z_reg, axes), r) - 1), 0)
+  for r, (b, _, d, tau, axes, active, _, _) in zip(rs, prepared):
+    # tau = 0 (unregularized group): z = b / D, the same formula with any r > 0
+    free = tau <= 0
+    r = jnp.where(free, 1, r)
+    den = d * r + jnp.where(free, 0, tau)
+    z = jnp.where(active | free, r * b * regs.safe_divide(1, den), 0)
+    misfit = jnp.where(active, jnp.abs(regs.safe_divide(jnp.sqrt(group_sum(jnp.square(z), axes)), r) - 1), 0)
     residual = jnp.maximum(residual, jnp.max(misfit, initial=0))
-    zs.append(jnp.where(tau <= 0, regs.safe_divide(b, d), z_reg))
+    zs.append(z)
   return zs, iterations, residual
 
 

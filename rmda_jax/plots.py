@@ -1,0 +1,112 @@
+"""Figures of a training run (matplotlib, optional): curves and surviving groups."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rmda_jax import metrics
+
+
+def _pyplot():
+  try:
+    import matplotlib
+  except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("plots need matplotlib: pip install 'rmda-jax[examples]'") from err
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def curves(history: list, path: str, title: str = "") -> None:
+  """Accuracy (left) and sparsity (right) against epochs, like the papers' figures."""
+  plt = _pyplot()
+  epochs = [r["epoch"] for r in history]
+  fig, (acc, sp) = plt.subplots(1, 2, figsize=(11, 4))
+  acc.plot(epochs, [r["train_accuracy"] for r in history], label="train")
+  acc.plot(epochs, [r["val_accuracy"] for r in history], label="validation")
+  if history and "structured_val_accuracy" in history[0]:
+    acc.plot(epochs, [r["structured_val_accuracy"] for r in history], "--", label="validation (z)")
+  acc.set_xlabel("epoch")
+  acc.set_ylabel("accuracy")
+  acc.legend()
+  acc.grid(alpha=0.3)
+  for key, label in [("group_sparsity", "group sparsity"), ("weighted_group_sparsity", "weighted group sparsity"),
+                     ("unstructured_sparsity", "unstructured sparsity"), ("low_rank_level", "low-rank level"),
+                     ("structured_group_sparsity", "group sparsity (z)")]:
+    if history and key in history[0]:
+      sp.plot(epochs, [r[key] for r in history], "--" if key.startswith("structured") else "-", label=label)
+  sp.set_xlabel("epoch")
+  sp.set_ylabel("sparsity")
+  sp.set_ylim(-0.02, 1.02)
+  sp.legend()
+  sp.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def comparison(histories: dict, key: str, path: str, ylabel: str, title: str = "") -> None:
+  """One curve per method (e.g. group sparsity vs epoch for every optimizer)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for name, history in histories.items():
+    ax.plot([r["epoch"] for r in history], [r[key] for r in history], label=name)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _grid(mask: np.ndarray) -> np.ndarray:
+  n = mask.size
+  cols = math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  out = np.full(rows * cols, np.nan)
+  out[:n] = mask
+  return out.reshape(rows, cols)
+
+
+def surviving_groups(params, regularizer, input_shape, path: str) -> None:
+  """Which groups survived, one panel per regularized leaf.
+
+  A Dense layer fed by the flattened input is drawn as the input image (kept
+  pixels in colour); other layers as a grid of their groups (input channels
+  of a conv layer, input neurons of a Dense layer).
+  """
+  plt = _pyplot()
+  structure = metrics.group_structure(params, regularizer)
+  n = max(len(structure), 1)
+  fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.8), squeeze=False)
+  pixels = int(np.prod(input_shape))
+  for ax, (name, leaf, rule) in zip(axes[0], structure):
+    kept = np.asarray(metrics.regs.group_norm(leaf, rule) > 0).reshape(-1).astype(float)
+    if kept.size == pixels and len(input_shape) == 3:
+      image = kept.reshape(input_shape).max(axis=-1)
+      ax.imshow(image, cmap="viridis", vmin=0, vmax=1)
+      what = "input pixels"
+    elif kept.size == pixels and len(input_shape) == 1 and math.isqrt(pixels) ** 2 == pixels:
+      side = math.isqrt(pixels)
+      ax.imshow(kept.reshape(side, side), cmap="viridis", vmin=0, vmax=1)
+      what = "input features"
+    else:
+      ax.imshow(_grid(kept), cmap="viridis", vmin=0, vmax=1)
+      what = "groups"
+    ax.set_title(f"{name}\n{int(kept.sum())}/{kept.size} {what} kept", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  if not structure:
+    axes[0][0].text(0.5, 0.5, "no regularized groups", ha="center", va="center")
+    axes[0][0].axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,85 @@
+"""The training command end to end on tiny settings, its outputs, resume, and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rmda_jax import cli
+from rmda_jax import train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["--epochs", "2", "--max-steps", "3", "--batch-size", "32", "--hidden", "16", "--no-progress",
+        "--milestones", "1"]
+
+
+def _check_outputs(out, epochs):
+  with open(os.path.join(out, "log.json")) as f:
+    log = json.load(f)
+  assert [r["epoch"] for r in log["epochs"]] == list(range(1, epochs + 1))
+  for key in ("train_loss", "val_accuracy", "group_sparsity", "weighted_group_sparsity", "unstructured_sparsity"):
+    assert all(key in r for r in log["epochs"])
+  for name in ("curves.png", "groups.png"):
+    with open(os.path.join(out, name), "rb") as f:
+      content = f.read()
+    assert content.startswith(PNG) and len(content) > 1000
+  assert os.path.isdir(os.path.join(out, "checkpoint"))
+  return log
+
+
+@pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
+def test_every_optimizer_runs_end_to_end_and_resumes(optimizer, tmp_path):
+  out = str(tmp_path / optimizer)
+  assert cli.main(["train", "--optimizer", optimizer, "--out", out, *TINY]) == 0
+  log = _check_outputs(out, 1)
+  assert log["epochs"][0]["step"] == 3
+  # resume: the step budget grows to 5, the second epoch continues from step 3
+  resumed = [a if a != "3" else "5" for a in TINY]
+  assert cli.main(["train", "--optimizer", optimizer, "--out", out, "--resume", *resumed]) == 0
+  log = _check_outputs(out, 2)
+  assert [r["step"] for r in log["epochs"]] == [3, 5]
+
+
+@pytest.mark.parametrize("model,dataset,regularizer", [("lenet5", "mnist_subset", "group_lasso"),
+                                                       ("vgg", "digits", "nuclear"),
+                                                       ("logreg", "digits", "l1")])
+def test_models_and_regularizers(model, dataset, regularizer, tmp_path):
+  out = str(tmp_path / model)
+  args = ["train", "--model", model, "--dataset", dataset, "--regularizer", regularizer, "--out", out, *TINY]
+  assert cli.main(args) == 0
+  log = _check_outputs(out, 1)
+  if regularizer == "nuclear":
+    assert "low_rank_level" in log["epochs"][0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--optimizer", "adam"], "invalid choice"),
+    (["--strength", "-1"], "--strength must be >= 0"),
+    (["--momentum", "1.5"], "--momentum must be in (0, 1]"),
+    (["--model", "lenet5"], "lenet5 needs images"),
+])
+def test_bad_options_give_one_line_errors(args, fragment, tmp_path, capsys):
+  with pytest.raises(SystemExit) if "adam" in args else _nullcontext():
+    code = cli.main(["train", "--out", str(tmp_path), *args, *TINY])
+    assert code == 2
+  err = capsys.readouterr().err.strip()
+  assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+class _nullcontext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def test_missing_dataset_offline_is_one_line_in_a_real_process(tmp_path):
+  env = dict(os.environ, RMDA_JAX_DATA=str(tmp_path / "cache"))
+  proc = subprocess.run([sys.executable, "-m", "rmda_jax.train", "--dataset", "fashion_mnist", "--no-download",
+                         "--out", str(tmp_path / "run"), *TINY], capture_output=True, text=True, env=env)
+  assert proc.returncode == 2
+  err = proc.stderr.strip()
+  assert "fashion_mnist is not in the cache" in err and len(err.splitlines()) == 1 and "Traceback" not in err
