@@ -59,6 +59,8 @@ def _add_train(sub) -> None:
   p.add_argument("--no-download", action="store_true", help="fail instead of downloading a dataset")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+  p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                 help="save OUT/checkpoint every N epochs (and always at the end)")
 
 
 def _train(args) -> int:
@@ -68,7 +70,7 @@ def _train(args) -> int:
       batch_size=args.batch_size, milestones=tuple(args.milestones), gamma=args.gamma, seed=args.seed,
       out=args.out, resume=args.resume, max_steps=args.max_steps, hidden=tuple(args.hidden),
       data_dir=args.data_dir, download=not args.no_download, progress=not args.no_progress,
-      plots=not args.no_plots)
+      plots=not args.no_plots, checkpoint_every=args.checkpoint_every)
   training.run(config)
   return 0
 

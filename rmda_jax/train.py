@@ -81,6 +81,7 @@ class TrainConfig:
   progress: bool = True
   plots: bool = True
   eval_batch_size: int = 1024
+  checkpoint_every: int = 1
 
   def validate(self) -> None:
     def check(ok, message):
@@ -108,6 +109,7 @@ class TrainConfig:
     check(all(m >= 1 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
           f"--milestones must be increasing epochs >= 1, got {list(self.milestones)}")
     check(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
+    check(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
     check(all(h >= 1 for h in self.hidden), f"--hidden widths must be >= 1, got {list(self.hidden)}")
 
   @property
@@ -278,7 +280,8 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
       record["structured_val_accuracy"] = _batched(correct, z, dataset.x_test, dataset.y_test, config.eval_batch_size)
     history.append(record)
     log(_epoch_line(record))
-    ckpt.save(checkpoint_dir, _checkpoint_tree(params, opt_state, epoch, step))
+    if stopped or epoch == config.epochs or epoch % config.checkpoint_every == 0:
+      ckpt.save(checkpoint_dir, _checkpoint_tree(params, opt_state, epoch, step))
     with open(log_path, "w") as f:
       json.dump({"config": dataclasses.asdict(config), "epochs": history}, f, indent=2)
     if stopped:
