@@ -20,6 +20,8 @@ from rmda_jax import groups
 from rmda_jax import metrics
 from rmda_jax import regularizers
 from rmda_jax import schedules
+from rmda_jax import sharding
+from rmda_jax import testing
 from rmda_jax import solvers
 from rmda_jax import models
 from rmda_jax.dual_averaging import RAMDAState

@@ -105,12 +105,15 @@ def prox_sgd(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _adam_moments(state, grads, b1, b2):
+def _adam_moments(state, grads, learning_rate, b1, b2):
+  """Learning rate, new step count ``t`` (int32 and float32) and Adam's moments."""
+  lr = _common.evaluate(learning_rate, state.count)
+  t = optax.safe_int32_increment(state.count)
   mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g.astype(m.dtype), state.mu, grads)
   nu = jax.tree_util.tree_map(
       lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(v.dtype)), state.nu, grads
   )
-  return mu, nu
+  return lr, t, t.astype(jnp.float32), mu, nu
 
 
 def _check_adam(b1, b2, eps, weight_decay):
@@ -176,10 +179,7 @@ def prox_adamw(
   def update_fn(grads, state, params=None, **extra_args):
     del extra_args
     _common.require_params(params, "prox_adamw")
-    lr = _common.evaluate(learning_rate, state.count)
-    t = optax.safe_int32_increment(state.count)
-    tf = t.astype(jnp.float32)
-    mu, nu = _adam_moments(state, grads, b1, b2)
+    lr, t, tf, mu, nu = _adam_moments(state, grads, learning_rate, b1, b2)
     x = jax.tree_util.tree_map(lambda p, m: (1 - lr * weight_decay) * p.astype(m.dtype), params, mu)
     bias2 = jnp.sqrt(1 - b2**tf)
     a = lr / (1 - b1**tf)
@@ -238,10 +238,7 @@ def prox_ssi(
   def update_fn(grads, state, params=None, **extra_args):
     del extra_args
     _common.require_params(params, "prox_ssi")
-    lr = _common.evaluate(learning_rate, state.count)
-    t = optax.safe_int32_increment(state.count)
-    tf = t.astype(jnp.float32)
-    mu, nu = _adam_moments(state, grads, b1, b2)
+    lr, t, tf, mu, nu = _adam_moments(state, grads, learning_rate, b1, b2)
     diag = jax.tree_util.tree_map(lambda v: jnp.sqrt(v) + eps, nu)
     step = lr * jnp.sqrt(1 - b2**tf) / (1 - b1**tf)
     y = jax.tree_util.tree_map(
