@@ -58,7 +58,8 @@ def run_one(model, dataset, optimizer, regularizer, strength, seed, args):
       model=model, dataset=dataset, optimizer=optimizer, regularizer=regularizer, strength=strength,
       epochs=args.epochs, batch_size=args.batch_size, milestones=milestones, seed=seed,
       out=os.path.join(args.work, f"{model}-{dataset}-{optimizer}-{regularizer}-{seed}"),
-      hidden=(256, 128), progress=False, plots=False, checkpoint_every=10**9)
+      hidden=(256, 128), progress=False, plots=False, checkpoint_every=10**9,
+      solver_max_iters=args.solver_max_iters, solver_tol=1e-3)
   return train.run(config, log=lambda line: None).history
 
 
@@ -73,6 +74,8 @@ def main():
   parser.add_argument("--mnist-subset", action="store_true", help="also the MLP on the offline MNIST subset")
   parser.add_argument("--lenet5", action="store_true", help="also LeNet5 on the MNIST subset (slow on CPU)")
   parser.add_argument("--full", action="store_true", help="also full MNIST / Fashion-MNIST when cached")
+  parser.add_argument("--solver-max-iters", type=int, default=5,
+                      help="inexact solver cap for the nuclear rows (the RAMDA paper's MLP config: 5)")
   parser.add_argument("--work", default="/tmp/rmda_jax_quality")
   args = parser.parse_args()
 

@@ -3,8 +3,8 @@
 For each param tree (LeNet5, an MLP, a VGG16-size CNN, a transformer block)
 and each optimizer (rmda, ramda, prox_sgd, prox_adamw, prox_ssi with
 group-LASSO; optax.sgd(momentum=0.9) and optax.adamw as baselines), time the
-jitted ``update + apply_updates`` (params and state donated), interleaved in
-one run, and report medians and ratios: rmda and prox_sgd against optax.sgd,
+jitted ``update + apply_updates`` (several steps per call in a
+``lax.scan``, so dispatch is not timed), interleaved in one run, and report medians and ratios: rmda and prox_sgd against optax.sgd,
 the adaptive ones against optax.adamw. A bytes-moved estimate per step
 (gradients read, state and params read and written) is compared with the
 machine's measured copy bandwidth.
@@ -72,7 +72,7 @@ def copy_bandwidth(nbytes=256 << 20, repeats=10) -> float:
 
 
 def make_runner(tx, params, grads, steps):
-  state = tx.init(params)
+  state = rmda_jax.sharding.init(tx, params)  # state placed like the params
 
   @jax.jit
   def many(params, state):

@@ -59,6 +59,10 @@ def _add_train(sub) -> None:
   p.add_argument("--no-download", action="store_true", help="fail instead of downloading a dataset")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+  p.add_argument("--solver-max-iters", type=int, default=d.solver_max_iters,
+                 help="inexact subproblem solver (nuclear norm with ramda/prox_adamw/prox_ssi): iteration cap")
+  p.add_argument("--solver-tol", type=float, default=d.solver_tol,
+                 help="inexact subproblem solver: tolerance on the subgradient norm")
   p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                  help="save OUT/checkpoint every N epochs (and always at the end)")
 
@@ -70,7 +74,8 @@ def _train(args) -> int:
       batch_size=args.batch_size, milestones=tuple(args.milestones), gamma=args.gamma, seed=args.seed,
       out=args.out, resume=args.resume, max_steps=args.max_steps, hidden=tuple(args.hidden),
       data_dir=args.data_dir, download=not args.no_download, progress=not args.no_progress,
-      plots=not args.no_plots, checkpoint_every=args.checkpoint_every)
+      plots=not args.no_plots, checkpoint_every=args.checkpoint_every,
+      solver_max_iters=args.solver_max_iters, solver_tol=args.solver_tol)
   training.run(config)
   return 0
 

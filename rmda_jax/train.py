@@ -34,6 +34,7 @@ from rmda_jax import data as datasets
 from rmda_jax import metrics
 from rmda_jax import models
 from rmda_jax import regularizers as regs
+from rmda_jax import solvers
 from rmda_jax.dual_averaging import ramda, rmda, structured_params
 from rmda_jax.proximal import prox_adamw, prox_sgd, prox_ssi
 from rmda_jax.schedules import Stagewise
@@ -82,6 +83,8 @@ class TrainConfig:
   plots: bool = True
   eval_batch_size: int = 1024
   checkpoint_every: int = 1
+  solver_max_iters: int = 100
+  solver_tol: float = 1e-5
 
   def validate(self) -> None:
     def check(ok, message):
@@ -110,6 +113,8 @@ class TrainConfig:
           f"--milestones must be increasing epochs >= 1, got {list(self.milestones)}")
     check(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
     check(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+    check(self.solver_max_iters >= 1, f"--solver-max-iters must be >= 1, got {self.solver_max_iters}")
+    check(self.solver_tol > 0, f"--solver-tol must be > 0, got {self.solver_tol}")
     check(all(h >= 1 for h in self.hidden), f"--hidden widths must be >= 1, got {list(self.hidden)}")
 
   @property
@@ -152,17 +157,20 @@ def build_regularizer(config: TrainConfig) -> Optional[regs.Regularizer]:
 def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int):
   stages = Stagewise.from_epochs(tuple(config.milestones), steps_per_epoch, gamma=config.gamma)
   lr, c = config.lr, config.momentum_value
+  solver = "auto"
+  if regularizer is not None and not regularizer.has_exact_diag_prox:
+    solver = solvers.ProximalGradient(max_iters=config.solver_max_iters, tol=config.solver_tol)
   if config.optimizer == "rmda":
     return rmda(lr, momentum=c, regularizer=regularizer, stages=stages)
   if config.optimizer == "ramda":
-    return ramda(lr, momentum=c, regularizer=regularizer, stages=stages)
+    return ramda(lr, momentum=c, regularizer=regularizer, stages=stages, solver=solver)
   schedule = stages.learning_rate(lr)
   if config.optimizer == "prox_sgd":
     return prox_sgd(schedule, momentum=c, regularizer=regularizer)
   if config.optimizer == "prox_adamw":
-    return prox_adamw(schedule, regularizer=regularizer)
+    return prox_adamw(schedule, regularizer=regularizer, solver=solver)
   if config.optimizer == "prox_ssi":
-    return prox_ssi(schedule, regularizer=regularizer)
+    return prox_ssi(schedule, regularizer=regularizer, solver=solver)
   return optax.sgd(schedule, momentum=c or None)
 
 
