@@ -169,3 +169,45 @@ def test_structured_params_accessor():
   inj = optax.inject_hyperparams(rmda_jax.rmda)(learning_rate=0.1, momentum=0.5)
   state = inj.init(params)
   chex.assert_trees_all_equal(rmda_jax.structured_params(state), params)
+
+
+@pytest.mark.parametrize("make", [lambda r: rmda_jax.rmda(0.1, momentum=1.0, regularizer=r),
+                                  lambda r: rmda_jax.ramda(0.05, momentum=1.0, regularizer=r)])
+def test_drops_into_nnx_optimizer_and_train_state(make):
+  from flax import nnx
+  from flax.training import train_state
+  import flax.linen as nn
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(6, 4, rngs=rngs)
+      self.l2 = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(jax.nn.relu(self.l1(x)))
+
+  reg = rmda_jax.group_lasso(0.5)
+  model = Model(nnx.Rngs(0))
+  opt = nnx.Optimizer(model, make(reg), wrt=nnx.Param)
+  x, y = jnp.ones((8, 6)), jnp.zeros((8, 2))
+
+  @nnx.jit
+  def step(model, opt):
+    loss, grads = nnx.value_and_grad(lambda m: ((m(x) - y) ** 2).mean())(model)
+    opt.update(model, grads)
+    return loss
+
+  losses = [float(step(model, opt)) for _ in range(10)]
+  assert losses[-1] < losses[0]
+  params = nnx.state(model, nnx.Param)
+  z = rmda_jax.structured_params(opt.opt_state)
+  assert jax.tree_util.tree_structure(nnx.to_pure_dict(z)) == jax.tree_util.tree_structure(nnx.to_pure_dict(params))
+  # input-wise groups of both Linear kernels are counted (6 + 4)
+  sizes = [r.reduce_axes for _, _, r in rmda_jax.metrics.group_structure(params, reg)]
+  assert sizes == [(1,), (1,)]
+
+  dense = nn.Dense(3)
+  p = dense.init(jax.random.PRNGKey(0), jnp.ones((1, 4)))
+  ts = train_state.TrainState.create(apply_fn=dense.apply, params=p, tx=make(reg))
+  ts = ts.apply_gradients(grads=jax.tree_util.tree_map(jnp.ones_like, p))
+  assert int(ts.step) == 1
