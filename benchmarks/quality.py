@@ -101,9 +101,12 @@ def main():
       rows.append(row)
       print(" | ".join(str(v) for v in row.values()), flush=True)
       if regularizer == "group_lasso":
-        mean_curve = [dict(epoch=e["epoch"], group_sparsity=float(np.mean([h[i]["group_sparsity"] for h in histories])))
+        # RMDA/RAMDA: the structured point z, where their structure lives before the momentum ramp
+        key = "structured_group_sparsity" if "structured_group_sparsity" in histories[0][0] else "group_sparsity"
+        label = row["method"] + (" (z)" if key.startswith("structured") else "")
+        mean_curve = [dict(epoch=e["epoch"], group_sparsity=float(np.mean([h[i][key] for h in histories])))
                       for i, e in enumerate(histories[0])]
-        curves.setdefault(f"{model}-{dataset}", {})[row["method"]] = mean_curve
+        curves.setdefault(f"{model}-{dataset}", {})[label] = mean_curve
   _harness.print_table(rows, list(rows[0]), f"quality after {args.epochs} epochs, {args.seeds} seeds (mean +- std)")
   for name, per_method in curves.items():
     path = os.path.join(_harness.RESULTS, f"quality_group_sparsity_{name}.png")
