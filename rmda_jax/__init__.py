@@ -17,6 +17,7 @@ Example:
 
 from rmda_jax import data
 from rmda_jax import groups
+from rmda_jax import identification
 from rmda_jax import metrics
 from rmda_jax import regularizers
 from rmda_jax import schedules
@@ -45,7 +46,8 @@ from rmda_jax.schedules import stagewise
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "groups", "metrics", "models", "regularizers", "schedules", "solvers",
+    "data", "groups", "identification", "metrics", "models", "regularizers", "schedules",
+    "sharding", "solvers", "testing",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
     "rmda", "ramda", "RMDAState", "RAMDAState", "structured_params",
     "prox_sgd", "prox_adamw", "prox_ssi", "ProxSGDState", "ProxAdamState",

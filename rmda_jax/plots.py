@@ -1,8 +1,16 @@
-"""Figures of a training run (matplotlib, optional): curves and surviving groups."""
+"""Figures of a training run (matplotlib, optional): curves and surviving groups.
+
+Every function saves the figure to ``path`` when one is given, and returns it
+otherwise (a notebook displays it). In a process that has not imported
+``matplotlib.pyplot`` yet (scripts, the command line) the non-interactive Agg
+backend is selected, so no display is needed.
+"""
 
 from __future__ import annotations
 
 import math
+import sys
+from typing import Optional
 
 import numpy as np
 
@@ -14,13 +22,24 @@ def _pyplot():
     import matplotlib
   except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("plots need matplotlib: pip install 'rmda-jax[examples]'") from err
-  matplotlib.use("Agg")
+  if "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   return plt
 
 
-def curves(history: list, path: str, title: str = "") -> None:
+def _finish(plt, fig, path: Optional[str]):
+  """Save and return None, or return the figure; closed either way so that
+  interactive backends do not show it a second time."""
+  fig.tight_layout()
+  if path is not None:
+    fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return None if path is not None else fig
+
+
+def curves(history: list, path: Optional[str] = None, title: str = ""):
   """Accuracy (left) and sparsity (right) against epochs, like the papers' figures."""
   plt = _pyplot()
   epochs = [r["epoch"] for r in history]
@@ -45,12 +64,11 @@ def curves(history: list, path: str, title: str = "") -> None:
   sp.grid(alpha=0.3)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return _finish(plt, fig, path)
 
 
-def comparison(histories: dict, key: str, path: str, ylabel: str, title: str = "") -> None:
+def comparison(histories: dict, key: str, path: Optional[str] = None, ylabel: str = "",
+               title: str = ""):
   """One curve per method (e.g. group sparsity vs epoch for every optimizer)."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -62,9 +80,7 @@ def comparison(histories: dict, key: str, path: str, ylabel: str, title: str = "
   ax.legend()
   if title:
     ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return _finish(plt, fig, path)
 
 
 def _grid(mask: np.ndarray) -> np.ndarray:
@@ -76,7 +92,7 @@ def _grid(mask: np.ndarray) -> np.ndarray:
   return out.reshape(rows, cols)
 
 
-def surviving_groups(params, regularizer, input_shape, path: str) -> None:
+def surviving_groups(params, regularizer, input_shape, path: Optional[str] = None):
   """Which groups survived, one panel per regularized leaf.
 
   A Dense layer fed by the flattened input is drawn as the input image (kept
@@ -107,6 +123,4 @@ def surviving_groups(params, regularizer, input_shape, path: str) -> None:
   if not structure:
     axes[0][0].text(0.5, 0.5, "no regularized groups", ha="center", va="center")
     axes[0][0].axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return _finish(plt, fig, path)
