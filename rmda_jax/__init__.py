@@ -16,6 +16,7 @@ Example:
 """
 
 from rmda_jax import data
+from rmda_jax import discrete
 from rmda_jax import groups
 from rmda_jax import identification
 from rmda_jax import metrics
@@ -25,11 +26,16 @@ from rmda_jax import sharding
 from rmda_jax import testing
 from rmda_jax import solvers
 from rmda_jax import models
+from rmda_jax import pruning
+from rmda_jax.discrete import discrete_penalty
+from rmda_jax.discrete import discrete_set
 from rmda_jax.dual_averaging import RAMDAState
 from rmda_jax.dual_averaging import RMDAState
 from rmda_jax.dual_averaging import ramda
 from rmda_jax.dual_averaging import rmda
 from rmda_jax.dual_averaging import structured_params
+from rmda_jax.pruning import RigLState
+from rmda_jax.pruning import rigl
 from rmda_jax.proximal import ProxAdamState
 from rmda_jax.proximal import ProxSGDState
 from rmda_jax.proximal import prox_adamw
@@ -46,9 +52,10 @@ from rmda_jax.schedules import stagewise
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "groups", "identification", "metrics", "models", "regularizers", "schedules",
-    "sharding", "solvers", "testing",
+    "data", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
+    "pruning", "sharding", "solvers", "testing",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
+    "discrete_set", "discrete_penalty", "rigl", "RigLState",
     "rmda", "ramda", "RMDAState", "RAMDAState", "structured_params",
     "prox_sgd", "prox_adamw", "prox_ssi", "ProxSGDState", "ProxAdamState",
     "Stagewise", "stagewise",

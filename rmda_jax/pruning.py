@@ -1,0 +1,264 @@
+"""RigL: sparse training by periodic drop and grow (the pruning baseline).
+
+RigL (Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML
+2020) trains a network whose chosen leaves keep a fixed number of nonzero
+weights from the first step. Every ``update_every`` steps until ``end_step``,
+in each sparse leaf it
+
+* drops the ``n_t = round(f_t * active)`` active weights of smallest magnitude,
+* grows the ``n_t`` weights of largest gradient magnitude among those not kept
+  (the new connections start at zero),
+
+with the drop fraction annealed by a cosine,
+``f_t = drop_fraction / 2 * (1 + cos(pi * t / end_step))``. Between events the
+masked weights, their gradients and their optimizer moments stay exactly zero.
+
+:func:`rigl` wraps any optax optimizer; the per-leaf densities come from the
+Erdos-Renyi-Kernel rule (:func:`erk_densities`) or are uniform.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax, rmda_jax
+  >>> params = {"Dense_0": {"kernel": jnp.ones((64, 32)), "bias": jnp.zeros(32)}}
+  >>> tx = rmda_jax.rigl(optax.sgd(0.1, momentum=0.9), sparsity=0.9, end_step=1000)
+  >>> state = tx.init(params)
+  >>> int(state.masks["Dense_0"]["kernel"].sum()), bool(state.masks["Dense_0"]["bias"].all())
+  (205, True)
+
+References:
+  Evci, Gale, Menick, Castro & Elsen, "Rigging the Lottery: Making All
+  Tickets Winners", ICML 2020, arXiv:1911.11134.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rmda_jax import _common
+from rmda_jax import groups
+
+DISTRIBUTIONS = ("erk", "uniform")
+
+
+class RigLState(NamedTuple):
+  """State of :func:`rigl`.
+
+  Attributes:
+    count: int32, steps taken.
+    masks: a boolean tree like the params (all True on the dense leaves).
+    inner_state: the wrapped optimizer's state (moments of masked weights are 0).
+  """
+
+  count: jax.Array
+  masks: Any
+  inner_state: Any
+
+
+def erk_densities(shapes: Sequence[tuple], sparsity: float, power_scale: float = 1.0) -> list:
+  """Per-leaf densities of the Erdos-Renyi-Kernel rule for a global ``sparsity``.
+
+  A leaf of shape ``(k_1, ..., k_n)`` gets density proportional to
+  ``(sum_i k_i / prod_i k_i) ** power_scale``, scaled so that the total number
+  of kept weights is ``(1 - sparsity) * sum of sizes``; leaves whose density
+  would exceed 1 are kept dense and the others rescaled (RigL's
+  ``get_sparsities_erdos_renyi``).
+
+  Example:
+    >>> [round(d, 4) for d in erk_densities([(784, 300), (300, 100), (100, 10)], 0.9)]
+    [0.0796, 0.2302, 1.0]
+  """
+  sizes = [math.prod(s) for s in shapes]
+  raw = [(sum(s) / math.prod(s)) ** power_scale for s in shapes]
+  dense = set()
+  while True:
+    # kept = eps * sum_free raw * size + sum_dense size = (1 - sparsity) * total
+    budget = sum((1 - sparsity) * n if i not in dense else -sparsity * n for i, n in enumerate(sizes))
+    divisor = sum(raw[i] * sizes[i] for i in range(len(sizes)) if i not in dense)
+    if divisor == 0:
+      return [1.0] * len(sizes)
+    eps = budget / divisor
+    free = [i for i in range(len(sizes)) if i not in dense]
+    largest = max(raw[i] for i in free)
+    if largest * eps <= 1:
+      return [1.0 if i in dense else eps * raw[i] for i in range(len(sizes))]
+    dense.update(i for i in free if raw[i] == largest)
+
+
+def active_counts(shapes: Sequence[tuple], sparsity: float, distribution: str = "erk",
+                  power_scale: float = 1.0) -> list:
+  """Number of active weights per sparse leaf (at least 1, at most its size)."""
+  if distribution == "erk":
+    densities = erk_densities(shapes, sparsity, power_scale)
+  else:
+    densities = [1 - sparsity] * len(shapes)
+  return [int(min(max(round(d * math.prod(s)), 1), math.prod(s))) for d, s in zip(densities, shapes)]
+
+
+def drop_fraction_at(count, drop_fraction: float, end_step: int) -> jax.Array:
+  """``drop_fraction / 2 * (1 + cos(pi * t / end_step))``, 0 from ``end_step`` on."""
+  t = jnp.minimum(jnp.asarray(count, jnp.float32), end_step)
+  return drop_fraction / 2 * (1 + jnp.cos(jnp.pi * t / end_step))
+
+
+def _ranks(scores: jax.Array) -> jax.Array:
+  """Rank of each entry of a flat array in decreasing order (0 = largest; stable)."""
+  order = jnp.argsort(-scores, stable=True)
+  return jnp.zeros(scores.shape, jnp.int32).at[order].set(jnp.arange(scores.size, dtype=jnp.int32))
+
+
+def drop_and_grow(weights: jax.Array, grads: jax.Array, mask: jax.Array,
+                  num_swap: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One RigL mask update of a leaf; returns ``(new_mask, new_connections)``.
+
+  Keeps the ``active - num_swap`` active weights of largest magnitude, then
+  adds the ``num_swap`` entries of largest ``|grad|`` outside the kept ones
+  (a weight dropped this step may come back, as a new connection). Ties go to
+  the lower flat index. Shapes are static: ranks come from a stable sort.
+  """
+  flat_w, flat_g, flat_m = weights.reshape(-1), grads.reshape(-1), mask.reshape(-1)
+  active = jnp.sum(flat_m, dtype=jnp.int32)
+  keep_scores = jnp.where(flat_m, jnp.abs(flat_w).astype(jnp.float32), -jnp.inf)
+  kept = flat_m & (_ranks(keep_scores) < active - num_swap)
+  grow_scores = jnp.where(kept, -jnp.inf, jnp.abs(flat_g).astype(jnp.float32))
+  grown = ~kept & (_ranks(grow_scores) < num_swap)
+  return (kept | grown).reshape(mask.shape), (grown & ~kept).reshape(mask.shape)
+
+
+def rigl(
+    optimizer: optax.GradientTransformation,
+    sparsity: float,
+    end_step: int,
+    update_every: int = 100,
+    drop_fraction: float = 0.3,
+    distribution: str = "erk",
+    rules=None,
+    erk_power_scale: float = 1.0,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""RigL sparse training around ``optimizer`` (any optax transformation).
+
+  .. math::
+    u_t = \mathrm{opt}(m \odot g_t),\quad
+    w' = m \odot (w_t + u_t),\quad
+    (m, \text{new}) \leftarrow \mathrm{drop\_grow}(w', g_t, m, n_t)
+    \text{ if } t \bmod \Delta T = 0,\ 0 < t < T_\text{end},\quad
+    w_{t+1} = m \odot w' \text{ (new connections set to 0)}
+
+  with ``n_t = round(f_t * active)`` and ``f_t`` the cosine-annealed drop
+  fraction. After each mask update the wrapped optimizer's params-shaped
+  state (momentum, Adam moments) is masked too, so a weight re-enters with
+  zero moments. The first update also zeroes the masked entries of the
+  initial params (or call :func:`apply_masks` on them before training).
+
+  Args:
+    optimizer: the dense optimizer to wrap, e.g. ``optax.sgd(0.1, momentum=0.9)``.
+    sparsity: target fraction of zero weights over the sparse leaves, in ``[0, 1)``.
+    end_step: last step with mask updates (> 0); the cosine reaches 0 there.
+    update_every: ``Delta T``, steps between mask updates (>= 1).
+    drop_fraction: initial drop fraction in ``[0, 1]`` (RigL: 0.3).
+    distribution: ``"erk"`` (Erdos-Renyi-Kernel) or ``"uniform"``.
+    rules: which leaves are sparse, as for :func:`rmda_jax.l1`: None (every
+      leaf with ndim >= 2 except embeddings), a callable
+      ``(path, leaf) -> groups.Elementwise() | None``, or a tree of those.
+    erk_power_scale: exponent of the ERK rule (1 in RigL; 0 gives uniform).
+    seed: seed of the random initial masks.
+
+  Example:
+    >>> import optax, rmda_jax
+    >>> tx = rmda_jax.rigl(optax.adamw(1e-3), sparsity=0.95, end_step=7500, update_every=100)
+  """
+  _common.check_in_range(sparsity, "sparsity", 0, 1)
+  _common.check_in_range(drop_fraction, "drop_fraction", 0, 1, high_open=False)
+  _common.check_in_range(erk_power_scale, "erk_power_scale", 0, math.inf)
+  for name, value in (("end_step", end_step), ("update_every", update_every)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+  if distribution not in DISTRIBUTIONS:
+    raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
+
+  def sparse_leaves(params):
+    paths, leaves, leaf_rules, treedef = groups.resolve_rules(
+        rules, params, groups.default_elementwise_rule, groups.Elementwise, "rigl rules")
+    return leaves, [r is not None for r in leaf_rules], treedef
+
+  def init_fn(params):
+    leaves, sparse, treedef = sparse_leaves(params)
+    shapes = [tuple(jnp.shape(x)) for x, s in zip(leaves, sparse) if s]
+    counts = iter(active_counts(shapes, sparsity, distribution, erk_power_scale))
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), max(len(shapes), 1)))
+    masks = []
+    for x, is_sparse in zip(leaves, sparse):
+      if not is_sparse:
+        masks.append(jnp.ones(jnp.shape(x), bool))
+        continue
+      size = math.prod(jnp.shape(x))
+      order = jax.random.permutation(next(keys), size)
+      masks.append((jnp.zeros(size, bool).at[order[:next(counts)]].set(True)).reshape(jnp.shape(x)))
+    masks = jax.tree_util.tree_unflatten(treedef, masks)
+    return RigLState(jnp.zeros((), jnp.int32), masks, optimizer.init(params))
+
+  def update_fn(grads, state, params=None, **extra_args):
+    _common.require_params(params, "rigl")
+    leaves, sparse, treedef = sparse_leaves(params)
+    masked_grads = apply_masks(grads, state.masks)
+    updates, inner_state = optimizer.update(masked_grads, state.inner_state, params, **extra_args)
+    new_params = apply_masks(optax.apply_updates(params, updates), state.masks)
+    count = state.count
+    fraction = drop_fraction_at(count, drop_fraction, end_step)
+    is_event = (count > 0) & (count < end_step) & (count % update_every == 0)
+
+    def mask_update(operand):
+      new_params, inner_state = operand
+      flat_w = jax.tree_util.tree_leaves(new_params)
+      flat_g = jax.tree_util.tree_leaves(grads)
+      flat_m = jax.tree_util.tree_leaves(state.masks)
+      masks, weights = [], []
+      for w, g, m, is_sparse in zip(flat_w, flat_g, flat_m, sparse):
+        if not is_sparse:
+          masks.append(m)
+          weights.append(w)
+          continue
+        active = jnp.sum(m, dtype=jnp.int32)
+        num_swap = jnp.round(fraction * active.astype(jnp.float32)).astype(jnp.int32)
+        new_mask, new_connections = drop_and_grow(w, g, m, num_swap)
+        masks.append(new_mask)
+        weights.append(jnp.where(new_connections | ~new_mask, jnp.zeros((), w.dtype), w))
+      masks = jax.tree_util.tree_unflatten(treedef, masks)
+      inner_state = optax.tree_map_params(
+          optimizer, lambda s, m: jnp.where(m, s, jnp.zeros((), s.dtype)), inner_state, masks)
+      return jax.tree_util.tree_unflatten(treedef, weights), inner_state, masks
+
+    def keep(operand):
+      new_params, inner_state = operand
+      return new_params, inner_state, state.masks
+
+    new_params, inner_state, masks = jax.lax.cond(is_event, mask_update, keep, (new_params, inner_state))
+    new_state = RigLState(optax.safe_int32_increment(count), masks, inner_state)
+    return _common.updates_to(new_params, params), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def apply_masks(tree, masks):
+  """``tree`` with its masked entries set to exactly zero (dtypes kept)."""
+  return jax.tree_util.tree_map(
+      lambda x, m: jnp.where(m, x, jnp.zeros((), jnp.result_type(x))), tree, masks)
+
+
+def masks_of(state) -> Optional[Any]:
+  """The RigL masks inside a (possibly chained) optimizer state, or None."""
+  if isinstance(state, RigLState):
+    return state.masks
+  if isinstance(state, (tuple, list)):
+    for child in state:
+      found = masks_of(child)
+      if found is not None:
+        return found
+  return None
