@@ -37,14 +37,16 @@ def _add_train(sub) -> None:
   p.add_argument("--dataset", choices=datasets.NAMES, default=d.dataset,
                  help="digits and mnist_subset are offline; mnist, fashion_mnist, cifar10 download once")
   p.add_argument("--optimizer", choices=training.OPTIMIZERS, default=d.optimizer)
-  p.add_argument("--regularizer", choices=training.REGULARIZERS, default=d.regularizer)
+  p.add_argument("--regularizer", choices=training.REGULARIZERS, default=d.regularizer,
+                 help="binary / ternary: weights constrained to {-a, a} / {-a, 0, a} with a = 1/sqrt(fan_in) "
+                      "(--strength is not used); sgd and rigl take none")
   p.add_argument("--strength", type=float, default=d.strength, help="lambda >= 0 (default %(default)s)")
   p.add_argument("--lr", type=float, default=None,
                  help="learning rate (default per optimizer: " +
                  ", ".join(f"{k} {v:g}" for k, v in training.DEFAULT_LR.items()) + ")")
   p.add_argument("--momentum", type=float, default=None,
                  help="the papers' c in (0, 1] (1 = none) for rmda/ramda/prox_sgd, default 0.1; "
-                      "heavy-ball beta for sgd, default 0.9")
+                      "heavy-ball beta for sgd and rigl, default 0.9")
   p.add_argument("--epochs", type=int, default=d.epochs)
   p.add_argument("--batch-size", type=int, default=d.batch_size)
   p.add_argument("--milestones", type=_int_list, default=list(d.milestones),
@@ -63,6 +65,10 @@ def _add_train(sub) -> None:
                  help="inexact subproblem solver (nuclear norm with ramda/prox_adamw/prox_ssi): iteration cap")
   p.add_argument("--solver-tol", type=float, default=d.solver_tol,
                  help="inexact subproblem solver: tolerance on the subgradient norm")
+  p.add_argument("--sparsity", type=float, default=d.sparsity,
+                 help="rigl: fraction of zero kernel weights, in [0, 1) (default %(default)s)")
+  p.add_argument("--rigl-update-every", type=int, default=d.rigl_update_every,
+                 help="rigl: steps between drop/grow updates (until 75%% of training)")
   p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                  help="save OUT/checkpoint every N epochs (and always at the end)")
 
@@ -75,7 +81,8 @@ def _train(args) -> int:
       out=args.out, resume=args.resume, max_steps=args.max_steps, hidden=tuple(args.hidden),
       data_dir=args.data_dir, download=not args.no_download, progress=not args.no_progress,
       plots=not args.no_plots, checkpoint_every=args.checkpoint_every,
-      solver_max_iters=args.solver_max_iters, solver_tol=args.solver_tol)
+      solver_max_iters=args.solver_max_iters, solver_tol=args.solver_tol, sparsity=args.sparsity,
+      rigl_update_every=args.rigl_update_every)
   training.run(config)
   return 0
 

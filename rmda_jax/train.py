@@ -31,19 +31,25 @@ import optax
 
 from rmda_jax import checkpoint as ckpt
 from rmda_jax import data as datasets
+from rmda_jax import discrete
 from rmda_jax import metrics
 from rmda_jax import models
 from rmda_jax import regularizers as regs
 from rmda_jax import solvers
 from rmda_jax.dual_averaging import ramda, rmda, structured_params
 from rmda_jax.proximal import prox_adamw, prox_sgd, prox_ssi
+from rmda_jax.pruning import rigl
 from rmda_jax.schedules import Stagewise
 
 MODELS = ("mlp", "lenet5", "vgg", "logreg")
-OPTIMIZERS = ("rmda", "ramda", "prox_sgd", "prox_adamw", "prox_ssi", "sgd")
-REGULARIZERS = ("group_lasso", "l1", "nuclear", "elastic_net", "none")
-DEFAULT_LR = {"rmda": 0.1, "ramda": 1e-2, "prox_sgd": 0.1, "prox_adamw": 1e-3, "prox_ssi": 1e-3, "sgd": 0.1}
-DEFAULT_MOMENTUM = {"rmda": 0.1, "ramda": 0.1, "prox_sgd": 0.1, "sgd": 0.9}
+OPTIMIZERS = ("rmda", "ramda", "prox_sgd", "prox_adamw", "prox_ssi", "sgd", "rigl")
+REGULARIZERS = ("group_lasso", "l1", "nuclear", "elastic_net", "binary", "ternary", "none")
+DEFAULT_LR = {"rmda": 0.1, "ramda": 1e-2, "prox_sgd": 0.1, "prox_adamw": 1e-3, "prox_ssi": 1e-3, "sgd": 0.1,
+              "rigl": 0.1}
+DEFAULT_MOMENTUM = {"rmda": 0.1, "ramda": 0.1, "prox_sgd": 0.1, "sgd": 0.9, "rigl": 0.9}
+HEAVY_BALL = ("sgd", "rigl")  # optax.sgd's beta, not the papers' c
+# the weights allowed by --regularizer binary/ternary, times 1/sqrt(fan_in) per layer
+DISCRETE_VALUES = {"binary": (-1.0, 1.0), "ternary": (-1.0, 0.0, 1.0)}
 
 
 class ConfigError(ValueError):
@@ -85,6 +91,8 @@ class TrainConfig:
   checkpoint_every: int = 1
   solver_max_iters: int = 100
   solver_tol: float = 1e-5
+  sparsity: float = 0.9
+  rigl_update_every: int = 100
 
   def validate(self) -> None:
     def check(ok, message):
@@ -100,8 +108,9 @@ class TrainConfig:
     check(self.learning_rate is None or (math.isfinite(self.learning_rate) and self.learning_rate > 0),
           f"--lr must be > 0, got {self.learning_rate}")
     if self.momentum is not None:
-      if self.optimizer == "sgd":
-        check(0 <= self.momentum < 1, f"--momentum for sgd is the heavy-ball beta in [0, 1), got {self.momentum}")
+      if self.optimizer in HEAVY_BALL:
+        check(0 <= self.momentum < 1,
+              f"--momentum for {self.optimizer} is the heavy-ball beta in [0, 1), got {self.momentum}")
       else:
         check(0 < self.momentum <= 1, f"--momentum must be in (0, 1] (1 = no momentum), got {self.momentum}")
       check(self.optimizer not in ("prox_adamw", "prox_ssi"),
@@ -116,6 +125,8 @@ class TrainConfig:
     check(self.solver_max_iters >= 1, f"--solver-max-iters must be >= 1, got {self.solver_max_iters}")
     check(self.solver_tol > 0, f"--solver-tol must be > 0, got {self.solver_tol}")
     check(all(h >= 1 for h in self.hidden), f"--hidden widths must be >= 1, got {list(self.hidden)}")
+    check(0 <= self.sparsity < 1, f"--sparsity must be in [0, 1), got {self.sparsity}")
+    check(self.rigl_update_every >= 1, f"--rigl-update-every must be >= 1, got {self.rigl_update_every}")
 
   @property
   def lr(self) -> float:
@@ -144,8 +155,10 @@ def build_model(config: TrainConfig, dataset: datasets.Dataset):
 
 
 def build_regularizer(config: TrainConfig) -> Optional[regs.Regularizer]:
-  if config.regularizer == "none" or config.optimizer == "sgd":
+  if config.regularizer == "none" or config.optimizer in HEAVY_BALL:
     return None
+  if config.regularizer in DISCRETE_VALUES:
+    return discrete.discrete_set(DISCRETE_VALUES[config.regularizer], scale="fan_in")
   return {
       "group_lasso": regs.group_lasso,
       "l1": regs.l1,
@@ -171,6 +184,11 @@ def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int):
     return prox_adamw(schedule, regularizer=regularizer, solver=solver)
   if config.optimizer == "prox_ssi":
     return prox_ssi(schedule, regularizer=regularizer, solver=solver)
+  if config.optimizer == "rigl":
+    # RigL's protocol: mask updates until 75% of training
+    end_step = max(int(0.75 * config.epochs * steps_per_epoch), 1)
+    return rigl(optax.sgd(schedule, momentum=c or None), config.sparsity, end_step=end_step,
+                update_every=config.rigl_update_every)
   return optax.sgd(schedule, momentum=c or None)
 
 
@@ -182,10 +200,15 @@ def _batched(fn, params, x, y, batch):
 
 
 def structure_metrics(params, regularizer) -> dict:
-  counted = regularizer if regularizer is not None else regs.group_lasso(0.0)
+  counted = regularizer if isinstance(regularizer, (regs.GroupLasso, regs.ElasticNet, regs.NuclearNorm)) \
+      else regs.group_lasso(0.0)
   out = {k: float(v) for k, v in metrics.summary(params, counted).items()}
+  # zeros among the weights the default rules penalize (kernels): what RigL and L1 control
+  out["weight_sparsity"] = float(metrics.weighted_group_sparsity(params, regs.l1(0.0)))
   if isinstance(regularizer, regs.NuclearNorm):
     out["low_rank_level"] = float(metrics.low_rank_level(params, regularizer))
+  if isinstance(regularizer, discrete.DiscreteSet):
+    out["on_set_fraction"] = float(discrete.on_set_fraction(params, regularizer))
   return out
 
 
@@ -280,7 +303,8 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         "val_accuracy": _batched(correct, params, dataset.x_test, dataset.y_test, config.eval_batch_size),
         **structure_metrics(params, regularizer),
     }
-    if regularizer is not None:
+    if regularizer is not None and not isinstance(regularizer, discrete.DiscreteSet):
+      # (an indicator's value is +inf off the set: on_set_fraction reports feasibility instead)
       record["objective"] = record["train_loss"] + float(regularizer.value(params))
     if dual_averaging:
       z = structured_params(opt_state)
@@ -310,6 +334,8 @@ def _epoch_line(r: dict) -> str:
           f"group {r['group_sparsity']:.3f}  weighted group {r['weighted_group_sparsity']:.3f}")
   if "low_rank_level" in r:
     line += f"  low rank {r['low_rank_level']:.3f}"
+  if "on_set_fraction" in r:
+    line += f"  on set {r['on_set_fraction']:.3f}"
   if "structured_group_sparsity" in r:
     line += f"  | z: group {r['structured_group_sparsity']:.3f} val acc {r['structured_val_accuracy']:.4f}"
   return line
@@ -324,7 +350,10 @@ def _summary(history: list, config: TrainConfig) -> str:
           ("best validation accuracy", f"{best['val_accuracy']:.4f} (epoch {best['epoch']})"),
           ("unstructured sparsity", f"{last['unstructured_sparsity']:.4f}"),
           ("group sparsity", f"{last['group_sparsity']:.4f}"),
-          ("weighted group sparsity", f"{last['weighted_group_sparsity']:.4f}")]
+          ("weighted group sparsity", f"{last['weighted_group_sparsity']:.4f}"),
+          ("weight sparsity (kernels)", f"{last['weight_sparsity']:.4f}")]
+  if "on_set_fraction" in last:
+    rows.append(("weights on the discrete set", f"{last['on_set_fraction']:.4f}"))
   if "low_rank_level" in last:
     rows.append(("low-rank level", f"{last['low_rank_level']:.4f}"))
   rows.append(("epochs / steps", f"{last['epoch']} / {last['step']}"))

@@ -40,11 +40,14 @@ def test_every_optimizer_runs_end_to_end_and_resumes(optimizer, tmp_path):
   assert cli.main(["train", "--optimizer", optimizer, "--out", out, "--resume", *resumed]) == 0
   log = _check_outputs(out, 2)
   assert [r["step"] for r in log["epochs"]] == [3, 5]
+  if optimizer == "rigl":  # the default 90% of the kernel weights are zero from the first step on
+    assert all(abs(r["weight_sparsity"] - 0.9) < 1e-3 for r in log["epochs"])
 
 
 @pytest.mark.parametrize("model,dataset,regularizer", [("lenet5", "mnist_subset", "group_lasso"),
                                                        ("vgg", "digits", "nuclear"),
-                                                       ("logreg", "digits", "l1")])
+                                                       ("logreg", "digits", "l1"),
+                                                       ("mlp", "digits", "ternary")])
 def test_models_and_regularizers(model, dataset, regularizer, tmp_path):
   out = str(tmp_path / model)
   args = ["train", "--model", model, "--dataset", dataset, "--regularizer", regularizer, "--out", out, *TINY]
@@ -52,6 +55,8 @@ def test_models_and_regularizers(model, dataset, regularizer, tmp_path):
   log = _check_outputs(out, 1)
   if regularizer == "nuclear":
     assert "low_rank_level" in log["epochs"][0]
+  if regularizer == "ternary":
+    assert 0 <= log["epochs"][0]["on_set_fraction"] <= 1 and "objective" not in log["epochs"][0]
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -59,6 +64,8 @@ def test_models_and_regularizers(model, dataset, regularizer, tmp_path):
     (["--strength", "-1"], "--strength must be >= 0"),
     (["--momentum", "1.5"], "--momentum must be in (0, 1]"),
     (["--model", "lenet5"], "lenet5 needs images"),
+    (["--optimizer", "rigl", "--sparsity", "1"], "--sparsity must be in [0, 1)"),
+    (["--optimizer", "rigl", "--momentum", "1"], "heavy-ball beta in [0, 1)"),
 ])
 def test_bad_options_give_one_line_errors(args, fragment, tmp_path, capsys):
   with pytest.raises(SystemExit) if "adam" in args else _nullcontext():
