@@ -15,6 +15,7 @@ Example:
   >>> state = tx.init(params)
 """
 
+from rmda_jax import compaction
 from rmda_jax import data
 from rmda_jax import discrete
 from rmda_jax import groups
@@ -52,7 +53,7 @@ from rmda_jax.schedules import stagewise
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
+    "compaction", "data", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
     "pruning", "sharding", "solvers", "testing",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
     "discrete_set", "discrete_penalty", "rigl", "RigLState",

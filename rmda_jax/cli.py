@@ -87,17 +87,78 @@ def _train(args) -> int:
   return 0
 
 
+def _add_compact(sub) -> None:
+  p = sub.add_parser(
+      "compact", help="turn a trained structured model into a smaller one with the same outputs",
+      description="Remove the channels / neurons whose groups are exactly zero (and, with --low-rank, "
+                  "factorize low-rank kernels) from a run of rmda-jax train; print parameters, FLOPs, "
+                  "inference time and validation accuracy before and after.")
+  p.add_argument("run", help="the --out directory of a training run (or its checkpoint/ directory)")
+  p.add_argument("--low-rank", action="store_true", help="also factorize kernels of low numerical rank")
+  p.add_argument("--params", choices=("structured", "final"), default="structured",
+                 help="structured: RMDA/RAMDA's point z (exact zeros), else the final params (default)")
+  p.add_argument("--batch-size", type=int, default=256, help="batch for the timing (default %(default)s)")
+  p.add_argument("--out", default=None, help="write the compact params (orbax) and model.json here")
+
+
+def _compact(args) -> int:
+  import json
+  import os
+
+  import numpy as np
+
+  from rmda_jax import checkpoint, compaction
+  from rmda_jax.dual_averaging import structured_params
+
+  if args.batch_size < 1:
+    raise training.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+  config, dataset, model, params, opt_state = training.load_run(args.run)
+  source = "final params"
+  if args.params == "structured" and config.optimizer in ("rmda", "ramda"):
+    params, source = structured_params(opt_state), "structured point z"
+  small = compaction.compact(model, params, low_rank=args.low_rank)
+  x = dataset.x_test[: args.batch_size]
+  times = compaction.latencies({"original": (model, params), "compact": (small.model, small.params)}, x)
+
+  def accuracy(m, p):
+    return float(np.mean(np.argmax(np.asarray(m.apply({"params": p}, dataset.x_test)), -1) == dataset.y_test))
+
+  rows = [
+      ("parameters", compaction.num_params(params), compaction.num_params(small.params), "{:,}"),
+      ("FLOPs per example", compaction.flops(model, params, x[:1]), compaction.flops(small.model, small.params, x[:1]),
+       "{:,.0f}"),
+      (f"ms per batch of {len(x)}", 1e3 * times["original"], 1e3 * times["compact"], "{:.3f}"),
+      ("validation accuracy", accuracy(model, params), accuracy(small.model, small.params), "{:.4f}"),
+  ]
+  print(f"{config.model} from {args.run} ({source}); compact widths: "
+        + ", ".join(f"{k} {len(v)}" for k, v in small.kept.items())
+        + ("; ranks: " + ", ".join(f"{k} {r}" for k, r in small.ranks.items()) if small.ranks else ""))
+  print(f"{'':24s}{'original':>16s}{'compact':>16s}{'ratio':>8s}")
+  for name, before, after, fmt in rows:
+    ratio = after / before if before else float("nan")
+    print(f"{name:24s}{fmt.format(before):>16s}{fmt.format(after):>16s}{ratio:8.3f}")
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint.save(os.path.join(os.path.abspath(args.out), "params"), small.params)
+    fields = {k: v for k, v in vars(small.model).items() if k not in ("parent", "name") and not k.startswith("_")}
+    with open(os.path.join(args.out, "model.json"), "w") as f:
+      json.dump({"class": type(small.model).__name__, "fields": fields}, f, indent=2)
+    print(f"wrote {args.out}/params and {args.out}/model.json")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="rmda-jax", description="Structured neural networks with RMDA / RAMDA.")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   _add_train(sub)
+  _add_compact(sub)
   return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
-  commands = {"train": _train}
+  commands = {"train": _train, "compact": _compact}
   try:
     return commands[args.command](args)
   except (training.ConfigError, datasets.DataError) as err:

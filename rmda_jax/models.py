@@ -10,7 +10,10 @@
 
 All are sequential stacks of ``Conv_i`` / ``Dense_i`` layers, which is what
 the default group rules (one group per input feature / input channel) and
-:mod:`rmda_jax.compaction` expect.
+:mod:`rmda_jax.compaction` expect. ``ranks`` (one entry per layer, None for a
+full layer) replaces a layer by its factorization at that rank: a thin layer
+``down`` (no bias) followed by a 1x1 ``up`` layer with the bias, as
+:func:`rmda_jax.compaction.compact` produces from a low-rank kernel.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -22,20 +25,62 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+Ranks = Optional[Sequence[Optional[int]]]
+
+
+class LowRank(nn.Module):
+  """A Dense or Conv layer whose kernel is the product of two thin factors.
+
+  ``y = up(down(x))``: ``down`` maps to ``rank`` features without bias
+  (a Dense, or a Conv with the original window), ``up`` is a Dense (a 1x1
+  conv) to ``features`` with the bias. Same outputs as the full layer with
+  kernel ``reshape(down) @ up`` and the same bias.
+  """
+
+  features: int
+  rank: int
+  kernel_size: Optional[Sequence[int]] = None  # None: a Dense layer
+  padding: str = "SAME"
+
+  @nn.compact
+  def __call__(self, x):
+    if self.kernel_size is None:
+      x = nn.Dense(self.rank, use_bias=False, name="down")(x)
+    else:
+      x = nn.Conv(self.rank, tuple(self.kernel_size), padding=self.padding, use_bias=False, name="down")(x)
+    return nn.Dense(self.features, name="up")(x)
+
+
+def _rank(ranks: Ranks, index: int) -> Optional[int]:
+  return None if ranks is None else ranks[index]
+
+
+def dense(features: int, name: str, rank: Optional[int] = None) -> nn.Module:
+  if rank is None:
+    return nn.Dense(features, name=name)
+  return LowRank(features, rank, name=name)
+
+
+def conv(features: int, kernel_size, padding: str, name: str, rank: Optional[int] = None) -> nn.Module:
+  if rank is None:
+    return nn.Conv(features, tuple(kernel_size), padding=padding, name=name)
+  return LowRank(features, rank, tuple(kernel_size), padding, name=name)
 
 
 class LogisticRegression(nn.Module):
   """Multinomial logistic regression on flattened inputs."""
 
   num_classes: int = 10
+  ranks: Ranks = None
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+    return dense(self.num_classes, "Dense_0", _rank(self.ranks, 0))(x.reshape(x.shape[0], -1))
 
 
 class MLP(nn.Module):
@@ -43,13 +88,15 @@ class MLP(nn.Module):
 
   hidden: Sequence[int] = (512, 256)
   num_classes: int = 10
+  ranks: Ranks = None
 
   @nn.compact
   def __call__(self, x):
     x = x.reshape(x.shape[0], -1)
-    for width in self.hidden:
-      x = nn.relu(nn.Dense(width)(x))
-    return nn.Dense(self.num_classes)(x)
+    for i, width in enumerate(self.hidden):
+      x = nn.relu(dense(width, f"Dense_{i}", _rank(self.ranks, i))(x))
+    n = len(self.hidden)
+    return dense(self.num_classes, f"Dense_{n}", _rank(self.ranks, n))(x)
 
 
 class LeNet5(nn.Module):
@@ -58,15 +105,17 @@ class LeNet5(nn.Module):
   num_classes: int = 10
   conv_features: Sequence[int] = (20, 50)
   dense_features: int = 500
+  ranks: Ranks = None  # Conv_0, Conv_1, Dense_0, Dense_1
 
   @nn.compact
   def __call__(self, x):
-    for features in self.conv_features:
-      x = nn.Conv(features, (5, 5), padding="VALID")(x)
+    for i, features in enumerate(self.conv_features):
+      x = conv(features, (5, 5), "VALID", f"Conv_{i}", _rank(self.ranks, i))(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(self.dense_features)(x))
-    return nn.Dense(self.num_classes)(x)
+    n = len(self.conv_features)
+    x = nn.relu(dense(self.dense_features, "Dense_0", _rank(self.ranks, n))(x))
+    return dense(self.num_classes, "Dense_1", _rank(self.ranks, n + 1))(x)
 
 
 class VGG(nn.Module):
@@ -74,15 +123,18 @@ class VGG(nn.Module):
 
   stages: Sequence[Sequence[int]] = ((32,), (64,), (128, 128))
   num_classes: int = 10
+  ranks: Ranks = None  # every conv in order, then the Dense head
 
   @nn.compact
   def __call__(self, x):
+    i = 0
     for stage in self.stages:
       for features in stage:
-        x = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(x))
+        x = nn.relu(conv(features, (3, 3), "SAME", f"Conv_{i}", _rank(self.ranks, i))(x))
+        i += 1
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))  # global average pool: any input size works
-    return nn.Dense(self.num_classes)(x)
+    return dense(self.num_classes, "Dense_0", _rank(self.ranks, i))(x)
 
   @classmethod
   def vgg16(cls, num_classes: int = 10) -> "VGG":

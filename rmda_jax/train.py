@@ -227,6 +227,33 @@ def _checkpoint_tree(params, opt_state, epoch, step):
           "epoch": jnp.asarray(epoch, jnp.int32), "step": jnp.asarray(step, jnp.int32)}
 
 
+def load_run(run_dir: str):
+  """A finished (or interrupted) run: ``(config, dataset, model, params, opt_state)``.
+
+  ``run_dir`` is a run's output directory (with ``config.json`` and
+  ``checkpoint/``) or its ``checkpoint`` directory.
+  """
+  run_dir = os.path.abspath(run_dir)
+  if os.path.basename(run_dir.rstrip(os.sep)) == "checkpoint":
+    run_dir = os.path.dirname(run_dir)
+  config_path, checkpoint_dir = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "checkpoint")
+  if not (os.path.isfile(config_path) and os.path.isdir(checkpoint_dir)):
+    raise ConfigError(f"{run_dir} is not a training run: it needs config.json and checkpoint/ "
+                      "(written by rmda-jax train --out DIR)")
+  with open(config_path) as f:
+    fields = json.load(f)
+  known = {f.name for f in dataclasses.fields(TrainConfig)}
+  config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known})
+  config.validate()
+  dataset = datasets.load(config.dataset, config.data_dir, download=False)
+  model = build_model(config, dataset)
+  tx = build_optimizer(config, build_regularizer(config),
+                       datasets.steps_per_epoch(len(dataset.x_train), config.batch_size))
+  params = model.init(jax.random.PRNGKey(config.seed), dataset.x_train[:1])["params"]
+  restored = ckpt.restore(checkpoint_dir, _checkpoint_tree(params, tx.init(params), 0, 0))
+  return config, dataset, model, restored["params"], restored["opt_state"]
+
+
 def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
   """Train as configured; see the module doc for what is written to ``config.out``."""
   config.validate()
