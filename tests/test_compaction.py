@@ -42,22 +42,21 @@ LINKS = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("pattern", ["random", "all_but_one", "none"])
+@pytest.mark.parametrize("pattern", ["mixed", "none"])
 def test_compact_model_computes_the_same_function(name, pattern):
   model, shape = CASES[name]
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
   params = {k: dict(v) for k, v in model.init(KEY, x)["params"].items()}
   names = sorted(params)
-  rng = np.random.default_rng(abs(hash((name, pattern))) % 2**32)
+  rng = np.random.default_rng(len(name))
   expected_width = {n: params[n]["kernel"].shape[-1] for n in names}
   for i, (producer, consumer, positions) in enumerate(LINKS[name]):
     channels = params[producer]["kernel"].shape[-1]
-    if pattern == "none":
+    # "mixed": the first link keeps one unit, the second loses none, the third half at random
+    if pattern == "none" or i == 1:
       continue
-    if pattern == "all_but_one" and i == 0:
+    if i == 0:
       removed = np.arange(1, channels)
-    elif pattern == "all_but_one":
-      removed = np.array([], int)
     else:
       removed = rng.choice(channels, size=channels // 2, replace=False)
     # half of the removed units through the consumer's input groups, half silenced at the producer
