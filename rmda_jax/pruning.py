@@ -206,7 +206,7 @@ def rigl(
 
   def update_fn(grads, state, params=None, **extra_args):
     _common.require_params(params, "rigl")
-    leaves, sparse, treedef = sparse_leaves(params)
+    _, sparse, treedef = sparse_leaves(params)
     masked_grads = apply_masks(grads, state.masks)
     updates, inner_state = optimizer.update(masked_grads, state.inner_state, params, **extra_args)
     new_params = apply_masks(optax.apply_updates(params, updates), state.masks)
