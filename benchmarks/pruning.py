@@ -16,7 +16,9 @@ model (MLP 784-256-128-10 and LeNet5 on the offline MNIST subset):
 All runs share the epochs and the stage-wise protocol (learning rate x 0.1 at
 50% and 75% of the epochs; RMDA restarts and ramps its momentum to 1).
 Sparsity is the fraction of zero kernel weights (the leaves both L1 and RigL
-act on; biases are dense in both).
+act on; biases are dense in both). Finished runs are kept in ``--work`` and
+reused by a later invocation with the same settings (e.g. another
+``--sgd-lr`` reruns only dense SGD and RigL).
 
     python benchmarks/pruning.py                  # MLP and LeNet5, 2 seeds, 40 epochs: ~25 min on 2 CPU cores
     python benchmarks/pruning.py --models mlp     # ~4 min
@@ -26,6 +28,8 @@ act on; biases are dense in both).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 
@@ -37,17 +41,33 @@ from rmda_jax import train
 
 
 def run(args, model, optimizer, seed, regularizer="none", strength=0.0, sparsity=0.9):
+  """One training run; a finished run with the same config in ``--work`` is reused."""
+  heavy_ball = optimizer in ("sgd", "rigl")
   milestones = tuple(sorted({max(args.epochs // 2, 1), max(3 * args.epochs // 4, 1)}))
   config = train.TrainConfig(
       model=model, dataset=args.dataset, optimizer=optimizer, regularizer=regularizer,
       strength=strength, epochs=args.epochs, batch_size=args.batch_size, milestones=milestones,
+      learning_rate=args.sgd_lr if heavy_ball else None,
       seed=seed, hidden=(256, 128), sparsity=sparsity, progress=False, plots=False,
       checkpoint_every=10**9,
-      out=os.path.join(args.work, f"{model}-{optimizer}-{regularizer}-{strength:g}-{sparsity:.4f}-{seed}"))
-  last = train.run(config, log=lambda line: None).history[-1]
+      out=os.path.join(args.work, f"{model}-{optimizer}-{regularizer}-{strength:g}-{sparsity:.4f}-{seed}"
+                                  + (f"-lr{args.sgd_lr:g}" if heavy_ball else "")))
+  last = _finished(config)
+  if last is None:
+    last = train.run(config, log=lambda line: None).history[-1]
   print(f"  {model} {optimizer} {regularizer} lambda={strength:g} seed={seed}: "
         f"acc {last['val_accuracy']:.4f} sparsity {last['weight_sparsity']:.4f}", flush=True)
   return last
+
+
+def _finished(config):
+  try:
+    with open(os.path.join(config.out, "log.json")) as f:
+      log = json.load(f)
+  except (OSError, ValueError):
+    return None
+  same = json.loads(json.dumps(dataclasses.asdict(config))) == log["config"]
+  return log["epochs"][-1] if same and log["epochs"] and log["epochs"][-1]["epoch"] == config.epochs else None
 
 
 def sweep(args, model):
@@ -85,6 +105,8 @@ def main():
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--targets", type=float, nargs="+", default=[0.90, 0.95, 0.98])
   parser.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
+  parser.add_argument("--sgd-lr", type=float, default=0.02,
+                      help="learning rate of dense SGD and RigL (momentum 0.9)")
   parser.add_argument("--refine", type=int, default=3, help="interpolation steps per target")
   parser.add_argument("--work", default="/tmp/rmda_jax_pruning")
   args = parser.parse_args()
