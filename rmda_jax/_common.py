@@ -48,6 +48,12 @@ def check_in_range(value, argname: str, low: float, high: float, low_open=False,
     raise ValueError(f"{argname} must be in {lb}{low}, {high}{rb}, got {value!r}.")
 
 
+def check_int(value, argname: str, low: int = 1) -> None:
+  """``value`` is an integer (not a bool) ``>= low``."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    raise ValueError(f"{argname} must be an integer >= {low}, got {value!r}.")
+
+
 def evaluate(value: ScalarOrSchedule, count) -> jax.Array:
   """A hyperparameter at step ``count``, as a float32 scalar."""
   return jnp.asarray(value(count) if callable(value) else value, jnp.float32)

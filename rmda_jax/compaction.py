@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmda_jax import models
+from rmda_jax.models import num_params  # re-exported: compaction reports sizes
 from rmda_jax import regularizers as regs
 
 SUPPORTED = (models.MLP, models.LeNet5, models.VGG, models.LogisticRegression)
@@ -89,10 +90,6 @@ class Compacted:
 
   def apply(self, x):
     return self.model.apply({"params": self.params}, x)
-
-
-def num_params(params) -> int:
-  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
 
 
 def flops(model, params, x) -> float:

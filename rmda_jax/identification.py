@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rmda_jax import _common
 from rmda_jax import dual_averaging
 from rmda_jax import proximal
 from rmda_jax import regularizers
@@ -95,8 +96,7 @@ def group_sparse_logistic(seed: int = 0, n: int = 400, copies: int = 5, informat
   """
   for name, value, low in (("n", n, 1), ("copies", copies, 1), ("informative", informative, 1),
                            ("noise_features", noise_features, 0), ("classes", classes, 2)):
-    if int(value) != value or value < low:
-      raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    _common.check_int(value, name, low)
   if not noise >= 0:
     raise ValueError(f"noise must be >= 0, got {noise!r}.")
   rng = np.random.default_rng(seed)
@@ -201,9 +201,8 @@ def track_supports(optimizer: optax.GradientTransformation, problem: Problem, st
     ``{"supports": (steps, d) bool, "structured": (d, C) final structured
     point, "distances": (steps,) or None}`` as NumPy arrays.
   """
-  for name, value in (("steps", steps), ("batch_size", batch_size)):
-    if int(value) != value or value < 1:
-      raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+  _common.check_int(steps, "steps")
+  _common.check_int(batch_size, "batch_size")
   x = jnp.asarray(problem.features, jnp.float32)
   y = jnp.asarray(problem.labels)
   draws = jnp.asarray(np.random.default_rng(seed).integers(0, len(x), size=(steps, batch_size)))

@@ -36,7 +36,6 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from rmda_jax import _common
@@ -175,9 +174,8 @@ def rigl(
   _common.check_in_range(sparsity, "sparsity", 0, 1)
   _common.check_in_range(drop_fraction, "drop_fraction", 0, 1, high_open=False)
   _common.check_in_range(erk_power_scale, "erk_power_scale", 0, math.inf)
-  for name, value in (("end_step", end_step), ("update_every", update_every)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+  _common.check_int(end_step, "end_step")
+  _common.check_int(update_every, "update_every")
   if distribution not in DISTRIBUTIONS:
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
   if not isinstance(optimizer, optax.GradientTransformation):

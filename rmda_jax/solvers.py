@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmda_jax import _common
 from rmda_jax import regularizers as regs
 
 Array = jax.Array
@@ -97,7 +98,7 @@ class Exact:
   certify: bool = False
 
   def __post_init__(self):
-    _check_positive_int(self.max_iters, "Exact.max_iters")
+    _common.check_int(self.max_iters, "Exact.max_iters")
     if self.rtol is not None:
       _check_positive(self.rtol, "Exact.rtol")
 
@@ -123,8 +124,8 @@ class ProximalGradient:
   min_iters: int = 1
 
   def __post_init__(self):
-    _check_positive_int(self.max_iters, "ProximalGradient.max_iters")
-    _check_positive_int(self.min_iters, "ProximalGradient.min_iters")
+    _common.check_int(self.max_iters, "ProximalGradient.max_iters")
+    _common.check_int(self.min_iters, "ProximalGradient.min_iters")
     if not callable(self.tol):
       _check_positive(self.tol, "ProximalGradient.tol")
 
@@ -138,11 +139,6 @@ Solver = Union[Exact, ProximalGradient]
 def _check_positive(value, argname):
   if isinstance(value, numbers.Real) and not value > 0:
     raise ValueError(f"{argname} must be > 0, got {value!r}.")
-
-
-def _check_positive_int(value, argname):
-  if not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f"{argname} must be an integer >= 1, got {value!r}.")
 
 
 def make_solver(spec: Union[str, Solver], regularizer) -> Optional[Solver]:
