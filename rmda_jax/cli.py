@@ -96,7 +96,8 @@ def _add_compact(sub) -> None:
   p.add_argument("run", help="the --out directory of a training run (or its checkpoint/ directory)")
   p.add_argument("--low-rank", action="store_true", help="also factorize kernels of low numerical rank")
   p.add_argument("--params", choices=("structured", "final"), default="structured",
-                 help="structured: RMDA/RAMDA's point z (exact zeros), else the final params (default)")
+                 help="structured (default): RMDA/RAMDA's point z, whose zeros are exact (the final params "
+                      "for other optimizers); final: the last params")
   p.add_argument("--batch-size", type=int, default=256, help="batch for the timing (default %(default)s)")
   p.add_argument("--out", default=None, help="write the compact params (orbax) and model.json here")
 
