@@ -44,10 +44,9 @@ def from_tree(t):
           "bias": np.asarray(t["bias"], np.float64)}
 
 
-def run_jax(tx, x, target, scale, noise, steps, dtype=jnp.float32):
-  """``steps`` jitted updates on the quadratic; returns (params, state)."""
+def quadratic_step(tx, target, scale):
+  """The jitted step ``(params, state, noise_t) -> (params, state)`` on the noisy quadratic."""
   jt, js = to_tree(target), to_tree(scale)
-  jn = [to_tree(n) for n in noise]
 
   @jax.jit
   def step(params, state, noise_t):
@@ -56,6 +55,28 @@ def run_jax(tx, x, target, scale, noise, steps, dtype=jnp.float32):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
+  return step
+
+
+def single_trace_step(tx):
+  """A jitted ``(params, state, grads)`` step that fails if it is traced more than once."""
+  import chex
+
+  chex.clear_trace_counter()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+def run_jax(tx, x, target, scale, noise, steps, dtype=jnp.float32):
+  """``steps`` jitted updates on the quadratic; returns (params, state)."""
+  step = quadratic_step(tx, target, scale)
+  jn = [to_tree(n) for n in noise]
   params = to_tree(x, dtype)
   state = tx.init(params)
   for t in range(steps):

@@ -144,7 +144,8 @@ def prox_sgd_run(x, grad_fn, steps, lr, c, lam, kind, groups):
   return x
 
 
-def prox_adamw_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+def _adam_prox_run(x, grad_fn, steps, b1, b2, prox_step):
+  """Adam moments in float64; ``prox_step(x_n, m_n, v_n, t, name)`` gives each new leaf."""
   x = {k: v.astype(np.float64) for k, v in x.items()}
   m = {k: np.zeros_like(v) for k, v in x.items()}
   v = {k: np.zeros_like(v) for k, v in x.items()}
@@ -152,31 +153,29 @@ def prox_adamw_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, e
     g = grad_fn(x)
     new = {}
     for n in x:
-      xn = (1 - lr * wd) * x[n]
       m[n] = b1 * m[n] + (1 - b1) * g[n]
       v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
-      D = np.sqrt(v[n]) / np.sqrt(1 - b2 ** t) + eps
-      a = lr / (1 - b1 ** t)
-      new[n] = diag_prox(kind, D * xn - a * m[n], D, lr * lam, groups.get(n))
+      new[n] = prox_step(x[n], m[n], v[n], t, n)
     x = new
   return x
+
+
+def prox_adamw_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+  def prox_step(xn, m, v, t, n):
+    D = np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps
+    a = lr / (1 - b1 ** t)
+    return diag_prox(kind, D * (1 - lr * wd) * xn - a * m, D, lr * lam, groups.get(n))
+
+  return _adam_prox_run(x, grad_fn, steps, b1, b2, prox_step)
 
 
 def prox_ssi_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, eps=1e-6):
-  x = {k: v.astype(np.float64) for k, v in x.items()}
-  m = {k: np.zeros_like(v) for k, v in x.items()}
-  v = {k: np.zeros_like(v) for k, v in x.items()}
-  for t in range(1, steps + 1):
-    g = grad_fn(x)
-    new = {}
-    for n in x:
-      m[n] = b1 * m[n] + (1 - b1) * g[n]
-      v[n] = b2 * v[n] + (1 - b2) * g[n] ** 2
-      D = np.sqrt(v[n]) + eps
-      y = x[n] - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m[n] / D
-      new[n] = diag_prox(kind, D * y, D, lr * lam, groups.get(n))
-    x = new
-  return x
+  def prox_step(xn, m, v, t, n):
+    D = np.sqrt(v) + eps
+    y = xn - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / D
+    return diag_prox(kind, D * y, D, lr * lam, groups.get(n))
+
+  return _adam_prox_run(x, grad_fn, steps, b1, b2, prox_step)
 
 
 def stagewise_run(method, x, grad_fn, epochs, steps_per_epoch, milestones, gamma, lr, c0, lam, kind,

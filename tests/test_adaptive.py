@@ -9,7 +9,7 @@ import pytest
 
 import rmda_jax
 import reference as ref
-from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax
+from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax, single_trace_step
 
 REGS = {
     "group_lasso": rmda_jax.group_lasso,
@@ -106,13 +106,7 @@ def test_jit_static_shapes_single_trace(make, reg):
   params = {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}, "Conv_0": {"kernel": jnp.ones((2, 2, 3, 2))}}
   state = tx.init(params)
 
-  chex.clear_trace_counter()
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  step = single_trace_step(tx)
 
   for i in range(3):
     grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.3 * (i + 1)), params)

@@ -9,7 +9,7 @@ import pytest
 
 import rmda_jax
 import reference as ref
-from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax
+from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax, single_trace_step
 
 REGS = {"group_lasso": lambda lam: rmda_jax.group_lasso(lam), "l1": lambda lam: rmda_jax.l1(lam), None: None}
 
@@ -104,13 +104,7 @@ def test_jit_compiles_once_and_composes_with_chain():
                                  regularizer=rmda_jax.group_lasso(1e-2)))
   state = tx.init(params)
 
-  chex.clear_trace_counter()
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  step = single_trace_step(tx)
 
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 5.0), params)
   for _ in range(5):

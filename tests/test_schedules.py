@@ -8,25 +8,17 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import rmda_jax
 import reference as ref
-from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, to_tree
+from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, quadratic_step, to_tree
 
 EPOCHS, SPE, MILESTONES = 6, 4, (2, 4)
 
 
 def _run_steps(tx, x, target, scale, noise, steps):
-  jt, js = to_tree(target), to_tree(scale)
-
-  @jax.jit
-  def step(params, state, noise_t):
-    grads = jax.tree_util.tree_map(lambda s, p, t, n: s * (p - t) + n, js, params, jt, noise_t)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
+  step = quadratic_step(tx, target, scale)
   params = to_tree(x)
   state = tx.init(params)
   history = []
@@ -110,7 +102,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import rmda_jax
     from rmda_jax import checkpoint
-    from problems import make_problem, to_tree
+    from problems import make_problem, quadratic_step, to_tree
 
     method, mode, path, out, k, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
     stages = rmda_jax.stagewise([5, 9], gamma=0.5)
@@ -119,14 +111,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     else:
         tx = rmda_jax.ramda(0.05, momentum=0.3, regularizer=rmda_jax.group_lasso(0.05), stages=stages)
     x, target, scale, noise = make_problem(steps=n)
-    jt, js = to_tree(target), to_tree(scale)
-
-    @jax.jit
-    def step(params, state, noise_t):
-        grads = jax.tree_util.tree_map(lambda s, p, t, e: s * (p - t) + e, js, params, jt, noise_t)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
+    step = quadratic_step(tx, target, scale)
     params = to_tree(x); state = tx.init(params)
     if mode == "resume":
         restored = checkpoint.restore(path, {{"params": params, "opt_state": state}})
