@@ -24,11 +24,9 @@ import argparse  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import _harness  # noqa: E402
-import rmda_jax  # noqa: E402
 from step_speed import TREES, make_runner, optimizers  # noqa: E402
 
 

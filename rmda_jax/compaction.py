@@ -59,6 +59,8 @@ from rmda_jax import models
 from rmda_jax.models import num_params  # re-exported: compaction reports sizes
 from rmda_jax import regularizers as regs
 
+__all__ = ["Compacted", "Link", "SUPPORTED", "compact", "factorize", "flops", "latencies", "num_params"]
+
 SUPPORTED = (models.MLP, models.LeNet5, models.VGG, models.LogisticRegression)
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import ClassVar, Optional
 
 import jax
