@@ -17,6 +17,7 @@ Example:
 
 from rmda_jax import compaction
 from rmda_jax import data
+from rmda_jax import discovery
 from rmda_jax import discrete
 from rmda_jax import groups
 from rmda_jax import identification
@@ -26,8 +27,12 @@ from rmda_jax import schedules
 from rmda_jax import sharding
 from rmda_jax import testing
 from rmda_jax import solvers
+from rmda_jax import structure
 from rmda_jax import models
 from rmda_jax import pruning
+from rmda_jax.discovery import discover_groups
+from rmda_jax.discovery import discover_linen
+from rmda_jax.discovery import discover_nnx
 from rmda_jax.discrete import discrete_penalty
 from rmda_jax.discrete import discrete_set
 from rmda_jax.dual_averaging import RAMDAState
@@ -49,12 +54,16 @@ from rmda_jax.regularizers import l1
 from rmda_jax.regularizers import nuclear_norm
 from rmda_jax.schedules import Stagewise
 from rmda_jax.schedules import stagewise
+from rmda_jax.structure import Family
+from rmda_jax.structure import Groups
+from rmda_jax.structure import Slice
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "compaction", "data", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
-    "pruning", "sharding", "solvers", "testing",
+    "compaction", "data", "discovery", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
+    "pruning", "sharding", "solvers", "structure", "testing",
+    "discover_groups", "discover_linen", "discover_nnx", "Groups", "Family", "Slice",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
     "discrete_set", "discrete_penalty", "rigl", "RigLState",
     "rmda", "ramda", "RMDAState", "RAMDAState", "structured_params",

@@ -82,12 +82,16 @@ def leaf_name(path: str) -> str:
 
 
 def path_to_str(key_path) -> str:
+  """The ``/``-joined key path; an NNX ``Variable``'s ``value`` attribute is not a
+  component, so an ``nnx.State`` and the same weights as a plain dict have the
+  same paths (``"attn/query/kernel"``)."""
   parts = []
   for key in key_path:
     if isinstance(key, jax.tree_util.DictKey):
       parts.append(str(key.key))
     elif isinstance(key, jax.tree_util.GetAttrKey):
-      parts.append(str(key.name))
+      if key.name != "value":
+        parts.append(str(key.name))
     elif isinstance(key, jax.tree_util.SequenceKey):
       parts.append(str(key.idx))
     elif isinstance(key, jax.tree_util.FlattenedIndexKey):
