@@ -40,12 +40,13 @@ Example:
   >>> class MLP(nn.Module):
   ...   @nn.compact
   ...   def __call__(self, x):
-  ...     return nn.Dense(3)(nn.relu(nn.Dense(16)(x)))
+  ...     hidden = nn.relu(nn.Dense(16)(x))
+  ...     return nn.Dense(3)(hidden)
   >>> model = MLP()
   >>> params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 8)))["params"]
   >>> groups = rmda_jax.discover_linen(model, params, jnp.ones((1, 8)))
   >>> [(f.kind, f.size, f.paths) for f in groups.families]
-  [('units', 16, ('Dense_0/kernel', 'Dense_0/bias', 'Dense_1/kernel'))]
+  [('units', 16, ('Dense_0/bias', 'Dense_0/kernel', 'Dense_1/kernel'))]
   >>> reg = rmda_jax.group_lasso(1e-3, groups=groups)
 
 References:
