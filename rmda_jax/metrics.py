@@ -16,9 +16,12 @@ NaN.
   over the regularized matrices (numerical rank with the
   ``numpy.linalg.matrix_rank`` cutoff).
 
-Which groups? With a :func:`~rmda_jax.group_lasso` regularizer, its own groups;
-with :func:`~rmda_jax.l1` / elastic net, single entries of its leaves; with a
-nuclear norm or None, the default Flax input-wise groups.
+Which groups? With a :func:`~rmda_jax.group_lasso` regularizer, its own groups
+(per-leaf, or coupled groups spanning several leaves: a group counts as zero
+only when all of its slices are); with :func:`~rmda_jax.l1` / elastic net,
+single entries of its leaves; with a nuclear norm or None, the default Flax
+input-wise groups. A NaN or infinite entry counts as nonzero, so a diverged
+model never looks sparse.
 
 A :class:`StructureTracker` follows the support of the structured point
 across steps and reports when it last changed (the identification step).
@@ -34,6 +37,7 @@ import jax.numpy as jnp
 
 from rmda_jax import groups
 from rmda_jax import regularizers as regs
+from rmda_jax import structure
 
 
 def _ratio(num, den):
@@ -50,9 +54,29 @@ def unstructured_sparsity(params) -> jax.Array:
   return _ratio(nonzero, total)
 
 
-def group_structure(params, regularizer: Optional[regs.Regularizer] = None) -> list:
-  """``[(path, leaf, GroupRule), ...]`` for the leaves whose groups are counted."""
+def group_blocks(params, regularizer: Optional[regs.Regularizer] = None) -> list:
+  """``[(paths, leaves, Block), ...]``: the counted groups, one entry per
+  family of coupled groups or per leaf (see :class:`rmda_jax.structure.Block`)."""
   if isinstance(regularizer, regs.GroupLasso):
+    resolved = regularizer.resolve(params)
+    return [([resolved.paths[i] for i in u.index], [jnp.asarray(x) for x in resolved.leaves_of(u)], u.rule)
+            for u in resolved.units]
+  return [([p], [x], structure.Block.of_rule(x.shape, r, groups.group_weight(x.shape, r)))
+          for p, x, r in group_structure(params, regularizer)]
+
+
+def group_supports_of(xs, block) -> jax.Array:
+  """Which groups of one block (a leaf's or a family's) are nonzero; ``!= 0``
+  rather than ``> 0``, so a NaN group is not a zero group."""
+  return block.sum([jnp.square(x.astype(regs.compute_dtype(x.dtype))) for x in xs]) != 0
+
+
+def group_structure(params, regularizer: Optional[regs.Regularizer] = None) -> list:
+  """``[(path, leaf, GroupRule), ...]`` for the leaves whose groups are counted
+  (per-leaf groups; see :func:`group_blocks` for coupled ones)."""
+  if isinstance(regularizer, regs.GroupLasso):
+    if regularizer.groups is not None:
+      raise ValueError("group_structure lists per-leaf groups; these are coupled groups: use group_blocks.")
     resolved = regularizer.resolve(params)
     rules = resolved.rules
   elif isinstance(regularizer, regs.ElasticNet):
@@ -71,28 +95,25 @@ def group_structure(params, regularizer: Optional[regs.Regularizer] = None) -> l
 
 
 def group_supports(params, regularizer: Optional[regs.Regularizer] = None) -> list:
-  """Per counted leaf, a boolean array (reduced axes kept) of nonzero groups."""
-  return [regs.group_norm(x, rule) > 0 for _, x, rule in group_structure(params, regularizer)]
+  """Per counted leaf or family, a boolean array of nonzero groups (a leaf's
+  with its reduced axes kept, a family's of shape ``(n,)``)."""
+  return [group_supports_of(xs, block) for _, xs, block in group_blocks(params, regularizer)]
 
 
 def group_sparsity(params, regularizer: Optional[regs.Regularizer] = None) -> jax.Array:
   """Fraction of the regularized groups that are exactly zero."""
-  structure = group_structure(params, regularizer)
-  total = sum(groups.num_groups(x.shape, r) for _, x, r in structure)
-  nonzero = sum(
-      (jnp.sum(regs.group_norm(x, r) > 0) for _, x, r in structure), jnp.zeros((), jnp.int32)
-  )
+  blocks = group_blocks(params, regularizer)
+  total = sum(block.num_groups for _, _, block in blocks)
+  nonzero = sum((jnp.sum(group_supports_of(xs, block)) for _, xs, block in blocks), jnp.zeros((), jnp.int32))
   return _ratio(nonzero, total)
 
 
 def weighted_group_sparsity(params, regularizer: Optional[regs.Regularizer] = None) -> jax.Array:
   """Fraction of the regularized weights that lie in all-zero groups."""
-  structure = group_structure(params, regularizer)
-  total = sum(x.size for _, x, _ in structure)
-  kept = sum(
-      (jnp.sum(regs.group_norm(x, r) > 0) * groups.group_size(x.shape, r) for _, x, r in structure),
-      jnp.zeros((), jnp.int32),
-  )
+  blocks = group_blocks(params, regularizer)
+  total = sum(block.num_groups * block.group_size for _, _, block in blocks)
+  kept = sum((jnp.sum(group_supports_of(xs, block)) * block.group_size for _, xs, block in blocks),
+             jnp.zeros((), jnp.int32))
   return _ratio(kept, total)
 
 
@@ -108,7 +129,8 @@ def ranks(params, regularizer: Optional[regs.Regularizer] = None) -> list:
   for x in _matrices(params, regularizer):
     xc = x.astype(regs.compute_dtype(x.dtype))
     sigma = regs.singular_values(xc)
-    out.append(jnp.sum(sigma > regs.rank_tolerance(sigma, regs.as_matrix(xc).shape)))
+    # ~(<=): a NaN singular value counts towards the rank
+    out.append(jnp.sum(~(sigma <= regs.rank_tolerance(sigma, regs.as_matrix(xc).shape))))
   return out
 
 
@@ -176,10 +198,10 @@ class StructureTracker:
       raise ValueError(f"kind must be 'group' or 'unstructured', got {self.kind!r}.")
 
   def support(self, params) -> tuple:
-    structure = group_structure(params, self.regularizer)
+    blocks = group_blocks(params, self.regularizer)
     if self.kind == "unstructured":
-      return tuple(x != 0 for _, x, _ in structure)
-    return tuple(regs.group_norm(x, r) > 0 for _, x, r in structure)
+      return tuple(x != 0 for _, xs, _ in blocks for x in xs)
+    return tuple(group_supports_of(xs, block) for _, xs, block in blocks)
 
   def init(self, params) -> TrackerState:
     zero = jnp.zeros((), jnp.int32)

@@ -93,19 +93,20 @@ def _grid(mask: np.ndarray) -> np.ndarray:
 
 
 def surviving_groups(params, regularizer, input_shape, path: Optional[str] = None):
-  """Which groups survived, one panel per regularized leaf.
+  """Which groups survived, one panel per regularized leaf or family of coupled groups.
 
   A Dense layer fed by the flattened input is drawn as the input image (kept
   pixels in colour); other layers as a grid of their groups (input channels
   of a conv layer, input neurons of a Dense layer).
   """
   plt = _pyplot()
-  structure = metrics.group_structure(params, regularizer)
+  structure = metrics.group_blocks(params, regularizer)
   n = max(len(structure), 1)
   fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.8), squeeze=False)
   pixels = int(np.prod(input_shape))
-  for ax, (name, leaf, rule) in zip(axes[0], structure):
-    kept = np.asarray(metrics.regs.group_norm(leaf, rule) > 0).reshape(-1).astype(float)
+  for ax, (paths, leaves, block) in zip(axes[0], structure):
+    name = paths[0] if len(paths) == 1 else f"{paths[0]} +{len(paths) - 1}"
+    kept = np.asarray(metrics.group_supports_of(leaves, block)).reshape(-1).astype(float)
     if kept.size == pixels and len(input_shape) == 3:
       image = kept.reshape(input_shape).max(axis=-1)
       ax.imshow(image, cmap="viridis", vmin=0, vmax=1)

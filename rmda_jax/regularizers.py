@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from rmda_jax import groups
+from rmda_jax import structure
 
 Array = jax.Array
 
@@ -61,16 +62,45 @@ def safe_divide(num: Array, den: Array) -> Array:
   return jnp.where(nonzero, num / jnp.where(nonzero, den, 1), 0)
 
 
+def norm_from_squares(squared: Array) -> Array:
+  """``sqrt`` of a sum of squares: 0 at 0 with a finite gradient, NaN stays NaN
+  (a group with a NaN entry is seen, never taken for a zero group)."""
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1)), squared)
+
+
 def group_norm(x: Array, rule: groups.GroupRule) -> Array:
   """``||x_g||_2`` for every group, with the reduced axes kept (size 1)."""
-  squared = jnp.sum(jnp.square(x), axis=rule.reduce_axes, keepdims=True)
-  positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1)), 0)
+  return norm_from_squares(jnp.sum(jnp.square(x), axis=rule.reduce_axes, keepdims=True))
+
+
+def block_norm(xs: list, block: structure.Block) -> Array:
+  """``||x_g||_2`` of every group of a block (a family or a per-leaf rule)."""
+  return norm_from_squares(block.sum([jnp.square(x) for x in xs]))
+
+
+def shrink_factor(norm: Array, threshold: Array) -> Array:
+  """``max(0, 1 - threshold / norm)`` without 0/0; NaN where ``norm`` is NaN."""
+  return jnp.where(norm > threshold, 1 - safe_divide(threshold, norm), jnp.where(norm <= threshold, 0, norm))
 
 
 def soft_threshold(x: Array, threshold: Array) -> Array:
   """``sign(x) * max(|x| - threshold, 0)``."""
   return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """What the regularizer's prox couples: one leaf under its rule, or the
+  leaves of one family of coupled groups.
+
+  Attributes:
+    index: positions of its leaves in ``Resolved.leaves``.
+    rule: the leaf's rule (one leaf), or a :class:`~rmda_jax.structure.Block`.
+  """
+
+  index: tuple
+  rule: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +111,14 @@ class Resolved:
   leaves: list
   rules: list
   treedef: Any
+  units: list = dataclasses.field(default_factory=list)
 
   def unflatten(self, leaves):
     return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+  def leaves_of(self, unit: Unit, leaves=None) -> list:
+    leaves = self.leaves if leaves is None else leaves
+    return [leaves[i] for i in unit.index]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,13 +190,43 @@ class Regularizer(abc.ABC):
     (False = provably zero), or None when the regularizer cannot tell."""
     return None
 
+  # ------------------------------------------------------------- per unit
+  # A unit is one leaf for every regularizer but group-LASSO on coupled
+  # groups; these defaults hand the single leaf to the leaf hooks above.
+  def unit_value(self, xs: list, rule) -> Array:
+    return self.leaf_value(xs[0], rule)
+
+  def unit_prox(self, xs: list, threshold: Array, rule) -> list:
+    return [self.leaf_prox(xs[0], threshold, rule)]
+
+  def unit_support(self, xs: list, rule) -> Array:
+    return self.leaf_support(xs[0], rule)
+
+  def unit_screen(self, bs: list, threshold: Array, rule) -> Optional[list]:
+    mask = self.leaf_screen(bs[0], threshold, rule)
+    return None if mask is None else [mask]
+
+  def unit_block_max(self, diags: list, rule) -> list:
+    """Per member, the largest ``D`` over each block the prox couples."""
+    d = diags[0]
+    return [jnp.max(d, axis=self.block_axes(rule, d.ndim), keepdims=True)]
+
+  def units_prox_diag(self, bs: list, diags: list, thresholds: list, rules: list, inits=None,
+                      **options) -> tuple[list, Array, Array]:
+    """:meth:`leaves_prox_diag` over units (lists of member arrays)."""
+    zs, iterations, residual = self.leaves_prox_diag(
+        [b[0] for b in bs], [d[0] for d in diags], thresholds, rules,
+        inits=None if inits is None else [i[0] for i in inits], **options)
+    return [[z] for z in zs], iterations, residual
+
   # ------------------------------------------------------------- tree level
   def resolve(self, params) -> Resolved:
     """Lay the rules against ``params`` (raises ValueError on a mismatch)."""
     paths, leaves, rules, treedef = groups.resolve_rules(
         self.rules, params, self.default_rule, self.rule_type, f"{type(self).__name__} rules"
     )
-    return Resolved(paths, leaves, rules, treedef)
+    units = [Unit((i,), r) for i, r in enumerate(rules) if r is not None]
+    return Resolved(paths, leaves, rules, treedef, units)
 
   def check(self, params) -> None:
     """Validate the rules against ``params`` now (optimizers call it in ``init``)."""
@@ -182,28 +247,26 @@ class Regularizer(abc.ABC):
     """``strength * psi(params)`` as a float32 (or float64) scalar."""
     resolved = self.resolve(params)
     total = jnp.zeros((), jnp.float32)
-    for x, rule in zip(resolved.leaves, resolved.rules):
-      if rule is not None:
-        xc = jnp.asarray(x).astype(compute_dtype(jnp.result_type(x)))
-        total = total + self.leaf_value(xc, rule)
+    for unit in resolved.units:
+      xs = [_compute(x) for x in resolved.leaves_of(unit)]
+      total = total + self.unit_value(xs, unit.rule)
     return self.strength * total
 
   def prox(self, params, scale=1.0):
-    """``argmin_z 1/2||z - params||^2 + scale * strength * psi(z)``, leaf by leaf.
+    """``argmin_z 1/2||z - params||^2 + scale * strength * psi(z)``, unit by unit.
 
     Unregularized leaves come back unchanged; the others keep their dtype
-    (the math runs in at least float32).
+    (the math runs in at least float32). A family of coupled groups takes
+    the scale of its first leaf.
     """
     resolved = self.resolve(params)
-    out = []
-    for x, rule, s in zip(resolved.leaves, resolved.rules, self.leaf_scales(scale, resolved)):
-      if rule is None:
-        out.append(x)
-        continue
-      x = jnp.asarray(x)
-      xc = x.astype(compute_dtype(x.dtype))
-      threshold = jnp.asarray(s, xc.dtype) * self.strength
-      out.append(self.leaf_prox(xc, threshold, rule).astype(x.dtype))
+    out = list(resolved.leaves)
+    scales = self.leaf_scales(scale, resolved)
+    for unit in resolved.units:
+      xs = [_compute(x) for x in resolved.leaves_of(unit)]
+      threshold = jnp.asarray(scales[unit.index[0]], xs[0].dtype) * self.strength
+      for i, z in zip(unit.index, self.unit_prox(xs, threshold, unit.rule)):
+        out[i] = z.astype(jnp.result_type(resolved.leaves[i]))
     return resolved.unflatten(out)
 
   def prox_diag(self, b, diag, scale=1.0):
@@ -218,12 +281,11 @@ class Regularizer(abc.ABC):
     return solvers.solve_exact(self, b, diag, scale)[0]
 
   def support(self, params) -> list:
-    """Per leaf: a boolean array of nonzero groups/entries/singular values, or None."""
+    """Per unit (a regularized leaf, or a family of coupled groups): a boolean
+    array of the nonzero groups / entries / singular values. A non-finite
+    entry counts as nonzero."""
     resolved = self.resolve(params)
-    return [
-        None if rule is None else self.leaf_support(jnp.asarray(x), rule)
-        for x, rule in zip(resolved.leaves, resolved.rules)
-    ]
+    return [self.unit_support([jnp.asarray(x) for x in resolved.leaves_of(u)], u.rule) for u in resolved.units]
 
   def __call__(self, *args, **kwargs):
     raise TypeError(
@@ -235,22 +297,35 @@ class Regularizer(abc.ABC):
 # --------------------------------------------------------------------------- group lasso
 @dataclasses.dataclass(frozen=True)
 class GroupLasso(Regularizer):
-  """``lambda * sum_g w_g ||x_g||_2`` over the groups given by :class:`groups.GroupRule`.
+  """``lambda * sum_g w_g ||x_g||_2`` over per-leaf groups or coupled groups.
 
-  prox: ``z_g = max(0, 1 - t w_g / ||x_g||) x_g`` (with ``t = scale * lambda``),
-  written without any 0/0. Under a diagonal metric the exact solution comes
-  from a per-group 1-D secular equation (see :mod:`rmda_jax.solvers`).
+  Groups come from per-leaf :class:`groups.GroupRule` rules (``rules``, or the
+  Flax defaults), or from ``groups``: a :class:`~rmda_jax.structure.Groups`
+  of coupled families (e.g. from :func:`rmda_jax.discover_groups`), each group
+  a set of slices across several leaves; leaves in no family are not
+  penalized. prox: ``z_g = max(0, 1 - t w_g / ||x_g||) x_g`` (with
+  ``t = scale * lambda``), written without any 0/0; a group with a NaN entry
+  stays NaN (never taken for a zero group). Under a diagonal metric the
+  exact solution comes from a per-group 1-D secular equation over the whole
+  (joint) group (see :mod:`rmda_jax.solvers`).
   """
 
-  grouping: str = "input"
   rule_type: ClassVar[type] = groups.GroupRule
   has_exact_diag_prox: ClassVar[bool] = True
   screens: ClassVar[bool] = True
+  grouping: str = "input"
+  groups: Optional[structure.Groups] = None  # (from here on the class body's name `groups` is this field)
 
   def __post_init__(self):
     super().__post_init__()
     if self.grouping not in groups.GROUPINGS:
       raise ValueError(f"grouping must be one of {groups.GROUPINGS}, got {self.grouping!r}.")
+    if self.groups is not None:
+      if not isinstance(self.groups, structure.Groups):
+        raise TypeError(f"groups must be a rmda_jax.structure.Groups (e.g. from rmda_jax.discover_groups), "
+                        f"got {type(self.groups).__name__}.")
+      if self.rules is not None:
+        raise ValueError("group_lasso: give rules= (per-leaf groups) or groups= (coupled groups), not both.")
 
   def default_rule(self, path, leaf):
     return groups.default_group_rule(self.grouping)(path, leaf)
@@ -258,35 +333,92 @@ class GroupLasso(Regularizer):
   def weight(self, x: Array, rule) -> float:
     return groups.group_weight(x.shape, rule)
 
+  def resolve(self, params) -> Resolved:
+    if self.groups is None:
+      resolved = super().resolve(params)
+      units = [Unit(u.index, structure.Block.of_rule(jnp.shape(resolved.leaves[u.index[0]]), u.rule,
+                                                     groups.group_weight(jnp.shape(resolved.leaves[u.index[0]]),
+                                                                         u.rule)))
+               for u in resolved.units]
+      return dataclasses.replace(resolved, units=units)
+    keyed, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [groups.path_to_str(kp) for kp, _ in keyed]
+    leaves = [leaf for _, leaf in keyed]
+    where = {p: i for i, p in enumerate(paths)}
+    units = []
+    for family in self.groups.families:
+      index = []
+      for member in family.members:
+        if member.path not in where:
+          raise ValueError(f"groups: family {family.name!r} spans {member.path!r}, which is not a leaf of the "
+                           f"params (leaves: {', '.join(paths[:6])}{', ...' if len(paths) > 6 else ''}).")
+        i = where[member.path]
+        shape = jnp.shape(leaves[i])
+        problem = member.check(shape)
+        if problem is None and member.num_groups(shape) != family.size:
+          problem = f"it holds {member.num_groups(shape)} groups, the family {family.size}"
+        if problem:
+          raise ValueError(f"groups: family {family.name!r} does not fit leaf {member.path!r}: {problem}.")
+        index.append(i)
+      if family.size and all(math.prod(jnp.shape(leaves[i])) for i in index):
+        units.append(Unit(tuple(index), structure.Block.of_family(family, [jnp.shape(leaves[i]) for i in index])))
+    return Resolved(paths, leaves, [None] * len(leaves), treedef, units)
+
+  # leaf hooks: a per-leaf rule is a one-member block
+  def _leaf_block(self, x, rule) -> structure.Block:
+    return structure.Block.of_rule(x.shape, rule, self.weight(x, rule))
+
   def leaf_value(self, x, rule):
-    return self.weight(x, rule) * jnp.sum(group_norm(x, rule))
+    return self.unit_value([x], self._leaf_block(x, rule))
 
   def leaf_prox(self, x, threshold, rule):
-    thr = threshold * self.weight(x, rule)
-    norm = group_norm(x, rule)
-    factor = jnp.where(norm > thr, 1 - safe_divide(thr, norm), 0)
-    return factor * x
+    return self.unit_prox([x], threshold, self._leaf_block(x, rule))[0]
 
   def leaf_support(self, x, rule):
-    return group_norm(x, rule) > 0
+    return self.unit_support([x], self._leaf_block(x, rule))
 
   def block_axes(self, rule, ndim):
     return rule.reduce_axes
 
   def leaf_screen(self, b, threshold, rule):
-    return group_norm(b, rule) > threshold * self.weight(b, rule)
+    return self.unit_screen([b], threshold, self._leaf_block(b, rule))[0]
 
   def leaf_prox_diag(self, b, diag, threshold, rule):
-    zs, iterations, residual = self.leaves_prox_diag([b], [diag], [threshold], [rule])
-    return zs[0], iterations, residual
+    zs, iterations, residual = self.units_prox_diag([[b]], [[diag]], [threshold], [self._leaf_block(b, rule)])
+    return zs[0][0], iterations, residual
 
   def leaves_prox_diag(self, bs, diags, thresholds, rules, inits=None, **options):
+    blocks = [self._leaf_block(b, r) for b, r in zip(bs, rules)]
+    zs, iterations, residual = self.units_prox_diag(
+        [[b] for b in bs], [[d] for d in diags], thresholds, blocks,
+        inits=None if inits is None else [[i] for i in inits], **options)
+    return [z[0] for z in zs], iterations, residual
+
+  # unit hooks: a block is a per-leaf rule or a family of coupled groups
+  def unit_value(self, xs, block):
+    return block.weight * jnp.sum(block_norm(xs, block))
+
+  def unit_prox(self, xs, threshold, block):
+    factor = shrink_factor(block_norm(xs, block), threshold * block.weight)
+    return [x * block.spread(factor, m) for m, x in enumerate(xs)]
+
+  def unit_support(self, xs, block):
+    return block.sum([jnp.square(x) for x in xs]) != 0
+
+  def unit_screen(self, bs, threshold, block):
+    # kept unless provably zero: a NaN group is kept, so the NaN is seen
+    mask = ~(block_norm(bs, block) <= threshold * block.weight)
+    return [block.spread(mask, m) for m in range(len(bs))]
+
+  def unit_block_max(self, diags, block):
+    d_max = block.max(diags)
+    return [block.spread(d_max, m) for m in range(len(diags))]
+
+  def units_prox_diag(self, bs, diags, thresholds, blocks, inits=None, **options):
     from rmda_jax import solvers
 
-    return solvers.group_lasso_secular(
-        bs, diags, [t * self.weight(b, r) for b, t, r in zip(bs, thresholds, rules)],
-        [r.reduce_axes for r in rules], inits=inits, **options,
-    )
+    return solvers.group_lasso_secular_blocks(
+        bs, diags, [t * block.weight for t, block in zip(thresholds, blocks)], blocks, inits=inits, **options)
 
 
 # --------------------------------------------------------------------------- l1, elastic net
@@ -364,8 +496,8 @@ def elastic_net(strength: float, l1_ratio: float = 0.5, rules=None) -> ElasticNe
   return ElasticNet(strength=strength, rules=rules, l1_ratio=l1_ratio)
 
 
-def group_lasso(strength: float, rules=None, grouping: str = "input") -> GroupLasso:
-  """Group-LASSO ``lambda * sum_g sqrt(|g|) ||x_g||_2`` (channel / neuron sparsity).
+def group_lasso(strength: float, rules=None, grouping: str = "input", groups=None) -> GroupLasso:
+  """Group-LASSO ``lambda * sum_g sqrt(|g|) ||x_g||_2`` (channel / neuron / head sparsity).
 
   Args:
     strength: ``lambda >= 0``.
@@ -376,13 +508,24 @@ def group_lasso(strength: float, rules=None, grouping: str = "input") -> GroupLa
       params.
     grouping: ``"input"`` (default) or ``"output"`` (filter-wise / output-wise
       groups) for the default rules.
+    groups: coupled groups instead of per-leaf rules: a
+      :class:`~rmda_jax.structure.Groups`, e.g. from
+      :func:`rmda_jax.discover_groups` (whole hidden units, channels and
+      attention heads across every leaf they span). Leaves in no family
+      are not penalized.
 
   Example:
-    >>> import rmda_jax
+    >>> import jax.numpy as jnp, rmda_jax
     >>> reg = rmda_jax.group_lasso(1e-3)                      # input-wise groups
     >>> reg = rmda_jax.group_lasso(1e-3, grouping="output")   # filter-wise groups
+    >>> unit = rmda_jax.Family("hidden", "units", 2, (rmda_jax.Slice("w1", 1), rmda_jax.Slice("w2", 0)))
+    >>> reg = rmda_jax.group_lasso(1.0, groups=rmda_jax.Groups((unit,)))
+    >>> params = {"w1": jnp.array([[3.0, 0.1]]), "w2": jnp.array([[4.0], [0.1]])}
+    >>> z = reg.prox(params)   # unit 0: norm 5 shrinks by sqrt(2); unit 1: norm 0.14 < sqrt(2)
+    >>> [round(float(v), 4) for v in z["w1"][0]], [round(float(v), 4) for v in z["w2"][:, 0]]
+    ([2.1515, 0.0], [2.8686, 0.0])
   """
-  return GroupLasso(strength=strength, rules=rules, grouping=grouping)
+  return GroupLasso(strength=strength, rules=rules, grouping=grouping, groups=groups)
 
 
 # --------------------------------------------------------------------------- nuclear norm
@@ -447,6 +590,11 @@ def nuclear_norm(strength: float, rules=None) -> NuclearNorm:
     [2.0, 0.0]
   """
   return NuclearNorm(strength=strength, rules=rules)
+
+
+def _compute(x) -> Array:
+  x = jnp.asarray(x)
+  return x.astype(compute_dtype(x.dtype))
 
 
 def is_regularizer(obj) -> bool:

@@ -52,7 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmda_jax import _common
+from rmda_jax import groups
 from rmda_jax import regularizers as regs
+from rmda_jax import structure
 
 Array = jax.Array
 ScalarOrSchedule = Union[float, Callable[[Array], Array]]
@@ -176,60 +178,74 @@ def make_solver(spec: Union[str, Solver], regularizer) -> Optional[Solver]:
 def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, rtol=None, inits=None):
   """Exact ``argmin_z 1/2 z^T D z - b^T z + tau_g ||z_g||`` for every group of every leaf.
 
-  Per group, ``z = 0`` iff ``||b_g|| <= tau_g`` (screening). Otherwise
-  ``z_i = r b_i / (D_i r + tau)`` where ``r = ||z_g|| > 0`` is the unique root
-  of ``f(r) = ||b_g / (D_g r + tau)|| = 1``. Newton runs on
-  ``h(r) = 1/f(r) - 1``, which is increasing and concave, so from
-  ``r0 = (||b|| - tau)/max D`` (where ``h <= 0``) the iterates increase
-  monotonically to the root; it is exact in one step when ``D`` is constant on
-  the group. Since a Newton step of a concave function from *any* point lands
-  left of the root, a warm start (the group norms of the previous solution,
-  ``inits``) is just as safe and usually one or two steps from the answer.
-  Iterates are clamped to the bracket ``[(||b|| - tau)/max D, (||b|| - tau)/min D]``.
-  All groups of all leaves share one ``lax.while_loop``, which stops when
-  every group's step is below ``rtol * r`` or after ``max_iters``.
+  The per-leaf form of :func:`group_lasso_secular_blocks`: ``axes_list`` gives
+  each leaf's reduce axes (its groups), ``thresholds`` its ``tau``.
+  """
+  blocks = [structure.Block.of_rule(b.shape, groups.GroupRule(tuple(axes)), 1.0) for b, axes in zip(bs, axes_list)]
+  zs, iterations, residual = group_lasso_secular_blocks(
+      [[b] for b in bs], [[d] for d in diags], thresholds, blocks, max_iters, rtol,
+      None if inits is None else [None if i is None else [i] for i in inits])
+  return [z[0] for z in zs], iterations, residual
+
+
+def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 50, rtol=None, inits=None):
+  """Exact ``argmin_z 1/2 z^T D z - b^T z + tau_g ||z_g||`` for every group of every block.
+
+  A block (:class:`~rmda_jax.structure.Block`) is a leaf under a per-leaf rule
+  or a family of coupled groups spanning several leaves; a group's norm and
+  the sums below run over all of its slices. Per group, ``z = 0`` iff
+  ``||b_g|| <= tau_g`` (screening). Otherwise ``z_i = r b_i / (D_i r + tau)``
+  where ``r = ||z_g|| > 0`` is the unique root of
+  ``f(r) = ||b_g / (D_g r + tau)|| = 1``. Newton runs on ``h(r) = 1/f(r) - 1``,
+  which is increasing and concave, so from ``r0 = (||b|| - tau)/max D`` (where
+  ``h <= 0``) the iterates increase monotonically to the root; it is exact in
+  one step when ``D`` is constant on the group. Since a Newton step of a
+  concave function from *any* point lands left of the root, a warm start (the
+  group norms of the previous solution, ``inits``) is just as safe and
+  usually one or two steps from the answer. Iterates are clamped to the
+  bracket ``[(||b|| - tau)/max D, (||b|| - tau)/min D]``. All groups of all
+  blocks share one ``lax.while_loop``, which stops when every group's step is
+  below ``rtol * r`` or after ``max_iters``. A group with a non-finite entry
+  of ``b`` comes back NaN (it is not taken for a zero group).
 
   Args:
-    bs, diags: lists of arrays (one per leaf), ``D >= 0``.
-    thresholds: list of ``tau`` per leaf, scalars or arrays broadcasting
-      against the per-group shape (reduced axes kept).
-    axes_list: list of reduce-axes tuples (the groups).
+    bs, diags: per block, the list of its members' arrays; ``D >= 0``.
+    thresholds: per block, ``tau`` (a scalar or an array of the block's
+      group shape).
+    blocks: the :class:`~rmda_jax.structure.Block` of each entry.
     max_iters: cap on the Newton iterations.
     rtol: relative step below which a group has converged; None means
       ``sqrt(eps)`` of the dtype (convergence is quadratic, so the error left
       is at the ``eps`` level).
-    inits: optional list of warm starts (arrays like ``bs``).
+    inits: optional warm starts (like ``bs``, or None per block).
 
   Returns:
-    ``(zs, iterations, residual)``: the solutions, the Newton iterations used,
-    and ``max_g |f(r_g) - 1| = max_g | ||z_g|| / r_g - 1 |`` at the returned
-    point (the relative residual of the secular equation; 0 when every group
-    is screened or unregularized).
+    ``(zs, iterations, residual)``: the solutions (like ``bs``), the Newton
+    iterations used, and ``max_g |f(r_g) - 1| = max_g | ||z_g|| / r_g - 1 |``
+    at the returned point (the relative residual of the secular equation; 0
+    when every group is screened or unregularized).
   """
   if not bs:
     return [], jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
-  dtype = bs[0].dtype
+  dtype = bs[0][0].dtype
   tol = float(np.sqrt(np.finfo(dtype).eps)) if rtol is None else rtol
   inits = [None] * len(bs) if inits is None else inits
 
-  def group_sum(x, axes):
-    return jnp.sum(x, axis=axes, keepdims=True)
-
   prepared, starts = [], []
-  for b, d, tau, axes, init in zip(bs, diags, thresholds, axes_list, inits):
-    b2 = jnp.square(b)
-    b_norm = jnp.sqrt(group_sum(b2, axes))
+  for b, d, tau, block, init in zip(bs, diags, thresholds, blocks, inits):
+    b2 = [jnp.square(x) for x in b]
+    b_norm = jnp.sqrt(block.sum(b2))
     tau = jnp.broadcast_to(jnp.asarray(tau, dtype), b_norm.shape)
-    d_max = jnp.max(d, axis=axes, keepdims=True)
-    d_min = jnp.min(d, axis=axes, keepdims=True)
+    d_max, d_min = block.max(d), block.min(d)
     active = (b_norm > tau) & (tau > 0) & (d_max > 0)
     excess = jnp.where(active, b_norm - tau, 0)
     r_lo = regs.safe_divide(excess, d_max)
     r_hi = jnp.where(d_min > 0, regs.safe_divide(excess, d_min), jnp.inf)
-    prepared.append((b, b2, d, tau, axes, active, r_lo, r_hi))
+    spread = lambda g, block=block: [block.spread(g, m) for m in range(len(b))]
+    prepared.append((b, b2, d, tau, block, active, r_lo, r_hi, spread, ~jnp.isfinite(b_norm)))
     start = r_lo
     if init is not None:
-      init_norm = jnp.sqrt(group_sum(jnp.square(init.astype(dtype)), axes))
+      init_norm = jnp.sqrt(block.sum([jnp.square(x.astype(dtype)) for x in init]))
       start = jnp.clip(init_norm, r_lo, r_hi)
     starts.append(jnp.where(active, start, 0))
 
@@ -237,11 +253,12 @@ def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, r
     # With inv = 1/(D r + tau): f^2 = sum b^2 inv^2, and the Newton step on
     # 1/f - 1 is f^2 (f - 1) / sum(b^2 D inv^3).
     new_rs, done = [], []
-    for r, (_, b2, d, tau, axes, active, r_lo, r_hi) in zip(rs, prepared):
-      inv = 1 / jnp.where(active, d * r + tau, 1)
-      t = b2 * jnp.square(inv)
-      f = jnp.sqrt(group_sum(t, axes))
-      slope = group_sum(t * d * inv, axes)
+    for r, (_, b2, d, tau, block, active, r_lo, r_hi, spread, _) in zip(rs, prepared):
+      den = spread(jnp.where(active, r, 0)), spread(jnp.where(active, tau, 1)), spread(active)
+      invs = [1 / jnp.where(a, dm * rm + tm, 1) for dm, rm, tm, a in zip(d, *den)]
+      ts = [x2 * jnp.square(inv) for x2, inv in zip(b2, invs)]
+      f = jnp.sqrt(block.sum(ts))
+      slope = block.sum([t * dm * inv for t, dm, inv in zip(ts, d, invs)])
       step = regs.safe_divide(jnp.square(f) * (f - 1), slope)
       r_new = jnp.where(active, jnp.clip(r + step, r_lo, r_hi), 0)
       new_rs.append(r_new)
@@ -261,13 +278,14 @@ def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, r
   rs, iterations, _ = jax.lax.while_loop(cond, body, init)
 
   zs, residual = [], jnp.zeros((), dtype)
-  for r, (b, _, d, tau, axes, active, _, _) in zip(rs, prepared):
+  for r, (b, _, d, tau, block, active, _, _, spread, nonfinite) in zip(rs, prepared):
     # tau = 0 (unregularized group): z = b / D, the same formula with any r > 0
     free = tau <= 0
     r = jnp.where(free, 1, r)
-    den = d * r + jnp.where(free, 0, tau)
-    z = jnp.where(active | free, r * b * regs.safe_divide(1, den), 0)
-    misfit = jnp.where(active, jnp.abs(regs.safe_divide(jnp.sqrt(group_sum(jnp.square(z), axes)), r) - 1), 0)
+    keep, r_m, tau_m, bad = spread(active | free), spread(r), spread(jnp.where(free, 0, tau)), spread(nonfinite)
+    z = [jnp.where(bad_m, jnp.nan, jnp.where(k, rm * x * regs.safe_divide(1, dm * rm + tm), 0))
+         for x, dm, k, rm, tm, bad_m in zip(b, d, keep, r_m, tau_m, bad)]
+    misfit = jnp.where(active, jnp.abs(regs.safe_divide(jnp.sqrt(block.sum([jnp.square(x) for x in z])), r) - 1), 0)
     residual = jnp.maximum(residual, jnp.max(misfit, initial=0))
     zs.append(z)
   return zs, iterations, residual
@@ -276,7 +294,13 @@ def group_lasso_secular(bs, diags, thresholds, axes_list, max_iters: int = 50, r
 # --------------------------------------------------------------------------- solving a tree
 @dataclasses.dataclass(frozen=True)
 class _Problem:
-  """The subproblem laid out leaf by leaf (regularized leaves only)."""
+  """The subproblem laid out by units (a leaf, or a family of coupled groups).
+
+  ``bs``, ``diags``, ``thresholds`` and ``rules`` (the leaf's own rule, None
+  in a family of coupled groups) are per regularized leaf (``index`` their
+  positions in the tree); ``units`` lists, per unit, the positions of its
+  leaves in those lists and the unit's rule.
+  """
 
   resolved: Any
   index: list  # positions of the regularized leaves
@@ -284,6 +308,10 @@ class _Problem:
   diags: list
   thresholds: list
   rules: list
+  units: list  # (positions into the lists above, rule)
+
+  def gather(self, values, unit) -> list:
+    return [values[k] for k in unit[0]]
 
 
 def unregularized_solution(b, diag, anchor=None):
@@ -300,47 +328,71 @@ def _layout(regularizer, b, diag, scale, anchor=None) -> tuple[_Problem, list]:
   anchors = [None] * len(diag_leaves) if anchor is None else resolved.treedef.flatten_up_to(anchor)
   scales = regularizer.leaf_scales(scale, resolved)
   out = [unregularized_solution(*args) for args in zip(resolved.leaves, diag_leaves, anchors)]
-  index = [i for i, r in enumerate(resolved.rules) if r is not None]
+  index, rules, thresholds, units = [], [], [], []
+  for unit in resolved.units:
+    tau = jnp.asarray(scales[unit.index[0]], resolved.leaves[unit.index[0]].dtype) * regularizer.strength
+    units.append((list(range(len(index), len(index) + len(unit.index))), unit.rule))
+    for i in unit.index:
+      index.append(i)
+      rules.append(resolved.rules[i])
+      thresholds.append(tau)
   problem = _Problem(
       resolved=resolved,
       index=index,
       bs=[resolved.leaves[i] for i in index],
       diags=[diag_leaves[i] for i in index],
-      thresholds=[jnp.asarray(scales[i], resolved.leaves[i].dtype) * regularizer.strength for i in index],
-      rules=[resolved.rules[i] for i in index],
+      thresholds=thresholds,
+      rules=rules,
+      units=units,
   )
   return problem, out
 
 
 def _prox_gradient_step(regularizer, problem: _Problem, zs, etas, d_maxs, masks):
   """One step ``z+ = prox(z - eta (D z - b))`` and its certificate ``||xi||^2``."""
-  new_zs, sq = [], jnp.zeros((), jnp.float32)
-  for z, b, d, tau, rule, eta, d_max, mask in zip(
-      zs, problem.bs, problem.diags, problem.thresholds, problem.rules, etas, d_maxs, masks
-  ):
-    z_plus = regularizer.leaf_prox(z - eta * (d * z - b), eta * tau, rule)
-    if mask is not None:
-      z_plus = jnp.where(mask, z_plus, 0)
-    xi = (d_max - d) * (z - z_plus)
-    sq = sq + jnp.sum(jnp.square(xi)).astype(jnp.float32)
-    new_zs.append(z_plus)
+  new_zs, sq = list(zs), jnp.zeros((), jnp.float32)
+  for (positions, rule), (eta_group, member_etas) in zip(problem.units, etas):
+    ys = [zs[k] - eta * (problem.diags[k] * zs[k] - problem.bs[k]) for k, eta in zip(positions, member_etas)]
+    tau = problem.thresholds[positions[0]]
+    z_plus = regularizer.unit_prox(ys, eta_group * tau, rule)
+    for k, zp in zip(positions, z_plus):
+      if masks[k] is not None:
+        zp = jnp.where(masks[k], zp, 0)
+      xi = (d_maxs[k] - problem.diags[k]) * (zs[k] - zp)
+      sq = sq + jnp.sum(jnp.square(xi)).astype(jnp.float32)
+      new_zs[k] = zp
   return new_zs, jnp.sqrt(sq)
 
 
 def _steps(regularizer, problem: _Problem):
-  d_maxs, etas = [], []
-  for d, rule in zip(problem.diags, problem.rules):
-    d_max = jnp.max(d, axis=regularizer.block_axes(rule, d.ndim), keepdims=True)
-    d_maxs.append(d_max)
-    etas.append(regs.safe_divide(jnp.ones_like(d_max), d_max))
+  """Per unit: ``(eta per group, [eta per member])``, and per leaf ``max D`` of its block."""
+  etas, d_maxs = [], [None] * len(problem.bs)
+  for positions, rule in problem.units:
+    maxes = regularizer.unit_block_max(problem.gather(problem.diags, (positions, rule)), rule)
+    member_etas = [regs.safe_divide(jnp.ones_like(m), m) for m in maxes]
+    for k, m in zip(positions, maxes):
+      d_maxs[k] = m
+    group_max = _group_max(regularizer, problem, positions, rule, maxes)
+    etas.append((regs.safe_divide(jnp.ones_like(group_max), group_max), member_etas))
   return etas, d_maxs
 
 
+def _group_max(regularizer, problem, positions, rule, maxes):
+  """``max D`` per group, in the shape the unit's prox takes its threshold in."""
+  if isinstance(rule, structure.Block) and rule.coupled:
+    return rule.max(problem.gather(problem.diags, (positions, rule)))
+  return maxes[0]
+
+
 def _masks(regularizer, problem: _Problem):
-  return [
-      regularizer.leaf_screen(b, tau, rule)
-      for b, tau, rule in zip(problem.bs, problem.thresholds, problem.rules)
-  ]
+  masks = [None] * len(problem.bs)
+  for positions, rule in problem.units:
+    unit_masks = regularizer.unit_screen(problem.gather(problem.bs, (positions, rule)),
+                                         problem.thresholds[positions[0]], rule)
+    if unit_masks is not None:
+      for k, m in zip(positions, unit_masks):
+        masks[k] = m
+  return masks
 
 
 def solve_exact(regularizer, b, diag, scale, max_iters: int = 50, rtol=None, anchor=None,
@@ -359,11 +411,17 @@ def solve_exact(regularizer, b, diag, scale, max_iters: int = 50, rtol=None, anc
   inits = None
   if init is not None:
     init_leaves = problem.resolved.treedef.flatten_up_to(init)
-    inits = [jnp.asarray(init_leaves[i]) for i in problem.index]
-  zs, iterations, residual = regularizer.leaves_prox_diag(
-      problem.bs, problem.diags, problem.thresholds, problem.rules, max_iters=max_iters, rtol=rtol,
-      inits=inits,
+    inits = [[jnp.asarray(init_leaves[problem.index[k]]) for k in positions] for positions, _ in problem.units]
+  unit_zs, iterations, residual = regularizer.units_prox_diag(
+      [problem.gather(problem.bs, u) for u in problem.units],
+      [problem.gather(problem.diags, u) for u in problem.units],
+      [problem.thresholds[u[0][0]] for u in problem.units],
+      [u[1] for u in problem.units], max_iters=max_iters, rtol=rtol, inits=inits,
   )
+  zs = list(problem.bs)
+  for (positions, _), z_unit in zip(problem.units, unit_zs):
+    for k, z in zip(positions, z_unit):
+      zs[k] = z
   if certify:
     etas, d_maxs = _steps(regularizer, problem)
     zs, residual = _prox_gradient_step(regularizer, problem, zs, etas, d_maxs, _masks(regularizer, problem))

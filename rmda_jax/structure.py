@@ -211,3 +211,103 @@ class Groups:
 
   def __str__(self) -> str:
     return self.summary(dict(self.leaf_shapes) if self.leaf_shapes else None)
+
+
+# --------------------------------------------------------------------------- blocks
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """Groups laid on concrete leaves: how per-entry values become per-group ones.
+
+  One block is one family of coupled groups, or one leaf under a per-leaf
+  :class:`~rmda_jax.groups.GroupRule` (the special case with one member and
+  no reshape). Per-group arrays have shape ``group_shape``: ``(n,)`` for a
+  family, the leaf's shape with the reduced axes kept as 1 for a rule, so
+  the per-leaf case runs exactly the reductions it always did.
+
+  Attributes:
+    shapes: the member leaves' shapes.
+    expanded: per member, the shape the leaf is viewed as (None: as is).
+    reduce_axes: per member, the axes (of the expanded view) inside a group.
+    group_shape: shape of per-group arrays.
+    weight: ``w_g`` (the same for every group of the block).
+    keep_shapes: per member, the expanded view's shape with every axis but
+      the group axis set to 1 (None for a per-leaf rule).
+  """
+
+  shapes: tuple
+  expanded: tuple
+  reduce_axes: tuple
+  group_shape: tuple
+  weight: float
+  keep_shapes: tuple
+
+  @classmethod
+  def of_rule(cls, shape: Sequence[int], rule, weight: float) -> "Block":
+    shape = tuple(shape)
+    group_shape = tuple(1 if a in rule.reduce_axes else s for a, s in enumerate(shape))
+    return cls((shape,), (None,), (tuple(rule.reduce_axes),), group_shape, float(weight), (None,))
+
+  @classmethod
+  def of_family(cls, family: Family, shapes: Sequence[Sequence[int]]) -> "Block":
+    shapes = tuple(tuple(s) for s in shapes)
+    expanded, reduce_axes, keep = [], [], []
+    for member, shape in zip(family.members, shapes):
+      view = member.expanded_shape(shape)
+      axis = member.group_axis()
+      expanded.append(view if view != shape else None)
+      reduce_axes.append(tuple(a for a in range(len(view)) if a != axis))
+      keep.append(tuple(s if a == axis else 1 for a, s in enumerate(view)))
+    size = sum(math.prod(s) for s in shapes) // max(family.size, 1)
+    weight = family.weight if family.weight is not None else math.sqrt(size)
+    return cls(shapes, tuple(expanded), tuple(reduce_axes), (family.size,), float(weight), tuple(keep))
+
+  @property
+  def coupled(self) -> bool:
+    return self.keep_shapes[0] is not None
+
+  @property
+  def num_groups(self) -> int:
+    return math.prod(self.group_shape)
+
+  @property
+  def group_size(self) -> int:
+    """Entries in one group (over all members)."""
+    return sum(math.prod(s) for s in self.shapes) // max(self.num_groups, 1)
+
+  def _reduce(self, op, combine, arrays):
+    total = None
+    for m, x in enumerate(arrays):
+      if self.expanded[m] is not None:
+        x = x.reshape(self.expanded[m])
+      r = op(x, axis=self.reduce_axes[m], keepdims=True)
+      if self.coupled:
+        r = r.reshape(self.group_shape)
+      total = r if total is None else combine(total, r)
+    return total
+
+  def sum(self, arrays):
+    """Per-group sums over every member (``arrays`` aligned with the members)."""
+    import jax.numpy as jnp
+
+    return self._reduce(jnp.sum, jnp.add, arrays)
+
+  def max(self, arrays):
+    import jax.numpy as jnp
+
+    return self._reduce(jnp.max, jnp.maximum, arrays)
+
+  def min(self, arrays):
+    import jax.numpy as jnp
+
+    return self._reduce(jnp.min, jnp.minimum, arrays)
+
+  def spread(self, per_group, member: int):
+    """A per-group array as an array that broadcasts against member ``member``."""
+    import jax.numpy as jnp
+
+    if not self.coupled:
+      return per_group
+    keep = per_group.reshape(self.keep_shapes[member])
+    if self.expanded[member] is None:
+      return keep
+    return jnp.broadcast_to(keep, self.expanded[member]).reshape(self.shapes[member])
