@@ -241,7 +241,7 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
     excess = jnp.where(active, b_norm - tau, 0)
     r_lo = regs.safe_divide(excess, d_max)
     r_hi = jnp.where(d_min > 0, regs.safe_divide(excess, d_min), jnp.inf)
-    spread = lambda g, block=block: [block.spread(g, m) for m in range(len(b))]
+    spread = lambda g, block=block, members=len(b): [block.spread(g, m) for m in range(members)]
     prepared.append((b, b2, d, tau, block, active, r_lo, r_hi, spread, ~jnp.isfinite(b_norm)))
     start = r_lo
     if init is not None:
