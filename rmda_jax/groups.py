@@ -18,16 +18,18 @@ leaves are rules or ``None``. :func:`by_path` builds a callable from glob
 patterns.
 
 Flax defaults (the papers' choices, translated from PyTorch layouts): every leaf
-with ``ndim >= 2`` whose name is not ``embedding`` is regularized. A Dense
-kernel ``(in, out)`` has one group per input feature (reduce axis 1), a Conv
-kernel ``(kh, kw, in, out)`` one group per input channel (reduce axes
+with ``ndim >= 2`` is regularized except biases (of any shape, e.g. the
+``(heads, head_dim)`` biases of attention), norm scales and embeddings. A
+Dense kernel ``(in, out)`` has one group per input feature (reduce axis 1), a
+Conv kernel ``(kh, kw, in, out)`` one group per input channel (reduce axes
 ``(0, 1, 3)``); in general the group index is axis ``ndim - 2``, which fits
-every ``nn.Conv`` (1-D, 2-D, 3-D). ``DenseGeneral`` kernels (attention
-projections, ``(in, heads, head_dim)``) look like conv kernels to a shape
-rule: give them an explicit rule (e.g. ``GroupRule((1, 2))`` for one group per
-input feature). Biases, norm scales and embeddings are left alone.
+every ``nn.Conv`` (1-D, 2-D, 3-D). Attention projections (``DenseGeneral`` /
+``LinearGeneral`` kernels of ``query``, ``key``, ``value``: ``(in, heads,
+head_dim)``; ``out``: ``(heads, head_dim, out)``) have one group per head,
+and other ``DenseGeneral`` kernels one group per input feature (axis 0).
 ``grouping="output"`` gives one group per output feature / filter (axis
-``ndim - 1``) instead.
+``ndim - 1``) instead; heads stay heads. For groups that span several leaves
+(a whole hidden unit, channel or head), see :mod:`rmda_jax.discovery`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ Rule = Union["GroupRule", "Elementwise", "Matrix"]
 RuleFn = Callable[[str, Any], Optional[Rule]]
 RuleSpec = Union[None, RuleFn, Any]
 
-UNREGULARIZED_NAMES = ("embedding",)
+UNREGULARIZED_NAMES = ("embedding", "bias", "scale")
+ATTENTION_INPUTS = ("query", "key", "value")
+ATTENTION_OUTPUT = "out"
+GENERAL_DENSE_PREFIXES = ("DenseGeneral", "LinearGeneral")
 GROUPINGS = ("input", "output")
 
 
@@ -116,6 +121,24 @@ def output_wise(ndim: int) -> GroupRule:
   return GroupRule(tuple(range(ndim - 1)))
 
 
+def module_name(path: str) -> str:
+  """The name of the module holding a leaf (``"query"`` for ``".../query/kernel"``)."""
+  parts = path.split("/")
+  return parts[-2] if len(parts) >= 2 else ""
+
+
+def head_rule(path: str, ndim: int) -> Optional[GroupRule]:
+  """One group per head for an attention projection kernel, else None."""
+  if ndim != 3:
+    return None
+  name = module_name(path)
+  if name in ATTENTION_INPUTS:
+    return GroupRule((0, 2))   # (in, heads, head_dim)
+  if name == ATTENTION_OUTPUT:
+    return GroupRule((1, 2))   # (heads, head_dim, out)
+  return None
+
+
 def default_group_rule(grouping: str = "input") -> RuleFn:
   """The Flax-aware default group-LASSO rule as a ``(path, leaf)`` callable."""
   if grouping not in GROUPINGS:
@@ -125,7 +148,13 @@ def default_group_rule(grouping: str = "input") -> RuleFn:
   def rule(path, leaf):
     if not is_default_regularized(path, leaf):
       return None
-    return make(len(jax.numpy.shape(leaf)))
+    ndim = len(jax.numpy.shape(leaf))
+    heads = head_rule(path, ndim)
+    if heads is not None:
+      return heads
+    if ndim >= 3 and module_name(path).startswith(GENERAL_DENSE_PREFIXES):
+      return GroupRule(tuple(range(1, ndim))) if grouping == "input" else output_wise(ndim)
+    return make(ndim)
 
   return rule
 
@@ -143,7 +172,9 @@ def by_path(patterns: Mapping[str, Optional[Rule]], default: RuleFn) -> RuleFn:
 
   The first pattern (in insertion order) that matches a path decides its rule;
   a value of ``None`` excludes the leaf. Paths that match nothing use
-  ``default``.
+  ``default``. A pattern that matches no leaf of the params is an error
+  (raised where the rules are laid against the params, e.g. ``tx.init``):
+  a typo never silently does nothing.
 
   Example:
     >>> from rmda_jax import groups
@@ -151,15 +182,25 @@ def by_path(patterns: Mapping[str, Optional[Rule]], default: RuleFn) -> RuleFn:
     ...                        "*/Conv_0/kernel": groups.output_wise(4)},
     ...                       default=groups.default_group_rule())
   """
-  items = list(patterns.items())
+  return PathRules(tuple(patterns.items()), default)
 
-  def rule(path, leaf):
-    for pattern, chosen in items:
+
+@dataclasses.dataclass(frozen=True)
+class PathRules:
+  """The callable :func:`by_path` returns: ``(path, leaf) -> rule``."""
+
+  patterns: tuple
+  default: RuleFn
+
+  def __call__(self, path, leaf):
+    for pattern, chosen in self.patterns:
       if fnmatch.fnmatchcase(path, pattern):
         return chosen
-    return default(path, leaf)
+    return self.default(path, leaf)
 
-  return rule
+  def unmatched(self, paths) -> list:
+    """The patterns that match none of ``paths``."""
+    return [p for p, _ in self.patterns if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
 
 
 def _is_rule_leaf(x) -> bool:
@@ -185,14 +226,29 @@ def resolve_rules(
     spec = default
   if callable(spec) and not _is_rule_leaf(spec):
     rules = [spec(p, x) for p, x in zip(paths, leaves)]
-  else:
-    rules, rule_def = jax.tree_util.tree_flatten(spec, is_leaf=_is_rule_leaf)
-    if rule_def != treedef:
+    unmatched = spec.unmatched(paths) if isinstance(spec, PathRules) else []
+    if unmatched:
       raise ValueError(
-          f"{argname}: the rule tree does not match the params tree.\n"
-          f"  params structure: {treedef}\n  rules structure:  {rule_def}\n"
+          f"{argname}: the pattern(s) {unmatched} match no leaf of the params "
+          f"(leaves: {', '.join(paths[:8])}{', ...' if len(paths) > 8 else ''}).")
+  else:
+    # matched by path, so a plain dict of rules fits an nnx.State (or a
+    # FrozenDict) holding the same leaves
+    keyed_rules = jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_rule_leaf)[0]
+    by_path_str = {path_to_str(kp): r for kp, r in keyed_rules}
+    missing = [p for p in paths if p not in by_path_str]
+    extra = [p for p in by_path_str if p not in set(paths)]
+    bad = [r for r in by_path_str.values() if not _is_rule_leaf(r)]
+    if missing or extra or bad or len(by_path_str) != len(keyed_rules):
+      raise ValueError(
+          f"{argname}: the rule tree does not match the params tree"
+          + (f"; no rule for {missing[:4]}" if missing else "")
+          + (f"; rules for leaves the params do not have: {extra[:4]}" if extra else "")
+          + (f"; not rules: {bad[:2]}" if bad else "") + ".\n"
+          f"  params structure: {treedef}\n"
           "Give one rule (or None) per params leaf, or a callable (path, leaf) -> rule."
       )
+    rules = [by_path_str[p] for p in paths]
   return paths, leaves, [_check_rule(r, p, x, expected, argname) for r, p, x in zip(rules, paths, leaves)], treedef
 
 
