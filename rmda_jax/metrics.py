@@ -66,9 +66,9 @@ def group_blocks(params, regularizer: Optional[regs.Regularizer] = None) -> list
 
 
 def group_supports_of(xs, block) -> jax.Array:
-  """Which groups of one block (a leaf's or a family's) are nonzero; ``!= 0``
-  rather than ``> 0``, so a NaN group is not a zero group."""
-  return block.sum([jnp.square(x.astype(regs.compute_dtype(x.dtype))) for x in xs]) != 0
+  """Which groups of one block (a leaf's or a family's) are nonzero (see
+  :meth:`rmda_jax.structure.Block.nonzero`)."""
+  return block.nonzero([x.astype(regs.compute_dtype(x.dtype)) for x in xs])
 
 
 def group_structure(params, regularizer: Optional[regs.Regularizer] = None) -> list:

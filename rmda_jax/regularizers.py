@@ -41,32 +41,16 @@ import jax
 import jax.numpy as jnp
 
 from rmda_jax import groups
+from rmda_jax import solvers
 from rmda_jax import structure
+from rmda_jax.numerics import compute_dtype, norm_from_squares, safe_divide, shrink_factor, soft_threshold
 
 Array = jax.Array
-
-
-def compute_dtype(dtype) -> Any:
-  """Float32, or float64 where the input already is: accumulators never go below float32."""
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 def check_nonnegative(value, argname: str) -> None:
   if isinstance(value, numbers.Real) and not (value >= 0 and math.isfinite(value)):
     raise ValueError(f"{argname} must be a finite number >= 0, got {value!r}.")
-
-
-def safe_divide(num: Array, den: Array) -> Array:
-  """``num / den`` where ``den != 0``, else 0 (no 0/0 anywhere, gradients included)."""
-  nonzero = den != 0
-  return jnp.where(nonzero, num / jnp.where(nonzero, den, 1), 0)
-
-
-def norm_from_squares(squared: Array) -> Array:
-  """``sqrt`` of a sum of squares: 0 at 0 with a finite gradient, NaN stays NaN
-  (a group with a NaN entry is seen, never taken for a zero group)."""
-  positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1)), squared)
 
 
 def group_norm(x: Array, rule: groups.GroupRule) -> Array:
@@ -77,16 +61,6 @@ def group_norm(x: Array, rule: groups.GroupRule) -> Array:
 def block_norm(xs: list, block: structure.Block) -> Array:
   """``||x_g||_2`` of every group of a block (a family or a per-leaf rule)."""
   return norm_from_squares(block.sum([jnp.square(x) for x in xs]))
-
-
-def shrink_factor(norm: Array, threshold: Array) -> Array:
-  """``max(0, 1 - threshold / norm)`` without 0/0; NaN where ``norm`` is NaN."""
-  return jnp.where(norm > threshold, 1 - safe_divide(threshold, norm), jnp.where(norm <= threshold, 0, norm))
-
-
-def soft_threshold(x: Array, threshold: Array) -> Array:
-  """``sign(x) * max(|x| - threshold, 0)``."""
-  return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,8 +250,6 @@ class Regularizer(abc.ABC):
     ``b = D * y`` this is the prox of ``y`` in the metric ``D``.
     Unregularized leaves get ``b / D``.
     """
-    from rmda_jax import solvers  # the solver module owns the dispatch
-
     return solvers.solve_exact(self, b, diag, scale)[0]
 
   def support(self, params) -> list:
@@ -403,7 +375,7 @@ class GroupLasso(Regularizer):
     return [x * block.spread(factor, m) for m, x in enumerate(xs)]
 
   def unit_support(self, xs, block):
-    return block.sum([jnp.square(x) for x in xs]) != 0
+    return block.nonzero(xs)
 
   def unit_screen(self, bs, threshold, block):
     # kept unless provably zero: a NaN group is kept, so the NaN is seen
@@ -415,8 +387,6 @@ class GroupLasso(Regularizer):
     return [block.spread(d_max, m) for m in range(len(diags))]
 
   def units_prox_diag(self, bs, diags, thresholds, blocks, inits=None, **options):
-    from rmda_jax import solvers
-
     return solvers.group_lasso_secular_blocks(
         bs, diags, [t * block.weight for t, block in zip(thresholds, blocks)], blocks, inits=inits, **options)
 

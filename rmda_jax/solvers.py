@@ -53,7 +53,7 @@ import numpy as np
 
 from rmda_jax import _common
 from rmda_jax import groups
-from rmda_jax import regularizers as regs
+from rmda_jax import numerics
 from rmda_jax import structure
 
 Array = jax.Array
@@ -239,8 +239,8 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
     d_max, d_min = block.max(d), block.min(d)
     active = (b_norm > tau) & (tau > 0) & (d_max > 0)
     excess = jnp.where(active, b_norm - tau, 0)
-    r_lo = regs.safe_divide(excess, d_max)
-    r_hi = jnp.where(d_min > 0, regs.safe_divide(excess, d_min), jnp.inf)
+    r_lo = numerics.safe_divide(excess, d_max)
+    r_hi = jnp.where(d_min > 0, numerics.safe_divide(excess, d_min), jnp.inf)
     spread = lambda g, block=block, members=len(b): [block.spread(g, m) for m in range(members)]
     prepared.append((b, b2, d, tau, block, active, r_lo, r_hi, spread, ~jnp.isfinite(b_norm)))
     start = r_lo
@@ -259,7 +259,7 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
       ts = [x2 * jnp.square(inv) for x2, inv in zip(b2, invs)]
       f = jnp.sqrt(block.sum(ts))
       slope = block.sum([t * dm * inv for t, dm, inv in zip(ts, d, invs)])
-      step = regs.safe_divide(jnp.square(f) * (f - 1), slope)
+      step = numerics.safe_divide(jnp.square(f) * (f - 1), slope)
       r_new = jnp.where(active, jnp.clip(r + step, r_lo, r_hi), 0)
       new_rs.append(r_new)
       done.append(jnp.all(jnp.abs(r_new - r) <= tol * r_new))
@@ -283,9 +283,9 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
     free = tau <= 0
     r = jnp.where(free, 1, r)
     keep, r_m, tau_m, bad = spread(active | free), spread(r), spread(jnp.where(free, 0, tau)), spread(nonfinite)
-    z = [jnp.where(bad_m, jnp.nan, jnp.where(k, rm * x * regs.safe_divide(1, dm * rm + tm), 0))
+    z = [jnp.where(bad_m, jnp.nan, jnp.where(k, rm * x * numerics.safe_divide(1, dm * rm + tm), 0))
          for x, dm, k, rm, tm, bad_m in zip(b, d, keep, r_m, tau_m, bad)]
-    misfit = jnp.where(active, jnp.abs(regs.safe_divide(jnp.sqrt(block.sum([jnp.square(x) for x in z])), r) - 1), 0)
+    misfit = jnp.where(active, jnp.abs(numerics.safe_divide(jnp.sqrt(block.sum([jnp.square(x) for x in z])), r) - 1), 0)
     residual = jnp.maximum(residual, jnp.max(misfit, initial=0))
     zs.append(z)
   return zs, iterations, residual
@@ -318,8 +318,8 @@ def unregularized_solution(b, diag, anchor=None):
   """``b / D``; where ``D == 0`` (then ``b == 0`` in a bounded problem) any point
   is optimal and ``anchor`` (default 0) is returned."""
   if anchor is None:
-    return regs.safe_divide(b, diag)
-  return jnp.where(diag > 0, regs.safe_divide(b, diag), anchor)
+    return numerics.safe_divide(b, diag)
+  return jnp.where(diag > 0, numerics.safe_divide(b, diag), anchor)
 
 
 def _layout(regularizer, b, diag, scale, anchor=None) -> tuple[_Problem, list]:
@@ -369,11 +369,11 @@ def _steps(regularizer, problem: _Problem):
   etas, d_maxs = [], [None] * len(problem.bs)
   for positions, rule in problem.units:
     maxes = regularizer.unit_block_max(problem.gather(problem.diags, (positions, rule)), rule)
-    member_etas = [regs.safe_divide(jnp.ones_like(m), m) for m in maxes]
+    member_etas = [numerics.safe_divide(jnp.ones_like(m), m) for m in maxes]
     for k, m in zip(positions, maxes):
       d_maxs[k] = m
     group_max = _group_max(regularizer, problem, positions, rule, maxes)
-    etas.append((regs.safe_divide(jnp.ones_like(group_max), group_max), member_etas))
+    etas.append((numerics.safe_divide(jnp.ones_like(group_max), group_max), member_etas))
   return etas, d_maxs
 
 
@@ -501,5 +501,5 @@ def solve(regularizer, b, diag, scale, init=None, solver: Optional[Solver] = Non
     return solve_exact(regularizer, b, diag, scale, solver.max_iters, solver.rtol, anchor, solver.certify,
                        init)
   if init is None:
-    init = jax.tree_util.tree_map(regs.safe_divide, b, diag)
+    init = jax.tree_util.tree_map(numerics.safe_divide, b, diag)
   return solve_proximal_gradient(regularizer, b, diag, scale, init, solver, count, anchor)

@@ -301,6 +301,13 @@ class Block:
 
     return self._reduce(jnp.min, jnp.minimum, arrays)
 
+  def nonzero(self, arrays):
+    """Which groups are not exactly zero: the structure of a point. ``!= 0``
+    rather than ``> 0``, so a group with a NaN entry is never a zero group."""
+    import jax.numpy as jnp
+
+    return self.sum([jnp.square(x) for x in arrays]) != 0
+
   def spread(self, per_group, member: int):
     """A per-group array as an array that broadcasts against member ``member``."""
     import jax.numpy as jnp
