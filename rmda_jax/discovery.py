@@ -56,6 +56,7 @@ References:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import fnmatch
 import math
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -696,44 +697,13 @@ def discover_groups(
   bad = [k for k in kinds if k not in KIND_ORDER]
   if bad:
     raise ValueError(f"kinds must be among {KIND_ORDER}, got {list(kinds)}.")
-  keyed, treedef = jax.tree_util.tree_flatten_with_path(params)
-  paths = [group_rules.path_to_str(kp) for kp, _ in keyed]
-  shapes = [tuple(np.shape(x)) for _, x in keyed]
-  flat_fn = lambda leaves, *args: fn(jax.tree_util.tree_unflatten(treedef, leaves), *args)
-  closed = jax.make_jaxpr(flat_fn)([jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x))
-                                    for _, x in keyed], *example_args)
-  jaxpr = closed.jaxpr
-  n_params = len(keyed)
-  param_vars = {v: i for i, v in enumerate(jaxpr.invars[:n_params])}
-
-  atoms = _Atoms()
-  graph = _Graph(atoms)
-  for v in jaxpr.invars + jaxpr.constvars:
-    graph.axes(v)
-  index_of = {p: i for i, p in enumerate(paths)}
-  for entry in couple:
-    (pa, aa), (pb, ab) = entry
-    for p in (pa, pb):
-      if p not in index_of:
-        raise ValueError(f"couple: no leaf {p!r} in params (leaves: {', '.join(paths[:8])}...).")
-    va, vb = jaxpr.invars[index_of[pa]], jaxpr.invars[index_of[pb]]
-    graph.link(graph.axes(va)[aa], graph.axes(vb)[ab], "a declared coupling")
-  graph.run(jaxpr)
-
-  semantics = _Semantics(graph, param_vars)
-  semantics.run(jaxpr)
-  for v in jaxpr.outvars:
-    if not isinstance(v, jcore.Literal):
-      semantics.atoms_mark_classes(semantics.classes(v), "a model output")
-  input_classes = set()
-  for v in jaxpr.invars[n_params:]:
-    input_classes.update(semantics.classes(v))
+  traced = trace(fn, params, *example_args, couple=couple)
+  atoms, semantics, paths = traced.atoms, traced.semantics, traced.paths
 
   # every parameter axis: (class, Slice)
   by_class = collections.defaultdict(list)
-  for i, v in enumerate(jaxpr.invars[:n_params]):
-    for axis, atoms_of_axis in enumerate(graph.axes(v)):
-      leaves = atoms.leaves(atoms_of_axis)
+  for i in range(traced.n_params):
+    for axis, leaves in enumerate(traced.axis_atoms(i)):
       sizes = [atoms.sizes[a] for a in leaves]
       for position, a in enumerate(leaves):
         by_class[atoms.find(a)].append((i, _canonical(paths[i], axis, sizes, position)))
@@ -751,7 +721,7 @@ def discover_groups(
     if reasons:
       unprunable.append(Unprunable(size, slices, tuple(sorted(reasons))))
       continue
-    kind = "inputs" if cls in input_classes else "heads" if cls in semantics.heads else "units"
+    kind = "inputs" if cls in traced.input_classes else "heads" if cls in semantics.heads else "units"
     candidates.append((cls, kind, size, sorted(members, key=lambda m: m[0])))
 
   order = lambda c: (KIND_ORDER.index(c[1]), semantics.first_seen.get(c[0], 1 << 30))
@@ -780,7 +750,8 @@ def discover_groups(
   for cls, kind, size, members in offered:
     name = _name(paths, members, semantics.consumers[cls], kind)
     mine = [s for i, s in members if owner.setdefault(i, name) == name]
-    families.append(Family(name, kind, size, tuple(mine)))
+    consumers = tuple(paths[i] for i in sorted(semantics.consumers[cls]))
+    families.append(Family(name, kind, size, tuple(mine), consumers=consumers))
   for cls, kind, size, members in deferred:
     name = _name(paths, members, semantics.consumers[cls], kind)
     taken = [paths[i] for i, _ in members if i in owner]
@@ -792,7 +763,99 @@ def discover_groups(
       owner[i] = name
     families.append(Family(name, kind, size, tuple(s for _, s in members)))
   families = _unique_names(families)
-  return Groups(tuple(families), tuple(unprunable), tuple(graph.unknown), tuple(zip(paths, shapes)))
+  return Groups(tuple(families), tuple(unprunable), tuple(traced.graph.unknown),
+                tuple(zip(paths, traced.shapes[:traced.n_params])))
+
+
+@dataclasses.dataclass
+class Traced:
+  """A forward pass traced to a jaxpr, its dimensions linked (the dependency graph).
+
+  Attributes:
+    jaxpr: the ``ClosedJaxpr`` of ``flat(param_leaves, extra_leaves, *args)``.
+    atoms, graph, semantics: the union-find of dimensions, the dimension of
+      every variable, and the exits / zero sets / kinds.
+    paths, shapes: of the parameter leaves, then the extra leaves.
+    n_params, n_extras: how many of each.
+    input_classes: the dimensions of the example inputs.
+  """
+
+  jaxpr: Any
+  atoms: _Atoms
+  graph: _Graph
+  semantics: _Semantics
+  paths: list
+  shapes: list
+  n_params: int
+  n_extras: int
+  input_classes: set
+
+  def axis_atoms(self, leaf: int) -> list:
+    """Per axis of parameter (or extra) leaf ``leaf``, its leaf atoms."""
+    var = self.jaxpr.jaxpr.invars[leaf]
+    return [self.atoms.leaves(axis) for axis in self.graph.axes(var)]
+
+  def class_of(self, member: Slice) -> int:
+    """The dimension (class root) of a family member's group index."""
+    i = self.paths.index(member.path)
+    atoms = self.axis_atoms(i)[member.axis]
+    sizes = [self.atoms.sizes[a] for a in atoms]
+    split = member.split or (self.shapes[i][member.axis],)
+    before = math.prod(split[:member.position])
+    n = split[member.position]
+    for k, a in enumerate(atoms):
+      if math.prod(sizes[:k]) == before and sizes[k] == n:
+        return self.atoms.find(a)
+    raise ValueError(f"{member.describe()} is not a dimension of the computation (its axis is {sizes}).")
+
+
+def trace(fn: Callable[..., Any], params: Any, *example_args: Any, extras: Any = None,
+          couple: Sequence[tuple] = ()) -> Traced:
+  """Trace ``fn(params, *args)`` (or ``fn(params, extras, *args)``) and link its dimensions.
+
+  ``extras`` are arrays the computation reads besides the params (e.g.
+  BatchNorm statistics): their dimensions are followed, so compaction slices
+  them too, but they are never regularized.
+  """
+  keyed, treedef = jax.tree_util.tree_flatten_with_path(params)
+  extra_keyed, extra_def = jax.tree_util.tree_flatten_with_path(extras) if extras is not None else ([], None)
+  paths = [group_rules.path_to_str(kp) for kp, _ in keyed] + \
+          [group_rules.path_to_str(kp) for kp, _ in extra_keyed]
+  shapes = [tuple(np.shape(x)) for _, x in keyed + extra_keyed]
+  abstract = lambda pairs: [jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)) for _, x in pairs]
+  if extras is None:
+    flat_fn = lambda leaves, extra, *args: fn(jax.tree_util.tree_unflatten(treedef, leaves), *args)
+  else:
+    flat_fn = lambda leaves, extra, *args: fn(jax.tree_util.tree_unflatten(treedef, leaves),
+                                              jax.tree_util.tree_unflatten(extra_def, extra), *args)
+  closed = jax.make_jaxpr(flat_fn)(abstract(keyed), abstract(extra_keyed), *example_args)
+  jaxpr = closed.jaxpr
+  n_params, n_extras = len(keyed), len(extra_keyed)
+  param_vars = {v: i for i, v in enumerate(jaxpr.invars[:n_params])}
+
+  atoms = _Atoms()
+  graph = _Graph(atoms)
+  for v in jaxpr.invars + jaxpr.constvars:
+    graph.axes(v)
+  index_of = {p: i for i, p in enumerate(paths[:n_params])}
+  for entry in couple:
+    (pa, aa), (pb, ab) = entry
+    for p in (pa, pb):
+      if p not in index_of:
+        raise ValueError(f"couple: no leaf {p!r} in params (leaves: {', '.join(paths[:8])}...).")
+    va, vb = jaxpr.invars[index_of[pa]], jaxpr.invars[index_of[pb]]
+    graph.link(graph.axes(va)[aa], graph.axes(vb)[ab], "a declared coupling")
+  graph.run(jaxpr)
+
+  semantics = _Semantics(graph, param_vars)
+  semantics.run(jaxpr)
+  for v in jaxpr.outvars:
+    if not isinstance(v, jcore.Literal):
+      semantics.atoms_mark_classes(semantics.classes(v), "a model output")
+  input_classes = set()
+  for v in jaxpr.invars[n_params + n_extras:]:
+    input_classes.update(semantics.classes(v))
+  return Traced(closed, atoms, graph, semantics, paths, shapes, n_params, n_extras, input_classes)
 
 
 def _canonical(path: str, axis: int, sizes: Sequence[int], position: int) -> Slice:
@@ -838,7 +901,7 @@ def _unique_names(families):
   for f in families:
     if seen[f.name] > 1:
       counts[f.name] += 1
-      f = Family(f"{f.name} #{counts[f.name]}", f.kind, f.size, f.members, f.weight)
+      f = dataclasses.replace(f, name=f"{f.name} #{counts[f.name]}")
     out.append(f)
   return out
 

@@ -107,6 +107,10 @@ class Family:
     size: the number of groups.
     members: the :class:`Slice` of every leaf the groups span.
     weight: ``w_g`` of every group; None means ``sqrt(total group size)``.
+    consumers: paths of the leaves the unit is contracted against (a
+      consumer kernel's rows, an output projection): zeroing a group's slices
+      in these alone removes the unit exactly. Empty when only the whole
+      group does (or when unknown, for hand-written families).
   """
 
   name: str
@@ -114,9 +118,11 @@ class Family:
   size: int
   members: tuple
   weight: Optional[float] = None
+  consumers: tuple = ()
 
   def __post_init__(self):
     object.__setattr__(self, "members", tuple(self.members))
+    object.__setattr__(self, "consumers", tuple(self.consumers))
     if self.kind not in KINDS:
       raise ValueError(f"Family {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}.")
     if not self.members:
