@@ -30,6 +30,7 @@ from rmda_jax import solvers
 from rmda_jax import structure
 from rmda_jax import models
 from rmda_jax import pruning
+from rmda_jax import reduction
 from rmda_jax.discovery import discover_groups
 from rmda_jax.discovery import discover_linen
 from rmda_jax.discovery import discover_nnx
@@ -62,7 +63,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compaction", "data", "discovery", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
-    "pruning", "sharding", "solvers", "structure", "testing",
+    "pruning", "reduction", "sharding", "solvers", "structure", "testing",
     "discover_groups", "discover_linen", "discover_nnx", "Groups", "Family", "Slice",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
     "discrete_set", "discrete_penalty", "rigl", "RigLState",

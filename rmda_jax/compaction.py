@@ -2,34 +2,28 @@
 
 Structured sparsity pays off when the zeros become a smaller network.
 :func:`compact` takes a model of :mod:`rmda_jax.models` and its trained params
-and returns a model of the same class with fewer channels / neurons, its
-params, and which units were kept; the compact model computes the same
-function as the original, on any input.
-
-What is removed, for every link "layer A feeds layer B" (through ReLU, max
-pooling, flattening or global average pooling, all of which map a zero
-channel to zero and act per channel):
-
-* unit ``j`` of A when B's input group ``j`` is all zero (B ignores it; with
-  the default input-wise group-LASSO these are the groups RMDA zeroes), or
-* unit ``j`` of A when A's kernel column ``j`` and bias ``j`` are zero (its
-  output is ``relu(0) = 0`` everywhere, so B receives nothing from it).
-
-Removing a unit deletes A's output column and bias entry and B's input rows;
-the rules are applied until nothing changes (a removal can make another unit
-dead). At least one unit of every layer is kept. The input of the first
-layer is not touched (the compact model takes the same inputs). With
+and returns a model of the same class with fewer channels / neurons / heads,
+its params, and which units were kept; the compact model computes the same
+function as the original, on any input. It is driven by the coupled groups
+that :func:`rmda_jax.discover_groups` finds in the model's computation, and
+cuts every removable unit from every leaf it spans
+(:func:`rmda_jax.reduction.compact_function`): a unit whose consumer slices
+are zero (the input-wise groups RMDA zeroes), whose whole group is zero (the
+coupled groups), or whose producer slices are zero where the computation
+keeps a zero unit zero (ReLU, pooling). The removals are repeated until
+nothing changes (a removal can make another unit dead); at least one unit of
+every layer is kept, and the model's input is not touched. With
 ``low_rank=True``, every kernel whose numerical rank ``r`` is small enough to
 save parameters (``r (m + n) < m n`` for the ``(m, n)`` matrix view) is
 replaced by the factors of its truncated SVD (see :func:`factorize` and
 :class:`rmda_jax.models.LowRank`).
 
-Supported topologies: :class:`~rmda_jax.models.MLP`,
-:class:`~rmda_jax.models.LeNet5`, :class:`~rmda_jax.models.VGG` and
-:class:`~rmda_jax.models.LogisticRegression` (sequential Conv/Dense stacks
-with element-wise ReLU). Anything else raises a ``TypeError``: a residual
-connection, a normalization layer or an activation with ``f(0) != 0`` would
-need its own rule.
+Models: :class:`~rmda_jax.models.MLP`, :class:`~rmda_jax.models.LeNet5`,
+:class:`~rmda_jax.models.VGG`, :class:`~rmda_jax.models.LogisticRegression`
+and :class:`~rmda_jax.models.TransformerBlock` (heads and hidden units).
+For any other function, :func:`rmda_jax.reduction.compact_function` gives a
+smaller function with the same outputs, and :func:`compact_nnx` a smaller
+NNX module.
 
 Example:
   >>> import jax, jax.numpy as jnp, numpy as np
@@ -55,23 +49,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmda_jax import discovery
 from rmda_jax import models
+from rmda_jax import reduction
 from rmda_jax.models import num_params  # re-exported: compaction reports sizes
 from rmda_jax import regularizers as regs
 
-__all__ = ["Compacted", "Link", "SUPPORTED", "compact", "factorize", "flops", "latencies", "num_params"]
+__all__ = ["Compacted", "SUPPORTED", "compact", "compact_nnx", "factorize", "flops", "latencies", "num_params"]
 
-SUPPORTED = (models.MLP, models.LeNet5, models.VGG, models.LogisticRegression)
-
-
-@dataclasses.dataclass(frozen=True)
-class Link:
-  """Layer ``producer`` feeds layer ``consumer``: its input index ``p * C + c``
-  (``p < positions``) reads the producer's channel ``c`` (``C`` channels)."""
-
-  producer: str
-  consumer: str
-  positions: int = 1
+SUPPORTED = (models.MLP, models.LeNet5, models.VGG, models.LogisticRegression, models.TransformerBlock)
 
 
 @dataclasses.dataclass
@@ -121,54 +107,6 @@ def latencies(candidates: dict, x, rounds: int = 15, calls: int = 5) -> dict:
   return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def _layers(model, params) -> tuple[list, list]:
-  """Layer names in order, and the links between consecutive layers."""
-  if not isinstance(model, SUPPORTED):
-    raise TypeError(
-        f"compact supports {', '.join(c.__name__ for c in SUPPORTED)} (sequential Conv/Dense stacks "
-        f"with ReLU); got {type(model).__name__}.")
-  if model.ranks is not None and any(r is not None for r in model.ranks):
-    raise ValueError("the model is already factorized (ranks is set); compact the full model.")
-  if isinstance(model, models.LogisticRegression):
-    return ["Dense_0"], []
-  if isinstance(model, models.MLP):
-    names = [f"Dense_{i}" for i in range(len(model.hidden) + 1)]
-    return names, [Link(a, b) for a, b in zip(names, names[1:])]
-  if isinstance(model, models.LeNet5):
-    convs = [f"Conv_{i}" for i in range(len(model.conv_features))]
-    links = [Link(a, b) for a, b in zip(convs, convs[1:])]
-    channels = params[convs[-1]]["kernel"].shape[-1]
-    positions = params["Dense_0"]["kernel"].shape[0] // channels
-    links += [Link(convs[-1], "Dense_0", positions), Link("Dense_0", "Dense_1")]
-    return convs + ["Dense_0", "Dense_1"], links
-  convs = [f"Conv_{i}" for i in range(sum(len(s) for s in model.stages))]
-  names = convs + ["Dense_0"]
-  return names, [Link(a, b) for a, b in zip(names, names[1:])]
-
-
-def _dead_units(params, link: Link) -> np.ndarray:
-  producer, consumer = params[link.producer], params[link.consumer]
-  kernel_a = np.asarray(producer["kernel"])
-  channels = kernel_a.shape[-1]
-  kernel_b = np.asarray(consumer["kernel"])
-  rows = np.moveaxis(kernel_b, -2, 0).reshape(link.positions, channels, -1)
-  ignored = ~np.any(rows != 0, axis=(0, 2))
-  bias = np.asarray(producer.get("bias", np.zeros(channels)))
-  silent = ~np.any(kernel_a.reshape(-1, channels) != 0, axis=0) & (bias == 0)
-  return ignored | silent
-
-
-def _select(params, link: Link, keep: np.ndarray) -> None:
-  producer, consumer = dict(params[link.producer]), dict(params[link.consumer])
-  channels = np.shape(producer["kernel"])[-1]
-  producer["kernel"] = jnp.take(producer["kernel"], keep, axis=-1)
-  if "bias" in producer:
-    producer["bias"] = jnp.take(producer["bias"], keep, axis=-1)
-  rows = (np.arange(link.positions)[:, None] * channels + keep[None, :]).reshape(-1)
-  consumer["kernel"] = jnp.take(consumer["kernel"], rows, axis=-2)
-  params[link.producer], params[link.consumer] = producer, consumer
-
-
 def factorize(kernel, rank: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
   """Thin factors of a kernel: ``down`` (``shape[:-1] + (r,)``) and ``up`` (``(r, out)``).
 
@@ -188,16 +126,48 @@ def factorize(kernel, rank: Optional[int] = None) -> tuple[jax.Array, jax.Array]
   return down, up
 
 
-def _widths(model, params, names):
-  out = {name: int(np.shape(params[name]["kernel"])[-1]) for name in names}
+def _layer_names(model) -> list:
+  if isinstance(model, models.LogisticRegression):
+    return ["Dense_0"]
   if isinstance(model, models.MLP):
-    return model.clone(hidden=tuple(out[n] for n in names[:-1]))
+    return [f"Dense_{i}" for i in range(len(model.hidden) + 1)]
   if isinstance(model, models.LeNet5):
-    convs = [n for n in names if n.startswith("Conv_")]
-    return model.clone(conv_features=tuple(out[n] for n in convs), dense_features=out["Dense_0"])
+    return [f"Conv_{i}" for i in range(len(model.conv_features))] + ["Dense_0", "Dense_1"]
   if isinstance(model, models.VGG):
-    widths = iter(out[n] for n in names if n.startswith("Conv_"))
+    return [f"Conv_{i}" for i in range(sum(len(s) for s in model.stages))] + ["Dense_0"]
+  return ["LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "Dense_0", "Dense_1"]
+
+
+def _example_input(model, params):
+  """A small input of the shape the model's params imply (batch 2)."""
+  if isinstance(model, (models.MLP, models.LogisticRegression)):
+    return jnp.zeros((2, np.shape(params["Dense_0"]["kernel"])[0]))
+  if isinstance(model, models.LeNet5):
+    channels = np.shape(params[f"Conv_{len(model.conv_features) - 1}"]["kernel"])[-1]
+    side = math.isqrt(np.shape(params["Dense_0"]["kernel"])[0] // channels)
+    for _ in model.conv_features:
+      side = 2 * side + 4   # undo max-pool 2 and the valid 5x5 conv
+    return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
+  if isinstance(model, models.VGG):
+    side = 2 ** (len(model.stages) + 1)
+    return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
+  return jnp.zeros((2, 4, model.dim))
+
+
+def _rebuild(model, params):
+  """The same model class with the widths of ``params``."""
+  out = lambda name: int(np.shape(params[name]["kernel"])[-1])
+  if isinstance(model, models.MLP):
+    return model.clone(hidden=tuple(out(f"Dense_{i}") for i in range(len(model.hidden))))
+  if isinstance(model, models.LeNet5):
+    return model.clone(conv_features=tuple(out(f"Conv_{i}") for i in range(len(model.conv_features))),
+                       dense_features=out("Dense_0"))
+  if isinstance(model, models.VGG):
+    widths = iter(out(f"Conv_{i}") for i in range(sum(len(s) for s in model.stages)))
     return model.clone(stages=tuple(tuple(next(widths) for _ in stage) for stage in model.stages))
+  if isinstance(model, models.TransformerBlock):
+    heads, head_dim = np.shape(params["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1:]
+    return model.clone(heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=out("Dense_0"))
   return model
 
 
@@ -206,37 +176,57 @@ def compact(model, params, low_rank: bool = False) -> Compacted:
 
   Args:
     model: an :class:`~rmda_jax.models.MLP`, :class:`~rmda_jax.models.LeNet5`,
-      :class:`~rmda_jax.models.VGG` or :class:`~rmda_jax.models.LogisticRegression`.
+      :class:`~rmda_jax.models.VGG`, :class:`~rmda_jax.models.LogisticRegression`
+      or :class:`~rmda_jax.models.TransformerBlock`.
     params: its params (the ``"params"`` collection), e.g. the structured
       point ``rmda_jax.structured_params(state)`` or the final params.
     low_rank: also factorize kernels of low numerical rank.
 
   Raises:
-    TypeError: an unsupported model.
+    TypeError: another model (use :func:`rmda_jax.reduction.compact_function`
+      for any function, :func:`compact_nnx` for an NNX module).
     ValueError: params that do not match the model's layers.
   """
-  names, links = _layers(model, params)
-  missing = [n for n in names if n not in params or "kernel" not in params[n]]
-  if missing or set(params) != set(names):
+  if not isinstance(model, SUPPORTED):
+    raise TypeError(
+        f"compact rebuilds {', '.join(c.__name__ for c in SUPPORTED)}; {type(model).__name__}'s widths are "
+        "set inside its code, so it cannot be rebuilt smaller. For any model, "
+        "rmda_jax.reduction.compact_function(apply_fn, params, groups, x) gives a smaller function with the "
+        "same outputs; for an NNX module, compaction.compact_nnx(model, groups, x).")
+  if getattr(model, "ranks", None) is not None and any(r is not None for r in model.ranks):
+    raise ValueError("the model is already factorized (ranks is set); compact the full model.")
+  names = _layer_names(model)
+  if set(params) != set(names) or any("kernel" not in params[n] and n.startswith(("Dense", "Conv"))
+                                      for n in names):
     raise ValueError(f"params do not match the {type(model).__name__}: expected layers {names}, "
                      f"got {sorted(params)}.")
-  params = {name: dict(params[name]) for name in names}
-  kept = {name: np.arange(np.shape(params[name]["kernel"])[-1]) for name in names}
-  changed = True
-  while changed:
-    changed = False
-    for link in links:
-      dead = _dead_units(params, link)
-      keep = np.flatnonzero(~dead) if not dead.all() else np.array([0])  # a layer keeps one unit
-      if len(keep) < len(dead):
-        _select(params, link, keep)
-        kept[link.producer] = kept[link.producer][keep]
-        changed = True
-  compact_model = _widths(model, params, names)
+  x = _example_input(model, params)
+  kept = {}
+  current = model
+  while True:  # a removal can make another unit dead (a consumer's remaining rows all zero...)
+    apply = lambda p, x, m=current: m.apply({"params": p}, x)
+    groups = discovery.discover_groups(apply, params, x)
+    small = reduction.compact_function(apply, params, groups, x)
+    for name, keep in small.kept.items():
+      kept[name] = kept[name][keep] if name in kept else keep
+    changed = any(len(k) < f.size for f, k in zip(groups.families, small.kept.values()))
+    params = jax.tree_util.tree_map(jnp.asarray, small.params)
+    current = _rebuild(model, params)
+    if not changed:
+      break
+  params = {name: dict(layer) for name, layer in params.items()}
+  for name in names:
+    if name.startswith(("Dense", "Conv")) and name not in kept:
+      kept[name] = np.arange(np.shape(params[name]["kernel"])[-1])
+  compact_model = _rebuild(model, params)
   ranks = {}
+  if low_rank and not hasattr(model, "ranks"):
+    raise ValueError(f"low_rank: {type(model).__name__} has no factorized layers (ranks).")
   if low_rank:
     layer_ranks = []
     for name in names:
+      if not name.startswith(("Dense", "Conv")):
+        continue
       kernel = params[name]["kernel"]
       m, n = math.prod(np.shape(kernel)[:-1]), np.shape(kernel)[-1]
       down, up = factorize(kernel)
@@ -248,3 +238,72 @@ def compact(model, params, low_rank: bool = False) -> Compacted:
     if ranks:
       compact_model = compact_model.clone(ranks=tuple(layer_ranks))
   return Compacted(compact_model, params, kept, ranks)
+
+
+def compact_nnx(model, groups, *example_args, in_place: bool = False, keep_at_least: int = 1):
+  """A smaller NNX module computing the same function; returns ``(module, kept)``.
+
+  Every removable unit of ``groups`` (:func:`rmda_jax.discover_nnx`) is cut
+  from every variable it spans -- parameters and the rest (BatchNorm
+  statistics) -- as :func:`rmda_jax.reduction.compact_function` decides, and
+  the layers' size attributes are set to the new shapes (``in_features``,
+  ``out_features``, ``num_heads``, ``qkv_features``, ``num_features``, ...),
+  so the module works with ``nnx.jit``, ``nnx.Optimizer`` and further
+  training. ``in_place=False`` (default) leaves ``model`` as it was and
+  returns a copy; ``kept`` maps each family to the indices of its units kept.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np, rmda_jax
+    >>> from flax import nnx
+    >>> class MLP(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.fc1, self.fc2 = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 2, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.fc2(nnx.relu(self.fc1(x)))
+    >>> model, x = MLP(nnx.Rngs(0)), jnp.ones((3, 4))
+    >>> model.fc2.kernel[...] = model.fc2.kernel[...].at[::2].set(0)   # units 0, 2, 4, 6 unused
+    >>> small, kept = rmda_jax.compaction.compact_nnx(model, rmda_jax.discover_nnx(model, x), x)
+    >>> small.fc1.out_features, small.fc2.in_features, small.fc2.kernel[...].shape
+    (4, 4, (4, 2))
+    >>> bool(jnp.allclose(small(x), model(x), atol=1e-6))
+    True
+  """
+  from flax import nnx
+
+  if not in_place:
+    model = nnx.clone(model)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  fn = lambda p, r, *args: nnx.merge(graphdef, p, r)(*args)
+  small = reduction.compact_function(fn, params, groups, *example_args, extras=rest, keep_at_least=keep_at_least)
+  nnx.update(model, small.params, small.extras)
+  for _, module in nnx.iter_modules(model):
+    _set_nnx_sizes(module, nnx)
+  return model, small.kept
+
+
+def _set_nnx_sizes(module, nnx) -> None:
+  """Size attributes of the standard NNX layers, from their (new) arrays."""
+  shape = lambda variable: tuple(np.shape(variable.get_value()))
+  if isinstance(module, nnx.Linear):
+    module.in_features, module.out_features = shape(module.kernel)
+  elif isinstance(module, nnx.Conv):
+    kernel = shape(module.kernel)
+    module.in_features = kernel[-2] * module.feature_group_count
+    module.out_features = kernel[-1]
+  elif isinstance(module, nnx.LinearGeneral):
+    kernel = shape(module.kernel)
+    n_in = len(module.in_features)
+    module.in_features, module.out_features = kernel[:n_in], kernel[n_in:]
+  elif isinstance(module, nnx.MultiHeadAttention):
+    features, heads, head_dim = shape(module.query.kernel)
+    module.in_features, module.num_heads, module.head_dim = features, heads, head_dim
+    module.qkv_features = heads * head_dim
+    module.out_features = shape(module.out.kernel)[-1]
+  elif isinstance(module, (nnx.LayerNorm, nnx.RMSNorm, nnx.BatchNorm, nnx.GroupNorm)):
+    for name in ("scale", "bias", "mean"):
+      variable = getattr(module, name, None)
+      if variable is not None:
+        module.num_features = shape(variable)[-1]
+        break
+  elif isinstance(module, nnx.Embed):
+    module.num_embeddings, module.features = shape(module.embedding)

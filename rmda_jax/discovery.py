@@ -522,6 +522,7 @@ class _Semantics:
     self.consumers = collections.defaultdict(set)   # class -> param indices contracted against it
     self.needs_all: set = set()               # classes whose zeroing operand is not a plain parameter view
     self.exits = collections.Counter()
+    self.silent_exits = collections.Counter()  # exits where an activation operand vanishes with its producers
     self.first_seen: dict = {}
     self.heads: set = set()
     self.counter = 0
@@ -632,6 +633,8 @@ class _Semantics:
     self.exits[cls] += 1
     vanishing = [v for v in operands if self.zset(v) is _ALL or cls in self.zset(v)]
     views = [self.view[v] for v in vanishing if not isinstance(v, jcore.Literal) and v in self.view]
+    if len(views) < len(vanishing):
+      self.silent_exits[cls] += 1
     if views:
       # zeroing the parameter it is contracted against removes the dimension
       self.consumers[cls].update(views)
@@ -778,6 +781,7 @@ class Traced:
     paths, shapes: of the parameter leaves, then the extra leaves.
     n_params, n_extras: how many of each.
     input_classes: the dimensions of the example inputs.
+    out_tree, args_tree: the structure of ``fn``'s output and of the example args.
   """
 
   jaxpr: Any
@@ -789,11 +793,31 @@ class Traced:
   n_params: int
   n_extras: int
   input_classes: set
+  out_tree: Any = None
+  args_tree: Any = None
 
   def axis_atoms(self, leaf: int) -> list:
     """Per axis of parameter (or extra) leaf ``leaf``, its leaf atoms."""
     var = self.jaxpr.jaxpr.invars[leaf]
     return [self.atoms.leaves(axis) for axis in self.graph.axes(var)]
+
+  def class_slices(self, cls: int) -> list:
+    """``(leaf index, Slice)`` of every parameter and extra axis carrying dimension ``cls``."""
+    out = []
+    for i in range(self.n_params + self.n_extras):
+      for axis, atoms in enumerate(self.axis_atoms(i)):
+        sizes = [self.atoms.sizes[a] for a in atoms]
+        for position, a in enumerate(atoms):
+          if self.atoms.find(a) == cls:
+            out.append((i, _canonical(self.paths[i], axis, sizes, position)))
+    return out
+
+  def silent_when_produced_zero(self, cls: int) -> bool:
+    """Whether the dimension vanishes at every exit once the slices that produce
+    it are zero (ReLU, GELU, pooling and norms with zero scale and shift keep a
+    zero unit zero)."""
+    exits = self.semantics.exits[cls]
+    return exits > 0 and self.semantics.silent_exits[cls] == exits
 
   def class_of(self, member: Slice) -> int:
     """The dimension (class root) of a family member's group index."""
@@ -828,7 +852,8 @@ def trace(fn: Callable[..., Any], params: Any, *example_args: Any, extras: Any =
   else:
     flat_fn = lambda leaves, extra, *args: fn(jax.tree_util.tree_unflatten(treedef, leaves),
                                               jax.tree_util.tree_unflatten(extra_def, extra), *args)
-  closed = jax.make_jaxpr(flat_fn)(abstract(keyed), abstract(extra_keyed), *example_args)
+  closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(abstract(keyed), abstract(extra_keyed),
+                                                                  *example_args)
   jaxpr = closed.jaxpr
   n_params, n_extras = len(keyed), len(extra_keyed)
   param_vars = {v: i for i, v in enumerate(jaxpr.invars[:n_params])}
@@ -855,7 +880,8 @@ def trace(fn: Callable[..., Any], params: Any, *example_args: Any, extras: Any =
   input_classes = set()
   for v in jaxpr.invars[n_params + n_extras:]:
     input_classes.update(semantics.classes(v))
-  return Traced(closed, atoms, graph, semantics, paths, shapes, n_params, n_extras, input_classes)
+  return Traced(closed, atoms, graph, semantics, paths, shapes, n_params, n_extras, input_classes,
+                jax.tree_util.tree_structure(out_shape), jax.tree_util.tree_structure(example_args))
 
 
 def _canonical(path: str, axis: int, sizes: Sequence[int], position: int) -> Slice:
@@ -877,7 +903,8 @@ def _module(path: str) -> str:
 
 def _name(paths, members, consumers, kind) -> str:
   """The layer a family belongs to: the module holding all its leaves, else
-  the module of its first producer (the layer whose outputs the units are)."""
+  the module of its first producer kernel (the layer whose outputs the units
+  are), else of its first producer."""
   if kind == "inputs":
     return "inputs of " + _module(paths[min(consumers)]) if consumers else "inputs"
   modules = [_module(paths[i]).split("/") for i, _ in members]
@@ -889,8 +916,9 @@ def _name(paths, members, consumers, kind) -> str:
   if common and len(members) > 1:
     return "/".join(common)
   producers = [paths[i] for i, _ in members if i not in consumers]
-  if producers:
-    return _module(producers[0])
+  kernels = [p for p in producers if p.rsplit("/", 1)[-1] == "kernel"]
+  if kernels or producers:
+    return _module((kernels or producers)[0])
   return _module(paths[members[0][0]]) + " (consumer side)"
 
 

@@ -143,18 +143,25 @@ class VGG(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-  """A pre-norm transformer block (self-attention + MLP), for optimizer benchmarks."""
+  """A pre-norm transformer block (self-attention + MLP).
+
+  ``qkv_features`` (default ``dim``) is ``heads * head_dim``; ``mlp_features``
+  (default ``dim * mlp_ratio``) the MLP's hidden width. A compacted block
+  keeps ``head_dim`` and sets both to what survived.
+  """
 
   dim: int = 512
   heads: int = 8
   mlp_ratio: int = 4
+  qkv_features: Optional[int] = None
+  mlp_features: Optional[int] = None
 
   @nn.compact
   def __call__(self, x):
     h = nn.LayerNorm()(x)
-    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(h, h)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.qkv_features)(h, h)
     h = nn.LayerNorm()(x)
-    h = nn.Dense(self.dim * self.mlp_ratio)(h)
+    h = nn.Dense(self.mlp_features or self.dim * self.mlp_ratio)(h)
     return x + nn.Dense(self.dim)(nn.gelu(h))
 
 
