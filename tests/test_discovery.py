@@ -560,3 +560,50 @@ def test_summary_names_kinds_layers_and_counts():
   for family in groups.families:
     assert family.name in text and str(family.size) in text
   assert "Dense_0" in text and "MultiHeadDotProductAttention_0" in text
+
+
+# ----------------------------------------------------------------------------
+# Nested jaxprs and unknown primitives
+
+
+@jax.custom_vjp
+def _scaled_identity(x):
+  return x
+
+
+_scaled_identity.defvjp(lambda x: (x, None), lambda _, g: (2 * g,))
+
+
+def _nested_mlp(params, x):
+  """A hidden layer through jax.jit, jax.checkpoint, a custom_jvp (relu) and a custom_vjp."""
+  hidden = jax.jit(lambda x, w, b: x @ w + b)(x, params["w0"], params["b0"])
+  hidden = jax.checkpoint(lambda h: jax.nn.relu(h))(hidden)
+  hidden = _scaled_identity(hidden)
+  return hidden @ params["w1"]
+
+
+def test_nested_jaxprs_are_followed():
+  rng = np.random.default_rng(0)
+  params = {"w0": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32), "b0": jnp.zeros(7),
+            "w1": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)}
+  groups = discovery().discover_groups(_nested_mlp, params, jnp.ones((2, 5)))
+  assert [family_key(f) for f in groups.families] == [
+      ("units", 7, frozenset({("w0", 1, (), 0), ("b0", 0, (), 0), ("w1", 0, (), 0)}))]
+  assert not groups.unknown_primitives
+
+
+def test_an_unknown_primitive_keeps_its_dimensions_whole_and_is_named():
+  rng = np.random.default_rng(0)
+  params = {"w0": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
+            "w1": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)}
+
+  def fn(p, x):
+    hidden = jnp.sort(x @ p["w0"], axis=-1)   # sorts across the hidden units
+    return hidden @ p["w1"]
+
+  groups = discovery().discover_groups(fn, params, jnp.ones((2, 5)))
+  assert groups.families == ()
+  assert "sort" in groups.unknown_primitives
+  reasons = [r for u in groups.unprunable for r in u.reasons if "w1" in {m.path for m in u.members}]
+  assert any("sort" in r for r in reasons), groups
+  assert "sort" in str(groups)
