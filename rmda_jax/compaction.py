@@ -307,3 +307,50 @@ def _set_nnx_sizes(module, nnx) -> None:
         break
   elif isinstance(module, nnx.Embed):
     module.num_embeddings, module.features = shape(module.embedding)
+
+
+def _to_tuple(value):
+  return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def save(path: str, compacted: Compacted) -> None:
+  """Write a compact library model so that :func:`load` rebuilds it without the
+  original: ``path/model.json`` (class and fields) and ``path/params`` (orbax)."""
+  import json
+  import os
+
+  from rmda_jax import checkpoint
+
+  model = compacted.model
+  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.name not in ("parent", "name") and not f.name.startswith("_")}
+  os.makedirs(path, exist_ok=True)
+  checkpoint.save(os.path.join(os.path.abspath(path), "params"), compacted.params)
+  with open(os.path.join(path, "model.json"), "w") as f:
+    json.dump({"class": type(model).__name__, "fields": fields,
+               "kept": {k: np.asarray(v).tolist() for k, v in compacted.kept.items()},
+               "ranks": compacted.ranks}, f, indent=2)
+
+
+def load(path: str) -> Compacted:
+  """The compact model written by :func:`save` (or ``rmda-jax compact --out``)."""
+  import json
+  import os
+
+  from rmda_jax import checkpoint
+
+  config = os.path.join(path, "model.json")
+  if not os.path.isfile(config):
+    raise ValueError(f"{path} holds no compact model (no model.json; write one with rmda-jax compact RUN --out DIR).")
+  with open(config) as f:
+    spec = json.load(f)
+  cls = {c.__name__: c for c in SUPPORTED}.get(spec.get("class"))
+  if cls is None:
+    raise ValueError(f"{config}: unknown model class {spec.get('class')!r} (known: "
+                     f"{', '.join(c.__name__ for c in SUPPORTED)}).")
+  model = cls(**{k: _to_tuple(v) for k, v in spec["fields"].items()})
+  ocp = checkpoint._orbax()
+  with ocp.StandardCheckpointer() as reader:  # the saved shapes are the compact ones: no template
+    params = reader.restore(os.path.join(os.path.abspath(path), "params"))
+  kept = {k: np.asarray(v) for k, v in spec.get("kept", {}).items()}
+  return Compacted(model, params, kept, spec.get("ranks", {}))

@@ -162,7 +162,7 @@ def test_fused_qkv_block_loses_heads():
 
 
 # --------------------------------------------------------------------------- the library's linen models
-def test_library_transformer_block_is_rebuilt_smaller():
+def test_library_transformer_block_is_rebuilt_smaller(tmp_path):
   model = models.TransformerBlock(dim=16, heads=4, mlp_ratio=2)
   x = jax.random.normal(X_KEY, (2, 5, 16))
   params = model.init(jax.random.PRNGKey(0), x)["params"]
@@ -170,8 +170,15 @@ def test_library_transformer_block_is_rebuilt_smaller():
   params = set_rows(params, ("Dense_1", "kernel"), np.arange(0, 32, 4))
   small = compaction.compact(model, params)
   assert (small.model.heads, small.model.qkv_features, small.model.mlp_features) == (3, 12, 24)
-  assert_close(small.apply(jax.random.normal(CHECK_KEY, (3, 7, 16))),
-               model.apply({"params": params}, jax.random.normal(CHECK_KEY, (3, 7, 16))))
+  other = jax.random.normal(CHECK_KEY, (3, 7, 16))
+  assert_close(small.apply(other), model.apply({"params": params}, other))
+  # written to disk, it loads without the original
+  compaction.save(str(tmp_path / "small"), small)
+  loaded = compaction.load(str(tmp_path / "small"))
+  assert loaded.model == small.model
+  assert_close(loaded.apply(other), model.apply({"params": params}, other))
+  with pytest.raises(ValueError, match="no compact model"):
+    compaction.load(str(tmp_path))
 
 
 def test_a_user_linen_module_points_to_the_generic_path():
