@@ -213,10 +213,10 @@ class _Graph:
 
   def __init__(self, atoms: _Atoms):
     self.atoms = atoms
-    self.env: dict = {}          # var -> [list of atoms per axis]
+    self.env: dict = {}          # (scope, var) -> [list of atoms per axis]
+    self.scope: tuple = ()       # the call equations we are inside: a jaxpr called twice has two scopes
     self.unknown: list = []
     self.batch_classes: list = []  # atoms that are batch dims of an activation-activation contraction
-    self.calls: list = []         # (outer eqn, inner jaxpr) for pass 2
 
   # ---- helpers
   def fresh(self, aval) -> list:
@@ -225,13 +225,14 @@ class _Graph:
   def axes(self, v) -> list:
     if isinstance(v, jcore.Literal):
       return [[] for _ in np.shape(v.val)]
-    if v not in self.env:
-      self.env[v] = self.fresh(v.aval)
-    return self.env[v]
+    key = (self.scope, v)
+    if key not in self.env:
+      self.env[key] = self.fresh(v.aval)
+    return self.env[key]
 
   def define(self, v, axes) -> None:
     if not isinstance(v, jcore.DropVar):
-      self.env[v] = axes
+      self.env[(self.scope, v)] = axes
 
   def link(self, a: list, b: list, context: str) -> None:
     if not self.atoms.align(a, b):
@@ -266,14 +267,17 @@ class _Graph:
       if inner is None:
         return self.unknown_primitive(eqn)
       jaxpr = inner.jaxpr if isinstance(inner, jcore.ClosedJaxpr) else inner
-      for outer, var in zip(ins, jaxpr.invars):
-        self.env[var] = self.axes(outer) if not isinstance(outer, jcore.Literal) else self.fresh(var.aval)
+      outer_axes = [None if isinstance(v, jcore.Literal) else self.axes(v) for v in ins]
+      self.scope = self.scope + (id(eqn),)
+      for axes, var in zip(outer_axes, jaxpr.invars):
+        self.define(var, axes if axes is not None else self.fresh(var.aval))
       for var in jaxpr.constvars:
         self.axes(var)
       self.run(jaxpr)
-      for outer, var in zip(outs, jaxpr.outvars):
-        self.define(outer, self.axes(var) if not isinstance(var, jcore.Literal) else self.fresh(outer.aval))
-      self.calls.append((eqn, jaxpr))
+      inner_axes = [self.fresh(v.aval) if isinstance(v, jcore.Literal) else self.axes(v) for v in jaxpr.outvars]
+      self.scope = self.scope[:-1]
+      for outer, axes in zip(outs, inner_axes):
+        self.define(outer, axes)
       return
     if name in _LAYOUT or name in _ZERO_PRESERVING_UNARY or name in _OTHER_UNARY or name in _MULTIPLICATIVE \
         or name in _ADDITIVE or name in _OTHER_BINARY or name in ("select_n", "clamp"):
@@ -517,8 +521,8 @@ class _Semantics:
   def __init__(self, graph: _Graph, param_vars: dict):
     self.g = graph
     self.atoms = graph.atoms
-    self.zero: dict = {}
-    self.view: dict = dict(param_vars)       # var -> param index (pure views of a parameter)
+    self.zero: dict = {}                     # (scope, var) -> classes it vanishes along
+    self.view: dict = {((), v): i for v, i in param_vars.items()}  # (scope, var) -> param index (pure views)
     self.consumers = collections.defaultdict(set)   # class -> param indices contracted against it
     self.needs_all: set = set()               # classes whose zeroing operand is not a plain parameter view
     self.exits = collections.Counter()
@@ -527,7 +531,7 @@ class _Semantics:
     self.heads: set = set()
     self.counter = 0
     for v, _ in param_vars.items():
-      self.zero[v] = set(self.classes(v))
+      self.zero[((), v)] = set(self.classes(v))
 
   def classes(self, v) -> list:
     if isinstance(v, jcore.Literal):
@@ -540,13 +544,23 @@ class _Semantics:
   def zset(self, v):
     if isinstance(v, jcore.Literal):
       return _ALL if np.all(np.asarray(v.val) == 0) else set()
-    return self.zero.get(v, set())
+    return self.zero.get((self.g.scope, v), set())
 
   def set_zero(self, v, zs) -> None:
     if isinstance(v, jcore.DropVar):
       return
     present = set(self.classes(v))
-    self.zero[v] = present if zs is _ALL else (set(zs) & present)
+    self.zero[(self.g.scope, v)] = present if zs is _ALL else (set(zs) & present)
+
+  def view_of(self, v):
+    """The parameter index ``v`` is a plain view of (cast, reshape, transpose...), or None."""
+    if isinstance(v, jcore.Literal):
+      return None
+    return self.view.get((self.g.scope, v))
+
+  def set_view(self, v, index) -> None:
+    if index is not None and not isinstance(v, jcore.DropVar):
+      self.view[(self.g.scope, v)] = index
 
   def run(self, jaxpr) -> None:
     for eqn in jaxpr.eqns:
@@ -561,20 +575,24 @@ class _Semantics:
     name = eqn.primitive.name
     ins, outs = eqn.invars, eqn.outvars
     if name in _CALLS:
-      jaxpr = next(j for e, j in self.g.calls if e is eqn)
-      for outer, var in zip(ins, jaxpr.invars):
-        if not isinstance(outer, jcore.Literal):
-          self.zero[var] = self.zset(outer)
-          if outer in self.view:
-            self.view[var] = self.view[outer]
+      inner = _inner_jaxpr(eqn)
+      jaxpr = inner.jaxpr if isinstance(inner, jcore.ClosedJaxpr) else inner
+      outer_zero = [self.zset(v) for v in ins]
+      outer_views = [self.view_of(v) for v in ins]
+      self.g.scope = self.g.scope + (id(eqn),)
+      for var, zeros, view in zip(jaxpr.invars, outer_zero, outer_views):
+        self.zero[(self.g.scope, var)] = zeros
+        self.set_view(var, view)
       self.run(jaxpr)
-      for outer, var in zip(outs, jaxpr.outvars):
-        self.set_zero(outer, self.zset(var))
-        if not isinstance(var, jcore.Literal) and var in self.view:
-          self.view[outer] = self.view[var]
+      inner_zero = [self.zset(v) for v in jaxpr.outvars]
+      inner_views = [self.view_of(v) for v in jaxpr.outvars]
+      self.g.scope = self.g.scope[:-1]
+      for outer, zeros, view in zip(outs, inner_zero, inner_views):
+        self.set_zero(outer, zeros)
+        self.set_view(outer, view)
       return
-    if name in _LAYOUT and len(ins) >= 1 and ins[0] in self.view:
-      self.view[outs[0]] = self.view[ins[0]]
+    if name in _LAYOUT and len(ins) >= 1:
+      self.set_view(outs[0], self.view_of(ins[0]))
     if name in _LAYOUT or name in _ZERO_PRESERVING_UNARY or name == "integer_pow" and eqn.params["y"] > 0:
       return self.set_zero(outs[0], self.zset(ins[0]))
     if name in _MULTIPLICATIVE or name in ("dot_general", "conv_general_dilated"):
@@ -632,7 +650,7 @@ class _Semantics:
     """A contraction over class ``cls``: exact if an operand vanishes along it."""
     self.exits[cls] += 1
     vanishing = [v for v in operands if self.zset(v) is _ALL or cls in self.zset(v)]
-    views = [self.view[v] for v in vanishing if not isinstance(v, jcore.Literal) and v in self.view]
+    views = [self.view_of(v) for v in vanishing if self.view_of(v) is not None]
     if len(views) < len(vanishing):
       self.silent_exits[cls] += 1
     if views:
@@ -650,7 +668,7 @@ class _Semantics:
     for i in lc:
       for cls in self.axis_classes(lhs, i):
         self._exit(cls, (lhs, rhs))
-    if lhs not in self.view and rhs not in self.view:
+    if self.view_of(lhs) is None and self.view_of(rhs) is None:
       for i in lb:
         self.heads.update(self.axis_classes(lhs, i))
 

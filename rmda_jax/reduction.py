@@ -229,10 +229,12 @@ class _Reducer:
       if inner is not None:
         closed = inner if isinstance(inner, jcore.ClosedJaxpr) else None
         body = closed.jaxpr if closed is not None else inner
+        self.graph.scope = self.graph.scope + (id(eqn),)
         inner_consts = [] if closed is None else [
             self.slice(c, [self.atoms.leaves(a) for a in self.graph.axes(v)])
             for v, c in zip(body.constvars, closed.consts)]
         outvals = self.run(body, inner_consts, invals, overrides)
+        self.graph.scope = self.graph.scope[:-1]
       else:
         out_shapes = [self.shape(v, overrides) for v in eqn.outvars]
         params = self._params(eqn, [np.shape(x) for x in invals], out_shapes)

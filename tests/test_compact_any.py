@@ -258,3 +258,24 @@ def test_nnx_modules_are_compacted_and_keep_training(name):
   for _ in range(3):
     optimizer.update(small, nnx.grad(loss)(small))
   assert np.isfinite(float(loss(small))) and float(loss(small)) != before
+
+
+class TwoLayers(nn.Module):
+  """Two causal attention layers: JAX traces the masking helper once and calls it twice."""
+
+  @nn.compact
+  def __call__(self, x):
+    mask = nn.make_causal_mask(x[..., 0])
+    for i in range(2):
+      h = nn.LayerNorm(name=f"ln{i}")(x)
+      x = x + nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=16, name=f"attn{i}")(h, h, mask=mask)
+    return x
+
+
+def test_layers_sharing_a_nested_jaxpr_lose_different_heads():
+  def mutate(p):
+    p = set_rows(p, ("attn0", "out", "kernel"), np.array([0]))
+    return set_rows(p, ("attn1", "out", "kernel"), np.array([0, 1, 3]))
+  small = _linen(TwoLayers(), (2, 5, 16), mutate)
+  assert small.params["attn0"]["query"]["kernel"].shape == (16, 3, 4)
+  assert small.params["attn1"]["query"]["kernel"].shape == (16, 1, 4)
