@@ -19,8 +19,9 @@ replaced by the factors of its truncated SVD (see :func:`factorize` and
 :class:`rmda_jax.models.LowRank`).
 
 Models: :class:`~rmda_jax.models.MLP`, :class:`~rmda_jax.models.LeNet5`,
-:class:`~rmda_jax.models.VGG`, :class:`~rmda_jax.models.LogisticRegression`
-and :class:`~rmda_jax.models.TransformerBlock` (heads and hidden units).
+:class:`~rmda_jax.models.VGG`, :class:`~rmda_jax.models.LogisticRegression`,
+:class:`~rmda_jax.models.TransformerBlock` and
+:class:`~rmda_jax.models.TransformerLM` (heads and hidden units per layer).
 For any other function, :func:`rmda_jax.reduction.compact_function` gives a
 smaller function with the same outputs, and :func:`compact_nnx` a smaller
 NNX module.
@@ -57,7 +58,8 @@ from rmda_jax import regularizers as regs
 
 __all__ = ["Compacted", "SUPPORTED", "compact", "compact_nnx", "factorize", "flops", "latencies", "num_params"]
 
-SUPPORTED = (models.MLP, models.LeNet5, models.VGG, models.LogisticRegression, models.TransformerBlock)
+SUPPORTED = (models.MLP, models.LeNet5, models.VGG, models.LogisticRegression, models.TransformerBlock,
+             models.TransformerLM)
 
 
 @dataclasses.dataclass
@@ -135,6 +137,11 @@ def _layer_names(model) -> list:
     return [f"Conv_{i}" for i in range(len(model.conv_features))] + ["Dense_0", "Dense_1"]
   if isinstance(model, models.VGG):
     return [f"Conv_{i}" for i in range(sum(len(s) for s in model.stages))] + ["Dense_0"]
+  if isinstance(model, models.TransformerLM):
+    blocks = [f"{kind}_{i}" for i in range(model.layers)
+              for kind in ("ln_attn", "attn", "ln_mlp", "mlp_in", "mlp_out")]
+    return (["embed"] + (["positions"] if model.positions == "learned" else []) + blocks + ["ln_out"]
+            + ([] if model.tied else ["head"]))
   return ["LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "Dense_0", "Dense_1"]
 
 
@@ -151,6 +158,8 @@ def _example_input(model, params):
   if isinstance(model, models.VGG):
     side = 2 ** (len(model.stages) + 1)
     return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
+  if isinstance(model, models.TransformerLM):
+    return jnp.zeros((2, min(4, model.context)), jnp.int32)
   return jnp.zeros((2, 4, model.dim))
 
 
@@ -165,6 +174,10 @@ def _rebuild(model, params):
   if isinstance(model, models.VGG):
     widths = iter(out(f"Conv_{i}") for i in range(sum(len(s) for s in model.stages)))
     return model.clone(stages=tuple(tuple(next(widths) for _ in stage) for stage in model.stages))
+  if isinstance(model, models.TransformerLM):
+    heads = tuple(int(np.shape(params[f"attn_{i}"]["query"]["kernel"])[1]) for i in range(model.layers))
+    head_dim = int(np.shape(params["attn_0"]["query"]["kernel"])[2])
+    return model.clone(heads=heads, head_dim=head_dim, mlp=tuple(out(f"mlp_in_{i}") for i in range(model.layers)))
   if isinstance(model, models.TransformerBlock):
     heads, head_dim = np.shape(params["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1:]
     return model.clone(heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=out("Dense_0"))
@@ -196,8 +209,8 @@ def compact(model, params, low_rank: bool = False) -> Compacted:
   if getattr(model, "ranks", None) is not None and any(r is not None for r in model.ranks):
     raise ValueError("the model is already factorized (ranks is set); compact the full model.")
   names = _layer_names(model)
-  if set(params) != set(names) or any("kernel" not in params[n] and n.startswith(("Dense", "Conv"))
-                                      for n in names):
+  if set(params) != set(names) or any("kernel" not in params[n] for n in names
+                                      if n.startswith(("Dense", "Conv", "mlp", "head"))):
     raise ValueError(f"params do not match the {type(model).__name__}: expected layers {names}, "
                      f"got {sorted(params)}.")
   x = _example_input(model, params)
@@ -214,7 +227,7 @@ def compact(model, params, low_rank: bool = False) -> Compacted:
     current = _rebuild(model, params)
     if not changed:
       break
-  params = {name: dict(layer) for name, layer in params.items()}
+  params = {name: dict(layer) if isinstance(layer, dict) else layer for name, layer in params.items()}
   for name in names:
     if name.startswith(("Dense", "Conv")) and name not in kept:
       kept[name] = np.arange(np.shape(params[name]["kernel"])[-1])

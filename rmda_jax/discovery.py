@@ -411,6 +411,8 @@ class _Graph:
 
   def _piece(self, in_axis: list, size_in: int, size_out: int, start: int, out_axis: list, what: str) -> None:
     """Out axis = one contiguous block ``[start, start + size_out)`` of the in axis."""
+    if size_out == 0:
+      return  # an empty piece reads nothing
     if size_out == size_in:
       self.link(in_axis, out_axis, what)
     elif size_in % size_out == 0 and start % size_out == 0:

@@ -165,6 +165,93 @@ class TransformerBlock(nn.Module):
     return x + nn.Dense(self.dim)(nn.gelu(h))
 
 
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention (``query``, ``key``, ``value``, ``out``
+  projections as in ``nn.MultiHeadDotProductAttention``), optionally rotary."""
+
+  heads: int
+  head_dim: int
+  rotary: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    dense = lambda name: nn.DenseGeneral((self.heads, self.head_dim), name=name)
+    q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
+    if self.rotary:
+      q, k = rotate(q), rotate(k)
+    mask = nn.make_causal_mask(x[..., 0])
+    out = nn.dot_product_attention(q, k, v, mask=mask)
+    return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="out")(out)
+
+
+def rotate(x):
+  """Rotary position embedding over the last axis of ``(batch, time, heads, head_dim)``
+  (pairs ``(i, i + head_dim / 2)`` rotated by ``t / 10000^(2i / head_dim)``)."""
+  time, half = x.shape[1], x.shape[-1] // 2
+  freqs = 1.0 / (10000 ** (jnp.arange(half) / half))
+  angles = jnp.arange(time)[:, None] * freqs[None, :]
+  cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+  first, second = x[..., :half], x[..., half:2 * half]
+  parts = [first * cos - second * sin, first * sin + second * cos]
+  if x.shape[-1] % 2:
+    parts.append(x[..., 2 * half:])
+  return jnp.concatenate(parts, axis=-1)
+
+
+class TransformerLM(nn.Module):
+  """A decoder-only, pre-LN Transformer language model.
+
+  Token embedding, learned (or rotary) positions, ``layers`` blocks of causal
+  multi-head attention and a GELU MLP with residual adds, a final LayerNorm,
+  and an output layer tied to the embedding (or its own ``head`` Dense). The
+  per-layer ``heads`` and ``mlp`` widths may differ (a compacted model).
+
+  Attributes:
+    vocab: vocabulary size (256 for bytes).
+    context: the longest sequence (the learned position table's length).
+    dim: the residual stream's width.
+    heads: attention heads per layer (an int, or one per layer).
+    head_dim: width of a head (default ``dim // heads``).
+    mlp: MLP hidden width per layer (an int, or one per layer; default
+      ``4 * dim``).
+    layers: number of blocks.
+    positions: ``"learned"`` or ``"rotary"``.
+    tied: the output layer is the transposed embedding.
+  """
+
+  vocab: int = 256
+  context: int = 128
+  dim: int = 128
+  heads: object = 4
+  head_dim: Optional[int] = None
+  mlp: object = None
+  layers: int = 2
+  positions: str = "learned"
+  tied: bool = True
+
+  def _per_layer(self, value, default):
+    value = default if value is None else value
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * self.layers
+
+  @nn.compact
+  def __call__(self, tokens):
+    heads = self._per_layer(self.heads, 4)
+    head_dim = self.head_dim or self.dim // heads[0]
+    mlp = self._per_layer(self.mlp, 4 * self.dim)
+    embed = nn.Embed(self.vocab, self.dim, name="embed")
+    x = embed(tokens)
+    if self.positions == "learned":
+      table = self.param("positions", nn.initializers.normal(0.02), (self.context, self.dim))
+      x = x + table[: tokens.shape[1]]
+    for i in range(self.layers):
+      h = nn.LayerNorm(name=f"ln_attn_{i}")(x)
+      x = x + CausalSelfAttention(heads[i], head_dim, self.positions == "rotary", name=f"attn_{i}")(h)
+      h = nn.gelu(nn.Dense(mlp[i], name=f"mlp_in_{i}")(nn.LayerNorm(name=f"ln_mlp_{i}")(x)))
+      x = x + nn.Dense(self.dim, name=f"mlp_out_{i}")(h)
+    x = nn.LayerNorm(name="ln_out")(x)
+    return embed.attend(x) if self.tied else nn.Dense(self.vocab, name="head")(x)
+
+
 def num_params(params) -> int:
   import jax
 

@@ -279,3 +279,28 @@ def test_layers_sharing_a_nested_jaxpr_lose_different_heads():
   small = _linen(TwoLayers(), (2, 5, 16), mutate)
   assert small.params["attn0"]["query"]["kernel"].shape == (16, 3, 4)
   assert small.params["attn1"]["query"]["kernel"].shape == (16, 1, 4)
+
+
+@pytest.mark.parametrize("positions,tied", [("learned", True), ("rotary", False)])
+def test_transformer_lm_is_rebuilt_with_per_layer_heads_and_units(positions, tied, tmp_path):
+  model = models.TransformerLM(context=12, dim=16, heads=4, layers=2, mlp=24, positions=positions, tied=tied)
+  tokens = jax.random.randint(X_KEY, (3, 12), 0, 256)
+  params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+  params = set_rows(params, ("attn_0", "out", "kernel"), np.array([1, 2]))
+  params = set_rows(params, ("mlp_out_1", "kernel"), slice(0, 24, 3))
+  small = compaction.compact(model, params)
+  assert small.model.heads == (2, 4) and small.model.mlp == (24, 16) and small.model.head_dim == 4
+  other = jax.random.randint(CHECK_KEY, (5, 12), 0, 256)
+  assert_close(jax.nn.softmax(small.apply(other)), jax.nn.softmax(model.apply({"params": params}, other)))
+  compaction.save(str(tmp_path / "lm"), small)
+  assert compaction.load(str(tmp_path / "lm")).model == small.model
+
+
+def test_transformer_lm_is_causal():
+  model = models.TransformerLM(context=10, dim=16, heads=2, layers=2, positions="rotary")
+  tokens = jax.random.randint(X_KEY, (2, 10), 0, 256)
+  params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+  changed = tokens.at[:, 6].set((tokens[:, 6] + 1) % 256)
+  before, after = model.apply({"params": params}, tokens), model.apply({"params": params}, changed)
+  np.testing.assert_array_equal(np.asarray(before[:, :6]), np.asarray(after[:, :6]))   # the future is not seen
+  assert not np.allclose(np.asarray(before[:, 6:]), np.asarray(after[:, 6:]))
