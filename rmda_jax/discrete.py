@@ -45,6 +45,7 @@ from typing import ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rmda_jax import groups
 from rmda_jax import regularizers as regs
@@ -54,15 +55,24 @@ SCALES = (None, "fan_in")
 
 
 def _check_values(values) -> tuple:
+  if isinstance(values, (str, bytes)):
+    raise TypeError(f"values must be a sequence of numbers, got {values!r}.")
   try:
-    values = tuple(float(v) for v in values)
-  except TypeError as err:
+    values = tuple(_value(v) for v in values)
+  except (TypeError, ValueError) as err:
     raise TypeError(f"values must be a sequence of numbers, got {values!r}.") from err
   if not values or not all(math.isfinite(v) for v in values):
     raise ValueError(f"values must be a non-empty sequence of finite numbers, got {values!r}.")
   if len(set(values)) != len(values):
     raise ValueError(f"values must be distinct, got {values!r}.")
   return tuple(sorted(values))
+
+
+def _value(v) -> float:
+  """One allowed value: a number or a scalar array (not a bool or a string)."""
+  if isinstance(v, (bool, str, bytes, np.bool_)) or np.ndim(v) != 0:
+    raise TypeError(f"not a number: {v!r}")
+  return float(v)
 
 
 @dataclasses.dataclass(frozen=True)

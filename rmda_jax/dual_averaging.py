@@ -74,12 +74,18 @@ class RAMDAState(NamedTuple):
   solver_info: solvers.SolverInfo
 
 
-def _check_common(learning_rate, momentum, regularizer, stages):
+def _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite):
+  """Validate the shared arguments; returns ``max_consecutive_errors`` (None: no skipping)."""
+  for value, argname in ((learning_rate, "learning_rate"), (momentum, "momentum")):
+    if isinstance(value, regs.Regularizer):
+      raise TypeError(f"{argname} must be a number, a scalar array or an optax schedule, got a "
+                      f"regularizer ({type(value).__name__}): pass it as regularizer=...")
   _common.check_learning_rate(learning_rate)
   _common.check_momentum(momentum)
   regs.check_regularizer(regularizer)
   if stages is not None and not isinstance(stages, Stagewise):
     raise TypeError(f"stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, got {type(stages).__name__}.")
+  return _common.check_skip_nonfinite(skip_nonfinite)
 
 
 def _hyperparameters(learning_rate, momentum, stages, count):
@@ -129,16 +135,12 @@ def _average(params, z, c):
   )
 
 
-def _check_tree(tree, params, argname):
-  if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(params):
-    raise ValueError(f"{argname} must have the params' tree structure.")
-
-
 def rmda(
     learning_rate: _common.ScalarOrSchedule,
     momentum: _common.ScalarOrSchedule = 0.1,
     regularizer: Optional[regs.Regularizer] = None,
     stages: Optional[Stagewise] = None,
+    skip_nonfinite: Union[bool, int] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized Modernized Dual Averaging (RMDA).
 
@@ -157,18 +159,32 @@ def rmda(
   (:func:`structured_params`).
 
   Args:
-    learning_rate: ``eta >= 0``, a float or an optax schedule of the step
-      count (the papers use 0.1).
+    learning_rate: ``eta >= 0``, a number, a scalar array or an optax
+      schedule of the step count (the papers use 0.1).
     momentum: ``c`` in (0, 1], the weight of the new point (1 = no momentum;
-      the papers use 0.1 or 0.01). A float or a schedule.
+      the papers use 0.1 or 0.01). A number, a scalar array or a schedule.
     regularizer: a rmda_jax regularizer (``group_lasso``, ``l1``,
       ``nuclear_norm``, ...) or None for plain momentum dual averaging.
     stages: optional :class:`~rmda_jax.schedules.Stagewise`: learning-rate
       drops with restarts at milestones and the momentum ramp to 1.
+    skip_nonfinite: skip a step whose gradient has a NaN or an infinite
+      entry: the update is zero and the state is left as it was (the
+      transformation is wrapped in ``optax.apply_if_finite``, whose
+      ``ApplyIfFiniteState`` holds this optimizer's state and counts the
+      skipped steps; :func:`structured_params` finds the state inside it).
+      ``True`` skips every such step; an integer ``n >= 1`` gives up after
+      ``n`` consecutive ones and applies the step (``max_consecutive_errors``).
+
+  Raises:
+    TypeError / ValueError: an argument of the wrong type or out of range
+      (a traced hyperparameter, e.g. under ``optax.inject_hyperparams``, is
+      not checked); in ``update``, grads or a state whose tree structure or
+      shapes differ from the params'.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` requires
-    ``params``.
+    ``params``. Its state is a :class:`RMDAState` (inside an
+    ``optax.ApplyIfFiniteState`` with ``skip_nonfinite``).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, rmda_jax
@@ -185,7 +201,7 @@ def rmda(
     Huang & Lee, "Training Structured Neural Networks Through Manifold
     Identification and Variance Reduction", ICLR 2022. arXiv:2112.02612
   """
-  _check_common(learning_rate, momentum, regularizer, stages)
+  max_errors = _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite)
 
   def init_fn(params):
     if regularizer is not None:
@@ -201,7 +217,7 @@ def rmda(
 
   def update_fn(grads, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "rmda")
+    _common.check_update_args(grads, state.anchor, params, "rmda")
     state = _restart(state, params, stages)
     lr, c, _ = _hyperparameters(learning_rate, momentum, stages, state.count)
     k, sqrt_k, _, alpha, grad_sum = _accumulate(state, grads, lr)
@@ -218,7 +234,7 @@ def rmda(
     )
     return updates, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
 
 
 def cube_root(u: jax.Array) -> jax.Array:
@@ -244,6 +260,7 @@ def ramda(
     eps: float = 1e-6,
     solver: Union[str, solvers.Solver] = "auto",
     stages: Optional[Stagewise] = None,
+    skip_nonfinite: Union[bool, int] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized Adaptive Momentum Dual Averaging (RAMDA).
 
@@ -265,15 +282,26 @@ def ramda(
   Iterations and the final residual are in ``state.solver_info``.
 
   Args:
-    learning_rate: ``eta >= 0``, float or schedule (the papers use 1e-2).
+    learning_rate: ``eta >= 0``, a number, a scalar array or a schedule
+      (the papers use 1e-2).
     momentum: ``c`` in (0, 1], the weight of the new point (1 = none; the
-      papers use 0.1 or 0.01).
+      papers use 0.1 or 0.01). A number, a scalar array or a schedule.
     regularizer: a rmda_jax regularizer or None.
     eps: ``epsilon >= 0`` added to the cube root (decays with the learning
-      rate under a stage-wise schedule).
+      rate under a stage-wise schedule); a number or a scalar array.
     solver: ``"auto"``, ``"exact"``, ``"pgd"``, or a
       :class:`~rmda_jax.solvers.Exact` / :class:`~rmda_jax.solvers.ProximalGradient`.
     stages: optional :class:`~rmda_jax.schedules.Stagewise`.
+    skip_nonfinite: skip a step whose gradient has a NaN or an infinite
+      entry: the update is zero and the state is left as it was (the
+      transformation is wrapped in ``optax.apply_if_finite``, whose
+      ``ApplyIfFiniteState`` holds this optimizer's state and counts the
+      skipped steps; :func:`structured_params` finds the state inside it).
+      ``True`` skips every such step; an integer ``n >= 1`` gives up after
+      ``n`` consecutive ones and applies the step (``max_consecutive_errors``).
+
+  Raises:
+    TypeError / ValueError: as for :func:`rmda`.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, rmda_jax
@@ -290,7 +318,7 @@ def ramda(
     Efficient Inexact Subproblem Solver for Training Structured Neural
     Networks", NeurIPS 2024. arXiv:2403.14398
   """
-  _check_common(learning_rate, momentum, regularizer, stages)
+  max_errors = _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite)
   regs.check_nonnegative(eps, "eps")
   solver = solvers.make_solver(solver, regularizer)
 
@@ -311,7 +339,7 @@ def ramda(
 
   def update_fn(grads, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "ramda")
+    _common.check_update_args(grads, state.anchor, params, "ramda")
     state = _restart(state, params, stages)
     lr, c, decay = _hyperparameters(learning_rate, momentum, stages, state.count)
     k, _, s, alpha, grad_sum = _accumulate(state, grads, lr)
@@ -337,7 +365,7 @@ def ramda(
     )
     return updates, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
 
 
 def _find_states(state, types) -> list:
@@ -361,7 +389,8 @@ def structured_params(state, params=None):
   """The exactly structured point ``z`` kept by :func:`rmda` / :func:`ramda`.
 
   Walks a possibly nested optimizer state (``optax.chain``,
-  ``optax.inject_hyperparams``, ...) to the one dual-averaging state in it.
+  ``optax.inject_hyperparams``, ``optax.apply_if_finite`` as made by
+  ``skip_nonfinite``, ...) to the one dual-averaging state in it.
   For the proximal baselines (``prox_sgd``, ``prox_adamw``, ``prox_ssi``),
   whose iterate is the prox output itself, pass ``params`` and get them back.
 

@@ -67,9 +67,11 @@ class GroupRule:
   weight: Optional[float] = None
 
   def __post_init__(self):
-    object.__setattr__(self, "reduce_axes", tuple(int(a) for a in self.reduce_axes))
-    if self.weight is not None and not (self.weight >= 0 and math.isfinite(self.weight)):
-      raise ValueError(f"GroupRule.weight must be a finite number >= 0, got {self.weight!r}.")
+    from rmda_jax import _common  # a leaf module: no import cycle
+    object.__setattr__(self, "reduce_axes", _common.check_axes(self.reduce_axes, "GroupRule.reduce_axes"))
+    if self.weight is not None:
+      _common.check_scalar(self.weight, "GroupRule.weight", low=0.0, concrete=True)
+      object.__setattr__(self, "weight", float(self.weight))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +255,8 @@ def resolve_rules(
 
 
 def _check_rule(rule, path, leaf, expected, argname):
+  """The normalized rule of a leaf (ValueError when it does not fit); None for
+  no rule and for a zero-size leaf, which has nothing to regularize."""
   if rule is None:
     return None
   if not isinstance(rule, expected):
@@ -273,11 +277,13 @@ def _check_rule(rule, path, leaf, expected, argname):
       axes.append(a % ndim)
     if len(set(axes)) != len(axes):
       raise ValueError(f"{argname}: leaf {path!r} has repeated reduce axes {rule.reduce_axes}.")
-    return GroupRule(tuple(sorted(axes)), rule.weight)
+    rule = GroupRule(tuple(sorted(axes)), rule.weight)
   if isinstance(rule, Matrix) and ndim < 2:
     raise ValueError(
         f"{argname}: the nuclear norm needs a leaf with ndim >= 2, but {path!r} has shape {shape}."
     )
+  if math.prod(shape) == 0:
+    return None
   return rule
 
 

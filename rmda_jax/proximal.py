@@ -52,15 +52,21 @@ class ProxAdamState(NamedTuple):
   solver_info: solvers.SolverInfo
 
 
-def _check(learning_rate, regularizer):
+def _check(learning_rate, regularizer, skip_nonfinite):
+  """Validate the shared arguments; returns ``max_consecutive_errors`` (None: no skipping)."""
+  if isinstance(learning_rate, regs.Regularizer):
+    raise TypeError(f"learning_rate must be a number, a scalar array or an optax schedule, got a "
+                    f"regularizer ({type(learning_rate).__name__}): pass it as regularizer=...")
   _common.check_learning_rate(learning_rate)
   regs.check_regularizer(regularizer)
+  return _common.check_skip_nonfinite(skip_nonfinite)
 
 
 def prox_sgd(
     learning_rate: _common.ScalarOrSchedule,
     momentum: _common.ScalarOrSchedule = 0.1,
     regularizer: Optional[regs.Regularizer] = None,
+    skip_nonfinite: Union[bool, int] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal SGD with the reference's dampened momentum (ProxSGD).
 
@@ -70,10 +76,23 @@ def prox_sgd(
      x_t = \mathrm{prox}_{\eta\lambda\psi}(x_{t-1} - \eta\, m_t).
 
   Args:
-    learning_rate: ``eta >= 0``, float or schedule (the papers use 0.1).
+    learning_rate: ``eta >= 0``, a number, a scalar array or a schedule
+      (the papers use 0.1).
     momentum: ``c`` in (0, 1]; 1 is plain proximal SGD, the default 0.1 is
       heavy ball with ``beta = 0.9`` and dampening 0.1 (the papers' setting).
+      A number, a scalar array or a schedule.
     regularizer: a rmda_jax regularizer or None.
+    skip_nonfinite: skip a step whose gradient has a NaN or an infinite
+      entry: the update is zero and the state is left as it was (the
+      transformation is wrapped in ``optax.apply_if_finite``, whose
+      ``ApplyIfFiniteState`` holds this optimizer's state and counts the
+      skipped steps). ``True`` skips every such step; an integer ``n >= 1``
+      gives up after ``n`` consecutive ones and applies the step.
+
+  Raises:
+    TypeError / ValueError: an argument of the wrong type or out of range
+      (traced hyperparameters are not checked); in ``update``, grads or a
+      state whose tree structure or shapes differ from the params'.
 
   Example:
     >>> import jax.numpy as jnp, rmda_jax
@@ -84,7 +103,7 @@ def prox_sgd(
     Yang, Yuan, et al., "ProxSGD: Training Structured Neural Networks under
     Regularization and Constraints", ICLR 2020.
   """
-  _check(learning_rate, regularizer)
+  max_errors = _check(learning_rate, regularizer, skip_nonfinite)
   _common.check_momentum(momentum)
 
   def init_fn(params):
@@ -94,7 +113,7 @@ def prox_sgd(
 
   def update_fn(grads, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "prox_sgd")
+    _common.check_update_args(grads, state.momentum, params, "prox_sgd")
     lr = _common.evaluate(learning_rate, state.count)
     c = _common.evaluate(momentum, state.count)
     m = jax.tree_util.tree_map(lambda m, g: (1 - c) * m + c * g.astype(m.dtype), state.momentum, grads)
@@ -102,7 +121,7 @@ def prox_sgd(
     z = y if regularizer is None else regularizer.prox(y, lr)
     return _common.updates_to(z, params), ProxSGDState(optax.safe_int32_increment(state.count), m)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
 
 
 def _adam_moments(state, grads, learning_rate, b1, b2):
@@ -141,6 +160,7 @@ def prox_adamw(
     weight_decay: float = 0.0,
     regularizer: Optional[regs.Regularizer] = None,
     solver: Union[str, solvers.Solver] = "auto",
+    skip_nonfinite: Union[bool, int] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ProxGen with an AdamW base: a preconditioned proximal step.
 
@@ -156,12 +176,21 @@ def prox_adamw(
   otherwise); see ``state.solver_info``.
 
   Args:
-    learning_rate: ``eta >= 0`` (the papers use 1e-3).
+    learning_rate: ``eta >= 0``, a number, a scalar array or a schedule
+      (the papers use 1e-3).
     b1, b2: Adam's decay rates in [0, 1).
     eps: ``epsilon >= 0`` added to the bias-corrected ``sqrt(v)``.
     weight_decay: decoupled decay ``w >= 0`` applied first.
     regularizer: a rmda_jax regularizer or None.
     solver: as in :func:`rmda_jax.ramda`.
+    skip_nonfinite: as in :func:`prox_sgd`: skip (``True``, or at most ``n``
+      consecutive) steps with a non-finite gradient, leaving the state as it
+      was (``optax.apply_if_finite``).
+
+  ``b1``, ``b2``, ``eps`` and ``weight_decay`` are numbers or scalar arrays.
+
+  Raises:
+    TypeError / ValueError: as in :func:`prox_sgd`.
 
   Example:
     >>> import jax.numpy as jnp, rmda_jax
@@ -172,13 +201,13 @@ def prox_adamw(
     Yun, Lozano & Yang, "Adaptive Proximal Gradient Methods for Structured
     Neural Networks", NeurIPS 2021.
   """
-  _check(learning_rate, regularizer)
+  max_errors = _check(learning_rate, regularizer, skip_nonfinite)
   _check_adam(b1, b2, eps, weight_decay)
   solver = solvers.make_solver(solver, regularizer)
 
   def update_fn(grads, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "prox_adamw")
+    _common.check_update_args(grads, state.mu, params, "prox_adamw")
     lr, t, tf, mu, nu = _adam_moments(state, grads, learning_rate, b1, b2)
     x = jax.tree_util.tree_map(lambda p, m: (1 - lr * weight_decay) * p.astype(m.dtype), params, mu)
     bias2 = jnp.sqrt(1 - b2**tf)
@@ -188,7 +217,8 @@ def prox_adamw(
     z, info = solvers.solve(regularizer, b, diag, lr, init=x, solver=solver, count=state.count, anchor=x)
     return _common.updates_to(z, params), ProxAdamState(t, mu, nu, info)
 
-  return optax.GradientTransformationExtraArgs(_init_adam(regularizer), update_fn)
+  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(_init_adam(regularizer), update_fn),
+                               max_errors)
 
 
 def prox_ssi(
@@ -199,6 +229,7 @@ def prox_ssi(
     weight_decay: float = 0.0,
     regularizer: Optional[regs.Regularizer] = None,
     solver: Union[str, solvers.Solver] = "auto",
+    skip_nonfinite: Union[bool, int] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ProxSSI: an Adam step, then the prox in Adam's metric (Deleu & Bengio).
 
@@ -215,12 +246,21 @@ def prox_ssi(
   form.
 
   Args:
-    learning_rate: ``eta >= 0`` (the papers use 1e-3).
+    learning_rate: ``eta >= 0``, a number, a scalar array or a schedule
+      (the papers use 1e-3).
     b1, b2: in [0, 1).
     eps: ``epsilon >= 0`` (1e-6 as in the reference).
     weight_decay: ``w >= 0``, applied to the Adam step.
     regularizer: a rmda_jax regularizer or None.
     solver: as in :func:`rmda_jax.ramda`.
+    skip_nonfinite: as in :func:`prox_sgd`: skip (``True``, or at most ``n``
+      consecutive) steps with a non-finite gradient, leaving the state as it
+      was (``optax.apply_if_finite``).
+
+  ``b1``, ``b2``, ``eps`` and ``weight_decay`` are numbers or scalar arrays.
+
+  Raises:
+    TypeError / ValueError: as in :func:`prox_sgd`.
 
   Example:
     >>> import jax.numpy as jnp, rmda_jax
@@ -231,13 +271,13 @@ def prox_ssi(
     Deleu & Bengio, "Structured Sparsity Inducing Adaptive Optimizers for Deep
     Learning", 2021. arXiv:2102.03869
   """
-  _check(learning_rate, regularizer)
+  max_errors = _check(learning_rate, regularizer, skip_nonfinite)
   _check_adam(b1, b2, eps, weight_decay)
   solver = solvers.make_solver(solver, regularizer)
 
   def update_fn(grads, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "prox_ssi")
+    _common.check_update_args(grads, state.mu, params, "prox_ssi")
     lr, t, tf, mu, nu = _adam_moments(state, grads, learning_rate, b1, b2)
     diag = jax.tree_util.tree_map(lambda v: jnp.sqrt(v) + eps, nu)
     step = lr * jnp.sqrt(1 - b2**tf) / (1 - b1**tf)
@@ -249,4 +289,5 @@ def prox_ssi(
     z, info = solvers.solve(regularizer, b, diag, lr, init=params, solver=solver, count=state.count, anchor=y)
     return _common.updates_to(z, params), ProxAdamState(t, mu, nu, info)
 
-  return optax.GradientTransformationExtraArgs(_init_adam(regularizer), update_fn)
+  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(_init_adam(regularizer), update_fn),
+                               max_errors)

@@ -32,7 +32,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -138,6 +138,7 @@ def rigl(
     rules=None,
     erk_power_scale: float = 1.0,
     seed: int = 0,
+    skip_nonfinite: Union[bool, int] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RigL sparse training around ``optimizer`` (any optax transformation).
 
@@ -166,17 +167,33 @@ def rigl(
       ``(path, leaf) -> groups.Elementwise() | None``, or a tree of those.
     erk_power_scale: exponent of the ERK rule (1 in RigL; 0 gives uniform).
     seed: seed of the random initial masks.
+    skip_nonfinite: skip a step whose gradient has a NaN or an infinite
+      entry: the update is zero and the state (masks included) is left as it
+      was (the transformation is wrapped in ``optax.apply_if_finite``, whose
+      ``ApplyIfFiniteState`` holds the :class:`RigLState`; :func:`masks_of`
+      finds it). ``True`` skips every such step; an integer ``n >= 1`` gives
+      up after ``n`` consecutive ones and applies the step.
+
+  ``sparsity``, ``drop_fraction`` and ``erk_power_scale`` are numbers or
+  concrete scalar arrays.
+
+  Raises:
+    TypeError / ValueError: an argument of the wrong type or out of range; in
+      ``update``, grads or masks whose tree structure or shapes differ from
+      the params'.
 
   Example:
     >>> import optax, rmda_jax
     >>> tx = rmda_jax.rigl(optax.adamw(1e-3), sparsity=0.95, end_step=7500, update_every=100)
   """
-  _common.check_in_range(sparsity, "sparsity", 0, 1)
-  _common.check_in_range(drop_fraction, "drop_fraction", 0, 1, high_open=False)
-  _common.check_in_range(erk_power_scale, "erk_power_scale", 0, math.inf)
-  _common.check_int(end_step, "end_step")
-  _common.check_int(update_every, "update_every")
-  if distribution not in DISTRIBUTIONS:
+  _common.check_in_range(sparsity, "sparsity", 0, 1, concrete=True)
+  _common.check_in_range(drop_fraction, "drop_fraction", 0, 1, high_open=False, concrete=True)
+  _common.check_in_range(erk_power_scale, "erk_power_scale", 0, math.inf, concrete=True)
+  sparsity, drop_fraction, erk_power_scale = float(sparsity), float(drop_fraction), float(erk_power_scale)
+  end_step = _common.check_integer(end_step, "end_step")
+  update_every = _common.check_integer(update_every, "update_every")
+  max_errors = _common.check_skip_nonfinite(skip_nonfinite)
+  if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
   if not isinstance(optimizer, optax.GradientTransformation):
     raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
@@ -203,7 +220,7 @@ def rigl(
     return RigLState(jnp.zeros((), jnp.int32), masks, optimizer.init(params))
 
   def update_fn(grads, state, params=None, **extra_args):
-    _common.require_params(params, "rigl")
+    _common.check_update_args(grads, state.masks, params, "rigl")
     _, sparse, treedef = sparse_leaves(params)
     masked_grads = apply_masks(grads, state.masks)
     updates, inner_state = optimizer.update(masked_grads, state.inner_state, params, **extra_args)
@@ -241,7 +258,7 @@ def rigl(
     new_state = RigLState(optax.safe_int32_increment(count), masks, inner_state)
     return _common.updates_to(new_params, params), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
 
 
 def apply_masks(tree, masks):

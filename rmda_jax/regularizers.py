@@ -49,8 +49,10 @@ Array = jax.Array
 
 
 def check_nonnegative(value, argname: str) -> None:
-  if isinstance(value, numbers.Real) and not (value >= 0 and math.isfinite(value)):
-    raise ValueError(f"{argname} must be a finite number >= 0, got {value!r}.")
+  """``value`` is a finite number ``>= 0`` or such a scalar array (TypeError for
+  another type, ValueError out of range); a traced array is not checked."""
+  from rmda_jax import _common  # a leaf module: no import cycle
+  _common.check_scalar(value, argname, low=0.0)
 
 
 def group_norm(x: Array, rule: groups.GroupRule) -> Array:
