@@ -186,8 +186,18 @@ def _load_cifar10(cache_dir, download) -> Dataset:
                  prep(xs["test_batch"]), ys["test_batch"].astype(np.int32), 10)
 
 
+def _sklearn():
+  try:
+    import sklearn.datasets
+    import sklearn.model_selection
+  except ImportError as err:
+    raise DataError("digits, mnist_subset and the downloaded datasets need scikit-learn: "
+                    "pip install 'rmda-jax[examples]'") from err
+  return sklearn
+
+
 def _split(x, y, test_fraction, seed):
-  from sklearn.model_selection import train_test_split
+  train_test_split = _sklearn().model_selection.train_test_split
 
   return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
 
@@ -200,7 +210,7 @@ def _read_only(ds: Dataset) -> Dataset:
 
 @functools.lru_cache(maxsize=None)
 def _load_digits() -> Dataset:
-  from sklearn.datasets import load_digits
+  load_digits = _sklearn().datasets.load_digits
 
   digits = load_digits()
   x = (digits.images[..., None] / 16.0).astype(np.float32)

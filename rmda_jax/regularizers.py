@@ -261,12 +261,6 @@ class Regularizer(abc.ABC):
     resolved = self.resolve(params)
     return [self.unit_support([jnp.asarray(x) for x in resolved.leaves_of(u)], u.rule) for u in resolved.units]
 
-  def __call__(self, *args, **kwargs):
-    raise TypeError(
-        f"{type(self).__name__} is not callable: use .value(params) for the penalty or "
-        ".prox(params, scale) for its proximal operator."
-    )
-
 
 # --------------------------------------------------------------------------- group lasso
 @dataclasses.dataclass(frozen=True)
