@@ -219,3 +219,16 @@ class StructureTracker:
         jnp.where(changed, step, state.last_change),
         state.num_changes + changed.astype(jnp.int32),
     )
+
+
+def family_kept(params, groups) -> dict:
+  """Per family of coupled groups, ``(units kept, units)``: the heads and hidden
+  units of every layer that are not exactly zero. ``groups`` is a
+  :class:`~rmda_jax.structure.Groups` (or a ``group_lasso(..., groups=...)``)."""
+  regularizer = groups if isinstance(groups, regs.GroupLasso) else regs.group_lasso(0.0, groups=groups)
+  resolved = regularizer.resolve(params)
+  out = {}
+  for family, unit in zip(regularizer.groups.families, resolved.units):
+    support = group_supports_of([jnp.asarray(x) for x in resolved.leaves_of(unit)], unit.rule)
+    out[family.name] = (int(jnp.sum(support)), family.size)
+  return out

@@ -256,3 +256,41 @@ def num_params(params) -> int:
   import jax
 
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+def generate(model, params, prompt, steps: int, temperature: float = 0.0, seed: int = 0):
+  """Continue ``prompt`` (int tokens, shape ``(time,)``) by ``steps`` tokens.
+
+  ``temperature = 0`` is greedy decoding; otherwise tokens are sampled from
+  ``softmax(logits / temperature)``. The model sees at most its last
+  ``model.context`` tokens (a sliding window, recomputed each step).
+  Returns the prompt followed by the new tokens (NumPy int32).
+  """
+  import jax
+  import numpy as np
+
+  if steps < 0 or temperature < 0:
+    raise ValueError(f"steps and temperature must be >= 0, got {steps} and {temperature}.")
+  context = model.context
+  tokens = np.asarray(prompt, np.int32).reshape(-1)
+  if tokens.size == 0:
+    tokens = np.zeros((1,), np.int32)
+  window = np.zeros((1, context), np.int32)
+
+  @jax.jit
+  def next_logits(p, window, length):
+    return model.apply({"params": p}, window)[0, length - 1]
+
+  key = jax.random.PRNGKey(seed)
+  out = list(tokens)
+  for _ in range(steps):
+    recent = np.asarray(out[-context:], np.int32)
+    window[0, :len(recent)] = recent
+    logits = next_logits(params, window, len(recent))
+    if temperature == 0:
+      token = int(jnp.argmax(logits))
+    else:
+      key, sub = jax.random.split(key)
+      token = int(jax.random.categorical(sub, logits / temperature))
+    out.append(token)
+  return np.asarray(out, np.int32)

@@ -125,3 +125,28 @@ def surviving_groups(params, regularizer, input_shape, path: Optional[str] = Non
     axes[0][0].text(0.5, 0.5, "no regularized groups", ha="center", va="center")
     axes[0][0].axis("off")
   return _finish(plt, fig, path)
+
+
+def kept_heatmap(history: list, key: str = "heads_kept", path: Optional[str] = None, title: str = ""):
+  """A heat map of the units kept per layer (rows) by epoch (columns).
+
+  ``history[i][key]`` maps a layer name to the fraction of its units (heads,
+  or hidden units with ``key="units_kept"``) that are not exactly zero.
+  """
+  plt = _pyplot()
+  layers = sorted({name for record in history for name in record.get(key, {})},
+                  key=lambda n: (len(n), n))
+  epochs = [r["epoch"] for r in history]
+  grid = np.array([[r.get(key, {}).get(name, np.nan) for r in history] for name in layers]) if layers else \
+      np.zeros((1, max(len(history), 1)))
+  fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(epochs) + 2), 0.5 * max(len(layers), 1) + 1.5))
+  image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+  ax.set_yticks(range(len(layers)))
+  ax.set_yticklabels(layers, fontsize=8)
+  step = max(1, len(epochs) // 10)
+  ax.set_xticks(range(0, len(epochs), step))
+  ax.set_xticklabels([str(e) for e in epochs[::step]], fontsize=8)
+  ax.set_xlabel("epoch")
+  fig.colorbar(image, ax=ax, label=f"fraction of {key.split('_')[0]} kept")
+  ax.set_title(title or key.replace("_", " "), fontsize=9)
+  return _finish(plt, fig, path)
