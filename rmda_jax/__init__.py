@@ -15,6 +15,7 @@ Example:
   >>> state = tx.init(params)
 """
 
+from rmda_jax import blocks
 from rmda_jax import compaction
 from rmda_jax import data
 from rmda_jax import discovery
@@ -36,6 +37,7 @@ from rmda_jax.discovery import discover_linen
 from rmda_jax.discovery import discover_nnx
 from rmda_jax.discrete import discrete_penalty
 from rmda_jax.discrete import discrete_set
+from rmda_jax.dual_averaging import DualAveragingState
 from rmda_jax.dual_averaging import RAMDAState
 from rmda_jax.dual_averaging import RMDAState
 from rmda_jax.dual_averaging import ramda
@@ -62,12 +64,12 @@ from rmda_jax.structure import Slice
 __version__ = "0.1.0"
 
 __all__ = [
-    "compaction", "data", "discovery", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
+    "blocks", "compaction", "data", "discovery", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
     "pruning", "reduction", "sharding", "solvers", "structure", "testing",
     "discover_groups", "discover_linen", "discover_nnx", "Groups", "Family", "Slice",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
     "discrete_set", "discrete_penalty", "rigl", "RigLState",
-    "rmda", "ramda", "RMDAState", "RAMDAState", "structured_params",
+    "rmda", "ramda", "DualAveragingState", "RMDAState", "RAMDAState", "structured_params",
     "prox_sgd", "prox_adamw", "prox_ssi", "ProxSGDState", "ProxAdamState",
     "Stagewise", "stagewise",
 ]

@@ -14,6 +14,12 @@ With ``c < 1`` the params are only near the structure; use
 :class:`~rmda_jax.schedules.Stagewise` schedule whose momentum ramp drives
 ``c`` to 1 so the params themselves end up exactly structured.
 
+Each is a short chain of the :mod:`rmda_jax.blocks`
+(``accumulate_dual_averaging -> sqrt_k_metric | cube_root_metric ->
+proximal_step -> momentum_average``) with one state type for both,
+:class:`DualAveragingState` (``RMDAState`` and ``RAMDAState`` are its names
+of old); other variants are other chains of the blocks.
+
 The transformations return *updates* ``x_new - params`` so they compose with
 ``optax.apply_updates``; ``update`` needs ``params``. Place them last in an
 ``optax.chain`` (transformations before them, e.g. gradient clipping, see the
@@ -24,54 +30,65 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Union
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from rmda_jax import _common
+from rmda_jax import blocks
 from rmda_jax import regularizers as regs
 from rmda_jax import solvers
+from rmda_jax.blocks import cube_root  # noqa: F401  (moved there; kept importable)
+from rmda_jax.blocks import cube_root_preconditioner  # noqa: F401
 from rmda_jax.schedules import Stagewise
 
 Params = Any
 
 
-class RMDAState(NamedTuple):
-  """State of :func:`rmda`.
+class DualAveragingState(NamedTuple):
+  """State of :func:`rmda` and :func:`ramda`: the states of their blocks.
+
+  The fields are the states of the four :mod:`rmda_jax.blocks` that the
+  optimizers chain; the properties read the arrays inside them.
 
   Attributes:
+    sums: :class:`~rmda_jax.blocks.DualAveragingSumsState` of
+      :func:`~rmda_jax.blocks.accumulate_dual_averaging`.
+    metric: the metric block's state (``optax.EmptyState()`` for
+      :func:`~rmda_jax.blocks.sqrt_k_metric` and
+      :func:`~rmda_jax.blocks.cube_root_metric`).
+    step: :class:`~rmda_jax.blocks.ProximalStepState` of
+      :func:`~rmda_jax.blocks.proximal_step`.
+    average: :class:`~rmda_jax.blocks.CountState` of
+      :func:`~rmda_jax.blocks.momentum_average`.
     count: int32, updates applied so far (drives schedules and milestones).
     stage_count: int32, ``k``, updates inside the current stage.
     alpha: float32, ``alpha_k = sum_{i<=k} lr_i sqrt(i)``.
     anchor: ``x0``, the params at the start of the stage (float32).
     grad_sum: ``V_k = sum_{i<=k} lr_i sqrt(i) g_i`` (float32).
+    sq_grad_sum: RAMDA's ``U_k = sum_{i<=k} lr_i sqrt(i) g_i^2`` (float32);
+      ``optax.EmptyState()`` for RMDA.
     structured: ``z_k``, the exactly structured point (params' dtype).
+    solver_info: RAMDA's iterations and final residual of the last
+      subproblem solve; ``optax.EmptyState()`` for RMDA (closed-form prox).
   """
 
-  count: jax.Array
-  stage_count: jax.Array
-  alpha: jax.Array
-  anchor: Params
-  grad_sum: Params
-  structured: Params
+  sums: blocks.DualAveragingSumsState
+  metric: Any
+  step: blocks.ProximalStepState
+  average: blocks.CountState
+
+  count = property(lambda self: self.sums.count)
+  stage_count = property(lambda self: self.sums.stage_count)
+  alpha = property(lambda self: self.sums.alpha)
+  anchor = property(lambda self: self.sums.anchor)
+  grad_sum = property(lambda self: self.sums.grad_sum)
+  sq_grad_sum = property(lambda self: self.sums.sq_grad_sum)
+  structured = property(lambda self: self.step.structured)
+  solver_info = property(lambda self: self.step.solver_info)
 
 
-class RAMDAState(NamedTuple):
-  """State of :func:`ramda`: the fields of :class:`RMDAState` plus
-
-  Attributes:
-    sq_grad_sum: ``U_k = sum_{i<=k} lr_i sqrt(i) g_i^2`` (float32).
-    solver_info: iterations and final residual of the last subproblem solve.
-  """
-
-  count: jax.Array
-  stage_count: jax.Array
-  alpha: jax.Array
-  anchor: Params
-  grad_sum: Params
-  structured: Params
-  sq_grad_sum: Params
-  solver_info: solvers.SolverInfo
+# The state types of the two methods before they shared one.
+RMDAState = DualAveragingState
+RAMDAState = DualAveragingState
 
 
 def _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite):
@@ -88,51 +105,11 @@ def _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite):
   return _common.check_skip_nonfinite(skip_nonfinite)
 
 
-def _hyperparameters(learning_rate, momentum, stages, count):
-  """Learning rate (stage decay applied), momentum (ramp applied), decay factor."""
-  lr = _common.evaluate(learning_rate, count)
-  c = _common.evaluate(momentum, count)
-  decay = jnp.ones((), jnp.float32)
-  if stages is not None:
-    decay = stages.decay(count)
-    c = stages.momentum(c, count)
-  return lr * decay, c, decay
+def _checker(name):
+  def check(grads, state, params):
+    _common.check_update_args(grads, state.anchor, params, name)
 
-
-def _restart(state, params, stages):
-  """At a milestone: ``x0 <- x``, sums, ``alpha`` and ``k`` <- 0 (inside jit)."""
-  if stages is None or not (stages.milestones and stages.restart):
-    return state
-
-  def reset(s):
-    zeros = _common.zeros_float32(params)
-    fields = dict(
-        stage_count=jnp.zeros_like(s.stage_count),
-        alpha=jnp.zeros_like(s.alpha),
-        anchor=_common.to_float32(params),
-        grad_sum=zeros,
-    )
-    if isinstance(s, RAMDAState):
-      fields["sq_grad_sum"] = zeros
-    return s._replace(**fields)
-
-  return jax.lax.cond(stages.is_restart(state.count), reset, lambda s: s, state)
-
-
-def _accumulate(state, grads, lr):
-  """One dual-averaging step: ``k += 1``, ``s = lr sqrt(k)``, ``alpha += s``, ``V += s g``."""
-  k = state.stage_count + 1
-  sqrt_k = jnp.sqrt(k.astype(jnp.float32))
-  s = lr * sqrt_k
-  grad_sum = jax.tree_util.tree_map(lambda v, g: v + s * g.astype(v.dtype), state.grad_sum, grads)
-  return k, sqrt_k, s, state.alpha + s, grad_sum
-
-
-def _average(params, z, c):
-  """``(1 - c) x + c z`` in float32 (exactly ``z`` when ``c == 1``)."""
-  return jax.tree_util.tree_map(
-      lambda x, zz: (1 - c) * x.astype(zz.dtype) + c * zz, params, z
-  )
+  return check
 
 
 def rmda(
@@ -183,8 +160,9 @@ def rmda(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` requires
-    ``params``. Its state is a :class:`RMDAState` (inside an
-    ``optax.ApplyIfFiniteState`` with ``skip_nonfinite``).
+    ``params``. Its state is a :class:`DualAveragingState` (inside an
+    ``optax.ApplyIfFiniteState`` with ``skip_nonfinite``), with empty
+    ``sq_grad_sum`` and ``solver_info``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, rmda_jax
@@ -202,55 +180,15 @@ def rmda(
     Identification and Variance Reduction", ICLR 2022. arXiv:2112.02612
   """
   max_errors = _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite)
-
-  def init_fn(params):
-    if regularizer is not None:
-      regularizer.check(params)
-    return RMDAState(
-        count=jnp.zeros((), jnp.int32),
-        stage_count=jnp.zeros((), jnp.int32),
-        alpha=jnp.zeros((), jnp.float32),
-        anchor=_common.to_float32(params),
-        grad_sum=_common.zeros_float32(params),
-        structured=params,
-    )
-
-  def update_fn(grads, state, params=None, **extra_args):
-    del extra_args
-    _common.check_update_args(grads, state.anchor, params, "rmda")
-    state = _restart(state, params, stages)
-    lr, c, _ = _hyperparameters(learning_rate, momentum, stages, state.count)
-    k, sqrt_k, _, alpha, grad_sum = _accumulate(state, grads, lr)
-    y = jax.tree_util.tree_map(lambda x0, v: x0 - v / sqrt_k, state.anchor, grad_sum)
-    z = y if regularizer is None else regularizer.prox(y, alpha / sqrt_k)
-    updates = _common.updates_to(_average(params, z, c), params)
-    new_state = RMDAState(
-        count=optax.safe_int32_increment(state.count),
-        stage_count=k,
-        alpha=alpha,
-        anchor=state.anchor,
-        grad_sum=grad_sum,
-        structured=_common.cast_like(z, params),
-    )
-    return updates, new_state
-
-  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
-
-
-def cube_root(u: jax.Array) -> jax.Array:
-  """``u ** (1/3)`` for ``u >= 0`` as ``exp(log(u) / 3)`` (0 at 0).
-
-  XLA's CPU ``cbrt`` is about 10x slower on large arrays (range-reduced
-  Halley iterations are slower still, because of ``frexp``); the relative
-  error here is about 2e-6, far below the noise of a gradient-sum metric.
-  """
-  positive = u > 0
-  return jnp.where(positive, jnp.exp(jnp.log(jnp.where(positive, u, 1)) / 3), 0)
-
-
-def cube_root_preconditioner(sq_grad_sum, eps) -> Params:
-  """RAMDA's diagonal metric ``P = cbrt(U) + eps`` (``U >= 0``)."""
-  return jax.tree_util.tree_map(lambda u: cube_root(u) + eps, sq_grad_sum)
+  tx = blocks.named_chain(
+      DualAveragingState,
+      blocks.accumulate_dual_averaging(learning_rate, stages),
+      blocks.sqrt_k_metric(),
+      blocks.proximal_step(regularizer, solver=None),
+      blocks.momentum_average(momentum, stages),
+      check=_checker("rmda"),
+  )
+  return _common.skip_nonfinite(tx, max_errors)
 
 
 def ramda(
@@ -303,6 +241,11 @@ def ramda(
   Raises:
     TypeError / ValueError: as for :func:`rmda`.
 
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` requires
+    ``params``. Its state is a :class:`DualAveragingState` (inside an
+    ``optax.ApplyIfFiniteState`` with ``skip_nonfinite``).
+
   Example:
     >>> import jax, jax.numpy as jnp, optax, rmda_jax
     >>> params = {"kernel": jnp.ones((3, 2))}
@@ -319,53 +262,15 @@ def ramda(
     Networks", NeurIPS 2024. arXiv:2403.14398
   """
   max_errors = _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite)
-  regs.check_nonnegative(eps, "eps")
-  solver = solvers.make_solver(solver, regularizer)
-
-  def init_fn(params):
-    if regularizer is not None:
-      regularizer.check(params)
-    zeros = _common.zeros_float32(params)
-    return RAMDAState(
-        count=jnp.zeros((), jnp.int32),
-        stage_count=jnp.zeros((), jnp.int32),
-        alpha=jnp.zeros((), jnp.float32),
-        anchor=_common.to_float32(params),
-        grad_sum=zeros,
-        structured=params,
-        sq_grad_sum=zeros,
-        solver_info=solvers.empty_info(),
-    )
-
-  def update_fn(grads, state, params=None, **extra_args):
-    del extra_args
-    _common.check_update_args(grads, state.anchor, params, "ramda")
-    state = _restart(state, params, stages)
-    lr, c, decay = _hyperparameters(learning_rate, momentum, stages, state.count)
-    k, _, s, alpha, grad_sum = _accumulate(state, grads, lr)
-    sq_grad_sum = jax.tree_util.tree_map(
-        lambda u, g: u + s * jnp.square(g.astype(u.dtype)), state.sq_grad_sum, grads
-    )
-    precond = cube_root_preconditioner(sq_grad_sum, eps * decay)
-    b = jax.tree_util.tree_map(lambda p, x0, v: p * x0 - v, precond, state.anchor, grad_sum)
-    z, info = solvers.solve(
-        regularizer, b, precond, alpha, init=_common.to_float32(state.structured),
-        solver=solver, count=state.count, anchor=state.anchor,
-    )
-    updates = _common.updates_to(_average(params, z, c), params)
-    new_state = RAMDAState(
-        count=optax.safe_int32_increment(state.count),
-        stage_count=k,
-        alpha=alpha,
-        anchor=state.anchor,
-        grad_sum=grad_sum,
-        structured=_common.cast_like(z, params),
-        sq_grad_sum=sq_grad_sum,
-        solver_info=info,
-    )
-    return updates, new_state
-
-  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
+  tx = blocks.named_chain(
+      DualAveragingState,
+      blocks.accumulate_dual_averaging(learning_rate, stages, sq_grads=True),
+      blocks.cube_root_metric(eps, stages),
+      blocks.proximal_step(regularizer, solver),
+      blocks.momentum_average(momentum, stages),
+      check=_checker("ramda"),
+  )
+  return _common.skip_nonfinite(tx, max_errors)
 
 
 def _find_states(state, types) -> list:
@@ -390,7 +295,9 @@ def structured_params(state, params=None):
 
   Walks a possibly nested optimizer state (``optax.chain``,
   ``optax.inject_hyperparams``, ``optax.apply_if_finite`` as made by
-  ``skip_nonfinite``, ...) to the one dual-averaging state in it.
+  ``skip_nonfinite``, ...) to the one dual-averaging state in it, or to the
+  one :func:`rmda_jax.blocks.proximal_step` that keeps its point (a chain of
+  :mod:`rmda_jax.blocks`).
   For the proximal baselines (``prox_sgd``, ``prox_adamw``, ``prox_ssi``),
   whose iterate is the prox output itself, pass ``params`` and get them back.
 
@@ -411,7 +318,8 @@ def structured_params(state, params=None):
   """
   from rmda_jax import proximal
 
-  found = _find_states(state, (RMDAState, RAMDAState))
+  found = _find_states(state, (DualAveragingState, blocks.ProximalStepState))
+  found = [s for s in found if not isinstance(s.structured, optax.EmptyState)]
   if len(found) == 1:
     return found[0].structured
   if len(found) > 1:

@@ -7,17 +7,23 @@ is what RMDA/RAMDA fix). The dense baseline is plain ``optax.sgd(lr,
 momentum=0.9)``. Learning-rate drops: pass an optax schedule, e.g.
 ``rmda_jax.stagewise([...]).learning_rate(0.1)``; their moments are not
 reset at milestones, as in the papers.
+
+Each is a short chain of the :mod:`rmda_jax.blocks`:
+``dampened_momentum -> proximal_gradient_subproblem -> proximal_step ->
+to_updates`` for ProxSGD, ``adam_moments -> proxgen_subproblem |
+prox_ssi_subproblem -> proximal_step -> to_updates`` for ProxGen / ProxSSI
+(one Adam-moments block: the two methods bias-correct differently, so the
+moments are passed on raw rather than as ``optax.scale_by_adam``'s direction).
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Union
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from rmda_jax import _common
+from rmda_jax import blocks
 from rmda_jax import regularizers as regs
 from rmda_jax import solvers
 
@@ -25,31 +31,53 @@ Params = Any
 
 
 class ProxSGDState(NamedTuple):
-  """State of :func:`prox_sgd`.
+  """State of :func:`prox_sgd`: the states of its blocks.
 
   Attributes:
+    momentum_state: :class:`~rmda_jax.blocks.DampenedMomentumState` of
+      :func:`~rmda_jax.blocks.dampened_momentum`.
+    subproblem: :class:`~rmda_jax.blocks.CountState` of
+      :func:`~rmda_jax.blocks.proximal_gradient_subproblem`.
+    step: :class:`~rmda_jax.blocks.ProximalStepState` of
+      :func:`~rmda_jax.blocks.proximal_step` (both fields empty).
+    updates: ``optax.EmptyState()`` of :func:`~rmda_jax.blocks.to_updates`.
     count: int32, updates applied so far.
     momentum: the dampened gradient average ``m`` (float32).
   """
 
-  count: jax.Array
-  momentum: Params
+  momentum_state: blocks.DampenedMomentumState
+  subproblem: blocks.CountState
+  step: blocks.ProximalStepState
+  updates: optax.EmptyState
+
+  count = property(lambda self: self.momentum_state.count)
+  momentum = property(lambda self: self.momentum_state.momentum)
 
 
 class ProxAdamState(NamedTuple):
-  """State of :func:`prox_adamw` and :func:`prox_ssi`.
+  """State of :func:`prox_adamw` and :func:`prox_ssi`: the states of their blocks.
 
   Attributes:
+    moments: ``optax.ScaleByAdamState`` of :func:`~rmda_jax.blocks.adam_moments`.
+    subproblem: ``optax.EmptyState()`` of the subproblem block.
+    step: :class:`~rmda_jax.blocks.ProximalStepState` of
+      :func:`~rmda_jax.blocks.proximal_step` (the solver info only).
+    updates: ``optax.EmptyState()`` of :func:`~rmda_jax.blocks.to_updates`.
     count: int32, updates applied so far.
     mu: first-moment EMA (float32).
     nu: second-moment EMA (float32).
     solver_info: iterations and residual of the last subproblem solve.
   """
 
-  count: jax.Array
-  mu: Params
-  nu: Params
-  solver_info: solvers.SolverInfo
+  moments: optax.ScaleByAdamState
+  subproblem: optax.EmptyState
+  step: blocks.ProximalStepState
+  updates: optax.EmptyState
+
+  count = property(lambda self: self.moments.count)
+  mu = property(lambda self: self.moments.mu)
+  nu = property(lambda self: self.moments.nu)
+  solver_info = property(lambda self: self.step.solver_info)
 
 
 def _check(learning_rate, regularizer, skip_nonfinite):
@@ -105,51 +133,35 @@ def prox_sgd(
   """
   max_errors = _check(learning_rate, regularizer, skip_nonfinite)
   _common.check_momentum(momentum)
-
-  def init_fn(params):
-    if regularizer is not None:
-      regularizer.check(params)
-    return ProxSGDState(jnp.zeros((), jnp.int32), _common.zeros_float32(params))
-
-  def update_fn(grads, state, params=None, **extra_args):
-    del extra_args
-    _common.check_update_args(grads, state.momentum, params, "prox_sgd")
-    lr = _common.evaluate(learning_rate, state.count)
-    c = _common.evaluate(momentum, state.count)
-    m = jax.tree_util.tree_map(lambda m, g: (1 - c) * m + c * g.astype(m.dtype), state.momentum, grads)
-    y = jax.tree_util.tree_map(lambda x, m: x.astype(m.dtype) - lr * m, params, m)
-    z = y if regularizer is None else regularizer.prox(y, lr)
-    return _common.updates_to(z, params), ProxSGDState(optax.safe_int32_increment(state.count), m)
-
-  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
-
-
-def _adam_moments(state, grads, learning_rate, b1, b2):
-  """Learning rate, new step count ``t`` (int32 and float32) and Adam's moments."""
-  lr = _common.evaluate(learning_rate, state.count)
-  t = optax.safe_int32_increment(state.count)
-  mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g.astype(m.dtype), state.mu, grads)
-  nu = jax.tree_util.tree_map(
-      lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(v.dtype)), state.nu, grads
+  tx = blocks.named_chain(
+      ProxSGDState,
+      blocks.dampened_momentum(momentum),
+      blocks.proximal_gradient_subproblem(learning_rate),
+      blocks.proximal_step(regularizer, solver=None, keep_point=False),
+      blocks.to_updates(),
+      check=_checker("prox_sgd", lambda state: state.momentum),
   )
-  return lr, t, t.astype(jnp.float32), mu, nu
+  return _common.skip_nonfinite(tx, max_errors)
 
 
-def _check_adam(b1, b2, eps, weight_decay):
-  _common.check_in_range(b1, "b1", 0.0, 1.0)
-  _common.check_in_range(b2, "b2", 0.0, 1.0)
-  regs.check_nonnegative(eps, "eps")
-  regs.check_nonnegative(weight_decay, "weight_decay")
+def _checker(name, state_tree):
+  def check(grads, state, params):
+    _common.check_update_args(grads, state_tree(state), params, name)
+
+  return check
 
 
-def _init_adam(regularizer):
-  def init_fn(params):
-    if regularizer is not None:
-      regularizer.check(params)
-    zeros = _common.zeros_float32(params)
-    return ProxAdamState(jnp.zeros((), jnp.int32), zeros, zeros, solvers.empty_info())
-
-  return init_fn
+def _prox_adam(name, subproblem, b1, b2, regularizer, solver, max_errors):
+  """``adam_moments -> subproblem -> proximal_step -> to_updates`` with a :class:`ProxAdamState`."""
+  tx = blocks.named_chain(
+      ProxAdamState,
+      blocks.adam_moments(b1, b2),
+      subproblem,
+      blocks.proximal_step(regularizer, solver, keep_point=False),
+      blocks.to_updates(),
+      check=_checker(name, lambda state: state.mu),
+  )
+  return _common.skip_nonfinite(tx, max_errors)
 
 
 def prox_adamw(
@@ -202,23 +214,8 @@ def prox_adamw(
     Neural Networks", NeurIPS 2021.
   """
   max_errors = _check(learning_rate, regularizer, skip_nonfinite)
-  _check_adam(b1, b2, eps, weight_decay)
-  solver = solvers.make_solver(solver, regularizer)
-
-  def update_fn(grads, state, params=None, **extra_args):
-    del extra_args
-    _common.check_update_args(grads, state.mu, params, "prox_adamw")
-    lr, t, tf, mu, nu = _adam_moments(state, grads, learning_rate, b1, b2)
-    x = jax.tree_util.tree_map(lambda p, m: (1 - lr * weight_decay) * p.astype(m.dtype), params, mu)
-    bias2 = jnp.sqrt(1 - b2**tf)
-    a = lr / (1 - b1**tf)
-    diag = jax.tree_util.tree_map(lambda v: jnp.sqrt(v) / bias2 + eps, nu)
-    b = jax.tree_util.tree_map(lambda d, xx, m: d * xx - a * m, diag, x, mu)
-    z, info = solvers.solve(regularizer, b, diag, lr, init=x, solver=solver, count=state.count, anchor=x)
-    return _common.updates_to(z, params), ProxAdamState(t, mu, nu, info)
-
-  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(_init_adam(regularizer), update_fn),
-                               max_errors)
+  subproblem = blocks.proxgen_subproblem(learning_rate, b1, b2, eps, weight_decay)
+  return _prox_adam("prox_adamw", subproblem, b1, b2, regularizer, solver, max_errors)
 
 
 def prox_ssi(
@@ -272,22 +269,5 @@ def prox_ssi(
     Learning", 2021. arXiv:2102.03869
   """
   max_errors = _check(learning_rate, regularizer, skip_nonfinite)
-  _check_adam(b1, b2, eps, weight_decay)
-  solver = solvers.make_solver(solver, regularizer)
-
-  def update_fn(grads, state, params=None, **extra_args):
-    del extra_args
-    _common.check_update_args(grads, state.mu, params, "prox_ssi")
-    lr, t, tf, mu, nu = _adam_moments(state, grads, learning_rate, b1, b2)
-    diag = jax.tree_util.tree_map(lambda v: jnp.sqrt(v) + eps, nu)
-    step = lr * jnp.sqrt(1 - b2**tf) / (1 - b1**tf)
-    y = jax.tree_util.tree_map(
-        lambda p, m, d: p.astype(d.dtype) - step * regs.safe_divide(m, d), params, mu, diag
-    )
-    y = jax.tree_util.tree_map(lambda yy: yy - lr * weight_decay * yy, y)
-    b = jax.tree_util.tree_map(lambda d, yy: d * yy, diag, y)
-    z, info = solvers.solve(regularizer, b, diag, lr, init=params, solver=solver, count=state.count, anchor=y)
-    return _common.updates_to(z, params), ProxAdamState(t, mu, nu, info)
-
-  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(_init_adam(regularizer), update_fn),
-                               max_errors)
+  subproblem = blocks.prox_ssi_subproblem(learning_rate, b1, b2, eps, weight_decay)
+  return _prox_adam("prox_ssi", subproblem, b1, b2, regularizer, solver, max_errors)

@@ -116,7 +116,8 @@ def main():
       zeros_equal &= all(np.array_equal(np.asarray(a) == 0, np.asarray(b) == 0)
                          for a, b in zip(jax.tree_util.tree_leaves(z), jax.tree_util.tree_leaves(z_ref)))
       p_specs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda v: str(v.sharding.spec), params))
-      first_state_tree = state[3] if name.startswith(("rmda", "ramda")) else state[1]  # anchor / momentum or mu
+      first_state_tree = (state.anchor if name.startswith(("rmda", "ramda"))
+                          else state.momentum if name == "prox_sgd" else state.mu)
       s_specs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda v: str(v.sharding.spec), first_state_tree))
       results.append({"optimizer": name, "layout": layout, "max_diff": max(diffs), "zeros_equal": zeros_equal,
                       "zeros": int(sum(int(np.sum(np.asarray(a) == 0)) for a in jax.tree_util.tree_leaves(params))),

@@ -1,0 +1,118 @@
+"""The building blocks (rmda_jax.blocks): composition, their own math, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rmda_jax
+from rmda_jax import blocks
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
+
+
+def _grads(t):
+  rng = np.random.default_rng(100 + t)
+  return {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
+
+
+def test_one_state_type_for_both_methods():
+  assert rmda_jax.RMDAState is rmda_jax.RAMDAState is rmda_jax.DualAveragingState
+  params = _params()
+  s_rmda = rmda_jax.rmda(0.1).init(params)
+  s_ramda = rmda_jax.ramda(0.1).init(params)
+  assert type(s_rmda) is type(s_ramda) is rmda_jax.DualAveragingState
+  assert s_rmda._fields == s_ramda._fields
+  assert isinstance(s_rmda.sq_grad_sum, optax.EmptyState) and isinstance(s_rmda.solver_info, optax.EmptyState)
+  assert s_ramda.sq_grad_sum["w"].dtype == jnp.float32 and int(s_ramda.solver_info.iterations) == 0
+  # the same params-shaped leaves in the same places, besides U
+  assert len(jax.tree_util.tree_leaves(s_ramda)) == len(jax.tree_util.tree_leaves(s_rmda)) + 2 + 2
+
+
+def test_adam_moments_match_optax_scale_by_adam():
+  params = _params()
+  ours, theirs = blocks.adam_moments(0.8, 0.95), optax.scale_by_adam(0.8, 0.95)
+  s1, s2 = ours.init(params), theirs.init(params)
+  for t in range(5):
+    out, s1 = ours.update(_grads(t), s1, params)
+    _, s2 = theirs.update(_grads(t), s2, params)
+    assert int(out.count) == t
+    for a, b in zip(jax.tree_util.tree_leaves((s1.mu, s1.nu)), jax.tree_util.tree_leaves((s2.mu, s2.nu))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert int(s1.count) == int(s2.count) == 5
+
+
+def test_adam_metric_variant_against_numpy():
+  """Dual averaging with Adam's second moment: z = x0 - V / P, P = sqrt(k) (sqrt(v / (1 - b2^t)) + eps)."""
+  params = _params()
+  b2, eps, lr = 0.9, 1e-3, 0.05
+  tx = optax.chain(blocks.accumulate_dual_averaging(lr, grads=True), blocks.adam_metric(b2, eps),
+                   blocks.proximal_step(None), blocks.momentum_average(1.0))
+  state = tx.init(params)
+  x0 = {n: np.asarray(p, np.float64) for n, p in params.items()}
+  v_sum = {n: np.zeros_like(p) for n, p in x0.items()}
+  nu = {n: np.zeros_like(p) for n, p in x0.items()}
+  x = params
+  for k in range(1, 6):
+    g = _grads(k)
+    updates, state = tx.update(g, state, x)
+    x = optax.apply_updates(x, updates)
+    for n in x0:
+      gn = np.asarray(g[n], np.float64)
+      v_sum[n] += lr * np.sqrt(k) * gn
+      nu[n] = b2 * nu[n] + (1 - b2) * gn**2
+      metric = np.sqrt(k) * (np.sqrt(nu[n] / (1 - b2**k)) + eps)
+      np.testing.assert_allclose(np.asarray(x[n]), x0[n] - v_sum[n] / metric, rtol=2e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(rmda_jax.structured_params(state)["w"]), np.asarray(x["w"]))
+
+
+def test_a_chain_of_blocks_under_apply_if_finite_and_inject_hyperparams():
+  params = _params()
+  reg = rmda_jax.group_lasso(0.5)
+
+  def make(learning_rate, momentum):
+    return optax.chain(blocks.accumulate_dual_averaging(learning_rate, sq_grads=True),
+                       blocks.cube_root_metric(1e-6), blocks.proximal_step(reg),
+                       blocks.momentum_average(momentum))
+
+  tx = optax.apply_if_finite(optax.inject_hyperparams(make)(learning_rate=0.1, momentum=0.5), 3)
+  ref = rmda_jax.ramda(0.1, momentum=0.5, regularizer=reg)
+  state, ref_state, x, ref_x = tx.init(params), ref.init(params), params, params
+  step = jax.jit(tx.update)
+  for t in range(4):
+    updates, state = step(_grads(t), state, x)
+    x = optax.apply_updates(x, updates)
+    ref_updates, ref_state = ref.update(_grads(t), ref_state, ref_x)
+    ref_x = optax.apply_updates(ref_x, ref_updates)
+  for a, b in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(ref_x)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  z = rmda_jax.structured_params(state)
+  assert np.any(np.all(np.asarray(z["w"]) == 0, axis=0)) or np.any(np.all(np.asarray(z["w"]) == 0, axis=1))
+  shardings = rmda_jax.sharding.state_shardings(tx, params)
+  assert jax.tree_util.tree_structure(shardings) == jax.tree_util.tree_structure(state)
+
+
+def test_misassembled_chains_say_what_is_missing():
+  params = _params()
+  with pytest.raises(ValueError, match="sq_grads=True"):
+    tx = optax.chain(blocks.accumulate_dual_averaging(0.1), blocks.cube_root_metric())
+    tx.update(_grads(0), tx.init(params), params)
+  with pytest.raises(ValueError, match="grads=True"):
+    tx = optax.chain(blocks.accumulate_dual_averaging(0.1), blocks.adam_metric())
+    tx.update(_grads(0), tx.init(params), params)
+  with pytest.raises(ValueError, match="metric=None"):
+    tx = optax.chain(blocks.accumulate_dual_averaging(0.1, sq_grads=True), blocks.cube_root_metric(),
+                     blocks.proximal_step(None, solver=None))
+    tx.update(_grads(0), tx.init(params), params)
+  with pytest.raises(ValueError, match="needs the current params"):
+    blocks.momentum_average(0.5).update(params, blocks.momentum_average(0.5).init(params))
+  with pytest.raises(ValueError, match="momentum"):
+    blocks.momentum_average(1.5)
+  with pytest.raises(ValueError, match="eps"):
+    blocks.cube_root_metric(-1.0)
+  with pytest.raises(TypeError, match="stages"):
+    blocks.accumulate_dual_averaging(0.1, stages=[10])
