@@ -4,6 +4,17 @@ Optimizer states are NamedTuples of arrays, so they are ordinary pytrees: a
 restore into a template of the same structure (e.g. ``tx.init(params)``) gives
 back the exact arrays, and training resumes bit for bit.
 
+Two levels:
+
+* :func:`save` / :func:`restore`: one pytree in one directory.
+* :class:`Steps`: a directory of step-numbered checkpoints, each a pytree plus
+  a JSON record. A step is written under a temporary name and renamed when
+  complete (orbax's ``CheckpointManager``), so an interrupt at any moment
+  leaves the previous steps intact; the newest ``max_to_keep`` are kept. The
+  record stores the SHA-256 of every leaf and of itself, and
+  :meth:`Steps.restore` checks them: a damaged step raises
+  :class:`CheckpointError` instead of restoring wrong numbers.
+
 Example:
   >>> import jax.numpy as jnp, tempfile, os, rmda_jax
   >>> from rmda_jax import checkpoint
@@ -15,13 +26,29 @@ Example:
   >>> restored = checkpoint.restore(path, {"params": params, "opt_state": tx.init(params)})
   >>> bool((restored["params"]["w"] == 1).all())
   True
+  >>> with checkpoint.Steps(os.path.join(tempfile.mkdtemp(), "steps")) as steps:
+  ...   steps.save(7, {"params": params}, {"epoch": 1})
+  ...   tree, record = steps.restore(7, {"params": params})
+  ...   steps.steps(), record["epoch"]
+  ([7], 1)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 
 import jax
+import numpy as np
+
+TMP_MARKER = ".orbax-checkpoint-tmp"
+MANIFEST = "files.sha256.json"  # in each step directory, written once the step is complete
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint step cannot be used: unreadable, incomplete, or not matching its checksums."""
 
 
 def _orbax():
@@ -56,3 +83,190 @@ def restore(path: str, template):
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(path, abstract)
+
+
+def _leaf_name(path) -> str:
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def tree_checksums(tree) -> dict:
+  """SHA-256 of each leaf (dtype, shape and bytes), keyed by the leaf's path (``params/Dense_0/kernel``)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    out[_leaf_name(path)] = digest.hexdigest()
+  return out
+
+
+def _json_digest(body) -> str:
+  text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _reason(err: BaseException) -> str:
+  """An exception as one short line (orbax and TensorStore errors span many lines)."""
+  lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+  text = lines[0].split(" See full TensorStore details")[0] if lines else ""
+  if len(text) > 160:
+    text = text[:157] + "..."
+  name = type(err).__name__
+  return text if name == "Exception" and text else f"{name}: {text}" if text else name
+
+
+def _file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _file_checksums(root: str) -> dict:
+  """SHA-256 of every file under ``root`` (but the manifest), keyed by relative path."""
+  out = {}
+  for folder, subfolders, names in os.walk(root):
+    subfolders.sort()
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      relative = os.path.relpath(path, root)
+      if not relative.startswith(MANIFEST):
+        out[relative] = _file_sha256(path)
+  return out
+
+
+class Steps:
+  """Step-numbered checkpoints in one directory, each committed atomically and verified on restore.
+
+  Args:
+    path: the directory (created on the first save unless ``read_only``).
+    max_to_keep: how many of the newest steps to keep.
+    read_only: only list and restore (no cleanup, no directory creation).
+  """
+
+  def __init__(self, path: str, max_to_keep: int = 2, read_only: bool = False):
+    ocp = _orbax()
+    self.path = os.path.abspath(path)
+    self.read_only = read_only
+    if not read_only:
+      self._remove_unfinished()
+    # (orbax's own read_only mode only adds warnings: nothing here writes unless save is called)
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=False, create=not read_only,
+        lightweight_initialize=True, save_root_metadata=False,
+        preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep))
+    self._manager = ocp.CheckpointManager(self.path, options=options, item_names=("state", "record"))
+
+  def _remove_unfinished(self) -> None:
+    """Delete what an interrupted save left (orbax's temporary step directories)."""
+    if not os.path.isdir(self.path):
+      return
+    for name in os.listdir(self.path):
+      if TMP_MARKER in name:
+        shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def steps(self) -> list:
+    """The complete steps, newest first."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps(), reverse=True)
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.path, str(step))
+
+  def save(self, step: int, tree, record: dict) -> None:
+    """Write ``tree`` and the JSON-able ``record`` (plus checksums) as ``step``; visible only when complete."""
+    ocp = _orbax()
+    if self.read_only:
+      raise ValueError(f"{self.path} was opened read-only")
+    body = dict(record, checksums=tree_checksums(tree))
+    envelope = {"body": body, "sha256": _json_digest(body)}
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                     record=ocp.args.JsonSave(envelope)), force=True)
+    self._manager.wait_until_finished()
+    # the step is complete and visible; its file checksums let a restore find damage before orbax reads it
+    manifest = os.path.join(self.step_dir(step), MANIFEST)
+    with open(manifest + ".tmp", "w") as f:
+      json.dump(_file_checksums(self.step_dir(step)), f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(manifest + ".tmp", manifest)
+
+  def verify_files(self, step: int) -> None:
+    """Check the files of ``step`` against its manifest (a step saved without one is checked per leaf only)."""
+    root = self.step_dir(step)
+    try:
+      with open(os.path.join(root, MANIFEST)) as f:
+        expected = json.load(f)
+    except (OSError, ValueError):
+      return
+    if not isinstance(expected, dict):
+      return
+    for relative, digest in expected.items():
+      path = os.path.join(root, relative)
+      if not os.path.isfile(path):
+        raise CheckpointError(f"{relative} is missing")
+      if _file_sha256(path) != digest:
+        raise CheckpointError(f"{relative} does not match its checksum")
+
+  def read_record(self, step: int) -> dict:
+    """The JSON record of ``step``, checked against its own checksum."""
+    ocp = _orbax()
+    try:
+      envelope = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+    except Exception as err:  # orbax/JSON errors of any kind mean the same: unusable
+      raise CheckpointError(f"its record is unreadable: {_reason(err)}") from None
+    if not (isinstance(envelope, dict) and isinstance(envelope.get("body"), dict)
+            and envelope.get("sha256") == _json_digest(envelope["body"])):
+      raise CheckpointError("its record does not match its checksum")
+    return envelope["body"]
+
+  def restore(self, step: int, template):
+    """``(tree, record)`` of ``step``, with every leaf checked against its stored SHA-256.
+
+    Raises:
+      CheckpointError: the step is unreadable, does not fit ``template``, or a
+        leaf does not match its checksum.
+    """
+    ocp = _orbax()
+    self.verify_files(step)
+    record = self.read_record(step)
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+      tree = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    except Exception as err:  # TensorStore, OCDBT, JSON, shape errors: all mean the step is unusable
+      raise CheckpointError(f"its arrays are unreadable: {_reason(err)}") from None
+    expected = record.get("checksums")
+    got = tree_checksums(tree)
+    if not isinstance(expected, dict) or set(expected) != set(got):
+      raise CheckpointError("its arrays do not match the stored list of checksums")
+    for name, digest in got.items():
+      if expected[name] != digest:
+        raise CheckpointError(f"{name} does not match its checksum")
+    return tree, record
+
+  def set_aside(self, step: int, destination: str) -> None:
+    """Move a (damaged) step out of the directory, to ``destination``."""
+    if self.read_only:
+      raise ValueError(f"{self.path} was opened read-only")
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    os.replace(self.step_dir(step), destination)
+    self._manager.reload()

@@ -314,6 +314,8 @@ class GroupLasso(Regularizer):
     leaves = [leaf for _, leaf in keyed]
     where = {p: i for i, p in enumerate(paths)}
     units = []
+    if not leaves:  # a tree without arrays (optax.tree_map_params' placeholder): nothing to lay groups on
+      return Resolved(paths, leaves, [], treedef, units)
     for family in self.groups.families:
       index = []
       for member in family.members:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from rmda_jax import cli
@@ -29,17 +31,35 @@ def _check_outputs(out, epochs):
   return log
 
 
+def _same_run(out, reference):
+  """Equal log records (less the wall-clock seconds) and bit-identical params and optimizer state."""
+  logs = []
+  for path in (out, reference):
+    with open(os.path.join(path, "log.json")) as f:
+      logs.append([{k: v for k, v in r.items() if k != "seconds"} for r in json.load(f)["epochs"]])
+  assert logs[0] == logs[1]
+  leaves = [jax.tree_util.tree_leaves(train.load_run(path)[3:]) for path in (out, reference)]
+  assert len(leaves[0]) == len(leaves[1])
+  for a, b in zip(*leaves):
+    assert np.asarray(a).dtype == np.asarray(b).dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
 @pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
-def test_every_optimizer_runs_end_to_end_and_resumes(optimizer, tmp_path):
+def test_every_optimizer_runs_end_to_end_and_resumes_exactly(optimizer, tmp_path):
   out = str(tmp_path / optimizer)
   assert cli.main(["train", "--optimizer", optimizer, "--out", out, *TINY]) == 0
   log = _check_outputs(out, 1)
-  assert log["epochs"][0]["step"] == 3
-  # resume: the step budget grows to 5, the second epoch continues from step 3
+  # 3 of the 42 steps of epoch 1: logged as a partial epoch
+  assert log["epochs"][0]["step"] == 3 and log["epochs"][0]["partial"]
+  # resume: the step budget grows to 5, epoch 1 continues from step 3
   resumed = [a if a != "3" else "5" for a in TINY]
   assert cli.main(["train", "--optimizer", optimizer, "--out", out, "--resume", *resumed]) == 0
-  log = _check_outputs(out, 2)
-  assert [r["step"] for r in log["epochs"]] == [3, 5]
+  log = _check_outputs(out, 1)
+  assert [r["step"] for r in log["epochs"]] == [5]
+  # the same numbers as 5 steps in one go
+  reference = str(tmp_path / "reference")
+  assert cli.main(["train", "--optimizer", optimizer, "--out", reference, "--no-plots", *resumed]) == 0
+  _same_run(out, reference)
   if optimizer == "rigl":  # the default 90% of the kernel weights are zero from the first step on
     assert all(abs(r["weight_sparsity"] - 0.9) < 1e-3 for r in log["epochs"])
 
@@ -66,10 +86,13 @@ def test_models_and_regularizers(model, dataset, regularizer, tmp_path):
     (["--model", "lenet5"], "lenet5 needs images"),
     (["--optimizer", "rigl", "--sparsity", "1"], "--sparsity must be in [0, 1)"),
     (["--optimizer", "rigl", "--momentum", "1"], "heavy-ball beta in [0, 1)"),
+    (["--batch-size", "5000"], "--batch-size 5000 is larger than the training set (1347 examples of digits)"),
+    (["--skip-nonfinite", "-1"], "--skip-nonfinite must be >= 0"),
+    (["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
 ])
 def test_bad_options_give_one_line_errors(args, fragment, tmp_path, capsys):
   with pytest.raises(SystemExit) if "adam" in args else _nullcontext():
-    code = cli.main(["train", "--out", str(tmp_path), *args, *TINY])
+    code = cli.main(["train", "--out", str(tmp_path), *TINY, *args])
     assert code == 2
   err = capsys.readouterr().err.strip()
   assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
