@@ -130,7 +130,8 @@ def _train(args) -> int:
   except training.Interrupted as err:
     what = "resume with" if err.restart_flag == "--resume" else "start again with"
     again = _train_command(args, err.restart_flag)
-    print(f"rmda-jax train: interrupted by {err} {err.where}; {what}: {again}", file=sys.stderr)
+    cut = " during a checkpoint save (abandoned)" if err.abandoned_save else ""
+    print(f"rmda-jax train: interrupted by {err}{cut} {err.where}; {what}: {again}", file=sys.stderr)
     if err.abandoned_save and args.process:
       # orbax's writer threads of the abandoned save would report errors while the interpreter shuts
       # down; the step they were writing is unfinished (a temporary directory, removed on the next run)
