@@ -49,7 +49,7 @@ def run(args, model, optimizer, seed, regularizer="none", strength=0.0, sparsity
       strength=strength, epochs=args.epochs, batch_size=args.batch_size, milestones=milestones,
       learning_rate=args.sgd_lr if heavy_ball else None,
       seed=seed, hidden=(256, 128), sparsity=sparsity, progress=False, plots=False,
-      checkpoint_every=10**9,
+      checkpoint_every=10**9, overwrite=True,
       out=os.path.join(args.work, f"{model}-{optimizer}-{regularizer}-{strength:g}-{sparsity:.4f}-{seed}"
                                   + (f"-lr{args.sgd_lr:g}" if heavy_ball else "")))
   last = _finished(config)

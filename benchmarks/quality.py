@@ -58,7 +58,7 @@ def run_one(model, dataset, optimizer, regularizer, strength, seed, args):
       model=model, dataset=dataset, optimizer=optimizer, regularizer=regularizer, strength=strength,
       epochs=args.epochs, batch_size=args.batch_size, milestones=milestones, seed=seed,
       out=os.path.join(args.work, f"{model}-{dataset}-{optimizer}-{regularizer}-{seed}"),
-      hidden=(256, 128), progress=False, plots=False, checkpoint_every=10**9,
+      hidden=(256, 128), progress=False, plots=False, checkpoint_every=10**9, overwrite=True,
       solver_max_iters=args.solver_max_iters, solver_tol=1e-3)
   return train.run(config, log=lambda line: None).history
 
