@@ -222,7 +222,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_step(damage, manifest
   assert cli.main(["compact", out]) == 0  # compact uses the older step and says so
   note = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
   assert len(note) == 1 and "checkpoint step 84 is damaged" in note[0] and "using step 42" in note[0], note
-  assert "does not match its checksum" in note[0]
+  # The flipped bytes land in an array's values (caught by the per-array checksums) or, depending on where
+  # OCDBT placed the arrays in the file, in its index (orbax cannot read the step): caught either way.
+  assert "does not match its checksum" in note[0] or "its arrays are unreadable" in note[0], note
   assert cli.main(["train", *SMALL, "--epochs", "2", "--out", out, "--resume"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert any("checkpoint step 84 is damaged" in line and "using step 42" in line for line in lines)
