@@ -230,13 +230,7 @@ def ramda(
     solver: ``"auto"``, ``"exact"``, ``"pgd"``, or a
       :class:`~rmda_jax.solvers.Exact` / :class:`~rmda_jax.solvers.ProximalGradient`.
     stages: optional :class:`~rmda_jax.schedules.Stagewise`.
-    skip_nonfinite: skip a step whose gradient has a NaN or an infinite
-      entry: the update is zero and the state is left as it was (the
-      transformation is wrapped in ``optax.apply_if_finite``, whose
-      ``ApplyIfFiniteState`` holds this optimizer's state and counts the
-      skipped steps; :func:`structured_params` finds the state inside it).
-      ``True`` skips every such step; an integer ``n >= 1`` gives up after
-      ``n`` consecutive ones and applies the step (``max_consecutive_errors``).
+    skip_nonfinite: as for :func:`rmda` (``optax.apply_if_finite``).
 
   Raises:
     TypeError / ValueError: as for :func:`rmda`.

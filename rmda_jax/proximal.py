@@ -250,11 +250,8 @@ def prox_ssi(
     weight_decay: ``w >= 0``, applied to the Adam step.
     regularizer: a rmda_jax regularizer or None.
     solver: as in :func:`rmda_jax.ramda`.
-    skip_nonfinite: as in :func:`prox_sgd`: skip (``True``, or at most ``n``
-      consecutive) steps with a non-finite gradient, leaving the state as it
-      was (``optax.apply_if_finite``).
-
-  ``b1``, ``b2``, ``eps`` and ``weight_decay`` are numbers or scalar arrays.
+    skip_nonfinite, and the types of ``b1``, ``b2``, ``eps``, ``weight_decay``:
+      as in :func:`prox_adamw`.
 
   Raises:
     TypeError / ValueError: as in :func:`prox_sgd`.
