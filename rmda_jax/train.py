@@ -370,13 +370,19 @@ def _batched(fn, params, x, y, batch, between=None):
   return total / len(x)
 
 
-def language_metrics(record: dict, structured, model, params, dataset, regularizer) -> dict:
-  """Perplexity, and the heads and hidden units kept per layer (of the
-  structured point ``z`` for RMDA/RAMDA, of the params otherwise)."""
-  out = {"val_perplexity": float(np.exp(record["val_loss"])),
-         "unigram_perplexity": datasets.unigram_perplexity(dataset)}
-  found = regularizer.groups if isinstance(regularizer, regs.GroupLasso) and regularizer.groups is not None \
-      else discovery.discover_linen(model, params, dataset.x_train[:1])
+def model_groups(regularizer, model, params, example):
+  """The coupled groups a language model's structure is reported on: the
+  regularizer's, or (other regularizers, dense methods) discovered once."""
+  if isinstance(regularizer, regs.GroupLasso) and regularizer.groups is not None:
+    return regularizer.groups
+  return discovery.discover_linen(model, params, example)
+
+
+def language_metrics(record: dict, structured, found, unigram: float) -> dict:
+  """Perplexity (and the unigram baseline's), and the heads and hidden units
+  kept per layer of ``found`` (of the structured point ``z`` for RMDA/RAMDA,
+  of the params otherwise)."""
+  out = {"val_perplexity": float(np.exp(record["val_loss"])), "unigram_perplexity": unigram}
   kept = metrics.family_kept(structured, found)
   kinds = {f.name: f.kind for f in found.families}
   out["heads_kept"] = {name: k / n for name, (k, n) in kept.items() if kinds[name] == "heads"}
@@ -752,6 +758,9 @@ class _Job:
     self.model = build_model(config, self.dataset)
     self.params = self.model.init(jax.random.PRNGKey(config.seed), self.dataset.x_train[:1])["params"]
     self.regularizer = build_regularizer(config, self.model, self.params, self.dataset.x_train[:1])
+    if config.model == "transformer":  # per-epoch reports of the LM, fixed for the run
+      self.lm_groups = model_groups(self.regularizer, self.model, self.params, self.dataset.x_train[:1])
+      self.unigram = datasets.unigram_perplexity(self.dataset)
     self.steps_per_epoch = datasets.steps_per_epoch(len(self.dataset.x_train), config.batch_size)
     self.batches_per_epoch = len(self.dataset.x_train) // config.batch_size
     self.tx = training_optimizer(config, self.regularizer, self.steps_per_epoch)
@@ -973,8 +982,7 @@ class _Job:
           record["structured_val_perplexity"] = float(np.exp(batched(summed_loss, z, dataset.x_test, dataset.y_test)))
         record["structured_val_accuracy"] = batched(correct, z, dataset.x_test, dataset.y_test)
       if config.model == "transformer":
-        record.update(language_metrics(record, z if dual_averaging else params, self.model, params,
-                                       dataset, self.regularizer))
+        record.update(language_metrics(record, z if dual_averaging else params, self.lm_groups, self.unigram))
       if complete:
         self.history.append(record)
         self.partial, self.epoch_done, self.epoch_pos = None, epoch, 0
