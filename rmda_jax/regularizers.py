@@ -182,10 +182,12 @@ class Regularizer(abc.ABC):
     mask = self.leaf_screen(bs[0], threshold, rule)
     return None if mask is None else [mask]
 
-  def unit_block_max(self, diags: list, rule) -> list:
-    """Per member, the largest ``D`` over each block the prox couples."""
+  def unit_block_max(self, diags: list, rule) -> tuple[Array, list]:
+    """The largest ``D`` over each block the prox couples: in the shape the
+    unit's prox takes its threshold in, and per member (broadcasting against it)."""
     d = diags[0]
-    return [jnp.max(d, axis=self.block_axes(rule, d.ndim), keepdims=True)]
+    d_max = jnp.max(d, axis=self.block_axes(rule, d.ndim), keepdims=True)
+    return d_max, [d_max]
 
   def units_prox_diag(self, bs: list, diags: list, thresholds: list, rules: list, inits=None,
                       **options) -> tuple[list, Array, Array]:
@@ -382,7 +384,7 @@ class GroupLasso(Regularizer):
 
   def unit_block_max(self, diags, block):
     d_max = block.max(diags)
-    return [block.spread(d_max, m) for m in range(len(diags))]
+    return d_max, [block.spread(d_max, m) for m in range(len(diags))]
 
   def units_prox_diag(self, bs, diags, thresholds, blocks, inits=None, **options):
     return solvers.group_lasso_secular_blocks(

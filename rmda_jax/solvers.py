@@ -368,20 +368,12 @@ def _steps(regularizer, problem: _Problem):
   """Per unit: ``(eta per group, [eta per member])``, and per leaf ``max D`` of its block."""
   etas, d_maxs = [], [None] * len(problem.bs)
   for positions, rule in problem.units:
-    maxes = regularizer.unit_block_max(problem.gather(problem.diags, (positions, rule)), rule)
+    group_max, maxes = regularizer.unit_block_max(problem.gather(problem.diags, (positions, rule)), rule)
     member_etas = [numerics.safe_divide(jnp.ones_like(m), m) for m in maxes]
     for k, m in zip(positions, maxes):
       d_maxs[k] = m
-    group_max = _group_max(regularizer, problem, positions, rule, maxes)
     etas.append((numerics.safe_divide(jnp.ones_like(group_max), group_max), member_etas))
   return etas, d_maxs
-
-
-def _group_max(regularizer, problem, positions, rule, maxes):
-  """``max D`` per group, in the shape the unit's prox takes its threshold in."""
-  if isinstance(rule, structure.Block) and rule.coupled:
-    return rule.max(problem.gather(problem.diags, (positions, rule)))
-  return maxes[0]
 
 
 def _masks(regularizer, problem: _Problem):
