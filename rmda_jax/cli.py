@@ -102,7 +102,7 @@ def _add_train(sub) -> None:
   add("--untied", action="store_true", help="transformer: an output layer of its own (default: tied embedding)")
   add("--groups", choices=training.GROUPINGS, default=d.groups,
       help="group-LASSO groups: per-leaf rules, or discovered coupled groups (whole heads, hidden units, "
-           "channels); auto = discovered for the transformer, per-leaf otherwise")
+           "channels; for rigl: masks of whole groups); auto = discovered for the transformer, per-leaf otherwise")
   add("--mesh", default=d.mesh,
       help="device mesh: data=N[,model=M]: batches sharded over data, params and optimizer state fully "
            "sharded over model (FSDP-style); default: every local device on data. Several hosts: run the same "

@@ -172,24 +172,3 @@ def discrete_penalty(strength: float, values, rules=None, scale: Optional[str] =
     values, rules, scale: as for :func:`discrete_set`.
   """
   return DiscretePenalty(strength=strength, rules=rules, values=values, scale=scale)
-
-
-def on_set_fraction(params, regularizer: _Discrete) -> Array:
-  """Fraction of the regularized weights that are exactly an allowed value.
-
-  Example:
-    >>> import jax.numpy as jnp, rmda_jax
-    >>> reg = rmda_jax.discrete_set((-1.0, 1.0))
-    >>> float(on_set_fraction({"w": jnp.array([[1.0, -1.0], [0.5, 1.0]])}, reg))
-    0.75
-  """
-  if not isinstance(regularizer, _Discrete):
-    raise TypeError(f"regularizer must be a discrete_set or discrete_penalty, got {type(regularizer).__name__}.")
-  resolved = regularizer.resolve(params)
-  on, total = jnp.zeros((), jnp.int32), 0
-  for x, rule in zip(resolved.leaves, resolved.rules):
-    if rule is not None:
-      x = jnp.asarray(x)  # compared in its own dtype: a bf16 weight is on the set in bf16
-      on = on + jnp.sum(regularizer.on_set(x))
-      total += x.size
-  return on / max(total, 1)

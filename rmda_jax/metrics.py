@@ -141,17 +141,72 @@ def low_rank_level(params, regularizer: Optional[regs.Regularizer] = None) -> ja
   return _ratio(sum(ranks(params, regularizer), jnp.zeros((), jnp.int32)), total)
 
 
-def summary(params, regularizer: Optional[regs.Regularizer] = None) -> dict:
-  """All structure metrics in one dict (low-rank level only for a nuclear norm)."""
+def on_set_fraction(params, regularizer) -> jax.Array:
+  """Fraction of a discrete regularizer's weights that are exactly an allowed value.
+
+  Compared in each leaf's own dtype: a bf16 weight is on the set in bf16.
+
+  Example:
+    >>> import jax.numpy as jnp, rmda_jax
+    >>> reg = rmda_jax.discrete_set((-1.0, 1.0))
+    >>> float(on_set_fraction({"w": jnp.array([[1.0, -1.0], [0.5, 1.0]])}, reg))
+    0.75
+  """
+  from rmda_jax import discrete  # discrete sets are regularizers built on this package's base
+
+  if not isinstance(regularizer, discrete._Discrete):
+    raise TypeError(f"regularizer must be a discrete_set or discrete_penalty, got {type(regularizer).__name__}.")
+  resolved = regularizer.resolve(params)
+  on, total = jnp.zeros((), jnp.int32), 0
+  for x, rule in zip(resolved.leaves, resolved.rules):
+    if rule is not None:
+      x = jnp.asarray(x)
+      on = on + jnp.sum(regularizer.on_set(x))
+      total += x.size
+  return on / max(total, 1)
+
+
+def weight_sparsity(params) -> jax.Array:
+  """Fraction of exactly-zero entries among the weights the default rules
+  penalize (kernels; not biases, norm scales or embeddings): the sparsity that
+  RigL and L1 control."""
+  return weighted_group_sparsity(params, regs.l1(0.0))
+
+
+def summary(params, regularizer: Optional[regs.Regularizer] = None, groups=None) -> dict:
+  """Every structure measure of a point, in one dict of float32 scalars.
+
+  ``unstructured_sparsity``, ``group_sparsity``, ``weighted_group_sparsity``
+  (over ``groups`` -- a :class:`~rmda_jax.structure.Groups` of coupled groups
+  -- when given, else the regularizer's own groups as the module doc says),
+  ``weight_sparsity``; ``low_rank_level`` for a nuclear norm and
+  ``on_set_fraction`` for a discrete set.
+
+  Example:
+    >>> import jax.numpy as jnp, rmda_jax
+    >>> out = summary({"kernel": jnp.array([[1.0, 2.0], [0.0, 0.0]])}, rmda_jax.group_lasso(1e-3))
+    >>> {k: round(float(v), 2) for k, v in out.items()}
+    {'unstructured_sparsity': 0.5, 'group_sparsity': 0.5, 'weighted_group_sparsity': 0.5, 'weight_sparsity': 0.5}
+  """
+  from rmda_jax import discrete
+
+  if groups is not None:
+    counted = regs.group_lasso(0.0, groups=groups)
+  elif isinstance(regularizer, discrete._Discrete):
+    counted = None   # a discrete set has no groups: count the default ones
+  else:
+    counted = regularizer
   out = {
       "unstructured_sparsity": unstructured_sparsity(params),
-      "group_sparsity": group_sparsity(params, regularizer),
-      "weighted_group_sparsity": weighted_group_sparsity(params, regularizer),
+      "group_sparsity": group_sparsity(params, counted),
+      "weighted_group_sparsity": weighted_group_sparsity(params, counted),
+      "weight_sparsity": weight_sparsity(params),
   }
   if isinstance(regularizer, regs.NuclearNorm):
     out["low_rank_level"] = low_rank_level(params, regularizer)
+  if isinstance(regularizer, discrete.DiscreteSet):
+    out["on_set_fraction"] = on_set_fraction(params, regularizer)
   return out
-
 
 
 class TrackerState(NamedTuple):

@@ -39,7 +39,9 @@ import jax.numpy as jnp
 import optax
 
 from rmda_jax import _common
-from rmda_jax import groups
+from rmda_jax import groups as group_rules
+from rmda_jax import regularizers
+from rmda_jax import structure
 
 DISTRIBUTIONS = ("erk", "uniform")
 
@@ -139,6 +141,7 @@ def rigl(
     erk_power_scale: float = 1.0,
     seed: int = 0,
     skip_nonfinite: Union[bool, int] = False,
+    groups: Optional[structure.Groups] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RigL sparse training around ``optimizer`` (any optax transformation).
 
@@ -174,6 +177,22 @@ def rigl(
       finds it). ``True`` skips every such step; an integer ``n >= 1`` gives
       up after ``n`` consecutive ones and applies the step.
 
+    groups: coupled groups (a :class:`~rmda_jax.structure.Groups`, e.g. from
+      :func:`rmda_jax.discover_groups`) for *structured* RigL: the masks keep
+      or drop whole groups -- a hidden unit from every leaf it spans, a head
+      from q, k, v and the output projection -- so the sparse model can be
+      compacted. A group's weight score is its norm ``||w_g||_2`` over all
+      its slices, its growth score ``||g_g||_2``; ``sparsity`` is the fraction
+      of groups dropped, spread over the families by the ERK rule on the
+      ``(groups, group size)`` view of each family (or uniformly); leaves in
+      no family stay dense. A whole group set to zero is a saddle (a zero
+      ReLU/GELU unit gets no gradient), so a grown group does not restart
+      at zero: its consumer slices (``Family.consumers``) start at zero, which
+      leaves the function unchanged, and its other slices are drawn from
+      ``N(mean, std)`` of the kept entries of the same leaf; groups with
+      equal (zero) growth scores are chosen at random. A family without
+      consumers restarts at zero. Exclusive with ``rules``.
+
   ``sparsity``, ``drop_fraction`` and ``erk_power_scale`` are numbers or
   concrete scalar arrays.
 
@@ -197,10 +216,15 @@ def rigl(
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
   if not isinstance(optimizer, optax.GradientTransformation):
     raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
+  if groups is not None:
+    if rules is not None:
+      raise ValueError("rigl: give rules= (unstructured masks) or groups= (masks of coupled groups), not both.")
+    return _structured_rigl(optimizer, sparsity, end_step, update_every, drop_fraction, distribution,
+                            groups, erk_power_scale, seed, max_errors)
 
   def sparse_leaves(params):
-    paths, leaves, leaf_rules, treedef = groups.resolve_rules(
-        rules, params, groups.default_elementwise_rule, groups.Elementwise, "rigl rules")
+    paths, leaves, leaf_rules, treedef = group_rules.resolve_rules(
+        rules, params, group_rules.default_elementwise_rule, group_rules.Elementwise, "rigl rules")
     return leaves, [r is not None for r in leaf_rules], treedef
 
   def init_fn(params):
@@ -259,6 +283,108 @@ def rigl(
     return _common.updates_to(new_params, params), new_state
 
   return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
+
+
+def _families_on(groups, params) -> tuple:
+  """``(leaves, treedef, [(leaf indices, Block, consumer flags), ...])`` of ``groups`` laid on ``params``."""
+  if not isinstance(groups, structure.Groups):
+    raise TypeError(f"groups must be a rmda_jax.structure.Groups (e.g. from rmda_jax.discover_groups), "
+                    f"got {type(groups).__name__}.")
+  resolved = regularizers.group_lasso(0.0, groups=groups).resolve(params)
+  consumers = {f.paths: frozenset(f.consumers) for f in groups.families}
+  units = []
+  for u in resolved.units:
+    paths = tuple(resolved.paths[i] for i in u.index)
+    units.append((u.index, u.rule, tuple(p in consumers[paths] for p in paths)))
+  return resolved.leaves, resolved.treedef, units
+
+
+def _group_scores(arrays, block) -> jax.Array:
+  """``||a_g||_2^2`` of every group of a family (float32)."""
+  return block.sum([jnp.square(a.astype(jnp.float32)) for a in arrays])
+
+
+def _structured_rigl(optimizer, sparsity, end_step, update_every, drop_fraction, distribution, groups,
+                     erk_power_scale, seed, max_errors):
+  """:func:`rigl` whose masks keep or drop whole coupled groups."""
+
+  def init_fn(params):
+    leaves, treedef, units = _families_on(groups, params)
+    shapes = [(block.num_groups, block.group_size) for _, block, _ in units]
+    densities = (erk_densities(shapes, sparsity, erk_power_scale) if distribution == "erk"
+                 else [1 - sparsity] * len(shapes))
+    counts = [min(max(round(d * n), 1), n) for d, (n, _) in zip(densities, shapes)]
+    keys = jax.random.split(jax.random.PRNGKey(seed), max(len(units), 1))
+    masks = [jnp.ones(jnp.shape(x), bool) for x in leaves]
+    for (index, block, _), count, key in zip(units, counts, keys):
+      order = jax.random.permutation(key, block.num_groups)
+      kept = jnp.zeros(block.num_groups, bool).at[order[:count]].set(True)
+      for member, i in enumerate(index):
+        masks[i] = jnp.broadcast_to(block.spread(kept, member), jnp.shape(leaves[i]))
+    return RigLState(jnp.zeros((), jnp.int32), jax.tree_util.tree_unflatten(treedef, masks),
+                     optimizer.init(params))
+
+  def update_fn(grads, state, params=None, **extra_args):
+    _common.check_update_args(grads, state.masks, params, "rigl")
+    masked_grads = apply_masks(grads, state.masks)
+    updates, inner_state = optimizer.update(masked_grads, state.inner_state, params, **extra_args)
+    new_params = apply_masks(optax.apply_updates(params, updates), state.masks)
+    count = state.count
+    fraction = drop_fraction_at(count, drop_fraction, end_step)
+    is_event = (count > 0) & (count < end_step) & (count % update_every == 0)
+
+    def mask_update(operand):
+      new_params, inner_state = operand
+      weights, treedef, units = _families_on(groups, new_params)
+      flat_g = jax.tree_util.tree_leaves(grads)
+      masks = list(jax.tree_util.tree_leaves(state.masks))
+      weights = list(weights)
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), count)
+      for u, (index, block, is_consumer) in enumerate(units):
+        kept = _group_mask(masks, index, block)
+        active = jnp.sum(kept, dtype=jnp.int32)
+        num_swap = jnp.round(fraction * active.astype(jnp.float32)).astype(jnp.int32)
+        unit_key, tie_key = jax.random.split(jax.random.fold_in(key, u))
+        # a zero group of a ReLU/GELU unit has a zero gradient: equal scores go to a random group
+        grow = _group_scores([flat_g[i] for i in index], block)
+        grow = jnp.where(grow > 0, grow, -jax.random.uniform(tie_key, grow.shape))
+        new_kept, fresh = drop_and_grow(_group_scores([weights[i] for i in index], block), grow, kept, num_swap)
+        regrow = any(is_consumer)
+        for member, i in enumerate(index):
+          mask = jnp.broadcast_to(block.spread(new_kept, member), jnp.shape(weights[i]))
+          new = jnp.broadcast_to(block.spread(fresh, member), jnp.shape(weights[i]))
+          w = jnp.where(new | ~mask, jnp.zeros((), weights[i].dtype), weights[i])
+          if regrow and not is_consumer[member]:
+            w = jnp.where(new, _resample(jax.random.fold_in(unit_key, member), w, mask & ~new), w)
+          masks[i], weights[i] = mask, w
+      masks = jax.tree_util.tree_unflatten(treedef, masks)
+      inner_state = optax.tree_map_params(
+          optimizer, lambda s, m: jnp.where(m, s, jnp.zeros((), s.dtype)), inner_state, masks)
+      return jax.tree_util.tree_unflatten(treedef, weights), inner_state, masks
+
+    def keep(operand):
+      new_params, inner_state = operand
+      return new_params, inner_state, state.masks
+
+    new_params, inner_state, masks = jax.lax.cond(is_event, mask_update, keep, (new_params, inner_state))
+    new_state = RigLState(optax.safe_int32_increment(count), masks, inner_state)
+    return _common.updates_to(new_params, params), new_state
+
+  return _common.skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn), max_errors)
+
+
+def _resample(key, leaf, kept) -> jax.Array:
+  """Fresh entries drawn from ``N(mean, std)`` of the leaf's kept entries (its own dtype)."""
+  x = leaf.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(kept), 1)
+  mean = jnp.sum(jnp.where(kept, x, 0.0)) / n
+  std = jnp.sqrt(jnp.sum(jnp.where(kept, jnp.square(x - mean), 0.0)) / n)
+  return (mean + std * jax.random.normal(key, leaf.shape)).astype(leaf.dtype)
+
+
+def _group_mask(masks, index, block) -> jax.Array:
+  """The kept groups of a family, from its members' masks (a group is kept when any member entry is)."""
+  return block.max([masks[i].astype(jnp.float32) for i in index]) > 0
 
 
 def apply_masks(tree, masks):

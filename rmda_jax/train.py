@@ -334,7 +334,15 @@ def build_regularizer(config: TrainConfig, model=None, params=None, example=None
   }[config.regularizer](config.strength)
 
 
-def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int):
+def rigl_groups(config: TrainConfig, model, params, example):
+  """The coupled groups of structured RigL (``--optimizer rigl --groups discovered``), else None."""
+  if config.optimizer == "rigl" and discovered(config):
+    return discovery.discover_linen(model, params, example)
+  return None
+
+
+def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, groups=None):
+  """The optimizer of a run; ``groups`` (:func:`rigl_groups`) makes RigL's masks keep whole groups."""
   stages = Stagewise.from_epochs(tuple(config.milestones), steps_per_epoch, gamma=config.gamma)
   lr, c = config.lr, config.momentum_value
   solver = "auto"
@@ -357,7 +365,7 @@ def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int):
     # RigL's protocol: mask updates until 75% of training
     end_step = max(int(0.75 * config.epochs * steps_per_epoch), 1)
     return rigl(optax.sgd(schedule, momentum=c or None), config.sparsity, end_step=end_step,
-                update_every=config.rigl_update_every)
+                update_every=config.rigl_update_every, groups=groups)
   return optax.sgd(schedule, momentum=c or None)
 
 
@@ -390,17 +398,9 @@ def language_metrics(record: dict, structured, found, unigram: float) -> dict:
   return out
 
 
-def structure_metrics(params, regularizer) -> dict:
-  counted = regularizer if isinstance(regularizer, (regs.GroupLasso, regs.ElasticNet, regs.NuclearNorm)) \
-      else regs.group_lasso(0.0)
-  out = {k: float(v) for k, v in metrics.summary(params, counted).items()}
-  # zeros among the weights the default rules penalize (kernels): what RigL and L1 control
-  out["weight_sparsity"] = float(metrics.weighted_group_sparsity(params, regs.l1(0.0)))
-  if isinstance(regularizer, regs.NuclearNorm):
-    out["low_rank_level"] = float(metrics.low_rank_level(params, regularizer))
-  if isinstance(regularizer, discrete.DiscreteSet):
-    out["on_set_fraction"] = float(discrete.on_set_fraction(params, regularizer))
-  return out
+def structure_metrics(params, regularizer, groups=None) -> dict:
+  """:func:`rmda_jax.metrics.summary` as floats (over ``groups`` when given)."""
+  return {k: float(v) for k, v in metrics.summary(params, regularizer, groups).items()}
 
 
 @dataclasses.dataclass
@@ -413,9 +413,9 @@ class TrainResult:
   out: str
 
 
-def training_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int):
+def training_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, groups=None):
   """:func:`build_optimizer` wrapped to skip steps whose gradient is not finite (state untouched)."""
-  return optax.apply_if_finite(build_optimizer(config, regularizer, steps_per_epoch),
+  return optax.apply_if_finite(build_optimizer(config, regularizer, steps_per_epoch, groups),
                                max_consecutive_errors=config.skip_nonfinite)
 
 
@@ -553,7 +553,8 @@ def load_run(run_dir: str, log: Optional[Callable[[str], None]] = None):
     model = build_model(config, dataset)
     params = model.init(jax.random.PRNGKey(config.seed), dataset.x_train[:1])["params"]
     tx = training_optimizer(config, build_regularizer(config, model, params, dataset.x_train[:1]),
-                            datasets.steps_per_epoch(len(dataset.x_train), config.batch_size))
+                            datasets.steps_per_epoch(len(dataset.x_train), config.batch_size),
+                            rigl_groups(config, model, params, dataset.x_train[:1]))
     built["config"], built["dataset"], built["model"] = config, dataset, model
     return {"params": params, "opt_state": tx.init(params)}
 
@@ -763,7 +764,8 @@ class _Job:
       self.unigram = datasets.unigram_perplexity(self.dataset)
     self.steps_per_epoch = datasets.steps_per_epoch(len(self.dataset.x_train), config.batch_size)
     self.batches_per_epoch = len(self.dataset.x_train) // config.batch_size
-    self.tx = training_optimizer(config, self.regularizer, self.steps_per_epoch)
+    self.rigl_groups = rigl_groups(config, self.model, self.params, self.dataset.x_train[:1])
+    self.tx = training_optimizer(config, self.regularizer, self.steps_per_epoch, self.rigl_groups)
     self.mesh = build_mesh(config.mesh, config.batch_size)
     self.opt_state = self.tx.init(self.params)
     self._place()
@@ -968,7 +970,7 @@ class _Job:
           "val_loss": batched(summed_loss, params, dataset.x_test, dataset.y_test),
           "val_accuracy": batched(correct, params, dataset.x_test, dataset.y_test),
           "skipped_steps": self.epoch_skipped,
-          **structure_metrics(params, self.regularizer),
+          **structure_metrics(params, self.regularizer, self.rigl_groups),
       }
       if self.regularizer is not None and not isinstance(self.regularizer, discrete.DiscreteSet):
         # (an indicator's value is +inf off the set: on_set_fraction reports feasibility instead)

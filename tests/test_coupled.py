@@ -246,3 +246,71 @@ def test_training_a_transformer_block_removes_whole_heads_and_units(method):
   assert not any(head_touched)             # no partial head: a head is zero everywhere or nowhere
   assert unit_zero == unit_any_zero        # a unit's slices are zero together
   assert float(metrics.weighted_group_sparsity(z, reg)) > 0
+
+
+# --------------------------------------------------------------------------- structured RigL
+def _numpy_event(weights, grads, kept, fraction, family):
+  """One structured drop/grow event of a family, from RigL's definition, in NumPy."""
+  w_norm = np.sum(numpy_groups(weights, family) ** 2, axis=1)
+  g_norm = np.sum(numpy_groups(grads, family) ** 2, axis=1)
+  active = int(kept.sum())
+  swap = int(np.round(np.float32(fraction) * active))
+  order = sorted(np.flatnonzero(kept), key=lambda j: (-w_norm[j], j))
+  keep = set(order[:active - swap])
+  grow_order = sorted([j for j in range(family.size) if j not in keep], key=lambda j: (-g_norm[j], j))
+  grown = set(grow_order[:swap])
+  return np.array([j in keep or j in grown for j in range(family.size)]), grown
+
+
+def test_structured_rigl_keeps_and_drops_whole_groups():
+  arrays = random_tree(3)
+  params = as_jax(arrays)
+  tx = rmda_jax.rigl(optax.sgd(0.0), sparsity=0.5, end_step=10, update_every=1, distribution="uniform",
+                     drop_fraction=0.5, groups=GROUPS)
+  state = tx.init(params)
+  masks = {k: np.asarray(v) for k, v in state.masks.items()}
+  for family in FAMILIES:
+    rows = numpy_groups({k: m.astype(float) for k, m in masks.items()}, family)
+    assert np.all((rows == 0) | (rows == 1)) and np.all(rows.min(1) == rows.max(1))  # whole groups
+    assert int(rows[:, 0].sum()) == round(0.5 * family.size)
+  # an event at step 1 (lr 0: the weights are the masked initial ones)
+  grads = random_tree(4)
+  _, state0 = tx.update(as_jax(grads), state, params)       # step 0: no event, masks the params
+  masked = {k: np.where(masks[k], arrays[k], 0).astype(np.float32) for k in arrays}
+  _, state1 = tx.update(as_jax(grads), state0, params)
+  fraction = 0.5 / 2 * (1 + np.cos(np.pi * np.float32(1) / 10))
+  for family in FAMILIES:
+    kept = numpy_groups({k: m.astype(float) for k, m in masks.items()}, family)[:, 0] > 0
+    expected, _ = _numpy_event(masked, grads, kept, fraction, family)
+    got = numpy_groups({k: np.asarray(m).astype(float) for k, m in state1.masks.items()}, family)
+    np.testing.assert_array_equal(got[:, 0] > 0, expected)
+    assert np.all(got.min(1) == got.max(1))
+
+
+def test_structured_rigl_trains_a_transformer_block_to_compactable_heads_and_units():
+  model = Block()
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 6, 16))
+  target = jax.random.normal(jax.random.PRNGKey(2), (8, 6, 16))
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  groups = rmda_jax.discover_linen(model, params, x)
+  tx = rmda_jax.rigl(optax.adam(1e-2), sparsity=0.5, end_step=40, update_every=5, groups=groups,
+                     distribution="uniform")
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s):
+    grads = jax.grad(lambda p: jnp.mean((model.apply({"params": p}, x) - target) ** 2))(p)
+    updates, s = tx.update(grads, s, p)
+    return optax.apply_updates(p, updates), s
+
+  for _ in range(60):
+    params, state = step(params, state)
+  p = jax.tree_util.tree_map(np.asarray, params)
+  head_zero = [all(np.all(s == 0) for s in _head_slices(p, h)) for h in range(4)]
+  unit_zero = [all(np.all(s == 0) for s in _unit_slices(p, j)) for j in range(32)]
+  assert sum(head_zero) == 2 and sum(unit_zero) == 16, (head_zero, unit_zero)
+  assert not any(any(np.any(s == 0) and not np.all(s == 0) for s in _head_slices(p, h))
+                 for h in range(4) if not head_zero[h])
+  small = rmda_jax.reduction.compact_function(lambda q, x: model.apply({"params": q}, x), params, groups, x)
+  assert sorted(len(k) for k in small.kept.values()) == [2, 16]
+  np.testing.assert_allclose(small.fn(small.params, x), model.apply({"params": params}, x), atol=1e-5)

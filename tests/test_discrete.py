@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rmda_jax
-from rmda_jax import discrete
+from rmda_jax import discrete, metrics
 
 value_sets = st.lists(st.floats(-3, 3, allow_nan=False, width=32), min_size=1, max_size=4,
                       unique=True).filter(lambda v: min(np.diff(sorted(v)), default=1) > 1e-2)
@@ -74,8 +74,8 @@ def test_values_value_and_metric():
   np.testing.assert_array_equal(np.asarray(z["Dense_0"]["kernel"]), 0.25)  # 1/sqrt(16)
   np.testing.assert_array_equal(np.asarray(z["Dense_0"]["bias"]), 1.0)   # unregularized
   assert float(reg.value(z)) == 0.0 and np.isinf(float(reg.value(params)))
-  assert float(discrete.on_set_fraction(z, reg)) == 1.0
-  assert float(discrete.on_set_fraction(params, reg)) == 0.0
+  assert float(metrics.on_set_fraction(z, reg)) == 1.0
+  assert float(metrics.on_set_fraction(params, reg)) == 0.0
   pen = rmda_jax.discrete_penalty(2.0, (-1.0, 1.0))
   np.testing.assert_allclose(float(pen.value({"w": jnp.array([[0.5, -2.0, 1.0]])})), 2.0 * (0.5 + 1.0))
 

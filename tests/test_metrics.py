@@ -58,4 +58,4 @@ def test_metrics_are_jittable_and_nan_free_on_empty_sets():
   assert float(metrics.unstructured_sparsity(only_bias)) == 1.0
   reg = rmda_jax.group_lasso(1e-3)
   out = jax.jit(lambda p: metrics.summary(p, reg))(jax.tree_util.tree_map(jnp.asarray, _params()))
-  assert set(out) == {"unstructured_sparsity", "group_sparsity", "weighted_group_sparsity"}
+  assert set(out) == {"unstructured_sparsity", "group_sparsity", "weighted_group_sparsity", "weight_sparsity"}

@@ -186,3 +186,29 @@ def test_discovered_groups_train_under_nnx_optimizer():
   assert float(metrics.group_sparsity(state, reg)) > 0
   assert float(metrics.group_sparsity(state, reg)) == pytest.approx(
       float(metrics.group_sparsity(nnx.to_pure_dict(state), reg)))
+
+
+def test_structured_rigl_under_nnx_optimizer_drops_whole_heads_and_units():
+  model = _model()
+  found = rmda_jax.discover_nnx(model, TOKENS)
+  tx = rmda_jax.rigl(optax.sgd(0.1), sparsity=0.5, end_step=8, update_every=2, groups=found,
+                     distribution="uniform")
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    optimizer.update(model, nnx.grad(_loss)(model, TOKENS))
+
+  for _ in range(10):
+    step(model, optimizer)
+  p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  attn = p["attn"]
+  heads = [[np.asarray(attn[n]["kernel"])[:, h] for n in ("query", "key", "value")]
+           + [np.asarray(attn[n]["bias"])[h] for n in ("query", "key", "value")]
+           + [np.asarray(attn["out"]["kernel"])[h]] for h in range(2)]
+  units = [[np.asarray(p["l1"]["kernel"])[:, j], np.asarray(p["l1"]["bias"])[j:j + 1],
+            np.asarray(p["l2"]["kernel"])[j]] for j in range(16)]
+  for slices, expected in ((heads, 1), (units, 8)):
+    zero = [all(not s.any() for s in group) for group in slices]
+    assert sum(zero) == expected
+    assert all(all(s.all() for s in group) for group, z in zip(slices, zero) if not z)  # kept = dense

@@ -79,6 +79,22 @@ def test_models_and_regularizers(model, dataset, regularizer, tmp_path):
     assert 0 <= log["epochs"][0]["on_set_fraction"] <= 1 and "objective" not in log["epochs"][0]
 
 
+def test_structured_rigl_drops_whole_hidden_units(tmp_path):
+  out = str(tmp_path / "rigl")
+  args = ["train", "--optimizer", "rigl", "--groups", "discovered", "--sparsity", "0.5", "--out", out, *TINY]
+  assert cli.main(args) == 0
+  log = _check_outputs(out, 1)
+  params = jax.tree_util.tree_map(np.asarray, train.load_run(out)[3])
+  # hidden unit j of the first layer: its kernel column, its bias, the next kernel's row
+  zero = [not (params["Dense_0"]["kernel"][:, j].any() or params["Dense_0"]["bias"][j]
+               or params["Dense_1"]["kernel"][j].any()) for j in range(16)]
+  touched = [not params["Dense_0"]["kernel"][:, j].any() for j in range(16)]
+  assert 0 < sum(zero) < 16 and zero == touched
+  assert sorted(params) == ["Dense_0", "Dense_1"]   # --hidden 16: one hidden layer
+  # reported over the coupled groups: the fraction of hidden units dropped
+  assert abs(log["epochs"][0]["group_sparsity"] - sum(zero) / 16) < 1e-6
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--optimizer", "adam"], "invalid choice"),
     (["--strength", "-1"], "--strength must be >= 0"),
