@@ -56,7 +56,8 @@ from rmda_jax import reduction
 from rmda_jax.models import num_params  # re-exported: compaction reports sizes
 from rmda_jax import regularizers as regs
 
-__all__ = ["Compacted", "SUPPORTED", "compact", "compact_nnx", "factorize", "flops", "latencies", "num_params"]
+__all__ = ["Compacted", "SUPPORTED", "compact", "compact_linen", "compact_nnx", "factorize", "flops", "latencies",
+           "num_params"]
 
 SUPPORTED = (models.MLP, models.LeNet5, models.VGG, models.LogisticRegression, models.TransformerBlock,
              models.TransformerLM)
@@ -71,15 +72,18 @@ class Compacted:
     params: its params.
     kept: per layer name, the indices of the original output units kept.
     ranks: per layer name, the rank of a factorized kernel.
+    collections: the model's other variable collections (BatchNorm's
+      ``batch_stats``), cut like the params.
   """
 
   model: Any
   params: Any
   kept: dict
   ranks: dict
+  collections: dict = dataclasses.field(default_factory=dict)  # the other variables (batch_stats, ...)
 
-  def apply(self, x):
-    return self.model.apply({"params": self.params}, x)
+  def apply(self, *args, **kwargs):
+    return self.model.apply({"params": self.params, **self.collections}, *args, **kwargs)
 
 
 def flops(model, params, x) -> float:
@@ -184,6 +188,80 @@ def _rebuild(model, params):
   return model
 
 
+def compact_linen(model, variables, *example_args, groups=None, keep_at_least: int = 1, method=None,
+                  **kwargs) -> Compacted:
+  """A smaller linen module of the same class computing the same function.
+
+  Every removable unit (see the module doc) is cut from every variable it
+  spans, params and other collections (BatchNorm's ``batch_stats``) alike,
+  until nothing changes, and the module is rebuilt with the new widths by
+  :func:`rmda_jax.rebuild.rebuild_linen`: its integer fields that set the
+  widths of its layers (``hidden: int``, ``features: tuple``, ``heads`` with
+  ``qkv_features``) get the new values, checked against the cut variables'
+  shapes. Works for modules built from the standard Flax layers whose widths
+  come from the module's fields; a width written as a constant inside the
+  module's code is an error naming the layer's attribute (use
+  :func:`rmda_jax.reduction.compact_function` for those).
+
+  Args:
+    model: the linen module.
+    variables: its variables (``{"params": ..., "batch_stats": ...}``), or
+      the params alone.
+    *example_args: an example input (any batch size).
+    groups: the coupled groups; None discovers them (again after each round
+      of removals).
+    keep_at_least: units kept per family (>= 0).
+    method, **kwargs: as for ``model.apply``: use the module's inference
+      mode, e.g. ``train=False`` for BatchNorm's running statistics.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> class Block(nn.Module):
+    ...   hidden: int = 16
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     h = nn.gelu(nn.Dense(self.hidden)(nn.LayerNorm()(x)))
+    ...     return x + nn.Dense(4)(h)
+    >>> x = jax.random.normal(jax.random.PRNGKey(0), (2, 4))
+    >>> params = Block().init(jax.random.PRNGKey(1), x)["params"]
+    >>> params["Dense_1"]["kernel"] = params["Dense_1"]["kernel"].at[5:].set(0)   # units 5.. unused
+    >>> small = compact_linen(Block(), params, x)
+    >>> small.model.hidden, bool(jnp.allclose(small.apply(x), Block().apply({"params": params}, x), atol=1e-6))
+    (5, True)
+  """
+  from rmda_jax import rebuild
+
+  variables = dict(variables)
+  params = variables.pop("params") if "params" in variables else variables
+  collections = {} if params is variables else variables
+  if not example_args:
+    raise TypeError("compact_linen needs an example input (any batch size): compact_linen(model, variables, x).")
+  kept = {}
+  current = model
+  while True:
+    if collections:
+      apply = lambda p, c, *a, m=current: m.apply({"params": p, **c}, *a, method=method, **kwargs)
+    else:
+      apply = lambda p, *a, m=current: m.apply({"params": p}, *a, method=method, **kwargs)
+    found = groups if groups is not None else discovery.discover_linen(
+        current, params, *example_args, variables=collections, method=method, **kwargs)
+    small = reduction.compact_function(apply, params, found, *example_args,
+                                       extras=collections or None, keep_at_least=keep_at_least)
+    for name, keep in small.kept.items():
+      kept[name] = kept[name][keep] if name in kept else keep
+    changed = any(len(k) < f.size for f, k in zip(found.families, small.kept.values()))
+    params = jax.tree_util.tree_map(jnp.asarray, small.params)
+    if collections:
+      collections = jax.tree_util.tree_map(jnp.asarray, small.extras)
+    target = {"params": params, **collections}
+    if changed:
+      resized = {(f.size, len(k)) for f, k in zip(found.families, small.kept.values())}
+      current = rebuild.rebuild_linen(current, target, *example_args, resized=resized, method=method, **kwargs)
+    if not changed or groups is not None:  # given groups fit the original shapes only: one round
+      break
+  return Compacted(current, params, kept, {}, dict(collections))
+
+
 def compact(model, params, low_rank: bool = False) -> Compacted:
   """The smaller model computing the same function; see the module doc.
 
@@ -202,10 +280,10 @@ def compact(model, params, low_rank: bool = False) -> Compacted:
   """
   if not isinstance(model, SUPPORTED):
     raise TypeError(
-        f"compact rebuilds {', '.join(c.__name__ for c in SUPPORTED)}; {type(model).__name__}'s widths are "
-        "set inside its code, so it cannot be rebuilt smaller. For any model, "
-        "rmda_jax.reduction.compact_function(apply_fn, params, groups, x) gives a smaller function with the "
-        "same outputs; for an NNX module, compaction.compact_nnx(model, groups, x).")
+        f"compact rebuilds the library's models ({', '.join(c.__name__ for c in SUPPORTED)}) from their params "
+        f"alone; for {type(model).__name__}, give an example input: compaction.compact_linen(model, variables, x) "
+        "(linen), compaction.compact_nnx(model, groups, x) (NNX), or "
+        "rmda_jax.reduction.compact_function(apply_fn, params, groups, x) for any function.")
   if getattr(model, "ranks", None) is not None and any(r is not None for r in model.ranks):
     raise ValueError("the model is already factorized (ranks is set); compact the full model.")
   names = _layer_names(model)

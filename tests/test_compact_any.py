@@ -182,8 +182,118 @@ def test_library_transformer_block_is_rebuilt_smaller(tmp_path):
 
 
 def test_a_user_linen_module_points_to_the_generic_path():
-  with pytest.raises(TypeError, match=r"UserMLP.*compact_function"):
+  with pytest.raises(TypeError, match=r"UserMLP.*compact_linen.*compact_function"):
     compaction.compact(UserMLP(), {})
+
+
+# --------------------------------------------------------------------------- linen modules rebuilt smaller
+class FieldMLP(nn.Module):
+  hidden: tuple = (10, 8, 6)
+
+  @nn.compact
+  def __call__(self, x):
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+    return nn.Dense(3)(x)
+
+
+class FieldConvBN(nn.Module):
+  channels: int = 8
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = nn.Conv(self.channels, (3, 3))(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    return nn.Dense(3)(jnp.mean(nn.Conv(5, (3, 3))(x), axis=(1, 2)))
+
+
+class FieldResidual(nn.Module):
+  inner: int = 6
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    h = nn.Conv(self.inner, (3, 3), use_bias=False)(x)
+    h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+    h = nn.BatchNorm(use_running_average=not train)(nn.Conv(x.shape[-1], (3, 3), use_bias=False)(h))
+    return nn.relu(x + h)
+
+
+class FieldPreLN(nn.Module):
+  heads: int = 4
+  qkv: int = 16
+  mlp: int = 32
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.LayerNorm()(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.qkv, name="attn")(h, h)
+    h = nn.gelu(nn.Dense(self.mlp, name="fc1")(nn.LayerNorm()(x)))
+    return x + nn.Dense(x.shape[-1], name="fc2")(h)
+
+
+def _rebuilt(model, shape, mutate, **kwargs):
+  """compact_linen on a mutated init; the outputs checked on another batch size."""
+  x = jax.random.normal(X_KEY, shape)
+  variables = dict(model.init(jax.random.PRNGKey(0), x, **kwargs))
+  variables["params"] = mutate(dict(variables["params"]))
+  if "batch_stats" in variables:   # statistics that are not the trivial 0 / 1
+    variables["batch_stats"] = jax.tree_util.tree_map(lambda v: v + jax.random.uniform(CHECK_KEY, v.shape),
+                                                      variables["batch_stats"])
+  small = compaction.compact_linen(model, variables, x, **kwargs)
+  other = jax.random.normal(CHECK_KEY, (shape[0] + 2,) + tuple(shape[1:]))
+  assert_close(small.apply(other, **kwargs), model.apply(variables, other, **kwargs))
+  fresh = jax.eval_shape(lambda: small.model.init(jax.random.PRNGKey(0), x, **kwargs))   # the module itself fits
+  assert jax.tree_util.tree_map(np.shape, fresh) == jax.tree_util.tree_map(
+      np.shape, {"params": small.params, **small.collections})
+  return small
+
+
+def test_linen_mlp_with_a_tuple_field_keeps_one_all_and_every_other_unit():
+  def mutate(p):
+    p = set_rows(p, ("Dense_1", "kernel"), slice(1, None))      # layer 0 keeps one unit
+    return set_rows(p, ("Dense_3", "kernel"), slice(0, None, 2))  # layer 2 loses every other; layer 1 keeps all
+  small = _rebuilt(FieldMLP(), (4, 5), mutate)
+  assert small.model.hidden == (1, 8, 3)
+  np.testing.assert_array_equal(small.kept["Dense_2"], [1, 3, 5])
+
+
+def test_linen_conv_batchnorm_module_is_rebuilt_with_its_statistics():
+  def mutate(p):
+    return set_rows(p, ("Conv_1", "kernel"), (slice(None), slice(None), np.array([0, 2, 3, 7])))
+  small = _rebuilt(FieldConvBN(), (2, 6, 6, 3), mutate, train=False)
+  assert small.model.channels == 4
+  assert small.collections["batch_stats"]["BatchNorm_0"]["mean"].shape == (4,)
+
+
+def test_linen_residual_module_keeps_the_stream_and_cuts_the_inner_channels():
+  def mutate(p):
+    return set_rows(p, ("Conv_1", "kernel"), (slice(None), slice(None), np.array([1, 4])))
+  small = _rebuilt(FieldResidual(), (2, 5, 5, 4), mutate, train=False)
+  assert small.model.inner == 4 and small.params["Conv_1"]["kernel"].shape == (3, 3, 4, 4)
+
+
+def test_linen_attention_module_loses_heads_with_its_qkv_width_and_hidden_units():
+  def mutate(p):
+    p = set_rows(p, ("attn", "out", "kernel"), np.array([0, 2, 3]))   # one head of four left
+    return set_rows(p, ("fc2", "kernel"), slice(0, 32, 4))
+  small = _rebuilt(FieldPreLN(), (3, 5, 16), mutate)
+  assert (small.model.heads, small.model.qkv, small.model.mlp) == (1, 4, 24)
+
+
+def test_fused_qkv_module_is_rebuilt_with_fewer_heads():
+  def mutate(p):
+    kernel = np.array(p["proj"]["kernel"]).reshape(4, 4, 16)
+    kernel[[0, 3]] = 0
+    return dict(p, proj=dict(p["proj"], kernel=jnp.asarray(kernel.reshape(16, 16))))
+  small = _rebuilt(FusedQKV(), (2, 5, 16), mutate)
+  assert (small.model.heads, small.model.head_dim) == (2, 4)
+
+
+def test_a_width_written_in_the_code_is_an_error_naming_the_attribute():
+  x = jax.random.normal(X_KEY, (4, 5))
+  params = set_rows(UserMLP().init(jax.random.PRNGKey(0), x)["params"], ("b", "kernel"), slice(2, None))
+  with pytest.raises(ValueError, match=r"a\.features \(10\) is set inside UserMLP's code"):
+    compaction.compact_linen(UserMLP(), params, x)
 
 
 # --------------------------------------------------------------------------- NNX
