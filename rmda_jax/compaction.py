@@ -417,14 +417,19 @@ def save(path: str, compacted: Compacted) -> None:
             if f.name not in ("parent", "name") and not f.name.startswith("_")}
   os.makedirs(path, exist_ok=True)
   checkpoint.save(os.path.join(os.path.abspath(path), "params"), compacted.params)
+  if compacted.collections:
+    checkpoint.save(os.path.join(os.path.abspath(path), "collections"), compacted.collections)
   with open(os.path.join(path, "model.json"), "w") as f:
     json.dump({"class": type(model).__name__, "fields": fields,
                "kept": {k: np.asarray(v).tolist() for k, v in compacted.kept.items()},
                "ranks": compacted.ranks}, f, indent=2)
 
 
-def load(path: str) -> Compacted:
-  """The compact model written by :func:`save` (or ``rmda-jax compact --out``)."""
+def load(path: str, classes: tuple = ()) -> Compacted:
+  """The compact model written by :func:`save` (or ``rmda-jax compact --out``).
+
+  ``classes``: the user's module classes it may be (a :func:`compact_linen`
+  result), besides the library's models."""
   import json
   import os
 
@@ -435,13 +440,16 @@ def load(path: str) -> Compacted:
     raise ValueError(f"{path} holds no compact model (no model.json; write one with rmda-jax compact RUN --out DIR).")
   with open(config) as f:
     spec = json.load(f)
-  cls = {c.__name__: c for c in SUPPORTED}.get(spec.get("class"))
+  known = {c.__name__: c for c in (*SUPPORTED, *classes)}
+  cls = known.get(spec.get("class"))
   if cls is None:
-    raise ValueError(f"{config}: unknown model class {spec.get('class')!r} (known: "
-                     f"{', '.join(c.__name__ for c in SUPPORTED)}).")
+    raise ValueError(f"{config}: unknown model class {spec.get('class')!r} (known: {', '.join(known)}; "
+                     "pass a module class of your own with classes=(MyModule,)).")
   model = cls(**{k: _to_tuple(v) for k, v in spec["fields"].items()})
   ocp = checkpoint._orbax()
   with ocp.StandardCheckpointer() as reader:  # the saved shapes are the compact ones: no template
     params = reader.restore(os.path.join(os.path.abspath(path), "params"))
+    collections_dir = os.path.join(os.path.abspath(path), "collections")
+    collections = reader.restore(collections_dir) if os.path.isdir(collections_dir) else {}
   kept = {k: np.asarray(v) for k, v in spec.get("kept", {}).items()}
-  return Compacted(model, params, kept, spec.get("ranks", {}))
+  return Compacted(model, params, kept, spec.get("ranks", {}), collections)

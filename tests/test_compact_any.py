@@ -257,12 +257,19 @@ def test_linen_mlp_with_a_tuple_field_keeps_one_all_and_every_other_unit():
   np.testing.assert_array_equal(small.kept["Dense_2"], [1, 3, 5])
 
 
-def test_linen_conv_batchnorm_module_is_rebuilt_with_its_statistics():
+def test_linen_conv_batchnorm_module_is_rebuilt_with_its_statistics(tmp_path):
   def mutate(p):
     return set_rows(p, ("Conv_1", "kernel"), (slice(None), slice(None), np.array([0, 2, 3, 7])))
   small = _rebuilt(FieldConvBN(), (2, 6, 6, 3), mutate, train=False)
   assert small.model.channels == 4
   assert small.collections["batch_stats"]["BatchNorm_0"]["mean"].shape == (4,)
+  compaction.save(str(tmp_path / "small"), small)   # loads without the original, statistics included
+  loaded = compaction.load(str(tmp_path / "small"), classes=(FieldConvBN,))
+  x = jax.random.normal(CHECK_KEY, (3, 6, 6, 3))
+  assert loaded.model == small.model
+  assert_close(loaded.apply(x, train=False), small.apply(x, train=False))
+  with pytest.raises(ValueError, match="classes="):
+    compaction.load(str(tmp_path / "small"))
 
 
 def test_linen_residual_module_keeps_the_stream_and_cuts_the_inner_channels():
