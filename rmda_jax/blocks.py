@@ -74,6 +74,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
@@ -477,6 +479,7 @@ def proximal_step(
     regularizer: Optional[regs.Regularizer] = None,
     solver: Union[None, str, solvers.Solver] = "auto",
     keep_point: bool = True,
+    strength: Optional[_common.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Solve a :class:`Subproblem`: the prox step, exact where it can be.
 
@@ -501,6 +504,10 @@ def proximal_step(
     keep_point: keep the solution, in the params' dtypes, as
       ``state.structured`` (the exactly structured point that
       :func:`rmda_jax.structured_params` returns; also the default warm start).
+    strength: ``lambda >= 0`` in place of ``regularizer.strength``: a number,
+      a scalar array or a schedule of ``Subproblem.count`` (a penalty
+      warm-up; injectable with ``optax.inject_hyperparams``); None keeps the
+      regularizer's.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` mapping a :class:`Subproblem`
@@ -518,8 +525,14 @@ def proximal_step(
     [[1.0, 0.0]]
   """
   regs.check_regularizer(regularizer)
+  check_strength(strength, regularizer)
   if solver is not None:
     solver = solvers.make_solver(solver, regularizer)
+
+  def regularizer_at(count):
+    if strength is None:
+      return regularizer
+    return dataclasses.replace(regularizer, strength=_common.evaluate(strength, count))
 
   def init_fn(params):
     if regularizer is not None:
@@ -532,8 +545,9 @@ def proximal_step(
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     problem = updates
+    reg = regularizer_at(problem.count)
     if problem.metric is None:
-      z = problem.b if regularizer is None else regularizer.prox(problem.b, problem.scale)
+      z = problem.b if reg is None else reg.prox(problem.b, problem.scale)
       info = state.solver_info if solver is None else solvers.empty_info()
     else:
       if solver is None:
@@ -541,7 +555,7 @@ def proximal_step(
       init = problem.init
       if init is None and keep_point:
         init = _common.to_float32(state.structured)
-      z, info = solvers.solve(regularizer, problem.b, problem.metric, problem.scale, init=init,
+      z, info = solvers.solve(reg, problem.b, problem.metric, problem.scale, init=init,
                               solver=solver, count=problem.count, anchor=problem.anchor)
     structured = state.structured
     if keep_point:
@@ -550,6 +564,15 @@ def proximal_step(
     return z, ProximalStepState(structured, info)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def check_strength(strength, regularizer) -> None:
+  """A strength override needs a regularizer and is ``>= 0`` (where concrete)."""
+  if strength is None:
+    return
+  if regularizer is None:
+    raise ValueError("strength is given but there is no regularizer to scale: pass regularizer=... too.")
+  _common.check_scalar(strength, "strength", low=0.0, schedule=True)
 
 
 def _average(params, z, c):

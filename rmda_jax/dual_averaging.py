@@ -118,6 +118,7 @@ def rmda(
     regularizer: Optional[regs.Regularizer] = None,
     stages: Optional[Stagewise] = None,
     skip_nonfinite: Union[bool, int] = False,
+    strength: Optional[_common.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized Modernized Dual Averaging (RMDA).
 
@@ -151,6 +152,10 @@ def rmda(
       skipped steps; :func:`structured_params` finds the state inside it).
       ``True`` skips every such step; an integer ``n >= 1`` gives up after
       ``n`` consecutive ones and applies the step (``max_consecutive_errors``).
+    strength: ``lambda >= 0`` in place of ``regularizer.strength``: a number,
+      a scalar array or a schedule of the step count (e.g. a penalty
+      warm-up), injectable with ``optax.inject_hyperparams``; None keeps the
+      regularizer's.
 
   Raises:
     TypeError / ValueError: an argument of the wrong type or out of range
@@ -184,7 +189,7 @@ def rmda(
       DualAveragingState,
       blocks.accumulate_dual_averaging(learning_rate, stages),
       blocks.sqrt_k_metric(),
-      blocks.proximal_step(regularizer, solver=None),
+      blocks.proximal_step(regularizer, solver=None, strength=strength),
       blocks.momentum_average(momentum, stages),
       check=_checker("rmda"),
   )
@@ -199,6 +204,7 @@ def ramda(
     solver: Union[str, solvers.Solver] = "auto",
     stages: Optional[Stagewise] = None,
     skip_nonfinite: Union[bool, int] = False,
+    strength: Optional[_common.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized Adaptive Momentum Dual Averaging (RAMDA).
 
@@ -231,6 +237,7 @@ def ramda(
       :class:`~rmda_jax.solvers.Exact` / :class:`~rmda_jax.solvers.ProximalGradient`.
     stages: optional :class:`~rmda_jax.schedules.Stagewise`.
     skip_nonfinite: as for :func:`rmda` (``optax.apply_if_finite``).
+    strength: as for :func:`rmda` (``lambda`` in place of the regularizer's).
 
   Raises:
     TypeError / ValueError: as for :func:`rmda`.
@@ -260,7 +267,7 @@ def ramda(
       DualAveragingState,
       blocks.accumulate_dual_averaging(learning_rate, stages, sq_grads=True),
       blocks.cube_root_metric(eps, stages),
-      blocks.proximal_step(regularizer, solver),
+      blocks.proximal_step(regularizer, solver, strength=strength),
       blocks.momentum_average(momentum, stages),
       check=_checker("ramda"),
   )

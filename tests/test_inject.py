@@ -89,3 +89,38 @@ def test_the_package_is_typed_and_licensed():
 
   assert importlib.resources.files("rmda_jax").joinpath("py.typed").is_file()
   assert os.path.isfile(os.path.join(os.path.dirname(__file__), "..", "LICENSE"))
+
+
+STRENGTH = ["rmda", "ramda"]
+
+
+@pytest.mark.parametrize("name", STRENGTH)
+def test_the_strength_is_a_hyperparameter_injected_and_scheduled(name):
+  factory = getattr(rmda_jax, name)
+  injected = optax.inject_hyperparams(factory)(regularizer=rmda_jax.group_lasso(123.0), strength=0.3,
+                                               **CASES[name])
+  got, state = _run(injected)
+  want, _ = _run(factory(regularizer=rmda_jax.group_lasso(0.3), **CASES[name]))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
+                         got, want)
+  assert "strength" in state.hyperparams
+  # a schedule: lambda_t = 0.3 at every step equals the constant
+  scheduled, _ = _run(factory(regularizer=rmda_jax.group_lasso(123.0), strength=lambda t: 0.3 + 0 * t,
+                              **CASES[name]))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6),
+                         scheduled, want)
+  # raised in the state, it zeroes every group (lambda far above the gradients' scale)
+  state = injected.init(PARAMS)
+  state.hyperparams["strength"] = jnp.asarray(1e6)
+  updates, state = injected.update(GRADS[0], state, PARAMS)
+  z = rmda_jax.structured_params(state)
+  assert float(jnp.abs(z["w"]).max()) == 0.0
+
+
+@pytest.mark.parametrize("name", STRENGTH)
+def test_a_strength_without_regularizer_or_negative_is_an_error(name):
+  factory = getattr(rmda_jax, name)
+  with pytest.raises(ValueError, match="no regularizer"):
+    factory(learning_rate=0.1, strength=1e-3)
+  with pytest.raises(ValueError, match="strength must be"):
+    factory(learning_rate=0.1, regularizer=rmda_jax.l1(1.0), strength=-1.0)
