@@ -158,8 +158,14 @@ def discrete_set(values, rules=None, scale: Optional[str] = None) -> DiscreteSet
     scale: None (values as given) or ``"fan_in"`` (values / sqrt(fan_in) per leaf).
 
   Example:
-    >>> import rmda_jax
-    >>> reg = rmda_jax.discrete_set((-1, 0, 1), scale="fan_in")   # ternary weights
+    >>> import jax.numpy as jnp, optax, rmda_jax
+    >>> reg = rmda_jax.discrete_set((-1, 0, 1))                   # ternary weights
+    >>> tx = rmda_jax.rmda(0.1, momentum=1.0, regularizer=reg)
+    >>> params = {"kernel": jnp.array([[0.9, -0.2], [0.4, -1.3]])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"kernel": jnp.zeros((2, 2))}, state, params)
+    >>> optax.apply_updates(params, updates)["kernel"].tolist()   # each weight on its nearest value
+    [[1.0, 0.0], [0.0, -1.0]]
   """
   return DiscreteSet(strength=1.0, rules=rules, values=values, scale=scale)
 

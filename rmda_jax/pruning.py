@@ -202,8 +202,15 @@ def rigl(
       the params'.
 
   Example:
-    >>> import optax, rmda_jax
-    >>> tx = rmda_jax.rigl(optax.adamw(1e-3), sparsity=0.95, end_step=7500, update_every=100)
+    >>> import jax, jax.numpy as jnp, optax, rmda_jax
+    >>> params = {"Dense_0": {"kernel": jnp.ones((20, 10))}}
+    >>> tx = rmda_jax.rigl(optax.adamw(1e-3), sparsity=0.9, end_step=7500, update_every=100)
+    >>> state = tx.init(params)
+    >>> grads = {"Dense_0": {"kernel": jnp.ones((20, 10))}}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> int(jnp.count_nonzero(params["Dense_0"]["kernel"]))   # 10% of the weights, from the first step
+    20
   """
   _common.check_in_range(sparsity, "sparsity", 0, 1, concrete=True)
   _common.check_in_range(drop_fraction, "drop_fraction", 0, 1, high_open=False, concrete=True)
