@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: interleaved timing, tables, JSON results."""
+"""Shared benchmark plumbing: tables, JSON results (timing: :mod:`rmda_jax.timing`)."""
 
 from __future__ import annotations
 
@@ -6,31 +6,12 @@ import datetime
 import json
 import os
 import platform
-import statistics
-import time
 
 import jax
 
+from rmda_jax.timing import block, interleaved_medians  # noqa: F401  (the one timing helper)
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-
-
-def block(tree):
-  return jax.tree_util.tree_map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
-
-
-def interleaved_medians(runners: dict, rounds: int, steps_per_round: int) -> dict:
-  """Median seconds per step of each runner, measured in alternation.
-
-  ``runners[name]()`` runs ``steps_per_round`` steps and blocks. Interleaving
-  spreads machine noise evenly over the contestants, so ratios are fair.
-  """
-  samples = {name: [] for name in runners}
-  for _ in range(rounds):
-    for name, run in runners.items():
-      start = time.perf_counter()
-      run()
-      samples[name].append((time.perf_counter() - start) / steps_per_round)
-  return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def machine() -> dict:

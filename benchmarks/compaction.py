@@ -1,7 +1,7 @@
 """Compact vs original model: parameters, FLOPs and inference latency, side by side.
 
 Trains LeNet5 on the offline MNIST subset and a VGG-style CNN on digits with
-RMDA + group-LASSO (``rmda_jax.train``, the code of ``rmda-jax train``),
+RMDA + group-LASSO (``rmda_jax.app.train``, the code of ``rmda-jax train``),
 compacts the structured point ``z`` (``rmda_jax.compaction.compact``), checks
 that both models give the same predictions, and times one jitted forward pass
 of each, interleaved, at several batch sizes. Then a character-level
@@ -30,8 +30,8 @@ import optax
 import _harness
 import rmda_jax
 from rmda_jax import compaction
-from rmda_jax import data as datasets
-from rmda_jax import train
+from rmda_jax.app import data as datasets
+from rmda_jax.app import train
 from rmda_jax.dual_averaging import structured_params
 
 SETTINGS = {"lenet5": ("mnist_subset", 1e-3), "vgg": ("digits", 3e-3)}  # dataset, group-LASSO lambda

@@ -25,7 +25,7 @@ import argparse
 import numpy as np
 
 import _harness
-from rmda_jax import identification
+from rmda_jax.app import identification
 
 
 def main():

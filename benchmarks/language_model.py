@@ -26,7 +26,7 @@ import statistics
 import numpy as np
 
 import _harness
-from rmda_jax import train
+from rmda_jax.app import train
 
 METHODS = {  # optimizer, default strengths (log-spaced)
     "rmda": ("rmda", (1e-3, 3e-3, 1e-2)),
@@ -104,7 +104,7 @@ def main():
         "; ".join(f"{m} {p:.2f} ppl at {s:.1%} weighted group sparsity" for m, p, s in PAPER) +
         " (RAMDA's epoch time 1.12x RMDA's)")
   try:
-    from rmda_jax import plots
+    from rmda_jax.app import plots
 
     plt = plots._pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -36,8 +36,8 @@ import os
 import numpy as np
 
 import _harness
-from rmda_jax import data as datasets
-from rmda_jax import train
+from rmda_jax.app import data as datasets
+from rmda_jax.app import train
 
 
 def run(args, model, optimizer, seed, regularizer="none", strength=0.0, sparsity=0.9):

@@ -1,6 +1,6 @@
 """Accuracy and structure of every method at a scale a CPU can run (the papers' comparison).
 
-Trains with ``rmda_jax.train`` (the same code as ``rmda-jax train``): the MLP
+Trains with ``rmda_jax.app.train`` (the same code as ``rmda-jax train``): the MLP
 on digits (``--mnist-subset``: also on the offline MNIST subset; ``--lenet5``:
 LeNet5 there too; ``--full``: full MNIST / Fashion-MNIST when cached), several
 seeds, each
@@ -25,9 +25,9 @@ import os
 import numpy as np
 
 import _harness
-from rmda_jax import data as datasets
-from rmda_jax import plots
-from rmda_jax import train
+from rmda_jax.app import data as datasets
+from rmda_jax.app import plots
+from rmda_jax.app import train
 
 GROUP_METHODS = ("rmda", "ramda", "prox_sgd", "prox_adamw", "prox_ssi", "sgd")
 OTHER_METHODS = ("rmda", "ramda", "prox_sgd")

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 import _harness
-from rmda_jax import train
+from rmda_jax.app import train
 
 ARGS = ["--hidden", "16", "--batch-size", "32", "--milestones", "1", "--no-progress", "--no-plots", "--epochs", "4",
         "--checkpoint-every", "1"]
@@ -50,7 +50,7 @@ FAULTS = {
 def launch(args, env, fault, rng, pause):
   """Run the training module; send ``fault`` = (signals, moment). Returns (exit code, output lines, seconds)."""
   started = time.perf_counter()
-  proc = subprocess.Popen([sys.executable, "-m", "rmda_jax.train", *args], stdout=subprocess.PIPE,
+  proc = subprocess.Popen([sys.executable, "-m", "rmda_jax", "train", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, env=env)
   lines = queue.Queue()
 
@@ -118,7 +118,7 @@ def main():
   code, output, _ = launch([*ARGS, "--out", reference, "--overwrite"], env, None, rng, 0.0)
   if code != 0:
     raise SystemExit("\n".join(output))
-  env[train._SAVE_PAUSE_ENV] = str(args.save_pause)
+  env[train.SAVE_PAUSE_ENV] = str(args.save_pause)
 
   # (a SIGKILLed process can print nothing: its message column is "-")
   per_fault = {name: {"fault": name, "sent": 0, "exit as expected": 0,

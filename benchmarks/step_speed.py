@@ -31,7 +31,8 @@ import optax
 
 import _harness
 import rmda_jax
-from rmda_jax import models
+from rmda_jax.app import data as datasets
+from rmda_jax.app import models
 
 TREES = {
     "lenet5": (lambda: models.LeNet5(), (1, 28, 28, 1)),
@@ -122,10 +123,10 @@ def speed(tree_names, rounds, steps):
 def inner_iterations(steps, warmup):
   """Mean inner iterations per step after warm-up, training LeNet5 on real data."""
   try:
-    ds = rmda_jax.data.load("mnist_subset")
-  except rmda_jax.data.DataError:
-    ds = rmda_jax.data.load("digits")
-    ds = rmda_jax.data.Dataset(ds.name, np.asarray(jax.image.resize(ds.x_train, (len(ds.x_train), 28, 28, 1), "linear")),
+    ds = datasets.load("mnist_subset")
+  except datasets.DataError:
+    ds = datasets.load("digits")
+    ds = datasets.Dataset(ds.name, np.asarray(jax.image.resize(ds.x_train, (len(ds.x_train), 28, 28, 1), "linear")),
                                ds.y_train, ds.x_test, ds.y_test, 10)
   model = models.LeNet5()
   params0 = model.init(jax.random.PRNGKey(0), ds.x_train[:1])["params"]
@@ -156,7 +157,7 @@ def inner_iterations(steps, warmup):
     rng = np.random.default_rng(0)
     its, residuals = [], []
     while len(its) < steps:
-      for xb, yb in rmda_jax.data.batches(ds.x_train, ds.y_train, 128, rng):
+      for xb, yb in datasets.batches(ds.x_train, ds.y_train, 128, rng):
         p, s = step(p, s, xb, yb)
         its.append(int(s.solver_info.iterations))
         residuals.append(float(s.solver_info.residual))

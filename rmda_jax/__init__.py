@@ -5,7 +5,12 @@ Regularized dual averaging with momentum (RMDA) and its adaptive version
 of a regularized training problem after finitely many steps. This package
 provides them as Optax transformations, together with pytree-aware
 regularizers, the diagonally preconditioned subproblem solvers, the proximal
-baselines, stage-wise schedules and structure metrics.
+baselines, stage-wise schedules and structure metrics; coupled groups
+discovered from a model's computation, and compaction of the trained model.
+
+The application built on the library -- the ``rmda-jax`` command line, its
+configuration, model zoo, datasets, training loop, plots and checkpoints --
+is the subpackage :mod:`rmda_jax.app`, which the library never imports.
 
 Example:
   >>> import jax.numpy as jnp, optax, rmda_jax
@@ -17,20 +22,19 @@ Example:
 
 from rmda_jax import blocks
 from rmda_jax import compaction
-from rmda_jax import data
 from rmda_jax import discovery
 from rmda_jax import discrete
 from rmda_jax import groups
-from rmda_jax import identification
 from rmda_jax import metrics
 from rmda_jax import regularizers
 from rmda_jax import schedules
 from rmda_jax import sharding
 from rmda_jax import testing
+from rmda_jax import timing
 from rmda_jax import solvers
 from rmda_jax import structure
-from rmda_jax import models
 from rmda_jax import pruning
+from rmda_jax import rebuild
 from rmda_jax import reduction
 from rmda_jax.discovery import discover_groups
 from rmda_jax.discovery import discover_linen
@@ -64,8 +68,8 @@ from rmda_jax.structure import Slice
 __version__ = "0.1.0"
 
 __all__ = [
-    "blocks", "compaction", "data", "discovery", "discrete", "groups", "identification", "metrics", "models", "regularizers", "schedules",
-    "pruning", "reduction", "sharding", "solvers", "structure", "testing",
+    "blocks", "compaction", "discovery", "discrete", "groups", "metrics", "regularizers", "schedules",
+    "pruning", "rebuild", "reduction", "sharding", "solvers", "structure", "testing", "timing",
     "discover_groups", "discover_linen", "discover_nnx", "Groups", "Family", "Slice",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
     "discrete_set", "discrete_penalty", "rigl", "RigLState",

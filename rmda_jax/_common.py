@@ -238,3 +238,14 @@ def updates_to(new_params, params) -> Any:
 
 def cast_like(tree, like) -> Any:
   return jax.tree_util.tree_map(lambda a, x: jnp.asarray(a).astype(jnp.result_type(x)), tree, like)
+
+
+def optional_import(module: str, purpose: str, extra: str = "examples"):
+  """Import an optional dependency, or raise an ImportError naming the extra that installs it."""
+  import importlib
+
+  try:
+    return importlib.import_module(module)
+  except ImportError as err:
+    package = module.split(".")[0].replace("_", "-")
+    raise ImportError(f"{purpose} needs {package}: pip install \"rmda-jax[{extra}]\"") from err

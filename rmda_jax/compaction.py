@@ -1,12 +1,12 @@
 """Compaction: turn a structured model into a physically smaller Flax model.
 
 Structured sparsity pays off when the zeros become a smaller network.
-:func:`compact` takes a model of :mod:`rmda_jax.models` and its trained params
-and returns a model of the same class with fewer channels / neurons / heads,
-its params, and which units were kept; the compact model computes the same
-function as the original, on any input. It is driven by the coupled groups
-that :func:`rmda_jax.discover_groups` finds in the model's computation, and
-cuts every removable unit from every leaf it spans
+:func:`compact` takes a linen model and its trained params and returns a
+model of the same class with fewer channels / neurons / heads, its params,
+and which units were kept; the compact model computes the same function as
+the original, on any input. It is driven by the coupled groups that
+:func:`rmda_jax.discover_groups` finds in the model's computation, and cuts
+every removable unit from every leaf it spans
 (:func:`rmda_jax.reduction.compact_function`): a unit whose consumer slices
 are zero (the input-wise groups RMDA zeroes), whose whole group is zero (the
 coupled groups), or whose producer slices are zero where the computation
@@ -15,28 +15,38 @@ nothing changes (a removal can make another unit dead); at least one unit of
 every layer is kept, and the model's input is not touched. With
 ``low_rank=True``, every kernel whose numerical rank ``r`` is small enough to
 save parameters (``r (m + n) < m n`` for the ``(m, n)`` matrix view) is
-replaced by the factors of its truncated SVD (see :func:`factorize` and
-:class:`rmda_jax.models.LowRank`).
+replaced by the factors of its truncated SVD (see :func:`factorize`).
 
-Models: :class:`~rmda_jax.models.MLP`, :class:`~rmda_jax.models.LeNet5`,
-:class:`~rmda_jax.models.VGG`, :class:`~rmda_jax.models.LogisticRegression`,
-:class:`~rmda_jax.models.TransformerBlock` and
-:class:`~rmda_jax.models.TransformerLM` (heads and hidden units per layer).
-For any other function, :func:`rmda_jax.reduction.compact_function` gives a
-smaller function with the same outputs, and :func:`compact_nnx` a smaller
-NNX module.
+Which model class is rebuilt, and how:
+
+* a model that implements the *compaction protocol* -- ``compaction_layers()``
+  (its top-level param names), ``compaction_input(params)`` (an example
+  input) and ``with_widths_of(params)`` (the same class with the widths of
+  ``params``), as the models of :mod:`rmda_jax.app.models` do -- needs only
+  its params;
+* any other linen module is rebuilt by :func:`compact_linen` from an example
+  input: its integer fields that set its layers' widths are found and
+  checked (:mod:`rmda_jax.rebuild`);
+* :func:`compact_nnx` compacts an NNX module in place or as a copy, and
+  :func:`rmda_jax.reduction.compact_function` any function.
 
 Example:
-  >>> import jax, jax.numpy as jnp, numpy as np
-  >>> from rmda_jax import compaction, models
-  >>> model = models.MLP(hidden=(8, 4), num_classes=3)
-  >>> params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 5)))["params"]
+  >>> import jax, jax.numpy as jnp, flax.linen as nn
+  >>> from rmda_jax import compaction
+  >>> class MLP(nn.Module):
+  ...   hidden: tuple = (8, 4)
+  ...   @nn.compact
+  ...   def __call__(self, x):
+  ...     for width in self.hidden:
+  ...       x = nn.relu(nn.Dense(width)(x))
+  ...     return nn.Dense(3)(x)
+  >>> x = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+  >>> params = MLP().init(jax.random.PRNGKey(0), x)["params"]
   >>> params["Dense_1"]["kernel"] = params["Dense_1"]["kernel"].at[:6].set(0)  # 6 input groups
-  >>> small = compaction.compact(model, params)
+  >>> small = compaction.compact(MLP(), params, x)
   >>> small.model.hidden, compaction.num_params(small.params) < compaction.num_params(params)
   ((2, 4), True)
-  >>> x = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
-  >>> bool(jnp.allclose(model.apply({"params": params}, x), small.apply(x), atol=1e-5))
+  >>> bool(jnp.allclose(MLP().apply({"params": params}, x), small.apply(x), atol=1e-5))
   True
 """
 
@@ -50,17 +60,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmda_jax import _common
 from rmda_jax import discovery
-from rmda_jax import models
 from rmda_jax import reduction
-from rmda_jax.models import num_params  # re-exported: compaction reports sizes
+from rmda_jax import timing
 from rmda_jax import regularizers as regs
 
-__all__ = ["Compacted", "SUPPORTED", "compact", "compact_linen", "compact_nnx", "factorize", "flops", "latencies",
+__all__ = ["Compacted", "compact", "compact_linen", "compact_nnx", "factorize", "flops", "latencies",
            "num_params"]
 
-SUPPORTED = (models.MLP, models.LeNet5, models.VGG, models.LogisticRegression, models.TransformerBlock,
-             models.TransformerLM)
+PROTOCOL = ("compaction_layers", "compaction_input", "with_widths_of")
+
+
+def num_params(params) -> int:
+  """Number of entries over all leaves."""
+  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+
+
+def follows_protocol(model) -> bool:
+  """Whether ``model`` tells how it is rebuilt from params alone (see the module doc)."""
+  return all(callable(getattr(model, name, None)) for name in PROTOCOL)
 
 
 @dataclasses.dataclass
@@ -95,22 +114,20 @@ def flops(model, params, x) -> float:
 
 
 def latencies(candidates: dict, x, rounds: int = 15, calls: int = 5) -> dict:
-  """Median seconds per jitted forward pass of each ``(model, params)``, interleaved."""
-  import statistics
-  import time
+  """Median seconds per jitted forward pass of each ``(model, params)``, interleaved
+  (:func:`rmda_jax.timing.interleaved_medians`)."""
+  runners = {}
+  for name, (model, params) in candidates.items():
+    fn = jax.jit(lambda p, x, m=model: m.apply({"params": p}, x))
+    fn(params, x).block_until_ready()
 
-  fns = {name: (jax.jit(lambda p, x, m=m: m.apply({"params": p}, x)), p) for name, (m, p) in candidates.items()}
-  for fn, p in fns.values():
-    fn(p, x).block_until_ready()
-  samples = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, (fn, p) in fns.items():
-      start = time.perf_counter()
+    def run(fn=fn, params=params):
       for _ in range(calls):
-        out = fn(p, x)
+        out = fn(params, x)
       out.block_until_ready()
-      samples[name].append((time.perf_counter() - start) / calls)
-  return {name: statistics.median(v) for name, v in samples.items()}
+
+    runners[name] = run
+  return timing.interleaved_medians(runners, rounds, calls)
 
 
 def factorize(kernel, rank: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
@@ -130,62 +147,6 @@ def factorize(kernel, rank: Optional[int] = None) -> tuple[jax.Array, jax.Array]
   down = (u[:, :rank] * root).reshape(kernel.shape[:-1] + (rank,)).astype(kernel.dtype)
   up = (root[:, None] * vt[:rank]).astype(kernel.dtype)
   return down, up
-
-
-def _layer_names(model) -> list:
-  if isinstance(model, models.LogisticRegression):
-    return ["Dense_0"]
-  if isinstance(model, models.MLP):
-    return [f"Dense_{i}" for i in range(len(model.hidden) + 1)]
-  if isinstance(model, models.LeNet5):
-    return [f"Conv_{i}" for i in range(len(model.conv_features))] + ["Dense_0", "Dense_1"]
-  if isinstance(model, models.VGG):
-    return [f"Conv_{i}" for i in range(sum(len(s) for s in model.stages))] + ["Dense_0"]
-  if isinstance(model, models.TransformerLM):
-    blocks = [f"{kind}_{i}" for i in range(model.layers)
-              for kind in ("ln_attn", "attn", "ln_mlp", "mlp_in", "mlp_out")]
-    return (["embed"] + (["positions"] if model.positions == "learned" else []) + blocks + ["ln_out"]
-            + ([] if model.tied else ["head"]))
-  return ["LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "Dense_0", "Dense_1"]
-
-
-def _example_input(model, params):
-  """A small input of the shape the model's params imply (batch 2)."""
-  if isinstance(model, (models.MLP, models.LogisticRegression)):
-    return jnp.zeros((2, np.shape(params["Dense_0"]["kernel"])[0]))
-  if isinstance(model, models.LeNet5):
-    channels = np.shape(params[f"Conv_{len(model.conv_features) - 1}"]["kernel"])[-1]
-    side = math.isqrt(np.shape(params["Dense_0"]["kernel"])[0] // channels)
-    for _ in model.conv_features:
-      side = 2 * side + 4   # undo max-pool 2 and the valid 5x5 conv
-    return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
-  if isinstance(model, models.VGG):
-    side = 2 ** (len(model.stages) + 1)
-    return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
-  if isinstance(model, models.TransformerLM):
-    return jnp.zeros((2, min(4, model.context)), jnp.int32)
-  return jnp.zeros((2, 4, model.dim))
-
-
-def _rebuild(model, params):
-  """The same model class with the widths of ``params``."""
-  out = lambda name: int(np.shape(params[name]["kernel"])[-1])
-  if isinstance(model, models.MLP):
-    return model.clone(hidden=tuple(out(f"Dense_{i}") for i in range(len(model.hidden))))
-  if isinstance(model, models.LeNet5):
-    return model.clone(conv_features=tuple(out(f"Conv_{i}") for i in range(len(model.conv_features))),
-                       dense_features=out("Dense_0"))
-  if isinstance(model, models.VGG):
-    widths = iter(out(f"Conv_{i}") for i in range(sum(len(s) for s in model.stages)))
-    return model.clone(stages=tuple(tuple(next(widths) for _ in stage) for stage in model.stages))
-  if isinstance(model, models.TransformerLM):
-    heads = tuple(int(np.shape(params[f"attn_{i}"]["query"]["kernel"])[1]) for i in range(model.layers))
-    head_dim = int(np.shape(params["attn_0"]["query"]["kernel"])[2])
-    return model.clone(heads=heads, head_dim=head_dim, mlp=tuple(out(f"mlp_in_{i}") for i in range(model.layers)))
-  if isinstance(model, models.TransformerBlock):
-    heads, head_dim = np.shape(params["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1:]
-    return model.clone(heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=out("Dense_0"))
-  return model
 
 
 def compact_linen(model, variables, *example_args, groups=None, keep_at_least: int = 1, method=None,
@@ -262,36 +223,44 @@ def compact_linen(model, variables, *example_args, groups=None, keep_at_least: i
   return Compacted(current, params, kept, {}, dict(collections))
 
 
-def compact(model, params, low_rank: bool = False) -> Compacted:
+def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
   """The smaller model computing the same function; see the module doc.
 
   Args:
-    model: an :class:`~rmda_jax.models.MLP`, :class:`~rmda_jax.models.LeNet5`,
-      :class:`~rmda_jax.models.VGG`, :class:`~rmda_jax.models.LogisticRegression`
-      or :class:`~rmda_jax.models.TransformerBlock`.
+    model: a linen model: one that follows the compaction protocol (the
+      models of :mod:`rmda_jax.app.models`), or any linen module with an
+      example input (then :func:`compact_linen` rebuilds it).
     params: its params (the ``"params"`` collection), e.g. the structured
       point ``rmda_jax.structured_params(state)`` or the final params.
-    low_rank: also factorize kernels of low numerical rank.
+    *example_args: an example input (any batch size); optional under the
+      protocol.
+    low_rank: also factorize kernels of low numerical rank (a protocol model
+      with a ``ranks`` field, whose ``Dense_*`` / ``Conv_*`` layers then
+      become ``down`` / ``up`` pairs, as :class:`rmda_jax.app.models.LowRank`).
 
   Raises:
-    TypeError: another model (use :func:`rmda_jax.reduction.compact_function`
-      for any function, :func:`compact_nnx` for an NNX module).
-    ValueError: params that do not match the model's layers.
+    TypeError: a model outside the protocol without an example input.
+    ValueError: params that do not match the model's layers; ``low_rank``
+      for a model without ``ranks``.
   """
-  if not isinstance(model, SUPPORTED):
-    raise TypeError(
-        f"compact rebuilds the library's models ({', '.join(c.__name__ for c in SUPPORTED)}) from their params "
-        f"alone; for {type(model).__name__}, give an example input: compaction.compact_linen(model, variables, x) "
-        "(linen), compaction.compact_nnx(model, groups, x) (NNX), or "
-        "rmda_jax.reduction.compact_function(apply_fn, params, groups, x) for any function.")
+  if not follows_protocol(model):
+    if not example_args:
+      raise TypeError(
+          f"{type(model).__name__} does not say how it is rebuilt from its params (the compaction protocol: "
+          f"{', '.join(PROTOCOL)}); give an example input: compaction.compact(model, params, x) or "
+          "compaction.compact_linen(model, variables, x) (linen), compaction.compact_nnx(model, groups, x) (NNX), "
+          "or rmda_jax.reduction.compact_function(apply_fn, params, groups, x) for any function.")
+    if low_rank:
+      raise ValueError(f"low_rank: {type(model).__name__} has no factorized layers (ranks).")
+    return compact_linen(model, params, *example_args)
   if getattr(model, "ranks", None) is not None and any(r is not None for r in model.ranks):
     raise ValueError("the model is already factorized (ranks is set); compact the full model.")
-  names = _layer_names(model)
+  names = model.compaction_layers()
   if set(params) != set(names) or any("kernel" not in params[n] for n in names
                                       if n.startswith(("Dense", "Conv", "mlp", "head"))):
     raise ValueError(f"params do not match the {type(model).__name__}: expected layers {names}, "
                      f"got {sorted(params)}.")
-  x = _example_input(model, params)
+  x = example_args[0] if example_args else model.compaction_input(params)
   kept = {}
   current = model
   while True:  # a removal can make another unit dead (a consumer's remaining rows all zero...)
@@ -302,14 +271,14 @@ def compact(model, params, low_rank: bool = False) -> Compacted:
       kept[name] = kept[name][keep] if name in kept else keep
     changed = any(len(k) < f.size for f, k in zip(groups.families, small.kept.values()))
     params = jax.tree_util.tree_map(jnp.asarray, small.params)
-    current = _rebuild(model, params)
+    current = model.with_widths_of(params)
     if not changed:
       break
   params = {name: dict(layer) if isinstance(layer, dict) else layer for name, layer in params.items()}
   for name in names:
     if name.startswith(("Dense", "Conv")) and name not in kept:
       kept[name] = np.arange(np.shape(params[name]["kernel"])[-1])
-  compact_model = _rebuild(model, params)
+  compact_model = model.with_widths_of(params)
   ranks = {}
   if low_rank and not hasattr(model, "ranks"):
     raise ValueError(f"low_rank: {type(model).__name__} has no factorized layers (ranks).")
@@ -410,15 +379,16 @@ def save(path: str, compacted: Compacted) -> None:
   import json
   import os
 
-  from rmda_jax import checkpoint
-
+  ocp = _common.optional_import("orbax.checkpoint", "saving a compact model")
   model = compacted.model
   fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
             if f.name not in ("parent", "name") and not f.name.startswith("_")}
   os.makedirs(path, exist_ok=True)
-  checkpoint.save(os.path.join(os.path.abspath(path), "params"), compacted.params)
-  if compacted.collections:
-    checkpoint.save(os.path.join(os.path.abspath(path), "collections"), compacted.collections)
+  with ocp.StandardCheckpointer() as writer:
+    writer.save(os.path.join(os.path.abspath(path), "params"), compacted.params, force=True)
+    if compacted.collections:
+      writer.save(os.path.join(os.path.abspath(path), "collections"), compacted.collections, force=True)
+    writer.wait_until_finished()
   with open(os.path.join(path, "model.json"), "w") as f:
     json.dump({"class": type(model).__name__, "fields": fields,
                "kept": {k: np.asarray(v).tolist() for k, v in compacted.kept.items()},
@@ -428,25 +398,24 @@ def save(path: str, compacted: Compacted) -> None:
 def load(path: str, classes: tuple = ()) -> Compacted:
   """The compact model written by :func:`save` (or ``rmda-jax compact --out``).
 
-  ``classes``: the user's module classes it may be (a :func:`compact_linen`
-  result), besides the library's models."""
+  ``classes``: the module classes it may be, e.g. ``rmda_jax.app.models.ZOO``
+  for a run of ``rmda-jax compact``, or a module class of your own."""
   import json
   import os
-
-  from rmda_jax import checkpoint
 
   config = os.path.join(path, "model.json")
   if not os.path.isfile(config):
     raise ValueError(f"{path} holds no compact model (no model.json; write one with rmda-jax compact RUN --out DIR).")
   with open(config) as f:
     spec = json.load(f)
-  known = {c.__name__: c for c in (*SUPPORTED, *classes)}
+  known = {c.__name__: c for c in classes}
   cls = known.get(spec.get("class"))
   if cls is None:
-    raise ValueError(f"{config}: unknown model class {spec.get('class')!r} (known: {', '.join(known)}; "
-                     "pass a module class of your own with classes=(MyModule,)).")
+    raise ValueError(f"{config}: model class {spec.get('class')!r} is not among classes= "
+                     f"({', '.join(known) or 'none given'}); pass it, e.g. classes=rmda_jax.app.models.ZOO or "
+                     "classes=(MyModule,).")
   model = cls(**{k: _to_tuple(v) for k, v in spec["fields"].items()})
-  ocp = checkpoint._orbax()
+  ocp = _common.optional_import("orbax.checkpoint", "loading a compact model")
   with ocp.StandardCheckpointer() as reader:  # the saved shapes are the compact ones: no template
     params = reader.restore(os.path.join(os.path.abspath(path), "params"))
     collections_dir = os.path.join(os.path.abspath(path), "collections")

@@ -12,7 +12,7 @@ def main():
   import jax
   import numpy as np
 
-  from rmda_jax import cli, train
+  from rmda_jax.app import cli, train
 
   out, model = sys.argv[1], sys.argv[2]
   if model == "transformer":

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 import rmda_jax
-from rmda_jax import compaction, models, reduction
+from rmda_jax import compaction, reduction
+from rmda_jax.app import models
 
 X_KEY, CHECK_KEY = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
 
@@ -174,7 +175,7 @@ def test_library_transformer_block_is_rebuilt_smaller(tmp_path):
   assert_close(small.apply(other), model.apply({"params": params}, other))
   # written to disk, it loads without the original
   compaction.save(str(tmp_path / "small"), small)
-  loaded = compaction.load(str(tmp_path / "small"))
+  loaded = compaction.load(str(tmp_path / "small"), classes=models.ZOO)
   assert loaded.model == small.model
   assert_close(loaded.apply(other), model.apply({"params": params}, other))
   with pytest.raises(ValueError, match="no compact model"):
@@ -269,7 +270,7 @@ def test_linen_conv_batchnorm_module_is_rebuilt_with_its_statistics(tmp_path):
   assert loaded.model == small.model
   assert_close(loaded.apply(x, train=False), small.apply(x, train=False))
   with pytest.raises(ValueError, match="classes="):
-    compaction.load(str(tmp_path / "small"))
+    compaction.load(str(tmp_path / "small"), classes=models.ZOO)
 
 
 def test_linen_residual_module_keeps_the_stream_and_cuts_the_inner_channels():
@@ -410,7 +411,7 @@ def test_transformer_lm_is_rebuilt_with_per_layer_heads_and_units(positions, tie
   other = jax.random.randint(CHECK_KEY, (5, 12), 0, 256)
   assert_close(jax.nn.softmax(small.apply(other)), jax.nn.softmax(model.apply({"params": params}, other)))
   compaction.save(str(tmp_path / "lm"), small)
-  assert compaction.load(str(tmp_path / "lm")).model == small.model
+  assert compaction.load(str(tmp_path / "lm"), classes=models.ZOO).model == small.model
 
 
 def test_transformer_lm_is_causal():

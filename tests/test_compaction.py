@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmda_jax import compaction, models
+from rmda_jax import compaction
+
+from rmda_jax.app import models
 
 KEY = jax.random.PRNGKey(0)
 
@@ -125,7 +127,7 @@ def test_unsupported_and_mismatched():
 
 
 def test_compact_command_on_a_training_run(tmp_path, capsys):
-  from rmda_jax import cli
+  from rmda_jax.app import cli
 
   out = str(tmp_path / "run")
   assert cli.main(["train", "--out", out, "--epochs", "1", "--max-steps", "5", "--hidden", "16,16",

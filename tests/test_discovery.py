@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rmda_jax import models
+from rmda_jax.app import models
 from rmda_jax.structure import Slice
 
 INPUT = "<input>"  # the model input, as a path of the arrays the checks edit

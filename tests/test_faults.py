@@ -20,10 +20,10 @@ import jax
 import numpy as np
 import pytest
 
-from rmda_jax import checkpoint as ckpt
-from rmda_jax import cli
-from rmda_jax import data as datasets
-from rmda_jax import train
+from rmda_jax.app import checkpoint as ckpt
+from rmda_jax.app import cli
+from rmda_jax.app import data as datasets
+from rmda_jax.app import train
 
 SMALL = ["--hidden", "16", "--batch-size", "32", "--milestones", "1", "--no-progress", "--no-plots"]
 SAVE_PAUSE = 0.25  # seconds the test hook pauses before and after each checkpoint write
@@ -61,7 +61,7 @@ def one_line_error(capsys, *fragments):
 
 def _environment(tmp_path):
   env = dict(os.environ, PYTHONUNBUFFERED="1")
-  env[train._SAVE_PAUSE_ENV] = str(SAVE_PAUSE)
+  env[train.SAVE_PAUSE_ENV] = str(SAVE_PAUSE)
   # compiled programs cached between the processes of the test (the same programs, only faster)
   env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
@@ -69,13 +69,13 @@ def _environment(tmp_path):
 
 
 def _launch(args, env, fault, rng):
-  """Run ``python -m rmda_jax.train args``; ``fault`` = (signals, moment) is sent at that moment.
+  """Run ``python -m rmda_jax train args``; ``fault`` = (signals, moment) is sent at that moment.
 
   moment "random": a seeded random delay (0-1 s) after the first output line (the header, printed
   before compilation and training); "save": when the process enters a checkpoint save window (test
   hook), and for SIGKILL 0-0.1 s after orbax starts writing the step. Returns (exit code, output lines).
   """
-  proc = subprocess.Popen([sys.executable, "-m", "rmda_jax.train", *args], stdout=subprocess.PIPE,
+  proc = subprocess.Popen([sys.executable, "-m", "rmda_jax", "train", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, env=env)
   lines = queue.Queue()
 
@@ -123,7 +123,7 @@ def test_interrupted_at_random_moments_and_during_saves_then_resumed_equals_an_u
   rng = np.random.default_rng(14)
   args = [*SMALL, "--epochs", "4", "--checkpoint-every", "1"]
   reference = str(tmp_path / "reference")
-  code, output = _launch([*args, "--out", reference], dict(env, **{train._SAVE_PAUSE_ENV: "0"}), None, rng)
+  code, output = _launch([*args, "--out", reference], dict(env, **{train.SAVE_PAUSE_ENV: "0"}), None, rng)
   assert code == 0, output
 
   out = str(tmp_path / "run")

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import rmda_jax
-from rmda_jax import identification
+from rmda_jax.app import identification
 
 
 @pytest.fixture(scope="module")

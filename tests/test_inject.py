@@ -69,7 +69,7 @@ def test_python_dash_m_runs_the_command_line():
 def test_a_missing_optional_dependency_names_the_extra(monkeypatch):
   import builtins
 
-  from rmda_jax import data
+  from rmda_jax.app import data
 
   real_import = builtins.__import__
 

@@ -8,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from rmda_jax import cli, compaction, data, models, train
+from rmda_jax import compaction
+
+from rmda_jax.app import cli, data, models, train
 
 TINY = ["--model", "transformer", "--dataset", "pydoc", "--context", "32", "--width", "32", "--heads", "2",
         "--layers", "2", "--mlp", "48", "--batch-size", "16", "--epochs", "1", "--max-steps", "40",
@@ -46,7 +48,7 @@ def test_compaction_keeps_next_token_probabilities_and_generation(lm_run, tmp_pa
   out = capsys.readouterr().out
   difference = float(out.split("next-token probabilities:")[1].split()[0])
   assert difference < 1e-5
-  small = compaction.load(str(tmp_path / "small"))
+  small = compaction.load(str(tmp_path / "small"), classes=models.ZOO)
   assert isinstance(small.model, models.TransformerLM)
   assert cli.main(["generate", str(tmp_path / "small"), "--prompt", "The ", "--tokens", "12"]) == 0
   text = capsys.readouterr().out

@@ -101,7 +101,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, jax, jax.numpy as jnp, optax
     sys.path.insert(0, {tests!r})
     import rmda_jax
-    from rmda_jax import checkpoint
+    from rmda_jax.app import checkpoint
     from problems import make_problem, quadratic_step, to_tree
 
     method, mode, path, out, k, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from rmda_jax import cli
-from rmda_jax import train
+from rmda_jax.app import cli
+from rmda_jax.app import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--epochs", "2", "--max-steps", "3", "--batch-size", "32", "--hidden", "16", "--no-progress",
@@ -124,7 +124,7 @@ class _nullcontext:
 
 def test_missing_dataset_offline_is_one_line_in_a_real_process(tmp_path):
   env = dict(os.environ, RMDA_JAX_DATA=str(tmp_path / "cache"))
-  proc = subprocess.run([sys.executable, "-m", "rmda_jax.train", "--dataset", "fashion_mnist", "--no-download",
+  proc = subprocess.run([sys.executable, "-m", "rmda_jax", "train", "--dataset", "fashion_mnist", "--no-download",
                          "--out", str(tmp_path / "run"), *TINY], capture_output=True, text=True, env=env)
   assert proc.returncode == 2
   err = proc.stderr.strip()

@@ -326,7 +326,7 @@ def test_skip_nonfinite_state_is_a_plain_pytree():
 
 def test_skip_nonfinite_checkpoint_roundtrip(tmp_path):
   pytest.importorskip("orbax.checkpoint")
-  from rmda_jax import checkpoint
+  from rmda_jax.app import checkpoint
   params = {"w": jnp.ones((3, 2))}
   tx = rmda_jax.rmda(0.1, regularizer=rmda_jax.group_lasso(0.01), skip_nonfinite=True)
   state = tx.init(params)

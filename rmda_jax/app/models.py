@@ -17,7 +17,7 @@ full layer) replaces a layer by its factorization at that rank: a thin layer
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> from rmda_jax import models
+  >>> from rmda_jax.app import models
   >>> params = models.LeNet5().init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
   >>> params["params"]["Dense_0"]["kernel"].shape
   (800, 500)
@@ -25,10 +25,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
+
+from rmda_jax.compaction import num_params  # noqa: F401  (the zoo's size, as compaction reports it)
 
 Ranks = Optional[Sequence[Optional[int]]]
 
@@ -82,6 +86,16 @@ class LogisticRegression(nn.Module):
   def __call__(self, x):
     return dense(self.num_classes, "Dense_0", _rank(self.ranks, 0))(x.reshape(x.shape[0], -1))
 
+  # the compaction protocol (see rmda_jax.compaction.compact)
+  def compaction_layers(self) -> list:
+    return ["Dense_0"]
+
+  def compaction_input(self, params):
+    return jnp.zeros((2, np.shape(params["Dense_0"]["kernel"])[0]))
+
+  def with_widths_of(self, params) -> "LogisticRegression":
+    return self
+
 
 class MLP(nn.Module):
   """Dense + ReLU layers on flattened inputs, then a Dense classifier."""
@@ -97,6 +111,15 @@ class MLP(nn.Module):
       x = nn.relu(dense(width, f"Dense_{i}", _rank(self.ranks, i))(x))
     n = len(self.hidden)
     return dense(self.num_classes, f"Dense_{n}", _rank(self.ranks, n))(x)
+
+  def compaction_layers(self) -> list:
+    return [f"Dense_{i}" for i in range(len(self.hidden) + 1)]
+
+  def compaction_input(self, params):
+    return jnp.zeros((2, np.shape(params["Dense_0"]["kernel"])[0]))
+
+  def with_widths_of(self, params) -> "MLP":
+    return self.clone(hidden=tuple(_out(params, f"Dense_{i}") for i in range(len(self.hidden))))
 
 
 class LeNet5(nn.Module):
@@ -117,6 +140,20 @@ class LeNet5(nn.Module):
     x = nn.relu(dense(self.dense_features, "Dense_0", _rank(self.ranks, n))(x))
     return dense(self.num_classes, "Dense_1", _rank(self.ranks, n + 1))(x)
 
+  def compaction_layers(self) -> list:
+    return [f"Conv_{i}" for i in range(len(self.conv_features))] + ["Dense_0", "Dense_1"]
+
+  def compaction_input(self, params):
+    channels = np.shape(params[f"Conv_{len(self.conv_features) - 1}"]["kernel"])[-1]
+    side = math.isqrt(np.shape(params["Dense_0"]["kernel"])[0] // channels)
+    for _ in self.conv_features:
+      side = 2 * side + 4   # undo max-pool 2 and the valid 5x5 conv
+    return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
+
+  def with_widths_of(self, params) -> "LeNet5":
+    return self.clone(conv_features=tuple(_out(params, f"Conv_{i}") for i in range(len(self.conv_features))),
+                      dense_features=_out(params, "Dense_0"))
+
 
 class VGG(nn.Module):
   """VGG-style CNN: stages of 3x3 conv + ReLU, max-pool 2 after each stage, Dense head."""
@@ -135,6 +172,17 @@ class VGG(nn.Module):
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))  # global average pool: any input size works
     return dense(self.num_classes, "Dense_0", _rank(self.ranks, i))(x)
+
+  def compaction_layers(self) -> list:
+    return [f"Conv_{i}" for i in range(sum(len(s) for s in self.stages))] + ["Dense_0"]
+
+  def compaction_input(self, params):
+    side = 2 ** (len(self.stages) + 1)
+    return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
+
+  def with_widths_of(self, params) -> "VGG":
+    widths = iter(_out(params, f"Conv_{i}") for i in range(sum(len(s) for s in self.stages)))
+    return self.clone(stages=tuple(tuple(next(widths) for _ in stage) for stage in self.stages))
 
   @classmethod
   def vgg16(cls, num_classes: int = 10) -> "VGG":
@@ -163,6 +211,16 @@ class TransformerBlock(nn.Module):
     h = nn.LayerNorm()(x)
     h = nn.Dense(self.mlp_features or self.dim * self.mlp_ratio)(h)
     return x + nn.Dense(self.dim)(nn.gelu(h))
+
+  def compaction_layers(self) -> list:
+    return ["LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "Dense_0", "Dense_1"]
+
+  def compaction_input(self, params):
+    return jnp.zeros((2, 4, self.dim))
+
+  def with_widths_of(self, params) -> "TransformerBlock":
+    heads, head_dim = np.shape(params["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1:]
+    return self.clone(heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=_out(params, "Dense_0"))
 
 
 class CausalSelfAttention(nn.Module):
@@ -251,11 +309,27 @@ class TransformerLM(nn.Module):
     x = nn.LayerNorm(name="ln_out")(x)
     return embed.attend(x) if self.tied else nn.Dense(self.vocab, name="head")(x)
 
+  def compaction_layers(self) -> list:
+    blocks = [f"{kind}_{i}" for i in range(self.layers)
+              for kind in ("ln_attn", "attn", "ln_mlp", "mlp_in", "mlp_out")]
+    return (["embed"] + (["positions"] if self.positions == "learned" else []) + blocks + ["ln_out"]
+            + ([] if self.tied else ["head"]))
 
-def num_params(params) -> int:
-  import jax
+  def compaction_input(self, params):
+    return jnp.zeros((2, min(4, self.context)), jnp.int32)
 
-  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+  def with_widths_of(self, params) -> "TransformerLM":
+    heads = tuple(int(np.shape(params[f"attn_{i}"]["query"]["kernel"])[1]) for i in range(self.layers))
+    head_dim = int(np.shape(params["attn_0"]["query"]["kernel"])[2])
+    return self.clone(heads=heads, head_dim=head_dim, mlp=tuple(_out(params, f"mlp_in_{i}") for i in range(self.layers)))
+
+
+def _out(params, name: str) -> int:
+  """Output width of a layer's kernel."""
+  return int(np.shape(params[name]["kernel"])[-1])
+
+
+ZOO = (MLP, LeNet5, VGG, LogisticRegression, TransformerBlock, TransformerLM)
 
 
 def generate(model, params, prompt, steps: int, temperature: float = 0.0, seed: int = 0):

@@ -22,7 +22,7 @@ When a download is needed but the network is unreachable, :class:`DataError`
 says so in one sentence.
 
 Example:
-  >>> from rmda_jax import data
+  >>> from rmda_jax.app import data
   >>> ds = data.load("digits")
   >>> ds.x_train.shape, ds.num_classes
   ((1347, 8, 8, 1), 10)

@@ -10,8 +10,9 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from rmda_jax import data as datasets
-from rmda_jax import train as training
+from rmda_jax.app import commands
+from rmda_jax.app import data as datasets
+from rmda_jax.app import train as training
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,128 +162,12 @@ def _train_command(args, flag: Optional[str]) -> str:
   return shlex.join(words)
 
 
-def _add_compact(sub) -> None:
-  p = sub.add_parser(
-      "compact", help="turn a trained structured model into a smaller one with the same outputs",
-      description="Remove the channels / neurons whose groups are exactly zero (and, with --low-rank, "
-                  "factorize low-rank kernels) from a run of rmda-jax train; print parameters, FLOPs, "
-                  "inference time and validation accuracy before and after.")
-  p.add_argument("run", help="the --out directory of a training run (or its checkpoint/ directory)")
-  p.add_argument("--low-rank", action="store_true", help="also factorize kernels of low numerical rank")
-  p.add_argument("--params", choices=("structured", "final"), default="structured",
-                 help="structured (default): RMDA/RAMDA's point z, whose zeros are exact (the final params "
-                      "for other optimizers); final: the last params")
-  p.add_argument("--batch-size", type=int, default=256, help="batch for the timing (default %(default)s)")
-  p.add_argument("--out", default=None, help="write the compact params (orbax) and model.json here")
-
-
-def _compact(args) -> int:
-  import os
-
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from rmda_jax import compaction
-  from rmda_jax.dual_averaging import structured_params
-
-  if args.batch_size < 1:
-    raise training.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-  if args.out and os.path.lexists(args.out) and not os.path.isdir(args.out):
-    raise training.ConfigError(f"--out {args.out} is a file, not a directory")
-  config, dataset, model, params, opt_state = training.load_run(args.run)
-  source = "final params"
-  if args.params == "structured" and config.optimizer in ("rmda", "ramda"):
-    params, source = structured_params(opt_state), "structured point z"
-  small = compaction.compact(model, params, low_rank=args.low_rank)
-  x = dataset.x_test[: args.batch_size]
-  times = compaction.latencies({"original": (model, params), "compact": (small.model, small.params)}, x)
-
-  def accuracy(m, p):
-    return float(np.mean(np.argmax(np.asarray(m.apply({"params": p}, dataset.x_test)), -1) == dataset.y_test))
-
-  rows = [
-      ("parameters", compaction.num_params(params), compaction.num_params(small.params), "{:,}"),
-      ("FLOPs per example", compaction.flops(model, params, x[:1]), compaction.flops(small.model, small.params, x[:1]),
-       "{:,.0f}"),
-      (f"ms per batch of {len(x)}", 1e3 * times["original"], 1e3 * times["compact"], "{:.3f}"),
-      ("validation accuracy", accuracy(model, params), accuracy(small.model, small.params), "{:.4f}"),
-  ]
-  print(f"{config.model} from {args.run} ({source}); compact widths: "
-        + ", ".join(f"{k} {len(v)}" for k, v in small.kept.items())
-        + ("; ranks: " + ", ".join(f"{k} {r}" for k, r in small.ranks.items()) if small.ranks else ""))
-  print(f"{'':24s}{'original':>16s}{'compact':>16s}{'ratio':>8s}")
-  for name, before, after, fmt in rows:
-    ratio = after / before if before else float("nan")
-    print(f"{name:24s}{fmt.format(before):>16s}{fmt.format(after):>16s}{ratio:8.3f}")
-  if config.model == "transformer":
-    probs = [jax.nn.softmax(m.apply({"params": p}, x)) for m, p in ((model, params), (small.model, small.params))]
-    print(f"largest difference of next-token probabilities: {float(jnp.max(jnp.abs(probs[0] - probs[1]))):.2e}")
-    speeds = [_tokens_per_second(m, p, dataset) for m, p in ((model, params), (small.model, small.params))]
-    print(f"{'greedy generation, tokens/s':24s}{speeds[0]:>16.1f}{speeds[1]:>16.1f}{speeds[1] / speeds[0]:8.3f}")
-  if args.out:
-    compaction.save(args.out, small)
-    print(f"wrote {args.out}/params and {args.out}/model.json (rmda_jax.compaction.load reads them)")
-  return 0
-
-
-def _tokens_per_second(model, params, dataset, tokens: int = 64) -> float:
-  import time
-
-  from rmda_jax import models
-
-  prompt = dataset.x_test[0][:8]
-  models.generate(model, params, prompt, 2)  # compile
-  start = time.perf_counter()
-  models.generate(model, params, prompt, tokens)
-  return tokens / (time.perf_counter() - start)
-
-
-def _add_generate(sub) -> None:
-  p = sub.add_parser("generate", help="continue a prompt with a trained language model",
-                     description="Load a run of rmda-jax train --model transformer (or a compact model written by "
-                                 "rmda-jax compact --out) and print a continuation of the prompt.")
-  p.add_argument("run", help="the --out directory of a training run, or of rmda-jax compact --out")
-  p.add_argument("--prompt", default="The ", help="text to continue (default %(default)r)")
-  p.add_argument("--tokens", type=int, default=200, help="bytes to generate (default %(default)s)")
-  p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sampling")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--params", choices=("structured", "final"), default="structured",
-                 help="structured (default): RMDA/RAMDA's point z; final: the last params")
-
-
-def _generate(args) -> int:
-  import os
-
-  import numpy as np
-
-  from rmda_jax import compaction, models
-  from rmda_jax.dual_averaging import structured_params
-
-  if args.tokens < 0 or args.temperature < 0:
-    raise training.ConfigError(f"--tokens and --temperature must be >= 0, got {args.tokens} and {args.temperature}")
-  if os.path.isfile(os.path.join(args.run, "model.json")):
-    compact = compaction.load(args.run)
-    model, params = compact.model, compact.params
-  else:
-    config, _, model, params, opt_state = training.load_run(args.run)
-    if args.params == "structured" and config.optimizer in ("rmda", "ramda"):
-      params = structured_params(opt_state)
-  if not isinstance(model, models.TransformerLM):
-    raise training.ConfigError(f"{args.run} holds a {type(model).__name__}, not a language model "
-                               "(train one with --model transformer)")
-  prompt = np.frombuffer(args.prompt.encode("utf-8"), np.uint8)
-  out = models.generate(model, params, prompt, args.tokens, args.temperature, args.seed)
-  print(bytes(np.asarray(out, np.uint8)).decode("utf-8", errors="replace"))
-  return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="rmda-jax", description="Structured neural networks with RMDA / RAMDA.")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   _add_train(sub)
-  _add_compact(sub)
-  _add_generate(sub)
+  commands.add_compact(sub)
+  commands.add_generate(sub)
   return parser
 
 
@@ -298,9 +183,9 @@ def main(argv: Optional[Sequence[str]] = None, process: Optional[bool] = None) -
   args.process = process if process is not None else argv is None
   if args.command == "train" and args.process:
     _ignore_exit_signals()
-  commands = {"train": _train, "compact": _compact, "generate": _generate}
+  handlers = {"train": _train, "compact": commands.compact, "generate": commands.generate}
   try:
-    return commands[args.command](args)
+    return handlers[args.command](args)
   except (training.ConfigError, datasets.DataError) as err:
     print(f"rmda-jax {args.command}: error: {err}", file=sys.stderr)
     return 2

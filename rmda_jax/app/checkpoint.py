@@ -17,7 +17,7 @@ Two levels:
 
 Example:
   >>> import jax.numpy as jnp, tempfile, os, rmda_jax
-  >>> from rmda_jax import checkpoint
+  >>> from rmda_jax.app import checkpoint
   >>> params = {"w": jnp.ones((2, 2))}
   >>> tx = rmda_jax.rmda(0.1)
   >>> state = tx.init(params)
@@ -43,6 +43,8 @@ import shutil
 import jax
 import numpy as np
 
+from rmda_jax import _common
+
 TMP_MARKER = ".orbax-checkpoint-tmp"
 MANIFEST = "files.sha256.json"  # in each step directory, written once the step is complete
 
@@ -52,14 +54,7 @@ class CheckpointError(RuntimeError):
 
 
 def _orbax():
-  try:
-    import orbax.checkpoint as ocp
-  except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "checkpointing needs orbax-checkpoint: pip install 'rmda-jax[examples]' or "
-        "pip install orbax-checkpoint"
-    ) from err
-  return ocp
+  return _common.optional_import("orbax.checkpoint", "checkpointing")
 
 
 def save(path: str, tree, overwrite: bool = True) -> None:

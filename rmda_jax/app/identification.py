@@ -22,7 +22,7 @@ The objective is ``1/n sum_i CE(x_i W, y_i) + lambda sum_j sqrt(C) ||W_j||``
 input-wise grouping of :func:`rmda_jax.group_lasso` on a ``(d, C)`` kernel.
 
 Example:
-  >>> from rmda_jax import identification
+  >>> from rmda_jax.app import identification
   >>> problem = identification.group_sparse_logistic(seed=0, n=40, copies=2)
   >>> problem.features.shape, problem.classes
   ((80, 20), 4)
@@ -43,6 +43,7 @@ from rmda_jax import dual_averaging
 from rmda_jax import proximal
 from rmda_jax import regularizers
 from rmda_jax import schedules
+from rmda_jax.app import steps as training_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,15 +210,12 @@ def track_supports(optimizer: optax.GradientTransformation, problem: Problem, st
   target = None if optimum is None else jnp.asarray(optimum.kernel, jnp.float32)
   params = {"kernel": jnp.zeros((x.shape[1], problem.classes), jnp.float32)}
 
-  def loss(p, xb, yb):
-    return optax.softmax_cross_entropy_with_integer_labels(xb @ p["kernel"], yb).mean()
+  step = training_steps.make_step(training_steps.softmax_cross_entropy(lambda p, xb: xb @ p["kernel"]), optimizer)
 
   @jax.jit
   def run(params):
     def body(carry, idx):
-      p, s = carry
-      updates, s = optimizer.update(jax.grad(loss)(p, x[idx], y[idx]), s, p)
-      p = optax.apply_updates(p, updates)
+      p, s, _ = step(*carry, x[idx], y[idx])
       z = dual_averaging.structured_params(s, p)["kernel"]
       distance = jnp.zeros(()) if target is None else jnp.linalg.norm(z - target)
       return (p, s), (jnp.any(z != 0, axis=1), distance)

@@ -1,0 +1,165 @@
+"""Builders: the model, the regularizer, the optimizer and the device mesh of a run.
+
+Each maps a :class:`~rmda_jax.app.config.TrainConfig` to the library's
+objects: a model of :mod:`rmda_jax.app.models`, a regularizer (group-LASSO
+on per-leaf rules or on the coupled groups discovered from the model's
+computation), an optimizer with the stage-wise schedule, and the
+``data`` / ``model`` mesh with its param shardings.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import numpy as np
+import optax
+
+from rmda_jax import discovery
+from rmda_jax import discrete
+from rmda_jax import regularizers as regs
+from rmda_jax import solvers
+from rmda_jax.app import data as datasets
+from rmda_jax.app import models
+from rmda_jax.dual_averaging import ramda, rmda
+from rmda_jax.proximal import prox_adamw, prox_sgd, prox_ssi
+from rmda_jax.pruning import rigl
+from rmda_jax.schedules import Stagewise
+from rmda_jax.app.config import ConfigError, DENSE, DISCRETE_VALUES, MESH_AXES, TrainConfig, parse_mesh
+
+
+def build_model(config: TrainConfig, dataset: datasets.Dataset):
+  shape = dataset.input_shape
+  if config.model == "lenet5" and (len(shape) != 3 or shape[0] < 16 or shape[1] < 16):
+    raise ConfigError(f"lenet5 needs images of at least 16x16 (28x28 as in the papers); {dataset.name} has {shape}. "
+                      "Use --dataset mnist_subset, mnist or fashion_mnist.")
+  n = dataset.num_classes
+  if config.model == "transformer":
+    return models.TransformerLM(vocab=n, context=config.context, dim=config.width, heads=config.heads,
+                                mlp=config.mlp, layers=config.layers, positions=config.positions, tied=config.tied)
+  if config.model == "mlp":
+    return models.MLP(hidden=tuple(config.hidden), num_classes=n)
+  if config.model == "lenet5":
+    return models.LeNet5(num_classes=n)
+  if config.model == "vgg":
+    return models.VGG(num_classes=n)
+  return models.LogisticRegression(num_classes=n)
+
+
+def build_mesh(spec: Optional[str], batch_size: int):
+  """The device mesh of a run: ``spec`` (``data=N[,model=M]``), or all local
+  devices on ``data``; None on a single device."""
+  devices = jax.local_devices()
+  sizes = parse_mesh(spec) if spec is not None else {"data": len(devices), "model": 1}
+  count = sizes["data"] * sizes["model"]
+  if count > len(devices):
+    raise ConfigError(f"--mesh {spec} needs {count} devices, this process has {len(devices)}")
+  if spec is None and count == 1:
+    return None
+  if batch_size % sizes["data"]:
+    raise ConfigError(f"--batch-size {batch_size} must be a multiple of the mesh's data axis ({sizes['data']})")
+  auto = (jax.sharding.AxisType.Auto,) * 2  # XLA propagates the shardings (no explicit-sharding types)
+  return jax.make_mesh((sizes["data"], sizes["model"]), MESH_AXES, devices=devices[:count], axis_types=auto)
+
+
+def param_shardings(mesh, params):
+  """Replicated over ``data``; over ``model`` (fully sharded, FSDP-style) each
+  leaf's largest axis that the ``model`` size divides, else replicated."""
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  model = mesh.shape["model"]
+
+  def rule(x):
+    shape = np.shape(x)
+    axes = [a for a in sorted(range(len(shape)), key=lambda a: -shape[a]) if model > 1 and shape[a] % model == 0]
+    spec = [None] * len(shape)
+    if axes:
+      spec[axes[0]] = "model"
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree_util.tree_map(rule, params)
+
+
+def global_batch(batch_sharding, local):
+  """The global batch as one array sharded over ``data``. Every process draws
+  the same global batch (the same seeded order) and contributes its share
+  (one process: the whole batch)."""
+  if jax.process_count() == 1:
+    return jax.device_put(local, batch_sharding)
+  share = len(local) // jax.process_count()
+  mine = local[jax.process_index() * share:(jax.process_index() + 1) * share]
+  return jax.make_array_from_process_local_data(batch_sharding, mine, local.shape)
+
+
+def discovered(config: TrainConfig) -> bool:
+  """Whether group-LASSO uses the coupled groups found from the model's computation."""
+  if config.groups == "auto":
+    return config.model == "transformer"
+  return config.groups == "discovered"
+
+
+def build_regularizer(config: TrainConfig, model=None, params=None, example=None) -> Optional[regs.Regularizer]:
+  """The regularizer of a run; group-LASSO on discovered groups (whole heads and
+  hidden units) needs the model, its params and an example input."""
+  if config.regularizer == "none" or config.optimizer in DENSE:
+    return None
+  if config.regularizer in DISCRETE_VALUES:
+    return discrete.discrete_set(DISCRETE_VALUES[config.regularizer], scale="fan_in")
+  if config.regularizer == "group_lasso" and discovered(config):
+    found = discovery.discover_linen(model, params, example)
+    return regs.group_lasso(config.strength, groups=found)
+  return {
+      "group_lasso": regs.group_lasso,
+      "l1": regs.l1,
+      "nuclear": regs.nuclear_norm,
+      "elastic_net": regs.elastic_net,
+  }[config.regularizer](config.strength)
+
+
+def rigl_groups(config: TrainConfig, model, params, example):
+  """The coupled groups of structured RigL (``--optimizer rigl --groups discovered``), else None."""
+  if config.optimizer == "rigl" and discovered(config):
+    return discovery.discover_linen(model, params, example)
+  return None
+
+
+def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, groups=None):
+  """The optimizer of a run; ``groups`` (:func:`rigl_groups`) makes RigL's masks keep whole groups."""
+  stages = Stagewise.from_epochs(tuple(config.milestones), steps_per_epoch, gamma=config.gamma)
+  lr, c = config.lr, config.momentum_value
+  solver = "auto"
+  if regularizer is not None and not regularizer.has_exact_diag_prox:
+    solver = solvers.ProximalGradient(max_iters=config.solver_max_iters, tol=config.solver_tol)
+  if config.optimizer == "rmda":
+    return rmda(lr, momentum=c, regularizer=regularizer, stages=stages)
+  if config.optimizer == "ramda":
+    return ramda(lr, momentum=c, regularizer=regularizer, stages=stages, solver=solver)
+  schedule = stages.learning_rate(lr)
+  if config.optimizer == "prox_sgd":
+    return prox_sgd(schedule, momentum=c, regularizer=regularizer)
+  if config.optimizer == "prox_adamw":
+    return prox_adamw(schedule, regularizer=regularizer, solver=solver)
+  if config.optimizer == "prox_ssi":
+    return prox_ssi(schedule, regularizer=regularizer, solver=solver)
+  if config.optimizer == "adamw":
+    return optax.adamw(schedule)
+  if config.optimizer == "rigl":
+    # RigL's protocol: mask updates until 75% of training
+    end_step = max(int(0.75 * config.epochs * steps_per_epoch), 1)
+    return rigl(optax.sgd(schedule, momentum=c or None), config.sparsity, end_step=end_step,
+                update_every=config.rigl_update_every, groups=groups)
+  return optax.sgd(schedule, momentum=c or None)
+
+
+def model_groups(regularizer, model, params, example):
+  """The coupled groups a language model's structure is reported on: the
+  regularizer's, or (other regularizers, dense methods) discovered once."""
+  if isinstance(regularizer, regs.GroupLasso) and regularizer.groups is not None:
+    return regularizer.groups
+  return discovery.discover_linen(model, params, example)
+
+
+def training_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, groups=None):
+  """:func:`build_optimizer` wrapped to skip steps whose gradient is not finite (state untouched)."""
+  return optax.apply_if_finite(build_optimizer(config, regularizer, steps_per_epoch, groups),
+                               max_consecutive_errors=config.skip_nonfinite)

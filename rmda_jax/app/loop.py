@@ -1,0 +1,462 @@
+"""The training loop: epochs of jitted steps, checkpoints, signals, reports.
+
+:func:`run` trains a :class:`~rmda_jax.app.config.TrainConfig`: the model
+and the optimizer from :mod:`rmda_jax.app.builders`, batches sharded over the
+``data`` axis of the mesh, a checkpoint every ``checkpoint_every`` steps and
+at each epoch's end (:mod:`rmda_jax.app.runs`), the reports of
+:mod:`rmda_jax.app.reporting`. SIGINT / SIGTERM stop the run between steps,
+or after the save they arrive in (:class:`Interrupted`). Steps whose
+gradient is not finite are skipped (``optax.apply_if_finite``) and counted;
+more than ``skip_nonfinite`` in a row, or non-finite params or loss, stop the
+run with :class:`Diverged` before anything of that state is saved. A run
+resumed any number of times, also in the middle of an epoch, ends with the
+same numbers as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmda_jax import discrete
+from rmda_jax.app import checkpoint as ckpt
+from rmda_jax.app import data as datasets
+from rmda_jax.app import models
+from rmda_jax.app import steps
+from rmda_jax.dual_averaging import structured_params
+from rmda_jax.app.builders import (
+    build_mesh, build_model, build_regularizer, global_batch, model_groups, param_shardings,
+    rigl_groups, training_optimizer)
+from rmda_jax.app.config import ConfigError, TrainConfig, check_same_run
+from rmda_jax.app.reporting import (
+    batched_mean, epoch_line, language_metrics, progress_factory, structure_metrics, summary_table)
+from rmda_jax.app.runs import (
+    CHECKPOINT_FORMAT, KEEP_CHECKPOINTS, RUN_FILES, all_finite, existing_run, fallback_note, has_steps,
+    precheck_resume, prepare_out, remove_path, restore_newest, save_pause, unique_path, write_json)
+
+
+class Diverged(RuntimeError):
+  """The loss or the params became non-finite (or too many steps in a row had a non-finite gradient)."""
+
+
+class Interrupted(KeyboardInterrupt):
+  """SIGINT or SIGTERM stopped the run.
+
+  ``signum`` is the signal; ``abandoned_save`` says that a second signal cut
+  a checkpoint save short; ``where`` describes the position reached and the
+  last checkpoint, in words; ``restart_flag`` is what to add to the same
+  command to go on: ``"--resume"`` (a checkpoint of this run is on disk),
+  ``"--overwrite"`` (start again, replacing what this run wrote) or None
+  (start again as it was).
+  """
+
+  def __init__(self, signum: int, abandoned_save: bool = False):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+    self.abandoned_save = abandoned_save
+    self.where = ""
+    self.restart_flag = None
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+
+@dataclasses.dataclass
+class TrainResult:
+  config: TrainConfig
+  history: list
+  params: Any
+  opt_state: Any
+  regularizer: Any
+  out: str
+
+
+class _Signals:
+  """SIGINT / SIGTERM during a training job: noted, and acted on at the next safe point.
+
+  :meth:`check` raises :class:`Interrupted` for a noted signal; the job calls
+  it between steps, between evaluation batches and after a checkpoint and its
+  logs are written, so a save under way always completes. Inside
+  :meth:`immediate` (loading data, which may download) a signal stops the job
+  at once. A second signal before the first is acted on also stops it at
+  once, abandoning a save under way (orbax renames a step into place only
+  once it is complete, so an abandoned save leaves no trace).
+  """
+
+  def __init__(self):
+    self.pending = None
+    self.saving = False
+    self._immediate = 0
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGINT, signal.SIGTERM):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    return False
+
+  def _handle(self, signum, frame):
+    if self.pending is None and not self._immediate:
+      self.pending = signum
+      return
+    raise Interrupted(signum, abandoned_save=self.saving)
+
+  def check(self) -> None:
+    if self.pending is not None:
+      raise Interrupted(self.pending)
+
+  @contextlib.contextmanager
+  def immediate(self):
+    self.check()
+    self._immediate += 1
+    try:
+      yield
+    finally:
+      self._immediate -= 1
+
+
+def _load_dataset(config: TrainConfig) -> datasets.Dataset:
+  try:
+    dataset = datasets.load(config.dataset, config.data_dir, config.download, context=config.context)
+  except OSError as err:
+    cache = config.data_dir or datasets.default_cache_dir()
+    raise ConfigError(f"--data-dir {cache}: cannot use the dataset cache ({err.strerror or err}"
+                      f"{': ' + str(err.filename) if err.filename else ''})") from None
+  n = len(dataset.x_train)
+  if config.batch_size > n:
+    raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set ({n} examples of "
+                      f"{dataset.name}); use --batch-size {n} or less")
+  return dataset
+
+
+class _Position:
+  """Where the run is, for the message of an interrupt."""
+
+  def __init__(self):
+    self.epoch, self.step = 0, 0
+    self.checkpoint = None  # (step, epoch, mid_epoch) of the newest checkpoint of this run on disk
+    self.owns_out = False  # whether --out holds this run (or nothing yet); before that, start again
+
+  def describe(self) -> str:
+    where = f"at step {self.step} (epoch {self.epoch})" if self.step else "before the first step"
+    if self.checkpoint is None:
+      return f"{where}, before the first checkpoint"
+    step, epoch, mid = self.checkpoint
+    return f"{where}; the last checkpoint is step {step} ({'in' if mid else 'end of'} epoch {epoch})"
+
+
+def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+  """Train as configured; see the module doc for what is written to ``config.out``.
+
+  Raises:
+    ConfigError: a setting or an input (``out``, ``data_dir``, the checkpoint
+      to resume) cannot be used.
+    Diverged: the loss or the params became non-finite.
+    Interrupted: SIGINT or SIGTERM (a KeyboardInterrupt).
+  """
+  config.validate()
+  position = _Position()
+  with _Signals() as signals:
+    try:
+      return _Job(config, log, signals, position).run()
+    except Interrupted as err:
+      checkpoint_dir = os.path.join(config.out, "checkpoint")
+      if config.resume or (position.owns_out and has_steps(checkpoint_dir)):
+        err.restart_flag = "--resume"
+      elif (config.overwrite or position.owns_out) and existing_run(config.out) is not None:
+        err.restart_flag = "--overwrite"  # what is there is this run's (or one the command replaces)
+      err.where = position.describe()
+      raise
+
+
+class _Job:
+  """One invocation of the training job: setup, resume, the epoch loop, checkpoints."""
+
+  def __init__(self, config: TrainConfig, log, signals: _Signals, position: _Position):
+    self.config, self.log, self.signals, self.position = config, log, signals, position
+    self.checkpoint_dir = os.path.join(config.out, "checkpoint")
+    self.log_path = os.path.join(config.out, "log.json")
+    self.config_written = False
+    # the state a checkpoint holds: completed epochs' records, and the position in the current epoch
+    self.history, self.partial = [], None
+    self.epoch_done, self.step, self.epoch_pos = 0, 0, 0
+    self.epoch_losses, self.epoch_skipped, self.epoch_seconds = [], 0, 0.0
+
+  def run(self) -> TrainResult:
+    config = self.config
+    prepare_out(config)
+    if config.resume:
+      precheck_resume(config, self.checkpoint_dir)
+    with self.signals.immediate():
+      self.dataset = _load_dataset(config)
+    self.model = build_model(config, self.dataset)
+    self.params = self.model.init(jax.random.PRNGKey(config.seed), self.dataset.x_train[:1])["params"]
+    self.regularizer = build_regularizer(config, self.model, self.params, self.dataset.x_train[:1])
+    if config.model == "transformer":  # per-epoch reports of the LM, fixed for the run
+      self.lm_groups = model_groups(self.regularizer, self.model, self.params, self.dataset.x_train[:1])
+      self.unigram = datasets.unigram_perplexity(self.dataset)
+    self.steps_per_epoch = datasets.steps_per_epoch(len(self.dataset.x_train), config.batch_size)
+    self.batches_per_epoch = len(self.dataset.x_train) // config.batch_size
+    self.rigl_groups = rigl_groups(config, self.model, self.params, self.dataset.x_train[:1])
+    self.tx = training_optimizer(config, self.regularizer, self.steps_per_epoch, self.rigl_groups)
+    self.mesh = build_mesh(config.mesh, config.batch_size)
+    self.opt_state = self.tx.init(self.params)
+    self._place()
+    self.signals.check()
+    if config.overwrite:
+      for name in RUN_FILES:
+        remove_path(os.path.join(config.out, name))
+    self.position.owns_out = not config.resume
+    for name in os.listdir(config.out):  # what an interrupted atomic JSON write left
+      if ".json.tmp-" in name:
+        remove_path(os.path.join(config.out, name))
+    self.steps = ckpt.Steps(self.checkpoint_dir, max_to_keep=KEEP_CHECKPOINTS)
+    try:
+      if config.resume:
+        self._resume()
+      return self._train()
+    finally:
+      self.steps.close()
+
+  def _place(self) -> None:
+    """Lay params and optimizer state on the mesh (see :func:`param_shardings`)."""
+    if self.mesh is None:
+      return
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from rmda_jax import sharding
+
+    shardings = param_shardings(self.mesh, self.params)
+    self.params = jax.device_put(self.params, shardings)
+    self.opt_state = jax.device_put(self.opt_state, sharding.state_shardings(self.tx, self.params, shardings))
+    self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+
+  def _resume(self) -> None:
+    config, template = self.config, {"params": self.params, "opt_state": self.opt_state}
+    step, tree, record, damaged = restore_newest(
+        self.steps, lambda stored: template, lambda fields: check_same_run(fields, config, config.out),
+        prefix="--resume: ")
+    self.position.owns_out = True
+    self.params, self.opt_state = tree["params"], tree["opt_state"]
+    self._place()
+    self.epoch_done, self.step, self.epoch_pos = record["epoch"], record["step"], record["epoch_step"]
+    self.epoch_losses, self.epoch_skipped = list(record["epoch_losses"]), record["epoch_skipped"]
+    self.epoch_seconds = record["epoch_seconds"]
+    self.history, self.partial = list(record["history"]), record.get("partial")
+    self._mark_checkpoint()
+    if damaged:
+      moved = []
+      for bad, _ in damaged:
+        moved.append(unique_path(os.path.join(config.out, "checkpoint-damaged", str(bad))))
+        self.steps.set_aside(bad, moved[-1])
+      self.log(fallback_note(damaged, step, record, os.path.dirname(moved[0])))
+    self._write_log()  # log.json follows the checkpoint (also when it was lost or damaged)
+    self.signals.check()
+    within = (f" + {self.epoch_pos} of {self.batches_per_epoch} steps of epoch {self.epoch_done + 1}"
+              if self.epoch_pos else "")
+    self.log(f"resumed from {self.checkpoint_dir} at step {self.step} (epoch {self.epoch_done}{within})")
+
+  def _mark_checkpoint(self) -> None:
+    mid = bool(self.epoch_pos)
+    self.position.checkpoint = (self.step, self.epoch_done + (1 if mid else 0), mid)
+    self.position.epoch, self.position.step = self.epoch_done + (1 if mid else 0), self.step
+
+  def _records(self) -> list:
+    return self.history + ([self.partial] if self.partial else [])
+
+  def _write_log(self) -> None:
+    write_json(self.log_path, {"config": dataclasses.asdict(self.config), "epochs": self._records()})
+
+  def _save(self) -> None:
+    """Checkpoint the current state, then config.json and log.json (a signal waits until all are written)."""
+    tree = {"params": self.params, "opt_state": self.opt_state}
+    record = {
+        "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(self.config),
+        "epoch": self.epoch_done, "step": self.step, "epoch_step": self.epoch_pos,
+        "epoch_losses": self.epoch_losses, "epoch_skipped": self.epoch_skipped,
+        "epoch_seconds": self.epoch_seconds, "history": self.history, "partial": self.partial,
+    }
+    pause = save_pause()
+    self.signals.saving = True
+    try:
+      if pause:
+        print(f"checkpoint save window: step {self.step}", file=sys.stderr, flush=True)
+        time.sleep(pause)
+        print(f"checkpoint write: step {self.step}", file=sys.stderr, flush=True)
+      self.steps.save(self.step, tree, record)
+      self._mark_checkpoint()
+      if pause:
+        time.sleep(pause)
+      if not self.config_written:
+        write_json(os.path.join(self.config.out, "config.json"), dataclasses.asdict(self.config))
+        self.config_written = True
+      self._write_log()
+    finally:
+      self.signals.saving = False
+    self.signals.check()
+
+  def _compile(self):
+    model, tx = self.model, self.tx
+
+    loss_fn = steps.softmax_cross_entropy(lambda p, x: model.apply({"params": p}, x))
+    step = steps.make_step(loss_fn, tx)
+
+    @jax.jit
+    def train_step(p, s, x, y):
+      p, s, loss = step(p, s, x, y)
+      # s.notfinite_count: 0 after a step with a finite gradient, else how many in a row were not
+      return p, s, loss, s.notfinite_count
+
+    @jax.jit
+    def correct(p, x, y):
+      # per example: the fraction of its tokens predicted (1 or 0 for classification)
+      return jnp.sum(jnp.argmax(model.apply({"params": p}, x), -1) == y) * (y.shape[0] / y.size)
+
+    @jax.jit
+    def summed_loss(p, x, y):
+      return loss_fn(p, x, y) * x.shape[0]
+
+    return train_step, correct, summed_loss
+
+  def _diverged(self, what: str, step: int, epoch: int) -> Diverged:
+    last = self.position.checkpoint
+    kept = f"the last checkpoint is step {last[0]}" if last else "no checkpoint was written"
+    return Diverged(f"training diverged at step {step} (epoch {epoch}): {what}; nothing of this state was saved "
+                    f"({kept}); try a smaller --lr (now {self.config.lr:g})")
+
+  def _check_step(self, step: int, epoch: int, loss, nonfinite_run) -> bool:
+    """Whether the step was skipped; Diverged when too many in a row were, or its loss is not finite."""
+    run_length = int(nonfinite_run)
+    if run_length > self.config.skip_nonfinite:
+      raise self._diverged(f"{run_length} step{'s' if run_length > 1 else ''} in a row had a non-finite gradient "
+                           f"(more than --skip-nonfinite {self.config.skip_nonfinite})", step, epoch)
+    if run_length == 0 and not math.isfinite(float(loss)):
+      raise self._diverged("the loss became non-finite", step, epoch)
+    return run_length > 0
+
+  def _train(self) -> TrainResult:
+    config, dataset = self.config, self.dataset
+    train_step, correct, summed_loss = self._compile()
+    dual_averaging = config.optimizer in ("rmda", "ramda")
+    header = (f"{config.optimizer} on {config.model}/{dataset.name}: {models.num_params(self.params):,} params, "
+              f"{len(dataset.x_train)} train / {len(dataset.x_test)} validation examples, "
+              f"{self.steps_per_epoch} steps per epoch, regularizer {config.regularizer} ({config.strength:g})")
+    self.log(header)
+    progress = progress_factory(config.progress)
+
+    def batched(fn, p, x, y):
+      return batched_mean(fn, p, x, y, config.eval_batch_size, self.signals.check)
+
+    def at_limit():
+      return config.max_steps is not None and self.step >= config.max_steps
+
+    if self.epoch_done >= config.epochs or at_limit():
+      self.log(f"nothing to do: the run is at step {self.step} (epoch {self.epoch_done}), "
+               f"--epochs {config.epochs}" + (f", --max-steps {config.max_steps}" if config.max_steps else ""))
+    for epoch in range(self.epoch_done + 1, config.epochs + 1):
+      if at_limit():
+        break
+      batches = datasets.batches(dataset.x_train, dataset.y_train, config.batch_size,
+                                 np.random.default_rng([config.seed, epoch]))
+      if self.epoch_pos:  # resuming inside this epoch: the same order, without the steps already done
+        batches = itertools.islice(batches, self.epoch_pos, None)
+      else:
+        self.epoch_losses, self.epoch_skipped, self.epoch_seconds = [], 0, 0.0
+      self.position.epoch = epoch
+      started = time.perf_counter()
+      bar = progress(total=self.batches_per_epoch, initial=self.epoch_pos, desc=f"epoch {epoch}/{config.epochs}")
+      pending = []
+      for xb, yb in batches:
+        if self.mesh is not None:
+          xb, yb = global_batch(self.batch_sharding, xb), global_batch(self.batch_sharding, yb)
+        self.params, self.opt_state, loss, nonfinite_run = train_step(self.params, self.opt_state, xb, yb)
+        self.step += 1
+        self.epoch_pos += 1
+        self.position.step = self.step
+        pending.append((self.step, loss, nonfinite_run))
+        bar.update(1)
+        self.signals.check()
+        if len(pending) > 1:  # the previous step's flag: reading it leaves this step running
+          previous, previous_loss, previous_run = pending[-2]
+          self._check_step(previous, epoch, previous_loss, previous_run)
+        if at_limit():
+          break
+      bar.close()
+      self.epoch_seconds += time.perf_counter() - started
+      for step, loss, nonfinite_run in pending:
+        if self._check_step(step, epoch, loss, nonfinite_run):
+          self.epoch_skipped += 1
+        else:
+          self.epoch_losses.append(float(loss))
+      complete = self.epoch_pos == self.batches_per_epoch
+      if not bool(all_finite(self.params)):
+        raise self._diverged("the params became non-finite", self.step, epoch)
+      if complete and not self.epoch_losses:
+        raise self._diverged("every step of the epoch had a non-finite gradient", self.step, epoch)
+      params = self.params
+      record = {
+          "epoch": epoch, "step": self.step, "seconds": self.epoch_seconds,
+          "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
+          "train_accuracy": batched(correct, params, dataset.x_train, dataset.y_train),
+          "val_loss": batched(summed_loss, params, dataset.x_test, dataset.y_test),
+          "val_accuracy": batched(correct, params, dataset.x_test, dataset.y_test),
+          "skipped_steps": self.epoch_skipped,
+          **structure_metrics(params, self.regularizer, self.rigl_groups),
+      }
+      if self.regularizer is not None and not isinstance(self.regularizer, discrete.DiscreteSet):
+        # (an indicator's value is +inf off the set: on_set_fraction reports feasibility instead)
+        record["objective"] = record["train_loss"] + float(self.regularizer.value(params))
+      if dual_averaging:
+        z = structured_params(self.opt_state)
+        z_structure = structure_metrics(z, self.regularizer)
+        record["structured_group_sparsity"] = z_structure["group_sparsity"]
+        record["structured_weighted_group_sparsity"] = z_structure["weighted_group_sparsity"]
+        if config.model == "transformer":
+          record["structured_val_perplexity"] = float(np.exp(batched(summed_loss, z, dataset.x_test, dataset.y_test)))
+        record["structured_val_accuracy"] = batched(correct, z, dataset.x_test, dataset.y_test)
+      if config.model == "transformer":
+        record.update(language_metrics(record, z if dual_averaging else params, self.lm_groups, self.unigram))
+      if complete:
+        self.history.append(record)
+        self.partial, self.epoch_done, self.epoch_pos = None, epoch, 0
+        self.epoch_losses, self.epoch_skipped, self.epoch_seconds = [], 0, 0.0
+      else:
+        record["partial"] = True
+        self.partial = record
+      self.log(epoch_line(record, self.batches_per_epoch))
+      if not complete or epoch == config.epochs or epoch % config.checkpoint_every == 0:
+        self._save()
+      else:
+        self._write_log()
+        self.signals.check()
+    records = self._records()
+    self.signals.check()
+    if config.plots and records:
+      from rmda_jax.app import plots
+
+      plots.curves(records, os.path.join(config.out, "curves.png"), title=header.split(":")[0])
+      plots.surviving_groups(self.params, self.regularizer, dataset.input_shape,
+                             os.path.join(config.out, "groups.png"))
+      if config.model == "transformer":
+        plots.kept_heatmap(records, "heads_kept", os.path.join(config.out, "heads.png"),
+                           title="attention heads kept (structured point)")
+    self.log(summary_table(records, config))
+    return TrainResult(config, records, self.params, self.opt_state, self.regularizer, config.out)

@@ -1,0 +1,225 @@
+"""Run directories: checkpoints, logs and resuming.
+
+``OUT/checkpoint/<step>/`` holds params, optimizer state and the epoch
+records so far, written under a temporary name and renamed when complete
+(the newest :data:`KEEP_CHECKPOINTS` are kept), with the SHA-256 of every
+array; ``log.json`` and ``config.json`` are rewritten atomically.
+:func:`restore_newest` picks the newest intact step and falls back to an
+older one; :func:`load_run` reads a finished or interrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from rmda_jax.app import checkpoint as ckpt
+from rmda_jax.app import data as datasets
+from rmda_jax.app.builders import build_model, build_regularizer, rigl_groups, training_optimizer
+from rmda_jax.app.config import ConfigError, TrainConfig, check_same_run, config_from_fields
+
+
+KEEP_CHECKPOINTS = 2  # newest checkpoint steps kept in OUT/checkpoint
+
+
+CHECKPOINT_FORMAT = 2
+
+
+# the files of a run in OUT (what --overwrite deletes)
+RUN_FILES = ("config.json", "log.json", "checkpoint", "checkpoint-damaged", "curves.png", "groups.png",
+             "heads.png")
+
+
+# test hook: seconds to pause inside every checkpoint save window (exercises interrupts during saves)
+SAVE_PAUSE_ENV = "RMDA_JAX_TEST_SAVE_PAUSE"
+
+
+def existing_run(out: str) -> Optional[str]:
+  """What marks ``out`` as holding a training run (``config.json``, ``log.json``, a checkpoint), or None."""
+  for name in ("config.json", "log.json"):
+    if os.path.lexists(os.path.join(out, name)):
+      return name
+  checkpoint_dir = os.path.join(out, "checkpoint")
+  if os.path.isdir(checkpoint_dir):
+    if any(ckpt.TMP_MARKER not in name for name in os.listdir(checkpoint_dir)):
+      return "checkpoint/"
+  elif os.path.lexists(checkpoint_dir):
+    return "checkpoint"
+  return None
+
+
+def _check_record(record: dict) -> None:
+  keys = ("config", "epoch", "step", "epoch_step", "epoch_losses", "epoch_skipped", "epoch_seconds", "history")
+  if record.get("format") != CHECKPOINT_FORMAT or any(k not in record for k in keys):
+    raise ckpt.CheckpointError("its record is not a training checkpoint of this rmda-jax version")
+
+
+@jax.jit
+def all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _no_checkpoint_message(checkpoint_dir: str) -> str:
+  if os.path.isfile(os.path.join(checkpoint_dir, "_CHECKPOINT_METADATA")):
+    return (f"{checkpoint_dir} was written by an older rmda-jax (one unnumbered checkpoint), which cannot be "
+            "resumed; train again with --overwrite")
+  return f"no complete checkpoint in {checkpoint_dir}"
+
+
+def restore_newest(steps: ckpt.Steps, template_for: Callable, check_config: Callable = lambda fields: None,
+                    prefix: str = ""):
+  """``(step, tree, record, damaged)`` of the newest step that restores and verifies.
+
+  ``template_for(config)`` gives the tree to restore into for a stored config;
+  ``damaged`` lists ``(step, reason)`` of the newer steps that failed. Raises
+  ConfigError (its message starting with ``prefix``) when no step is usable.
+  """
+  available = steps.steps()
+  if not available:
+    raise ConfigError(prefix + _no_checkpoint_message(steps.path))
+  damaged = []
+  for step in available:
+    try:
+      record = steps.read_record(step)
+      _check_record(record)
+      check_config(record["config"])
+      tree, record = steps.restore(step, template_for(config_from_fields(record["config"])))
+      if not bool(all_finite(tree["params"])):
+        raise ckpt.CheckpointError("its params are not finite")
+    except ckpt.CheckpointError as err:
+      damaged.append((step, str(err)))
+      continue
+    return step, tree, record, damaged
+  raise ConfigError(f"{prefix}no usable checkpoint in {steps.path}: "
+                    + "; ".join(f"step {step} is damaged ({why})" for step, why in damaged))
+
+
+def fallback_note(damaged, step, record, moved_to=None) -> str:
+  newest, why = damaged[0]
+  more = f" (and {len(damaged) - 1} more damaged step(s))" if len(damaged) > 1 else ""
+  note = (f"checkpoint step {newest} is damaged ({why}){more}; using step {step} "
+          f"(epoch {record['epoch']}{', mid-epoch' if record['epoch_step'] else ''})")
+  if moved_to:
+    note += f"; the damaged step was moved to {moved_to}"
+  return note
+
+
+def load_run(run_dir: str, log: Optional[Callable[[str], None]] = None):
+  """A finished (or interrupted) run: ``(config, dataset, model, params, opt_state)``.
+
+  ``run_dir`` is a run's output directory (with ``checkpoint/``) or its
+  ``checkpoint`` directory. The newest intact checkpoint step is used; when a
+  newer one is damaged, ``log`` (default: standard error) says so. Raises
+  ConfigError (one line) when the directory is no run or no step is usable.
+  """
+  run_dir = os.path.abspath(run_dir)
+  if os.path.basename(run_dir.rstrip(os.sep)) == "checkpoint":
+    run_dir = os.path.dirname(run_dir)
+  checkpoint_dir = os.path.join(run_dir, "checkpoint")
+  if not os.path.isdir(checkpoint_dir):
+    raise ConfigError(f"{run_dir} is not a training run: it needs checkpoint/ "
+                      "(written by rmda-jax train --out DIR)")
+  built = {}
+
+  def template_for(config):
+    try:
+      config.validate()
+    except ConfigError as err:
+      raise ckpt.CheckpointError(f"its stored configuration is invalid ({err})") from None
+    dataset = datasets.load(config.dataset, config.data_dir, download=False, context=config.context)
+    model = build_model(config, dataset)
+    params = model.init(jax.random.PRNGKey(config.seed), dataset.x_train[:1])["params"]
+    tx = training_optimizer(config, build_regularizer(config, model, params, dataset.x_train[:1]),
+                            datasets.steps_per_epoch(len(dataset.x_train), config.batch_size),
+                            rigl_groups(config, model, params, dataset.x_train[:1]))
+    built["config"], built["dataset"], built["model"] = config, dataset, model
+    return {"params": params, "opt_state": tx.init(params)}
+
+  with ckpt.Steps(checkpoint_dir, read_only=True) as steps:
+    step, tree, record, damaged = restore_newest(steps, template_for, prefix=f"{run_dir}: ")
+  if damaged:
+    (log or (lambda line: print(line, file=sys.stderr)))(fallback_note(damaged, step, record))
+  config = config_from_fields(record["config"])
+  if built.get("config") != config:
+    template_for(config)
+  return config, built["dataset"], built["model"], tree["params"], tree["opt_state"]
+
+
+def write_json(path: str, content) -> None:
+  """Write ``content`` to ``path`` atomically (temporary file, fsync, rename)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(content, f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def remove_path(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+def prepare_out(config: TrainConfig) -> None:
+  """Check ``--out`` / ``--data-dir`` and refuse to replace an existing run silently."""
+  out = config.out
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise ConfigError(f"--out {out} is a file, not a directory")
+  if config.data_dir is not None and os.path.lexists(config.data_dir) and not os.path.isdir(config.data_dir):
+    raise ConfigError(f"--data-dir {config.data_dir} is a file, not a directory")
+  if config.resume and not os.path.isdir(os.path.join(out, "checkpoint")):
+    raise ConfigError(f"--resume: no checkpoint in {os.path.join(out, 'checkpoint')} (nothing to resume; "
+                      "train without --resume)")
+  if not (config.resume or config.overwrite):
+    found = existing_run(out)
+    if found is not None:
+      raise ConfigError(f"--out {out} already holds a training run ({found}); add --resume to continue it "
+                        "or --overwrite to replace it")
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as err:
+    raise ConfigError(f"--out {out}: cannot create the directory ({err.strerror or err})") from None
+
+
+def save_pause() -> float:
+  try:
+    return max(float(os.environ.get(SAVE_PAUSE_ENV, "0")), 0.0)
+  except ValueError:
+    return 0.0
+
+
+def precheck_resume(config: TrainConfig, checkpoint_dir: str) -> None:
+  """The settings check of ``--resume``, on the newest readable record, before any data is loaded."""
+  with ckpt.Steps(checkpoint_dir, read_only=True) as steps:
+    for step in steps.steps():
+      try:
+        record = steps.read_record(step)
+        _check_record(record)
+      except ckpt.CheckpointError:
+        continue
+      check_same_run(record["config"], config, config.out)
+      return
+
+
+def has_steps(checkpoint_dir: str) -> bool:
+  try:
+    return any(name.isdigit() for name in os.listdir(checkpoint_dir))
+  except OSError:
+    return False
+
+
+def unique_path(path: str) -> str:
+  candidate, n = path, 1
+  while os.path.lexists(candidate):
+    n += 1
+    candidate = f"{path}-{n}"
+  return candidate
