@@ -260,10 +260,13 @@ def prox_ssi(
   threshold ``eta lambda / D`` is up to ``1/sqrt(1 - beta_2) ~ 32`` times
   larger than in the corrected one until ``t`` is a few thousand steps;
   a strength that suits ProxGen then zeroes every group in the first steps
-  (``benchmarks/pareto.py``). The corrected variant's threshold is ProxGen's
-  (``eps`` apart: ``1e-6`` added to ``sqrt(v_hat)``, as ProxGen adds its
-  ``1e-8``); only the prox differs (an exact metric prox of the Adam step
-  here, ProxGen's linearized subproblem around ``x`` there).
+  (``benchmarks/pareto.py``). With the correction the subproblem is
+  ProxGen's: ``<a m_t, z - x> + 1/2 (z - x)^T D (z - x)`` with ``a = eta /
+  (1 - beta_1^t)`` equals ``1/2 (z - y)^T D (z - y)`` up to a constant, so
+  ``prox_ssi(..., bias_correction=True)`` is :func:`prox_adamw` (without
+  decay, or with decay applied to ``y`` instead of ``x``) up to ``eps``
+  (``1e-6`` here, ``1e-8`` there): the faithful ProxSSI differs from ProxGen
+  by its uncorrected metric alone.
 
   Args:
     learning_rate: ``eta >= 0``, a number, a scalar array or a schedule
