@@ -65,10 +65,13 @@ def _add_train(sub) -> None:
   add("--momentum", type=float, default=None,
       help="the papers' c in (0, 1] (1 = none) for rmda/ramda/prox_sgd, default 0.1; "
            "heavy-ball beta for sgd and rigl, default 0.9")
-  add("--epochs", type=int, default=d.epochs)
+  add("--epochs", type=int, default=None,
+      help=f"default {training.EPOCHS} ({training.LM_EPOCHS} for --model transformer)")
   add("--batch-size", type=int, default=d.batch_size)
-  add("--milestones", type=_int_list, default=list(d.milestones),
-      help="epochs at which the lr drops by gamma (rmda/ramda also restart); e.g. 50,75 or none")
+  add("--milestones", type=_int_list, default=None,
+      help="epochs at which the lr drops by gamma (rmda/ramda also restart); e.g. 50,75 or none "
+           f"(default {','.join(map(str, training.MILESTONES))}; "
+           f"{','.join(map(str, training.LM_MILESTONES))} for --model transformer)")
   add("--gamma", type=float, default=d.gamma)
   add("--hidden", type=_int_list, default=list(d.hidden), help="MLP widths, e.g. 128,128")
   add("--seed", type=int, default=d.seed)
@@ -118,7 +121,7 @@ def _train(args) -> int:
   config = training.TrainConfig(
       model=args.model, dataset=args.dataset, optimizer=args.optimizer, regularizer=args.regularizer,
       strength=args.strength, learning_rate=args.lr, momentum=args.momentum, epochs=args.epochs,
-      batch_size=args.batch_size, milestones=tuple(args.milestones), gamma=args.gamma, seed=args.seed,
+      batch_size=args.batch_size, milestones=None if args.milestones is None else tuple(args.milestones), gamma=args.gamma, seed=args.seed,
       out=args.out, resume=args.resume, max_steps=args.max_steps, hidden=tuple(args.hidden),
       data_dir=args.data_dir, download=not args.no_download, progress=not args.no_progress,
       plots=not args.no_plots, checkpoint_every=args.checkpoint_every,

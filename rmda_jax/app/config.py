@@ -50,6 +50,8 @@ DISCRETE_VALUES = {"binary": (-1.0, 1.0), "ternary": (-1.0, 0.0, 1.0)}
 
 
 # what a resumed run may change; every other field must equal the stored run's
+EPOCHS, MILESTONES = 100, (50, 75)
+LM_EPOCHS, LM_MILESTONES = 10, (5, 8)
 RESUMABLE_CHANGES = ("epochs", "max_steps", "resume", "overwrite", "progress", "plots", "checkpoint_every", "out",
                      "data_dir", "download", "skip_nonfinite")
 
@@ -80,9 +82,9 @@ class TrainConfig:
   strength: float = 2e-3
   learning_rate: Optional[float] = None
   momentum: Optional[float] = None
-  epochs: int = 100
+  epochs: Optional[int] = None          # None: 100 (10 for the transformer)
   batch_size: int = 64
-  milestones: Sequence[int] = (50, 75)
+  milestones: Optional[Sequence[int]] = None   # None: (50, 75) ((5, 8) for the transformer)
   gamma: float = 0.1
   seed: int = 0
   out: str = "runs/default"
@@ -102,15 +104,24 @@ class TrainConfig:
   overwrite: bool = False
   skip_nonfinite: int = 10
   # the Transformer language model (--model transformer, text datasets)
-  context: int = 128
+  context: int = 64
   layers: int = 2
-  width: int = 128
+  width: int = 64
   heads: int = 4
   mlp: Optional[int] = None
   positions: str = "learned"
   tied: bool = True
   groups: str = "auto"
   mesh: Optional[str] = None
+
+  def __post_init__(self):
+    # a language model's epoch is many steps: its defaults train in a few minutes on a CPU
+    language_model = self.model == "transformer"
+    if self.epochs is None:
+      self.epochs = LM_EPOCHS if language_model else EPOCHS
+    if self.milestones is None:
+      self.milestones = LM_MILESTONES if language_model else MILESTONES
+    self.milestones = tuple(self.milestones)
 
   def validate(self) -> None:
     def check(ok, message):
