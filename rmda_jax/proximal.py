@@ -97,6 +97,7 @@ def prox_sgd(
     momentum: _common.ScalarOrSchedule = 0.1,
     regularizer: Optional[regs.Regularizer] = None,
     skip_nonfinite: Union[bool, int] = False,
+    strength: Optional[_common.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal SGD with the reference's dampened momentum (ProxSGD).
 
@@ -118,6 +119,9 @@ def prox_sgd(
       ``ApplyIfFiniteState`` holds this optimizer's state and counts the
       skipped steps). ``True`` skips every such step; an integer ``n >= 1``
       gives up after ``n`` consecutive ones and applies the step.
+    strength: ``lambda >= 0`` in place of ``regularizer.strength``: a number,
+      a scalar array or a schedule of the step count, injectable with
+      ``optax.inject_hyperparams``; None keeps the regularizer's.
 
   Raises:
     TypeError / ValueError: an argument of the wrong type or out of range
@@ -125,9 +129,12 @@ def prox_sgd(
       state whose tree structure or shapes differ from the params'.
 
   Example:
-    >>> import jax.numpy as jnp, rmda_jax
-    >>> tx = rmda_jax.prox_sgd(0.1, regularizer=rmda_jax.l1(1e-3))
-    >>> state = tx.init({"w": jnp.ones((2, 2))})
+    >>> import jax.numpy as jnp, optax, rmda_jax
+    >>> tx = rmda_jax.prox_sgd(1.0, momentum=1.0, regularizer=rmda_jax.l1(0.5))
+    >>> params = {"w": jnp.array([[2.0, 0.3]])}
+    >>> updates, state = tx.update({"w": jnp.array([[0.5, -0.1]])}, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["w"].tolist()   # soft(x - lr g, lr lambda)
+    [[1.0, 0.0]]
 
   References:
     Yang, Yuan, et al., "ProxSGD: Training Structured Neural Networks under
@@ -139,7 +146,7 @@ def prox_sgd(
       ProxSGDState,
       blocks.dampened_momentum(momentum),
       blocks.proximal_gradient_subproblem(learning_rate),
-      blocks.proximal_step(regularizer, solver=None, keep_point=False),
+      blocks.proximal_step(regularizer, solver=None, keep_point=False, strength=strength),
       blocks.to_updates(),
       check=_checker("prox_sgd", lambda state: state.momentum),
   )
@@ -153,13 +160,13 @@ def _checker(name, state_tree):
   return check
 
 
-def _prox_adam(name, subproblem, b1, b2, regularizer, solver, max_errors):
+def _prox_adam(name, subproblem, b1, b2, regularizer, solver, max_errors, strength=None):
   """``adam_moments -> subproblem -> proximal_step -> to_updates`` with a :class:`ProxAdamState`."""
   tx = blocks.named_chain(
       ProxAdamState,
       blocks.adam_moments(b1, b2),
       subproblem,
-      blocks.proximal_step(regularizer, solver, keep_point=False),
+      blocks.proximal_step(regularizer, solver, keep_point=False, strength=strength),
       blocks.to_updates(),
       check=_checker(name, lambda state: state.mu),
   )
@@ -175,6 +182,7 @@ def prox_adamw(
     regularizer: Optional[regs.Regularizer] = None,
     solver: Union[str, solvers.Solver] = "auto",
     skip_nonfinite: Union[bool, int] = False,
+    strength: Optional[_common.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ProxGen with an AdamW base: a preconditioned proximal step.
 
@@ -200,6 +208,7 @@ def prox_adamw(
     skip_nonfinite: as in :func:`prox_sgd`: skip (``True``, or at most ``n``
       consecutive) steps with a non-finite gradient, leaving the state as it
       was (``optax.apply_if_finite``).
+    strength: as in :func:`prox_sgd` (``lambda`` in place of the regularizer's).
 
   ``b1``, ``b2``, ``eps`` and ``weight_decay`` are numbers or scalar arrays.
 
@@ -207,9 +216,13 @@ def prox_adamw(
     TypeError / ValueError: as in :func:`prox_sgd`.
 
   Example:
-    >>> import jax.numpy as jnp, rmda_jax
-    >>> tx = rmda_jax.prox_adamw(1e-3, regularizer=rmda_jax.group_lasso(1e-3))
-    >>> state = tx.init({"w": jnp.ones((2, 2))})
+    >>> import jax.numpy as jnp, optax, rmda_jax
+    >>> tx = rmda_jax.prox_adamw(0.1, regularizer=rmda_jax.l1(1.0))
+    >>> params = {"w": jnp.array([[1.0, 0.05]])}
+    >>> updates, state = tx.update({"w": jnp.array([[0.2, 0.2]])}, tx.init(params), params)
+    >>> w = optax.apply_updates(params, updates)["w"]
+    >>> round(float(w[0, 0]), 4), float(w[0, 1])   # soft(x - lr, lr lambda / D), D = |g| at t = 1
+    (0.4, 0.0)
 
   References:
     Yun, Lozano & Yang, "Adaptive Proximal Gradient Methods for Structured
@@ -217,7 +230,7 @@ def prox_adamw(
   """
   max_errors = _check(learning_rate, regularizer, skip_nonfinite)
   subproblem = blocks.proxgen_subproblem(learning_rate, b1, b2, eps, weight_decay)
-  return _prox_adam("prox_adamw", subproblem, b1, b2, regularizer, solver, max_errors)
+  return _prox_adam("prox_adamw", subproblem, b1, b2, regularizer, solver, max_errors, strength)
 
 
 def prox_ssi(
@@ -230,6 +243,7 @@ def prox_ssi(
     solver: Union[str, solvers.Solver] = "auto",
     skip_nonfinite: Union[bool, int] = False,
     bias_correction: bool = False,
+    strength: Optional[_common.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ProxSSI: an Adam step, then the prox in Adam's metric (Deleu & Bengio).
 
@@ -281,14 +295,18 @@ def prox_ssi(
     bias_correction: False (default) is the original's metric ``sqrt(v_t) +
       eps``; True uses ``sqrt(v_t / (1 - beta_2^t)) + eps`` in both the Adam
       step and the prox (see above).
+    strength: as in :func:`prox_sgd`.
 
   Raises:
     TypeError / ValueError: as in :func:`prox_sgd`.
 
   Example:
-    >>> import jax.numpy as jnp, rmda_jax
-    >>> tx = rmda_jax.prox_ssi(1e-3, regularizer=rmda_jax.group_lasso(1e-3))
-    >>> state = tx.init({"w": jnp.ones((2, 2))})
+    >>> import jax.numpy as jnp, optax, rmda_jax
+    >>> tx = rmda_jax.prox_ssi(0.1, regularizer=rmda_jax.group_lasso(10.0))
+    >>> params = {"w": jnp.ones((2, 2))}
+    >>> updates, state = tx.update({"w": jnp.full((2, 2), 0.1)}, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["w"].tolist()   # every input group below the threshold
+    [[0.0, 0.0], [0.0, 0.0]]
 
   References:
     Deleu & Bengio, "Structured Sparsity Inducing Adaptive Optimizers for Deep
@@ -301,7 +319,7 @@ def prox_ssi(
     subproblem = _prox_ssi_corrected_subproblem(learning_rate, b1, b2, eps, weight_decay)
   else:
     subproblem = blocks.prox_ssi_subproblem(learning_rate, b1, b2, eps, weight_decay)
-  return _prox_adam("prox_ssi", subproblem, b1, b2, regularizer, solver, max_errors)
+  return _prox_adam("prox_ssi", subproblem, b1, b2, regularizer, solver, max_errors, strength)
 
 
 def _prox_ssi_corrected_subproblem(learning_rate, b1, b2, eps, weight_decay):
