@@ -20,6 +20,7 @@ Transformer-XL / WikiText-103 table beside it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 
@@ -75,6 +76,8 @@ def main():
   parser.add_argument("--strengths", type=float, nargs="+", default=None,
                       help="one sweep for every regularized method (default: per method)")
   parser.add_argument("--work", default="/tmp/rmda_jax_lm")
+  parser.add_argument("--name", default="language_model",
+                      help="results/<name>.json and .png (e.g. language_model_stages for a staged run)")
   args = parser.parse_args()
 
   rows = []
@@ -92,6 +95,10 @@ def main():
       print(f"{method} {strength:g}: ppl {row['val_perplexity']:.3f} +- {row['val_perplexity_std']:.3f}, "
             f"weighted group sparsity {row['weighted_group_sparsity']:.3f}, heads kept {row['heads_kept']:.2f}, "
             f"units kept {row['units_kept']:.2f}, {row['epoch_seconds']:.1f} s/epoch", flush=True)
+      partial = os.path.join(args.work, f"{args.name}.partial.json")   # rows so far, for a long run
+      os.makedirs(args.work, exist_ok=True)
+      with open(partial, "w") as f:
+        json.dump(rows, f, indent=1)
   rmda_time = [r["epoch_seconds"] for r in rows if r["method"] == "rmda"]
   for r in rows:
     r["epoch_time_vs_rmda"] = r["epoch_seconds"] / statistics.median(rmda_time) if rmda_time else None
@@ -117,13 +124,13 @@ def main():
     ax.set_ylabel("validation perplexity")
     ax.legend()
     ax.grid(alpha=0.3)
-    path = os.path.join(_harness.RESULTS, "language_model.png")
+    path = os.path.join(_harness.RESULTS, f"{args.name}.png")
     os.makedirs(_harness.RESULTS, exist_ok=True)
     plots._finish(plt, fig, path)
     print(f"wrote {path}")
   except ImportError:
     pass
-  _harness.write_json("language_model", {"args": vars(args), "rows": rows, "paper": PAPER})
+  _harness.write_json(args.name, {"args": vars(args), "rows": rows, "paper": PAPER})
 
 
 if __name__ == "__main__":

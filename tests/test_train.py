@@ -129,3 +129,16 @@ def test_missing_dataset_offline_is_one_line_in_a_real_process(tmp_path):
   assert proc.returncode == 2
   err = proc.stderr.strip()
   assert "fashion_mnist is not in the cache" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("missing, fragment", [("matplotlib", "plots (or --no-plots) need matplotlib"),
+                                               ("orbax", "checkpoints need orbax")])
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra(missing, fragment, tmp_path, monkeypatch, capsys):
+  import importlib.util
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+  assert cli.main(["train", "--out", str(tmp_path / "run"), *TINY]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and fragment in err[0] and 'pip install "rmda-jax[examples]"' in err[0]
+  assert not os.path.exists(tmp_path / "run")   # nothing was started

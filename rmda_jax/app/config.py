@@ -9,6 +9,7 @@ a resumed one.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from typing import Optional, Sequence
 
@@ -127,6 +128,13 @@ class TrainConfig:
     def check(ok, message):
       if not ok:
         raise ConfigError(message)
+
+    # the optional dependencies the run will need: one line naming the extra, before any work
+    needed = [("orbax.checkpoint", "checkpoints")] + ([("matplotlib", "plots (or --no-plots)")] if self.plots else [])
+    for module, purpose in needed:
+      if importlib.util.find_spec(module.split(".")[0]) is None:
+        raise ConfigError(f"{purpose} need {module.split('.')[0].replace('_', '-')}: "
+                          'pip install "rmda-jax[examples]"')
 
     check(self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
     check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")

