@@ -233,8 +233,12 @@ class StructureTracker:
 
   Attributes:
     regularizer: decides the groups (see :func:`group_structure`).
-    kind: ``"group"`` (support of groups) or ``"unstructured"`` (support of
-      the entries of the regularized leaves).
+    kind: ``"group"`` (support of groups), ``"unstructured"`` (support of
+      the entries of the regularized leaves), or ``"regularizer"`` (the
+      regularizer's own notion of the structure of a point,
+      :meth:`~rmda_jax.regularizers.Regularizer.support`: nonzero groups for
+      group-LASSO, nonzero entries for L1, nonzero singular values -- the
+      rank -- for the nuclear norm).
 
   Example:
     >>> import jax.numpy as jnp, rmda_jax
@@ -249,10 +253,14 @@ class StructureTracker:
   kind: str = "group"
 
   def __post_init__(self):
-    if self.kind not in ("group", "unstructured"):
-      raise ValueError(f"kind must be 'group' or 'unstructured', got {self.kind!r}.")
+    if self.kind not in ("group", "unstructured", "regularizer"):
+      raise ValueError(f"kind must be 'group', 'unstructured' or 'regularizer', got {self.kind!r}.")
+    if self.kind == "regularizer" and self.regularizer is None:
+      raise ValueError("kind='regularizer' follows a regularizer's own support: give the regularizer.")
 
   def support(self, params) -> tuple:
+    if self.kind == "regularizer":
+      return tuple(self.regularizer.support(params))
     blocks = group_blocks(params, self.regularizer)
     if self.kind == "unstructured":
       return tuple(x != 0 for _, xs, _ in blocks for x in xs)

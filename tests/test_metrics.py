@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import rmda_jax
 from rmda_jax import metrics
@@ -59,3 +60,20 @@ def test_metrics_are_jittable_and_nan_free_on_empty_sets():
   reg = rmda_jax.group_lasso(1e-3)
   out = jax.jit(lambda p: metrics.summary(p, reg))(jax.tree_util.tree_map(jnp.asarray, _params()))
   assert set(out) == {"unstructured_sparsity", "group_sparsity", "weighted_group_sparsity", "weight_sparsity"}
+
+
+def test_tracker_follows_the_regularizers_own_support_the_rank():
+  rng = np.random.default_rng(0)
+  u, v = rng.normal(size=(6, 2)), rng.normal(size=(2, 5))
+  rank2 = {"Dense_0": {"kernel": jnp.asarray(u @ v, jnp.float32)}}
+  rank1 = {"Dense_0": {"kernel": jnp.asarray(np.outer(u[:, 0], v[0]), jnp.float32)}}
+  tracker = metrics.StructureTracker(rmda_jax.nuclear_norm(1e-3), kind="regularizer")
+  t = tracker.init(rank2)
+  assert int(np.sum(np.asarray(t.support[0]))) == np.linalg.matrix_rank(u @ v) == 2
+  t = tracker.update(t, rank2)
+  assert int(t.num_changes) == 0
+  t = jax.jit(tracker.update)(t, rank1)                  # the rank drops: a change at step 2
+  assert (int(t.last_change), int(t.num_changes)) == (2, 1)
+  assert int(np.sum(np.asarray(t.support[0]))) == 1
+  with pytest.raises(ValueError, match="give the regularizer"):
+    metrics.StructureTracker(kind="regularizer")
