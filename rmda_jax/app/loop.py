@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmda_jax import discrete
+from rmda_jax import regularizers as regs
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
 from rmda_jax.app import models
@@ -453,7 +454,8 @@ class _Job:
       from rmda_jax.app import plots
 
       plots.curves(records, os.path.join(config.out, "curves.png"), title=header.split(":")[0])
-      plots.surviving_groups(self.params, self.regularizer, dataset.input_shape,
+      drawn = self.regularizer if self.rigl_groups is None else regs.group_lasso(0.0, groups=self.rigl_groups)
+      plots.surviving_groups(self.params, drawn, dataset.input_shape,
                              os.path.join(config.out, "groups.png"))
       if config.model == "transformer":
         plots.kept_heatmap(records, "heads_kept", os.path.join(config.out, "heads.png"),
