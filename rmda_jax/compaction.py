@@ -22,8 +22,9 @@ Which model class is rebuilt, and how:
 * a model that implements the *compaction protocol* -- ``compaction_layers()``
   (its top-level param names), ``compaction_input(params)`` (an example
   input) and ``with_widths_of(params)`` (the same class with the widths of
-  ``params``), as the models of :mod:`rmda_jax.app.models` do -- needs only
-  its params;
+  ``params``), and optionally ``compaction_groups(groups)`` (the families
+  whose widths the class can change), as the models of
+  :mod:`rmda_jax.app.models` do -- needs only its params;
 * any other linen module is rebuilt by :func:`compact_linen` from an example
   input: its integer fields that set its layers' widths are found and
   checked (:mod:`rmda_jax.rebuild`);
@@ -266,6 +267,8 @@ def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
   while True:  # a removal can make another unit dead (a consumer's remaining rows all zero...)
     apply = lambda p, x, m=current: m.apply({"params": p}, x)
     groups = discovery.discover_groups(apply, params, x)
+    if callable(getattr(model, "compaction_groups", None)):   # the widths the class can express
+      groups = model.compaction_groups(groups)
     small = reduction.compact_function(apply, params, groups, x)
     for name, keep in small.kept.items():
       kept[name] = kept[name][keep] if name in kept else keep
@@ -279,6 +282,10 @@ def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
     if name.startswith(("Dense", "Conv")) and name not in kept:
       kept[name] = np.arange(np.shape(params[name]["kernel"])[-1])
   compact_model = model.with_widths_of(params)
+  expected = jax.eval_shape(lambda: compact_model.init(jax.random.PRNGKey(0), x))["params"]
+  if jax.tree_util.tree_map(np.shape, expected) != jax.tree_util.tree_map(np.shape, params):
+    raise ValueError(f"{type(model).__name__}.with_widths_of does not express the compacted widths (its "
+                     "compaction_groups should leave out the families it cannot resize).")
   ranks = {}
   if low_rank and not hasattr(model, "ranks"):
     raise ValueError(f"low_rank: {type(model).__name__} has no factorized layers (ranks).")

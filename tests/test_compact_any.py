@@ -414,6 +414,21 @@ def test_transformer_lm_is_rebuilt_with_per_layer_heads_and_units(positions, tie
   assert compaction.load(str(tmp_path / "lm"), classes=models.ZOO).model == small.model
 
 
+def test_transformer_lm_with_a_dead_attention_layer_keeps_one_head_of_full_width():
+  # every head of layer 1 zero in q, k, v and out: one head is kept (a layer never loses all), head_dim stays
+  model = models.TransformerLM(context=8, dim=16, heads=4, layers=2, mlp=16)
+  tokens = jax.random.randint(X_KEY, (3, 8), 0, 256)
+  params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+  for name in ("query", "key", "value"):
+    params = set_rows(params, ("attn_1", name, "kernel"), (slice(None),))
+    params = set_rows(params, ("attn_1", name, "bias"), (slice(None),))
+  params = set_rows(params, ("attn_1", "out", "kernel"), (slice(None),))
+  small = compaction.compact(model, params)
+  assert small.model.heads == (4, 1) and small.model.head_dim == 4
+  other = jax.random.randint(CHECK_KEY, (2, 8), 0, 256)
+  assert_close(jax.nn.softmax(small.apply(other)), jax.nn.softmax(model.apply({"params": params}, other)))
+
+
 def test_transformer_lm_is_causal():
   model = models.TransformerLM(context=10, dim=16, heads=2, layers=2, positions="rotary")
   tokens = jax.random.randint(X_KEY, (2, 10), 0, 256)

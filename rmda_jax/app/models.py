@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -218,6 +219,11 @@ class TransformerBlock(nn.Module):
   def compaction_input(self, params):
     return jnp.zeros((2, 4, self.dim))
 
+  def compaction_groups(self, groups):
+    """Heads and MLP units: the widths this class has (``head_dim`` is fixed)."""
+    return _only(groups, lambda f: (f.kind == "heads" and f.name.startswith("MultiHeadDotProductAttention"))
+                 or (f.kind == "units" and f.name == "Dense_0"))
+
   def with_widths_of(self, params) -> "TransformerBlock":
     heads, head_dim = np.shape(params["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1:]
     return self.clone(heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=_out(params, "Dense_0"))
@@ -318,10 +324,21 @@ class TransformerLM(nn.Module):
   def compaction_input(self, params):
     return jnp.zeros((2, min(4, self.context)), jnp.int32)
 
+  def compaction_groups(self, groups):
+    """Heads and MLP units per layer: the widths this class has (one ``head_dim`` for all layers)."""
+    return _only(groups, lambda f: (f.kind == "heads" and f.name.startswith("attn_"))
+                 or (f.kind == "units" and f.name.startswith("mlp_in_")))
+
   def with_widths_of(self, params) -> "TransformerLM":
     heads = tuple(int(np.shape(params[f"attn_{i}"]["query"]["kernel"])[1]) for i in range(self.layers))
     head_dim = int(np.shape(params["attn_0"]["query"]["kernel"])[2])
     return self.clone(heads=heads, head_dim=head_dim, mlp=tuple(_out(params, f"mlp_in_{i}") for i in range(self.layers)))
+
+
+def _only(groups, keep):
+  import dataclasses
+
+  return dataclasses.replace(groups, families=tuple(f for f in groups.families if keep(f)))
 
 
 def _out(params, name: str) -> int:
@@ -350,11 +367,7 @@ def generate(model, params, prompt, steps: int, temperature: float = 0.0, seed: 
   if tokens.size == 0:
     tokens = np.zeros((1,), np.int32)
   window = np.zeros((1, context), np.int32)
-
-  @jax.jit
-  def next_logits(p, window, length):
-    return model.apply({"params": p}, window)[0, length - 1]
-
+  next_logits = _next_logits(model)
   key = jax.random.PRNGKey(seed)
   out = list(tokens)
   for _ in range(steps):
@@ -368,3 +381,15 @@ def generate(model, params, prompt, steps: int, temperature: float = 0.0, seed: 
       token = int(jax.random.categorical(sub, logits / temperature))
     out.append(token)
   return np.asarray(out, np.int32)
+
+
+@functools.lru_cache(maxsize=16)
+def _next_logits(model):
+  """The jitted next-token logits of a model, compiled once per model (not once per :func:`generate` call)."""
+  import jax
+
+  @jax.jit
+  def next_logits(p, window, length):
+    return model.apply({"params": p}, window)[0, length - 1]
+
+  return next_logits
