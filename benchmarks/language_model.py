@@ -75,6 +75,8 @@ def main():
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--strengths", type=float, nargs="+", default=None,
                       help="one sweep for every regularized method (default: per method)")
+  parser.add_argument("--method-strengths", nargs="+", default=(), metavar="METHOD=S1,S2",
+                      help="per-method sweeps, e.g. ramda=1e-4,3e-4 rmda=3e-3 (others keep their defaults)")
   parser.add_argument("--work", default="/tmp/rmda_jax_lm")
   parser.add_argument("--name", default="language_model",
                       help="results/<name>.json and .png (e.g. language_model_stages for a staged run)")
@@ -82,7 +84,10 @@ def main():
 
   rows = []
   for method in args.methods:
+    chosen = dict(item.split("=", 1) for item in args.method_strengths)
     strengths = METHODS[method][1] if args.strengths is None or method == "adamw" else args.strengths
+    if method in chosen and method != "adamw":
+      strengths = tuple(float(v) for v in chosen[method].split(","))
     for strength in strengths:
       runs = [run_one(method, strength, seed, args) for seed in range(args.seeds)]
       row = {"method": method, "strength": strength, "seeds": len(runs)}
