@@ -79,7 +79,7 @@ def test_a_missing_optional_dependency_names_the_extra(monkeypatch):
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "__import__", no_sklearn)
-  with pytest.raises(data.DataError, match=r"pip install 'rmda-jax\[examples\]'"):
+  with pytest.raises(data.DataError, match=r'pip install "rmda-jax\[examples\]"'):
     data._sklearn()
 
 
