@@ -130,6 +130,9 @@ class Subproblem(NamedTuple):
     anchor: the value of the coordinates where ``P == 0`` (unregularized);
       None means 0.
     count: int32, the step count (tolerance schedules of the solver).
+    twin: optional, ``b`` computed a second time from the same inputs
+      passed through ``jax.lax.optimization_barrier`` (see :func:`twin_of`);
+      the closed-form prox reads its group norms from it (``metric=None``).
   """
 
   b: Params
@@ -138,6 +141,7 @@ class Subproblem(NamedTuple):
   init: Optional[Params]
   anchor: Optional[Params]
   count: jax.Array
+  twin: Optional[Params] = None
 
 
 class AdamMoments(NamedTuple):
@@ -153,6 +157,27 @@ class AdamMoments(NamedTuple):
   count: jax.Array
   mu: Params
   nu: Params
+
+
+def twin_of(fn, *trees):
+  """``fn(*trees)`` on the trees passed through ``jax.lax.optimization_barrier``.
+
+  The result holds the same values as ``fn(*trees)`` but XLA cannot merge
+  the two computations, so each is fused into its own consumer. A prox
+  whose group norms and scaling both read ``b = fn(*trees)`` would otherwise
+  make XLA store ``b`` in a temporary buffer (its norm is a reduction that
+  cannot share a fusion with the scaling), and on CPU every temporary is
+  freshly allocated and page-faulted at every call: for a 15M-parameter
+  ``prox_sgd`` step that is about as costly as the step itself. With the
+  twin, the norms read the trees once more and nothing is stored.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from rmda_jax import blocks
+    >>> blocks.twin_of(lambda x, m: x - 0.5 * m, jnp.ones(2), jnp.ones(2)).tolist()
+    [0.5, 0.5]
+  """
+  return fn(*jax.lax.optimization_barrier(trees))
 
 
 # --------------------------------------------------------------------------- states
@@ -292,7 +317,7 @@ def accumulate_dual_averaging(
         count=_zero_count(),
         stage_count=_zero_count(),
         alpha=jnp.zeros((), jnp.float32),
-        anchor=_common.to_float32(params),
+        anchor=_common.fresh_copy(params, "accumulator"),
         grad_sum=_common.zeros_float32(params),
         sq_grad_sum=_common.zeros_float32(params) if sq_grads else optax.EmptyState(),
     )
@@ -356,21 +381,45 @@ def sqrt_k_metric() -> optax.GradientTransformationExtraArgs:
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     sqrt_k = jnp.sqrt(updates.stage_count.astype(jnp.float32))
-    y = jax.tree_util.tree_map(lambda x0, v: x0 - v / sqrt_k, updates.anchor, updates.grad_sum)
-    return Subproblem(y, None, updates.alpha / sqrt_k, None, updates.anchor, updates.count), state
+    # a product, not a division, per entry: XLA recomputes cheap elementwise
+    # expressions in each consumer but stores an "expensive" division's result
+    inv_sqrt_k = 1 / sqrt_k
+    center = lambda anchor, grad_sum: jax.tree_util.tree_map(lambda x0, v: x0 - v * inv_sqrt_k, anchor, grad_sum)
+    y = center(updates.anchor, updates.grad_sum)
+    twin = twin_of(center, updates.anchor, updates.grad_sum)
+    return Subproblem(y, None, updates.alpha / sqrt_k, None, updates.anchor, updates.count, twin), state
 
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
 def cube_root(u: jax.Array) -> jax.Array:
-  """``u ** (1/3)`` for ``u >= 0`` as ``exp(log(u) / 3)`` (0 at 0).
+  """``u ** (1/3)`` for ``u >= 0`` (0 at 0), by Newton's method on ``u ** (-1/3)``.
 
-  XLA's CPU ``cbrt`` is about 10x slower on large arrays (range-reduced
-  Halley iterations are slower still, because of ``frexp``); the relative
-  error here is about 2e-6, far below the noise of a gradient-sum metric.
+  In float32, ``y = u ** (-1/3)`` starts from the exponent-thirding bit trick
+  (within about 10%) and takes three division-free Newton steps
+  ``y <- y (4 - u y^3) / 3``; the cube root is ``u y^2``. The relative error
+  is below 5e-7 over the normal float32 range (subnormals count as 0, as XLA
+  flushes them), and the cost is a dozen multiplies per entry: on CPU about
+  1.8x faster than ``exp(log(u) / 3)`` and 10x faster than XLA's ``cbrt``.
+  Other dtypes use ``jnp.cbrt``. ``+inf`` stays ``+inf``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from rmda_jax.blocks import cube_root
+    >>> [round(float(v), 5) for v in cube_root(jnp.array([0.0, 1.0, 8.0, 1e-3]))]
+    [0.0, 1.0, 2.0, 0.1]
   """
+  u = jnp.asarray(u)
   positive = u > 0
-  return jnp.where(positive, jnp.exp(jnp.log(jnp.where(positive, u, 1)) / 3), 0)
+  safe = jnp.where(positive, u, 1)
+  if u.dtype != jnp.float32:
+    return jnp.where(positive, jnp.cbrt(safe), 0)
+  bits = jax.lax.bitcast_convert_type(safe, jnp.int32)
+  y = jax.lax.bitcast_convert_type(jnp.int32(0x54A2FA8C) - jax.lax.div(bits, jnp.int32(3)), jnp.float32)
+  for _ in range(3):
+    y = y * (4 - safe * y * y * y) * (1 / 3)
+  root = jnp.where(jnp.isinf(safe), safe, safe * y * y)
+  return jnp.where(positive, root, 0)
 
 
 def cube_root_preconditioner(sq_grad_sum, eps) -> Params:
@@ -538,7 +587,7 @@ def proximal_step(
     if regularizer is not None:
       regularizer.check(params)
     return ProximalStepState(
-        structured=params if keep_point else optax.EmptyState(),
+        structured=_common.fresh_copy(params) if keep_point else optax.EmptyState(),
         solver_info=optax.EmptyState() if solver is None else solvers.empty_info(),
     )
 
@@ -547,7 +596,7 @@ def proximal_step(
     problem = updates
     reg = regularizer_at(problem.count)
     if problem.metric is None:
-      z = problem.b if reg is None else reg.prox(problem.b, problem.scale)
+      z = problem.b if reg is None else reg.prox(problem.b, problem.scale, statistics=problem.twin)
       info = state.solver_info if solver is None else solvers.empty_info()
     else:
       if solver is None:
@@ -561,6 +610,19 @@ def proximal_step(
     if keep_point:
       _common.require_params(params, "proximal_step")
       structured = _common.cast_like(z, params)
+      # The closed-form prox never reads the previous point, nor does any
+      # solve read it on unregularized leaves: tie it to the new one so that
+      # jit does not prune it as an unused argument, which would leave its
+      # donated buffer unused and the new point in freshly allocated (on CPU:
+      # page-faulted) memory at every call.
+      structured, _ = jax.lax.optimization_barrier((structured, state.structured))
+      # The kept point is an output buffer anyway: where it has z's dtype,
+      # the blocks after this one read it there (the barrier stops XLA from
+      # recomputing z in each consumer, which would keep its shared parts in
+      # temporary buffers; see twin_of).
+      z = jax.tree_util.tree_map(
+          lambda zz, kept: zz if zz.dtype != kept.dtype else kept, z,
+          jax.lax.optimization_barrier(structured))
     return z, ProximalStepState(structured, info)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -706,8 +768,11 @@ def proximal_gradient_subproblem(learning_rate: _common.ScalarOrSchedule) -> opt
     del extra_args
     _common.require_params(params, "proximal_gradient_subproblem")
     lr = _common.evaluate(learning_rate, state.count)
-    y = jax.tree_util.tree_map(lambda x, m: x.astype(m.dtype) - lr * m, params, updates)
-    return Subproblem(y, None, lr, None, None, state.count), CountState(optax.safe_int32_increment(state.count))
+    center = lambda params, m: jax.tree_util.tree_map(lambda x, m: x.astype(m.dtype) - lr * m, params, m)
+    y = center(params, updates)
+    twin = twin_of(center, params, updates)
+    return (Subproblem(y, None, lr, None, None, state.count, twin),
+            CountState(optax.safe_int32_increment(state.count)))
 
   return optax.GradientTransformationExtraArgs(lambda params: CountState(_zero_count()), update_fn)
 

@@ -172,7 +172,8 @@ class Regularizer(abc.ABC):
   def unit_value(self, xs: list, rule) -> Array:
     return self.leaf_value(xs[0], rule)
 
-  def unit_prox(self, xs: list, threshold: Array, rule) -> list:
+  def unit_prox(self, xs: list, threshold: Array, rule, stats: Optional[list] = None) -> list:
+    """The unit's prox; ``stats`` (see :meth:`prox`'s ``statistics``) may be ignored."""
     return [self.leaf_prox(xs[0], threshold, rule)]
 
   def unit_support(self, xs: list, rule) -> Array:
@@ -230,20 +231,33 @@ class Regularizer(abc.ABC):
       total = total + self.unit_value(xs, unit.rule)
     return self.strength * total
 
-  def prox(self, params, scale=1.0):
+  def prox(self, params, scale=1.0, statistics=None):
     """``argmin_z 1/2||z - params||^2 + scale * strength * psi(z)``, unit by unit.
 
     Unregularized leaves come back unchanged; the others keep their dtype
     (the math runs in at least float32). A family of coupled groups takes
     the scale of its first leaf.
+
+    ``statistics``, if given, is a tree holding the same values as
+    ``params`` from which the per-group quantities (group-LASSO's norms) are
+    read. Computed separately from the same inputs (e.g. passed through
+    ``jax.lax.optimization_barrier``), it lets XLA fuse that computation into
+    the reduction and the prox's own into the scaling, instead of storing
+    ``params`` in a temporary buffer read by both (see
+    :func:`rmda_jax.blocks.sqrt_k_metric`).
     """
     resolved = self.resolve(params)
     out = list(resolved.leaves)
     scales = self.leaf_scales(scale, resolved)
+    stat_leaves = None if statistics is None else resolved.treedef.flatten_up_to(statistics)
     for unit in resolved.units:
       xs = [_compute(x) for x in resolved.leaves_of(unit)]
       threshold = jnp.asarray(scales[unit.index[0]], xs[0].dtype) * self.strength
-      for i, z in zip(unit.index, self.unit_prox(xs, threshold, unit.rule)):
+      if stat_leaves is None:
+        zs = self.unit_prox(xs, threshold, unit.rule)
+      else:
+        zs = self.unit_prox(xs, threshold, unit.rule, stats=[_compute(x) for x in resolved.leaves_of(unit, stat_leaves)])
+      for i, z in zip(unit.index, zs):
         out[i] = z.astype(jnp.result_type(resolved.leaves[i]))
     return resolved.unflatten(out)
 
@@ -370,8 +384,8 @@ class GroupLasso(Regularizer):
   def unit_value(self, xs, block):
     return block.weight * jnp.sum(block_norm(xs, block))
 
-  def unit_prox(self, xs, threshold, block):
-    factor = shrink_factor(block_norm(xs, block), threshold * block.weight)
+  def unit_prox(self, xs, threshold, block, stats=None):
+    factor = shrink_factor(block_norm(xs if stats is None else stats, block), threshold * block.weight)
     return [x * block.spread(factor, m) for m, x in enumerate(xs)]
 
   def unit_support(self, xs, block):

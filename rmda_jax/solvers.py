@@ -231,35 +231,44 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
   tol = float(np.sqrt(np.finfo(dtype).eps)) if rtol is None else rtol
   inits = [None] * len(bs) if inits is None else inits
 
+  # Every per-group quantity comes from variadic reductions that XLA fuses with
+  # the elementwise expressions feeding them (Block.reduce_many): b^2, the
+  # Newton terms and the warm start's norm are never stored, so a solve makes
+  # no temporary the size of the params, and each pass reads b and D once.
   prepared, starts = [], []
   for b, d, tau, block, init in zip(bs, diags, thresholds, blocks, inits):
-    b2 = [jnp.square(x) for x in b]
-    b_norm = jnp.sqrt(block.sum(b2))
+    ops, operands = ["sum", "max", "min"], [[jnp.square(x) for x in b], list(d), list(d)]
+    if init is not None:
+      ops.append("sum")
+      operands.append([jnp.square(x.astype(dtype)) for x in init])
+    stats = block.reduce_many(ops, operands)
+    b_norm, d_max, d_min = jnp.sqrt(stats[0]), stats[1], stats[2]
     tau = jnp.broadcast_to(jnp.asarray(tau, dtype), b_norm.shape)
-    d_max, d_min = block.max(d), block.min(d)
     active = (b_norm > tau) & (tau > 0) & (d_max > 0)
     excess = jnp.where(active, b_norm - tau, 0)
     r_lo = numerics.safe_divide(excess, d_max)
     r_hi = jnp.where(d_min > 0, numerics.safe_divide(excess, d_min), jnp.inf)
     spread = lambda g, block=block, members=len(b): [block.spread(g, m) for m in range(members)]
-    prepared.append((b, b2, d, tau, block, active, r_lo, r_hi, spread, ~jnp.isfinite(b_norm)))
-    start = r_lo
-    if init is not None:
-      init_norm = jnp.sqrt(block.sum([jnp.square(x.astype(dtype)) for x in init]))
-      start = jnp.clip(init_norm, r_lo, r_hi)
+    prepared.append((b, d, tau, block, active, r_lo, r_hi, spread, ~jnp.isfinite(b_norm)))
+    start = r_lo if init is None else jnp.clip(jnp.sqrt(stats[3]), r_lo, r_hi)
     starts.append(jnp.where(active, start, 0))
 
+  def secular_sums(r, b, d, tau, block, active, spread, slope=True):
+    """``f(r)^2 = sum b^2 inv^2`` and ``sum b^2 D inv^3``, ``inv = 1/(D r + tau)``, in one pass."""
+    r_m, tau_m, act_m = spread(jnp.where(active, r, 0)), spread(jnp.where(active, tau, 1)), spread(active)
+    invs = [1 / jnp.where(a, dm * rm + tm, 1) for dm, rm, tm, a in zip(d, r_m, tau_m, act_m)]
+    terms = [jnp.square(x * inv) for x, inv in zip(b, invs)]
+    if not slope:
+      return block.reduce_many(["sum"], [terms])[0]
+    return block.reduce_many(["sum", "sum"], [terms, [t * dm * inv for t, dm, inv in zip(terms, d, invs)]])
+
   def newton(rs):
-    # With inv = 1/(D r + tau): f^2 = sum b^2 inv^2, and the Newton step on
-    # 1/f - 1 is f^2 (f - 1) / sum(b^2 D inv^3).
+    # The Newton step on 1/f - 1 is f^2 (f - 1) / sum(b^2 D inv^3).
     new_rs, done = [], []
-    for r, (_, b2, d, tau, block, active, r_lo, r_hi, spread, _) in zip(rs, prepared):
-      den = spread(jnp.where(active, r, 0)), spread(jnp.where(active, tau, 1)), spread(active)
-      invs = [1 / jnp.where(a, dm * rm + tm, 1) for dm, rm, tm, a in zip(d, *den)]
-      ts = [x2 * jnp.square(inv) for x2, inv in zip(b2, invs)]
-      f = jnp.sqrt(block.sum(ts))
-      slope = block.sum([t * dm * inv for t, dm, inv in zip(ts, d, invs)])
-      step = numerics.safe_divide(jnp.square(f) * (f - 1), slope)
+    for r, (b, d, tau, block, active, r_lo, r_hi, spread, _) in zip(rs, prepared):
+      f2, slope = secular_sums(r, b, d, tau, block, active, spread)
+      f = jnp.sqrt(f2)
+      step = numerics.safe_divide(f2 * (f - 1), slope)
       r_new = jnp.where(active, jnp.clip(r + step, r_lo, r_hi), 0)
       new_rs.append(r_new)
       done.append(jnp.all(jnp.abs(r_new - r) <= tol * r_new))
@@ -278,15 +287,17 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
   rs, iterations, _ = jax.lax.while_loop(cond, body, init)
 
   zs, residual = [], jnp.zeros((), dtype)
-  for r, (b, _, d, tau, block, active, _, _, spread, nonfinite) in zip(rs, prepared):
+  for r, (b, d, tau, block, active, _, _, spread, nonfinite) in zip(rs, prepared):
+    # ||z_g|| / r = f(r): the secular equation's misfit at the returned point
+    f = jnp.sqrt(secular_sums(r, b, d, tau, block, active, spread, slope=False))
+    misfit = jnp.where(active, jnp.abs(f - 1), 0)
+    residual = jnp.maximum(residual, jnp.max(misfit, initial=0))
     # tau = 0 (unregularized group): z = b / D, the same formula with any r > 0
     free = tau <= 0
     r = jnp.where(free, 1, r)
     keep, r_m, tau_m, bad = spread(active | free), spread(r), spread(jnp.where(free, 0, tau)), spread(nonfinite)
     z = [jnp.where(bad_m, jnp.nan, jnp.where(k, rm * x * numerics.safe_divide(1, dm * rm + tm), 0))
          for x, dm, k, rm, tm, bad_m in zip(b, d, keep, r_m, tau_m, bad)]
-    misfit = jnp.where(active, jnp.abs(numerics.safe_divide(jnp.sqrt(block.sum([jnp.square(x) for x in z])), r) - 1), 0)
-    residual = jnp.maximum(residual, jnp.max(misfit, initial=0))
     zs.append(z)
   return zs, iterations, residual
 

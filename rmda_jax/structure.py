@@ -307,6 +307,48 @@ class Block:
 
     return self._reduce(jnp.min, jnp.minimum, arrays)
 
+  def reduce_many(self, ops: Sequence[str], operands: Sequence[Sequence]) -> list:
+    """Several per-group reductions in one pass over the entries.
+
+    ``ops[j]`` (``"sum"``, ``"max"`` or ``"min"``) reduces ``operands[j]``,
+    a list of per-entry arrays aligned with the members. All of them become
+    one variadic ``lax.reduce`` per member, which XLA fuses with the
+    elementwise expressions that produce the operands: nothing the size of
+    a leaf is materialized, and the entries are read once. (Separate
+    reductions of shared expressions make XLA store those expressions in
+    temporary buffers, which on CPU are freshly allocated, and page-faulted,
+    at every call.) Not differentiable; the solvers' loops need no
+    gradient.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    combine = {"sum": jnp.add, "max": jnp.maximum, "min": jnp.minimum}
+    for op in ops:
+      if op not in combine:
+        raise ValueError(f"reduce_many: op must be 'sum', 'max' or 'min', got {op!r}.")
+
+    def init(op, dtype):
+      if op == "sum":
+        return jnp.zeros((), dtype)
+      return jnp.array(-jnp.inf if op == "max" else jnp.inf, dtype)
+
+    def computation(acc, new):
+      return tuple(combine[op](a, b) for op, a, b in zip(ops, acc, new))
+
+    totals = None
+    for m in range(len(self.shapes)):
+      xs = [operand[m] for operand in operands]
+      shape = self.expanded[m] if self.expanded[m] is not None else self.shapes[m]
+      xs = [jnp.broadcast_to(x, self.shapes[m]).reshape(shape) for x in xs]
+      dtype = jnp.result_type(*xs)
+      xs = [x.astype(dtype) for x in xs]
+      reduced = jax.lax.reduce(tuple(xs), tuple(init(op, dtype) for op in ops), computation,
+                               tuple(self.reduce_axes[m]))
+      reduced = [r.reshape(self.group_shape) for r in reduced]
+      totals = reduced if totals is None else [combine[op](t, r) for op, t, r in zip(ops, totals, reduced)]
+    return totals
+
   def nonzero(self, arrays):
     """Which groups are not exactly zero: the structure of a point. ``!= 0``
     rather than ``> 0``, so a group with a NaN entry is never a zero group."""

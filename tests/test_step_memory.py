@@ -1,0 +1,116 @@
+"""In-place steps: donated params and state, no freshly allocated outputs; the fused reductions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rmda_jax
+from rmda_jax import blocks, groups, structure
+
+REG = rmda_jax.group_lasso(1e-2)
+OPTIMIZERS = {
+    "rmda": lambda: rmda_jax.rmda(0.1, momentum=0.5, regularizer=REG),
+    "ramda": lambda: rmda_jax.ramda(0.1, momentum=0.5, regularizer=REG),
+    "prox_sgd": lambda: rmda_jax.prox_sgd(0.1, regularizer=REG),
+    "prox_adamw": lambda: rmda_jax.prox_adamw(1e-2, regularizer=REG),
+    "prox_ssi": lambda: rmda_jax.prox_ssi(1e-2, regularizer=REG),
+    "rmda_nuclear": lambda: rmda_jax.rmda(0.1, regularizer=rmda_jax.nuclear_norm(1e-2)),
+    "ramda_skip_nonfinite": lambda: rmda_jax.ramda(0.1, regularizer=REG, skip_nonfinite=True),
+}
+
+
+def _params():
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  return {"Dense_0": {"kernel": jax.random.normal(keys[0], (16, 64)), "bias": jnp.zeros(64)},
+          "Dense_1": {"kernel": jax.random.normal(keys[1], (64, 64)), "bias": jnp.zeros(64)}}
+
+
+def _step(tx):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return step
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_step_with_params_and_state_donated_matches_the_plain_step(name):
+  tx = OPTIMIZERS[name]()
+  params = _params()
+  grads = jax.tree_util.tree_map(lambda p: 0.1 * jnp.cos(jnp.arange(p.size, dtype=p.dtype).reshape(p.shape)), params)
+  plain = jax.jit(_step(tx))
+  donated = jax.jit(_step(tx), donate_argnums=(0, 1))
+  p_ref, s_ref = params, tx.init(params)
+  p, s = jax.tree_util.tree_map(jnp.copy, params), None
+  s = tx.init(p)  # built from the params: the state must not share their buffers
+  for _ in range(3):
+    p_ref, s_ref = plain(p_ref, s_ref, grads)
+    p, s = donated(p, s, grads)
+  for a, b in zip(jax.tree_util.tree_leaves((p, s)), jax.tree_util.tree_leaves((p_ref, s_ref))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_array_output_of_a_donated_step_lives_in_a_donated_buffer(name):
+  # An output without a donated buffer is allocated afresh at every call (on
+  # CPU: page-faulted), e.g. the kept point of rmda when jit prunes the old one.
+  tx = OPTIMIZERS[name]()
+  params = _params()
+  state = tx.init(params)
+  memory = jax.jit(_step(tx), donate_argnums=(0, 1)).lower(params, state, params).compile().memory_analysis()
+  if memory is None:
+    pytest.skip("this backend reports no memory analysis")
+  smallest = min(x.nbytes for x in jax.tree_util.tree_leaves(params))
+  assert memory.output_size_in_bytes - memory.alias_size_in_bytes < smallest
+
+
+def test_state_built_from_params_holds_its_own_buffers():
+  params = {"w": jnp.ones((4, 4), jnp.float32)}
+  state = rmda_jax.rmda(0.1, regularizer=REG).init(params)
+  pointers = {x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(state) if x.size}
+  assert params["w"].unsafe_buffer_pointer() not in pointers
+
+
+def test_cube_root_is_accurate_to_float32_rounding():
+  rng = np.random.default_rng(1)
+  u = (rng.uniform(1, 10, 50000) * 10.0 ** rng.integers(-37, 38, 50000)).astype(np.float32)
+  u = np.concatenate([u, np.float32([0.0, np.inf, 27.0, np.finfo(np.float32).max])])
+  got = np.asarray(blocks.cube_root(jnp.asarray(u)), np.float64)
+  want = np.cbrt(u.astype(np.float64))
+  finite = np.isfinite(u) & (u > 0)
+  assert np.max(np.abs(got[finite] - want[finite]) / want[finite]) < 1e-6
+  assert got[-4] == 0.0 and got[-3] == np.inf and got[-2] == 3.0
+
+
+def test_reduce_many_matches_numpy_per_leaf_rule_and_coupled_family():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 4, 5)).astype(np.float32)
+  y = rng.normal(size=(3, 4, 5)).astype(np.float32)
+  block = structure.Block.of_rule(x.shape, groups.GroupRule((0, 2)), 1.0)
+  s, mx, mn = block.reduce_many(["sum", "max", "min"], [[jnp.asarray(x * y)], [jnp.asarray(x)], [jnp.asarray(y)]])
+  np.testing.assert_allclose(np.asarray(s), (x * y).sum(axis=(0, 2), keepdims=True), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(mx), x.max(axis=(0, 2), keepdims=True))
+  np.testing.assert_array_equal(np.asarray(mn), y.min(axis=(0, 2), keepdims=True))
+  # a family: unit j is column j of a (6, 4) kernel and row j of a (4, 3) kernel
+  a, b = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+  family = rmda_jax.Family("h", "units", 4, (rmda_jax.Slice("a", 1), rmda_jax.Slice("b", 0)))
+  coupled = structure.Block.of_family(family, [a.shape, b.shape])
+  sq, top = coupled.reduce_many(["sum", "max"], [[jnp.asarray(a) ** 2, jnp.asarray(b) ** 2],
+                                                  [jnp.asarray(a), jnp.asarray(b)]])
+  np.testing.assert_allclose(np.asarray(sq), (a ** 2).sum(0) + (b ** 2).sum(1), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(top), np.maximum(a.max(0), b.max(1)))
+
+
+def test_group_lasso_prox_reads_its_norms_from_the_statistics_tree():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(5, 3)).astype(np.float32)
+  stats = 2.0 * x
+  reg = rmda_jax.group_lasso(0.4, rules={"w": groups.GroupRule((1,))})
+  z = np.asarray(reg.prox({"w": jnp.asarray(x)}, 1.0, statistics={"w": jnp.asarray(stats)})["w"])
+  tau = 0.4 * np.sqrt(3)
+  norms = np.linalg.norm(stats, axis=1, keepdims=True)
+  np.testing.assert_allclose(z, x * np.maximum(0, 1 - tau / norms), rtol=1e-5, atol=1e-7)
+  same = np.asarray(reg.prox({"w": jnp.asarray(x)}, 1.0, statistics={"w": jnp.asarray(x)})["w"])
+  np.testing.assert_allclose(same, x * np.maximum(0, 1 - tau / np.linalg.norm(x, axis=1, keepdims=True)),
+                             rtol=1e-5, atol=1e-7)
