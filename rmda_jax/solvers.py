@@ -16,8 +16,9 @@ Three ways to solve it, chosen by the ``solver`` argument of the optimizers:
 * closed forms (no regularizer: ``z = b / D``; L1 / elastic net: a
   coordinate-wise soft threshold) — used by :class:`Exact`;
 * group-LASSO: exact per-group root finding of the secular equation in the
-  group norm (:func:`group_lasso_secular`), vectorised over all groups of all
-  leaves in one ``lax.while_loop`` — used by :class:`Exact`;
+  group norm (:func:`group_lasso_secular`), vectorised over the groups of
+  each leaf (or family of coupled groups) in a ``lax.while_loop`` — used by
+  :class:`Exact`;
 * :class:`ProximalGradient`, the inexact solver for any regularizer with a
   plain prox (nuclear norm, user-defined penalties): ONE ``lax.while_loop``
   over the whole pytree, step ``1/max(D_g)`` per block, warm start, screening
@@ -203,9 +204,9 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
   concave function from *any* point lands left of the root, a warm start (the
   group norms of the previous solution, ``inits``) is just as safe and
   usually one or two steps from the answer. Iterates are clamped to the
-  bracket ``[(||b|| - tau)/max D, (||b|| - tau)/min D]``. All groups of all
-  blocks share one ``lax.while_loop``, which stops when every group's step is
-  below ``rtol * r`` or after ``max_iters``. A group with a non-finite entry
+  bracket ``[(||b|| - tau)/max D, (||b|| - tau)/min D]``. Each block has its
+  own ``lax.while_loop``, which stops when every group of the block has a
+  step below ``rtol * r`` or after ``max_iters``. A group with a non-finite entry
   of ``b`` comes back NaN (it is not taken for a zero group).
 
   Args:
@@ -231,17 +232,15 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
   tol = float(np.sqrt(np.finfo(dtype).eps)) if rtol is None else rtol
   inits = [None] * len(bs) if inits is None else inits
 
-  # Every per-group quantity comes from variadic reductions that XLA fuses with
-  # the elementwise expressions feeding them (Block.reduce_many): b^2, the
-  # Newton terms and the warm start's norm are never stored, so a solve makes
-  # no temporary the size of the params, and each pass reads b and D once.
+  # The bracket statistics are separate reductions of stored arrays (XLA:CPU
+  # runs those as vectorized kernels); the Newton sums, whose terms depend on
+  # the iterate, are one variadic reduction per pass (Block.reduce_many) that
+  # XLA fuses with the expressions feeding it, so the terms are never stored.
   prepared, starts = [], []
   for b, d, tau, block, init in zip(bs, diags, thresholds, blocks, inits):
-    ops, operands = ["sum", "max", "min"], [[jnp.square(x) for x in b], list(d), list(d)]
+    stats = [block.sum([jnp.square(x) for x in b]), block.max(d), block.min(d)]
     if init is not None:
-      ops.append("sum")
-      operands.append([jnp.square(x.astype(dtype)) for x in init])
-    stats = block.reduce_many(ops, operands)
+      stats.append(block.sum([jnp.square(x.astype(dtype)) for x in init]))
     b_norm, d_max, d_min = jnp.sqrt(stats[0]), stats[1], stats[2]
     tau = jnp.broadcast_to(jnp.asarray(tau, dtype), b_norm.shape)
     active = (b_norm > tau) & (tau > 0) & (d_max > 0)
@@ -262,29 +261,32 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
       return block.reduce_many(["sum"], [terms])[0]
     return block.reduce_many(["sum", "sum"], [terms, [t * dm * inv for t, dm, inv in zip(terms, d, invs)]])
 
-  def newton(rs):
+  def newton(r, prep):
     # The Newton step on 1/f - 1 is f^2 (f - 1) / sum(b^2 D inv^3).
-    new_rs, done = [], []
-    for r, (b, d, tau, block, active, r_lo, r_hi, spread, _) in zip(rs, prepared):
-      f2, slope = secular_sums(r, b, d, tau, block, active, spread)
-      f = jnp.sqrt(f2)
-      step = numerics.safe_divide(f2 * (f - 1), slope)
-      r_new = jnp.where(active, jnp.clip(r + step, r_lo, r_hi), 0)
-      new_rs.append(r_new)
-      done.append(jnp.all(jnp.abs(r_new - r) <= tol * r_new))
-    return new_rs, jnp.all(jnp.stack(done))
+    b, d, tau, block, active, r_lo, r_hi, spread, _ = prep
+    f2, slope = secular_sums(r, b, d, tau, block, active, spread)
+    f = jnp.sqrt(f2)
+    step = numerics.safe_divide(f2 * (f - 1), slope)
+    r_new = jnp.where(active, jnp.clip(r + step, r_lo, r_hi), 0)
+    return r_new, jnp.all(jnp.abs(r_new - r) <= tol * r_new)
 
   def cond(carry):
     _, it, done = carry
     return (it < max_iters) & ~done
 
-  def body(carry):
-    rs, it, _ = carry
-    rs, done = newton(rs)
-    return rs, it + 1, done
+  # One loop per block, each stopping when its own groups have converged: a
+  # block's work arrays are then dead before the next block's are made, so
+  # XLA can place them all in one block-sized temporary buffer.
+  rs, iterations = [], jnp.zeros((), jnp.int32)
+  for start, prep in zip(starts, prepared):
+    def body(carry, prep=prep):
+      r, it, _ = carry
+      r, done = newton(r, prep)
+      return r, it + 1, done
 
-  init = (starts, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-  rs, iterations, _ = jax.lax.while_loop(cond, body, init)
+    r, its, _ = jax.lax.while_loop(cond, body, (start, jnp.zeros((), jnp.int32), jnp.zeros((), bool)))
+    rs.append(r)
+    iterations = jnp.maximum(iterations, its)
 
   zs, residual = [], jnp.zeros((), dtype)
   for r, (b, d, tau, block, active, _, _, spread, nonfinite) in zip(rs, prepared):

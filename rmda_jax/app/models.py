@@ -61,6 +61,29 @@ class LowRank(nn.Module):
     return nn.Dense(self.features, name="up")(x)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2 of ``(N, H, W, C)`` (``nn.max_pool``'s VALID result).
+
+  Written as a reshape and a max over the window axes when ``H`` and ``W``
+  are even: its gradient is elementwise, where ``nn.max_pool``'s is XLA's
+  ``select_and_scatter``, which XLA:CPU runs as index arrays and a scatter at
+  several times the cost of the rest of a LeNet5 step (see
+  ``benchmarks/train_step.py``). Ties share the gradient instead of going to
+  the first maximum, which after a ReLU only concerns windows of zeros, whose
+  gradient the ReLU stops anyway.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    >>> max_pool_2x2(x)[0, :, :, 0].tolist()
+    [[5.0, 7.0], [13.0, 15.0]]
+  """
+  n, h, w, c = x.shape
+  if h % 2 or w % 2:
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 def _rank(ranks: Ranks, index: int) -> Optional[int]:
   return None if ranks is None else ranks[index]
 
@@ -135,7 +158,7 @@ class LeNet5(nn.Module):
   def __call__(self, x):
     for i, features in enumerate(self.conv_features):
       x = conv(features, (5, 5), "VALID", f"Conv_{i}", _rank(self.ranks, i))(x)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = max_pool_2x2(nn.relu(x))
     x = x.reshape(x.shape[0], -1)
     n = len(self.conv_features)
     x = nn.relu(dense(self.dense_features, "Dense_0", _rank(self.ranks, n))(x))
@@ -170,7 +193,7 @@ class VGG(nn.Module):
       for features in stage:
         x = nn.relu(conv(features, (3, 3), "SAME", f"Conv_{i}", _rank(self.ranks, i))(x))
         i += 1
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2))  # global average pool: any input size works
     return dense(self.num_classes, "Dense_0", _rank(self.ranks, i))(x)
 
