@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Union
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from rmda_jax import _common
@@ -119,6 +121,7 @@ def rmda(
     stages: Optional[Stagewise] = None,
     skip_nonfinite: Union[bool, int] = False,
     strength: Optional[_common.ScalarOrSchedule] = None,
+    keep_point: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized Modernized Dual Averaging (RMDA).
 
@@ -156,6 +159,12 @@ def rmda(
       a scalar array or a schedule of the step count (e.g. a penalty
       warm-up), injectable with ``optax.inject_hyperparams``; None keeps the
       regularizer's.
+    keep_point: keep ``z_k`` in the state (True, the default). False saves
+      a params-sized buffer (4 bytes per parameter, a third of the state)
+      and its write at every step (about a quarter of a memory-bound step:
+      VGG-16, 15M params, in place on CPU: 20.6 -> 14.9 ms); ``z_k`` is then
+      recomputed (to float32 rounding) by
+      ``structured_params(state, regularizer=...)``.
 
   Raises:
     TypeError / ValueError: an argument of the wrong type or out of range
@@ -189,7 +198,7 @@ def rmda(
       DualAveragingState,
       blocks.accumulate_dual_averaging(learning_rate, stages),
       blocks.sqrt_k_metric(),
-      blocks.proximal_step(regularizer, solver=None, strength=strength),
+      blocks.proximal_step(regularizer, solver=None, keep_point=keep_point, strength=strength),
       blocks.momentum_average(momentum, stages),
       check=_checker("rmda"),
   )
@@ -291,7 +300,22 @@ def _find_states(state, types) -> list:
   return found
 
 
-def structured_params(state, params=None):
+def recompute_point(sums: blocks.DualAveragingSumsState, regularizer) -> Params:
+  """RMDA's ``z_k = prox_{(alpha_k/sqrt(k)) lambda psi}(x0 - V_k/sqrt(k))`` from its sums (float32).
+
+  The point :func:`rmda` computes at step ``k``, to float32 rounding (the
+  anchor before the first step). ``regularizer`` must be the one the optimizer
+  used, at the strength of that step.
+  """
+  k = sums.stage_count
+  sqrt_k = jnp.sqrt(jnp.maximum(k, 1).astype(jnp.float32))
+  inv_sqrt_k = 1 / sqrt_k  # as blocks.sqrt_k_metric computes it, to the last bit
+  y = jax.tree_util.tree_map(lambda x0, v: x0 - v * inv_sqrt_k, sums.anchor, sums.grad_sum)
+  z = y if regularizer is None else regularizer.prox(y, sums.alpha / sqrt_k)
+  return jax.tree_util.tree_map(lambda zz, x0: jnp.where(k > 0, zz, x0), z, sums.anchor)
+
+
+def structured_params(state, params=None, regularizer=None):
   """The exactly structured point ``z`` kept by :func:`rmda` / :func:`ramda`.
 
   Walks a possibly nested optimizer state (``optax.chain``,
@@ -301,14 +325,19 @@ def structured_params(state, params=None):
   :mod:`rmda_jax.blocks`).
   For the proximal baselines (``prox_sgd``, ``prox_adamw``, ``prox_ssi``),
   whose iterate is the prox output itself, pass ``params`` and get them back.
+  For ``rmda(..., keep_point=False)``, pass the ``regularizer`` it uses and
+  ``z`` is recomputed from the state (:func:`recompute_point`).
 
   Args:
     state: an optimizer state.
-    params: the current params, returned for the proximal baselines.
+    params: the current params, returned for the proximal baselines (and
+      giving the recomputed point their dtypes).
+    regularizer: for an RMDA state without its point.
 
   Raises:
     ValueError: no (or more than one) dual-averaging state is found and the
-      state is not a proximal baseline's.
+      state is not a proximal baseline's; an RMDA state without its point
+      and no ``regularizer``.
 
   Example:
     >>> import jax.numpy as jnp, optax, rmda_jax
@@ -319,12 +348,20 @@ def structured_params(state, params=None):
   """
   from rmda_jax import proximal
 
-  found = _find_states(state, (DualAveragingState, blocks.ProximalStepState))
-  found = [s for s in found if not isinstance(s.structured, optax.EmptyState)]
+  candidates = _find_states(state, (DualAveragingState, blocks.ProximalStepState))
+  found = [s for s in candidates if not isinstance(s.structured, optax.EmptyState)]
   if len(found) == 1:
     return found[0].structured
   if len(found) > 1:
     raise ValueError(f"the state holds {len(found)} rmda/ramda states; pass the one you mean.")
+  pointless = [s for s in candidates if isinstance(s, DualAveragingState)
+               and isinstance(s.sq_grad_sum, optax.EmptyState)]
+  if len(pointless) == 1:
+    if regularizer is None:
+      raise ValueError("this rmda state does not keep its point (keep_point=False): pass the regularizer "
+                       "it uses, structured_params(state, regularizer=...), to recompute it.")
+    z = recompute_point(pointless[0].sums, regularizer)
+    return z if params is None else _common.cast_like(z, params)
   if params is not None and _find_states(state, (proximal.ProxSGDState, proximal.ProxAdamState)):
     return params
   raise ValueError(

@@ -114,3 +114,36 @@ def test_group_lasso_prox_reads_its_norms_from_the_statistics_tree():
   same = np.asarray(reg.prox({"w": jnp.asarray(x)}, 1.0, statistics={"w": jnp.asarray(x)})["w"])
   np.testing.assert_allclose(same, x * np.maximum(0, 1 - tau / np.linalg.norm(x, axis=1, keepdims=True)),
                              rtol=1e-5, atol=1e-7)
+
+
+def test_rmda_without_its_point_recomputes_it():
+  params = _params()
+  grads = jax.tree_util.tree_map(lambda p: 0.3 * jnp.sin(jnp.arange(p.size, dtype=p.dtype).reshape(p.shape)), params)
+  reg = rmda_jax.group_lasso(0.5)
+  kept, lean = rmda_jax.rmda(0.1, momentum=0.5, regularizer=reg), rmda_jax.rmda(0.1, momentum=0.5, regularizer=reg,
+                                                                                 keep_point=False)
+  p1, s1, p2, s2 = params, kept.init(params), params, lean.init(params)
+  state_bytes = lambda s: sum(x.nbytes for x in jax.tree_util.tree_leaves(s))
+  assert state_bytes(s1) - state_bytes(s2) == sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
+  with pytest.raises(ValueError, match="keep_point=False"):
+    rmda_jax.structured_params(s2)
+  np.testing.assert_array_equal(np.asarray(rmda_jax.structured_params(s2, regularizer=reg)["Dense_0"]["kernel"]),
+                                np.asarray(params["Dense_0"]["kernel"]))   # before any step: the anchor
+  step1, step2 = jax.jit(_step(kept)), jax.jit(_step(lean))
+  for _ in range(3):
+    p1, s1 = step1(p1, s1, grads)
+    p2, s2 = step2(p2, s2, grads)
+  for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  z = rmda_jax.structured_params(s2, params=p2, regularizer=reg)
+  for a, b in zip(jax.tree_util.tree_leaves(rmda_jax.structured_params(s1)), jax.tree_util.tree_leaves(z)):
+    # the same arithmetic, fused differently by XLA: equal to float32 rounding, zeros exactly
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(a) == 0, np.asarray(b) == 0)
+  # and against the formula: z = prox of x0 - V / sqrt(3) at alpha / sqrt(3), input groups (rows)
+  x0, v = np.asarray(params["Dense_1"]["kernel"]), 0.1 * np.asarray(grads["Dense_1"]["kernel"])
+  alpha = 0.1 * (1 + np.sqrt(2) + np.sqrt(3))
+  y = x0 - alpha * v / 0.1 / np.sqrt(3)
+  tau = alpha / np.sqrt(3) * 0.5 * np.sqrt(64)
+  want = y * np.maximum(0, 1 - tau / np.linalg.norm(y, axis=1, keepdims=True))
+  np.testing.assert_allclose(np.asarray(z["Dense_1"]["kernel"]), want, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,4 @@
-"""The training step, written once: the command, the identification study and the notebooks use it.
+r"""The training step, written once: the command, the identification study and the notebooks use it.
 
 .. math::
 
