@@ -13,7 +13,8 @@ as XLA uses here.
 Then, to see where the JAX step spends its time, one profile of each JAX
 step sums the time of its convolution thunks against the rest, and the JAX
 steps are timed again in fresh processes under XLA:CPU flag settings (fast
-math, oneDNN, no YNNPACK fusions).
+math, oneDNN, no YNNPACK fusions) and with ``jax.default_matmul_precision``
+set to bfloat16 (``JAX_DEFAULT_MATMUL_PRECISION``).
 
     pip install torch==2.13.0        # not a dependency of the library; the PyTorch rows need it
     python benchmarks/train_step.py               # about 3 minutes on 2 CPU cores
@@ -44,10 +45,11 @@ from rmda_jax.app import models, steps
 
 BATCH = 128
 LR, MOMENTUM, STRENGTH = 0.1, 0.1, 1e-4   # RMDA's papers' settings; group-LASSO strength of the demo scale
-FLAG_SETTINGS = {
-    "fast math": "--xla_cpu_enable_fast_math=true",
-    "oneDNN": "--xla_cpu_use_onednn=true",
-    "no YNNPACK fusions": "--xla_cpu_experimental_ynn_fusion_type=",
+SETTINGS = {  # label -> environment added for a fresh process
+    "fast math": {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"},
+    "oneDNN": {"XLA_FLAGS": "--xla_cpu_use_onednn=true"},
+    "no YNNPACK fusions": {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="},
+    "matmul precision bfloat16": {"JAX_DEFAULT_MATMUL_PRECISION": "bfloat16"},
 }
 
 
@@ -243,16 +245,18 @@ def main():
 
   flags = {}
   if not args.skip_flags:
-    for label, flag in FLAG_SETTINGS.items():
-      env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flag).strip())
+    for label, extra in SETTINGS.items():
+      env = dict(os.environ)
+      for key, value in extra.items():
+        env[key] = (env.get(key, "") + " " + value).strip() if key == "XLA_FLAGS" else value
       out = subprocess.run([sys.executable, __file__, "--jax-only", "--rounds", str(max(args.rounds // 2, 5)),
                             "--steps", str(args.steps)], env=env, capture_output=True, text=True)
       try:
         flags[label] = json.loads(out.stdout.strip().splitlines()[-1])
       except (IndexError, json.JSONDecodeError):
         flags[label] = {"error": (out.stderr or out.stdout).strip().splitlines()[-1:]}
-    _harness.print_table([{"XLA_FLAGS": f"{label}: {FLAG_SETTINGS[label]}", **v} for label, v in flags.items()],
-                         ["XLA_FLAGS", *jax_side], "JAX step ms under XLA:CPU flags (separate processes)")
+    _harness.print_table([{"setting": f"{label}: {SETTINGS[label]}", **v} for label, v in flags.items()],
+                         ["setting", *jax_side], "JAX step ms under XLA:CPU flags and JAX settings (separate processes)")
 
   _harness.write_json("train_step", {"args": vars(args), "batch": BATCH, "ms": {k: 1e3 * v for k, v in medians.items()},
                                      "rows": rows, "profile_ms": split, "xla_flags_ms": flags})
