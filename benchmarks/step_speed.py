@@ -199,6 +199,7 @@ def main():
   parser.add_argument("--inner-steps", type=int, default=120)
   parser.add_argument("--warmup", type=int, default=30)
   parser.add_argument("--skip-inner", action="store_true")
+  parser.add_argument("--name", default="step_speed", help="results/<name>.json (a partial run need not overwrite)")
   args = parser.parse_args()
 
   modes = ("inplace", "scan") if args.mode == "both" else (args.mode,)
@@ -212,7 +213,7 @@ def main():
     _harness.print_table(inner, ["config", "dataset", "steps", "mean_inner_iterations",
                                  "max_inner_iterations", "median_residual"],
                          f"inner iterations per step after {args.warmup} warm-up steps (LeNet5)")
-  _harness.write_json("step_speed", {"args": vars(args), "copy_bandwidth_GBps": bandwidth / 1e9,
+  _harness.write_json(args.name, {"args": vars(args), "copy_bandwidth_GBps": bandwidth / 1e9,
                                      "speed": rows, "inner_iterations": inner})
 
 

@@ -317,8 +317,10 @@ class Block:
     a leaf is materialized, and the entries are read once. (Separate
     reductions of shared expressions make XLA store those expressions in
     temporary buffers, which on CPU are freshly allocated, and page-faulted,
-    at every call.) Not differentiable; the solvers' loops need no
-    gradient.
+    at every call.) A single op is a plain ``reduce_sum`` / ``reduce_max``
+    / ``reduce_min``, which XLA:CPU may run as a vectorized kernel on a
+    stored operand instead. Several ops are not differentiable; the
+    solvers' loops need no gradient.
     """
     import jax
     import jax.numpy as jnp

@@ -179,3 +179,17 @@ def test_ramda_reports_solver_info_in_state():
   _, state = jax.jit(tx.update)(grads, state, params)
   assert int(state.solver_info.iterations) == 7
   assert float(state.solver_info.residual) > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_newton_stops_when_the_secular_equation_is_solved_to_rounding(seed):
+  # rtol far below float32's resolution: the relative-step rule can never hold,
+  # so only the rounding-level rule |f(r) - 1| <= 8 eps stops the loop
+  b, P = _random_problem(seed, shape=(40, 64), p_range=(1e-3, 1e3))
+  want = ref.diag_prox_group_bisect(b, P, 0.3, (1,))
+  zs, iterations, residual = solvers.group_lasso_secular(
+      [jnp.asarray(b, jnp.float32)], [jnp.asarray(P, jnp.float32)], [0.3 * np.sqrt(64)], [(1,)],
+      max_iters=200, rtol=1e-12)
+  assert int(iterations) < 50
+  assert float(residual) <= 1e-5
+  np.testing.assert_allclose(np.asarray(zs[0]), want, atol=1e-5 * np.abs(want).max(), rtol=1e-4)
