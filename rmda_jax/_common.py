@@ -222,13 +222,13 @@ def to_float32(tree) -> Any:
   )
 
 
-def fresh_copy(tree, dtype_of=None) -> Any:
-  """A copy of ``tree`` in new buffers (float32 at least when ``dtype_of`` is
-  ``"accumulator"``), never aliasing the input: an optimizer state built from
-  the params must survive ``jax.jit(..., donate_argnums=...)`` donating both."""
+def fresh_copy(tree, accumulator: bool = False) -> Any:
+  """A copy of ``tree`` in new buffers (float32 at least with ``accumulator``),
+  never aliasing the input: an optimizer state built from the params must
+  survive ``jax.jit(..., donate_argnums=...)`` donating both."""
   def copy(x):
     dtype = jnp.result_type(x)
-    if dtype_of == "accumulator":
+    if accumulator:
       dtype = jnp.promote_types(dtype, jnp.float32)
     return jnp.array(x, dtype=dtype, copy=True)
 

@@ -317,7 +317,7 @@ def accumulate_dual_averaging(
         count=_zero_count(),
         stage_count=_zero_count(),
         alpha=jnp.zeros((), jnp.float32),
-        anchor=_common.fresh_copy(params, "accumulator"),
+        anchor=_common.fresh_copy(params, accumulator=True),
         grad_sum=_common.zeros_float32(params),
         sq_grad_sum=_common.zeros_float32(params) if sq_grads else optax.EmptyState(),
     )
@@ -619,13 +619,6 @@ def proximal_step(
       # donated buffer unused and the new point in freshly allocated (on CPU:
       # page-faulted) memory at every call.
       structured, _ = jax.lax.optimization_barrier((structured, state.structured))
-      # The kept point is an output buffer anyway: where it has z's dtype,
-      # the blocks after this one read it there (the barrier stops XLA from
-      # recomputing z in each consumer, which would keep its shared parts in
-      # temporary buffers; see twin_of).
-      z = jax.tree_util.tree_map(
-          lambda zz, kept: zz if zz.dtype != kept.dtype else kept, z,
-          jax.lax.optimization_barrier(structured))
     return z, ProximalStepState(structured, info)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -309,7 +309,7 @@ def recompute_point(sums: blocks.DualAveragingSumsState, regularizer) -> Params:
   """
   k = sums.stage_count
   sqrt_k = jnp.sqrt(jnp.maximum(k, 1).astype(jnp.float32))
-  inv_sqrt_k = 1 / sqrt_k  # as blocks.sqrt_k_metric computes it, to the last bit
+  inv_sqrt_k = 1 / sqrt_k  # as blocks.sqrt_k_metric computes it
   y = jax.tree_util.tree_map(lambda x0, v: x0 - v * inv_sqrt_k, sums.anchor, sums.grad_sum)
   z = y if regularizer is None else regularizer.prox(y, sums.alpha / sqrt_k)
   return jax.tree_util.tree_map(lambda zz, x0: jnp.where(k > 0, zz, x0), z, sums.anchor)
