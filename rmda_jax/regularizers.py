@@ -244,7 +244,7 @@ class Regularizer(abc.ABC):
     ``jax.lax.optimization_barrier``), it lets XLA fuse that computation into
     the reduction and the prox's own into the scaling, instead of storing
     ``params`` in a temporary buffer read by both (see
-    :func:`rmda_jax.blocks.sqrt_k_metric`).
+    :func:`rmda_jax.blocks.twin_of`).
     """
     resolved = self.resolve(params)
     out = list(resolved.leaves)

@@ -261,7 +261,7 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
     invs = [1 / jnp.where(a, dm * rm + tm, 1) for dm, rm, tm, a in zip(d, r_m, tau_m, act_m)]
     terms = [jnp.square(x * inv) for x, inv in zip(b, invs)]
     if not slope:
-      return block.reduce_many(["sum"], [terms])[0]
+      return block.sum(terms)
     return block.reduce_many(["sum", "sum"], [terms, [t * dm * inv for t, dm, inv in zip(terms, d, invs)]])
 
   def newton(r, prep):
@@ -280,9 +280,8 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
     _, it, done = carry
     return (it < max_iters) & ~done
 
-  # One loop per block, each stopping when its own groups have converged: a
-  # block's work arrays are then dead before the next block's are made, so
-  # XLA can place them all in one block-sized temporary buffer.
+  # One loop per block, each stopping when its own groups have converged, so
+  # a block that converges early takes no more passes over its entries.
   rs, iterations = [], jnp.zeros((), jnp.int32)
   for start, prep in zip(starts, prepared):
     def body(carry, prep=prep):
