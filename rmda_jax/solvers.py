@@ -308,10 +308,22 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
     free = tau <= 0
     r = jnp.where(free, 1, r)
     keep, r_m, tau_m, bad = spread(active | free), spread(r), spread(jnp.where(free, 0, tau)), spread(nonfinite)
-    z = [jnp.where(bad_m, jnp.nan, jnp.where(k, rm * x * numerics.safe_divide(1, dm * rm + tm), 0))
-         for x, dm, k, rm, tm, bad_m in zip(b, d, keep, r_m, tau_m, bad)]
+    z = [_scaled_entries(x, dm * rm + tm, rm, k, bad_m) for x, dm, k, rm, tm, bad_m in zip(b, d, keep, r_m, tau_m, bad)]
     zs.append(z)
   return zs, iterations, residual
+
+
+def _scaled_entries(b, denominator, r, keep, bad):
+  """``z = r b / denominator`` where ``keep`` (0 elsewhere, and where the denominator is 0), NaN where ``bad``.
+
+  Written as ONE final division so that XLA, which does not duplicate a
+  division into several consumers, stores ``z`` itself (the kept point, read
+  again by the momentum average) rather than ``1 / denominator`` in a
+  temporary buffer beside it.
+  """
+  keep = keep & (denominator != 0)
+  numerator = jnp.where(bad, jnp.nan, jnp.where(keep, r * b, 0))
+  return numerator / jnp.where(keep, denominator, 1)
 
 
 # --------------------------------------------------------------------------- solving a tree
