@@ -3,12 +3,15 @@
 For each param tree (LeNet5, an MLP, a VGG16-size CNN, a transformer block)
 and each optimizer (rmda, ramda, prox_sgd, prox_adamw, prox_ssi with
 group-LASSO; optax.sgd(momentum=0.9) and optax.adamw as baselines), time the
-jitted ``update + apply_updates`` interleaved in one run, in two modes:
+jitted ``update + apply_updates`` interleaved in one run, in these modes:
 
 * ``inplace``: one call per step with params and state donated, as a
   training loop runs it (dispatch counts, as it does for eager PyTorch);
 * ``scan``: several steps per call in a ``lax.scan`` (no dispatch, and the
-  step's temporary buffers are allocated once per call, not once per step).
+  step's temporary buffers are allocated once per call, not once per step);
+* ``inplace_reassoc``: in place, every step (the baselines' too) compiled
+  with :func:`rmda_jax.cpu_compiler_options` (sums reassociated so that
+  XLA:CPU vectorizes them; IEEE otherwise). ``--mode all`` runs the three.
 
 Reported: medians and ratios (rmda and prox_sgd against optax.sgd, the
 adaptive ones against optax.adamw), the optimizer state's bytes per
@@ -23,7 +26,8 @@ iterations per step after warm-up is reported for ramda and prox_adamw, with
 the exact group-LASSO solver, the inexact proximal-gradient solver, and the
 nuclear norm.
 
-    python benchmarks/step_speed.py                 # all trees, both modes, ~15 min on 2 CPU cores
+    python benchmarks/step_speed.py                 # all trees, inplace and scan, ~15 min on 2 CPU cores
+    python benchmarks/step_speed.py --mode inplace inplace_reassoc --skip-inner
     python benchmarks/step_speed.py --trees lenet5 vgg16 --mode inplace --skip-inner
 """
 
@@ -81,15 +85,20 @@ def copy_bandwidth(nbytes=256 << 20, repeats=10) -> float:
 
 
 def make_runner(tx, params, grads, steps, mode):
-  """``(run, state_bytes, temp_bytes)``: ``run()`` does ``steps`` steps and blocks."""
+  """``(run, state_bytes, temp_bytes)``: ``run()`` does ``steps`` steps and blocks.
+
+  ``mode`` is ``inplace``, ``scan`` or ``inplace_reassoc`` (in place, compiled
+  with :func:`rmda_jax.cpu_compiler_options`).
+  """
+  options = rmda_jax.cpu_compiler_options() if mode == "inplace_reassoc" else {}
   state = rmda_jax.sharding.init(tx, params)  # state placed like the params
 
   def one(p, s):
     updates, s = tx.update(grads, s, p)
     return optax.apply_updates(p, updates), s
 
-  if mode == "inplace":
-    call = jax.jit(one, donate_argnums=(0, 1))
+  if mode.startswith("inplace"):
+    call = jax.jit(one, donate_argnums=(0, 1), compiler_options=options)
     calls_per_run = steps
   else:
     def many(params, state):
@@ -195,14 +204,16 @@ def main():
   parser.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES))
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=10, help="steps per timed round (one lax.scan call in scan mode)")
-  parser.add_argument("--mode", choices=("inplace", "scan", "both"), default="both")
+  parser.add_argument("--mode", nargs="+", choices=("inplace", "scan", "inplace_reassoc", "both", "all"),
+                      default=["both"], help="both = inplace scan; all = the three")
   parser.add_argument("--inner-steps", type=int, default=120)
   parser.add_argument("--warmup", type=int, default=30)
   parser.add_argument("--skip-inner", action="store_true")
   parser.add_argument("--name", default="step_speed", help="results/<name>.json (a partial run need not overwrite)")
   args = parser.parse_args()
 
-  modes = ("inplace", "scan") if args.mode == "both" else (args.mode,)
+  expand = {"both": ("inplace", "scan"), "all": ("inplace", "scan", "inplace_reassoc")}
+  modes = tuple(dict.fromkeys(m for mode in args.mode for m in expand.get(mode, (mode,))))
   rows, bandwidth = speed(args.trees, args.rounds, args.steps, modes)
   _harness.print_table(rows, ["tree", "params", "mode", "optimizer", "ms_per_step", "ratio", "baseline",
                               "state_B_per_param", "temp_MB", "MB_moved", "bandwidth_fraction"],

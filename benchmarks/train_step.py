@@ -1,8 +1,10 @@
 """One whole LeNet5 training step (batch 128, forward + backward + optimizer): JAX against PyTorch.
 
 The JAX step is the one ``rmda-jax train`` compiles (``rmda_jax.app.steps.make_step``
-under ``jax.jit``), timed as the app runs it and with params and state
-donated; the PyTorch step is the usual eager ``zero_grad / loss.backward() /
+under ``jax.jit``), with SGD, RMDA and RAMDA, timed three ways: plain
+``jax.jit``, with params and state donated, and as the app compiles it
+("app": donated, and with :func:`rmda_jax.cpu_compiler_options`, which lets
+XLA:CPU reassociate sums); the PyTorch step is the usual eager ``zero_grad / loss.backward() /
 opt.step()`` on the same architecture and batch, with ``torch.optim.SGD``
 (momentum 0.9) and with RMDA written in PyTorch tensor ops per parameter
 (the way a PyTorch optimizer implements it), so the cost RMDA adds to a step
@@ -60,11 +62,19 @@ def batch(seed=0):
 
 def jax_optimizers():
   return {"sgd": optax.sgd(LR, momentum=0.9),
-          "rmda": rmda_jax.rmda(LR, momentum=MOMENTUM, regularizer=rmda_jax.group_lasso(STRENGTH))}
+          "rmda": rmda_jax.rmda(LR, momentum=MOMENTUM, regularizer=rmda_jax.group_lasso(STRENGTH)),
+          "ramda": rmda_jax.ramda(1e-2, momentum=MOMENTUM, regularizer=rmda_jax.group_lasso(STRENGTH))}
+
+
+VARIANTS = {  # label suffix -> (donated, compiled with rmda_jax.cpu_compiler_options); "app": as rmda-jax train
+    "": (False, False),
+    " donated": (True, False),
+    " app": (True, True),
+}
 
 
 def jax_runners(x, y):
-  """name -> (run, step function, args) for the app's step and the donated one, per optimizer."""
+  """name -> (run, step function, args) per optimizer and :data:`VARIANTS` entry."""
   model = models.LeNet5()
   params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
   loss_fn = steps.softmax_cross_entropy(lambda p, xb: model.apply({"params": p}, xb))
@@ -72,8 +82,9 @@ def jax_runners(x, y):
   runners = {}
   for name, tx in jax_optimizers().items():
     step = steps.make_step(loss_fn, tx)
-    for donated in (False, True):
-      fn = jax.jit(step, donate_argnums=(0, 1) if donated else ())
+    for suffix, (donated, reassociate) in VARIANTS.items():
+      fn = jax.jit(step, donate_argnums=(0, 1) if donated else (),
+                   compiler_options=rmda_jax.cpu_compiler_options() if reassociate else {})
       holder = {"p": jax.tree_util.tree_map(jnp.copy, params)}
       holder["s"] = tx.init(holder["p"])
 
@@ -82,7 +93,7 @@ def jax_runners(x, y):
         _harness.block((holder["p"], loss))
 
       run()  # compile
-      runners[f"jax {name}{' donated' if donated else ''}"] = (run, fn, holder)
+      runners[f"jax {name}{suffix}"] = (run, fn, holder)
   return runners, (x, y)
 
 
@@ -206,6 +217,12 @@ def profile_split(fn, holder, args, repeats=5) -> dict:
   return {k: v / repeats / 1e3 for k, v in totals.items()}
 
 
+def _with_sgd(name: str) -> str:
+  """``"jax ramda app"`` -> ``"jax sgd app"``: the same framework and variant with SGD."""
+  framework, _, rest = name.split(" ", 2) + [""] * (name.count(" ") < 2)
+  return " ".join(part for part in (framework, "sgd", rest) if part)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=25)
@@ -230,7 +247,7 @@ def main():
 
   base = medians.get("torch sgd")
   rows = [{"step": name, "ms": 1e3 * t, "vs torch sgd": None if base is None else t / base,
-           "vs same framework's sgd": t / medians[name.replace("rmda", "sgd")]} for name, t in medians.items()]
+           "vs same framework's sgd": t / medians[_with_sgd(name)]} for name, t in medians.items()]
   _harness.print_table(rows, ["step", "ms", "vs torch sgd", "vs same framework's sgd"],
                        f"LeNet5 training step, batch {BATCH} (median of {args.rounds} interleaved rounds of "
                        f"{args.steps} steps)")

@@ -22,6 +22,7 @@ Example:
 
 from rmda_jax import blocks
 from rmda_jax import compaction
+from rmda_jax import compile_options
 from rmda_jax import discovery
 from rmda_jax import discrete
 from rmda_jax import groups
@@ -36,6 +37,7 @@ from rmda_jax import structure
 from rmda_jax import pruning
 from rmda_jax import rebuild
 from rmda_jax import reduction
+from rmda_jax.compile_options import cpu_compiler_options
 from rmda_jax.discovery import discover_groups
 from rmda_jax.discovery import discover_linen
 from rmda_jax.discovery import discover_nnx
@@ -68,7 +70,7 @@ from rmda_jax.structure import Slice
 __version__ = "0.1.0"
 
 __all__ = [
-    "blocks", "compaction", "discovery", "discrete", "groups", "metrics", "regularizers", "schedules",
+    "blocks", "compaction", "compile_options", "cpu_compiler_options", "discovery", "discrete", "groups", "metrics", "regularizers", "schedules",
     "pruning", "rebuild", "reduction", "sharding", "solvers", "structure", "testing", "timing",
     "discover_groups", "discover_linen", "discover_nnx", "Groups", "Family", "Slice",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",

@@ -1,6 +1,8 @@
 """A small mixed pytree (conv kernel, dense kernel, bias) and a noisy quadratic
 loss, driven identically by the NumPy references and the JAX optimizers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,11 +46,11 @@ def from_tree(t):
           "bias": np.asarray(t["bias"], np.float64)}
 
 
-def quadratic_step(tx, target, scale):
+def quadratic_step(tx, target, scale, compiler_options=None):
   """The jitted step ``(params, state, noise_t) -> (params, state)`` on the noisy quadratic."""
   jt, js = to_tree(target), to_tree(scale)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=compiler_options)
   def step(params, state, noise_t):
     grads = jax.tree_util.tree_map(
         lambda s, p, t, n: (s * (p.astype(jnp.float32) - t) + n).astype(p.dtype), js, params, jt, noise_t)
@@ -73,9 +75,9 @@ def single_trace_step(tx):
   return step
 
 
-def run_jax(tx, x, target, scale, noise, steps, dtype=jnp.float32):
+def run_jax(tx, x, target, scale, noise, steps, dtype=jnp.float32, compiler_options=None):
   """``steps`` jitted updates on the quadratic; returns (params, state)."""
-  step = quadratic_step(tx, target, scale)
+  step = quadratic_step(tx, target, scale, compiler_options)
   jn = [to_tree(n) for n in noise]
   params = to_tree(x, dtype)
   state = tx.init(params)

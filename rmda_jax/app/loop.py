@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmda_jax import discrete
+from rmda_jax.compile_options import cpu_compiler_options
 from rmda_jax import regularizers as regs
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
@@ -323,8 +324,10 @@ class _Job:
 
     # params and optimizer state are donated: updated in place, no second copy of
     # either (signals are only acted on between steps, and checkpoints are
-    # written synchronously, so nothing reads a donated buffer afterwards)
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    # written synchronously, so nothing reads a donated buffer afterwards). On
+    # CPU the step's sums may be reassociated, which lets XLA vectorize them
+    # (RAMDA's and ProxGen's exact solves; IEEE NaN/inf otherwise kept).
+    @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=cpu_compiler_options())
     def train_step(p, s, x, y):
       p, s, loss = step(p, s, x, y)
       # s.notfinite_count: 0 after a step with a finite gradient, else how many in a row were not
