@@ -72,8 +72,8 @@ class SolverInfo(NamedTuple):
       ``certify=True``): ``||xi||_2`` with ``xi`` in the subdifferential of
       the subproblem objective at the returned point (0 means optimal).
       :class:`Exact`: the secular equation's ``max_g |f(r_g) - 1|`` at the
-      last Newton evaluation, which bounds the returned root's (one Newton
-      step further, monotonically towards the root).
+      last Newton evaluation; the returned root is one Newton step further,
+      and its misfit is no larger (see :func:`group_lasso_secular_blocks`).
   """
 
   iterations: Array
@@ -230,10 +230,13 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
     iterations used, and ``max_g |f(r_g) - 1|`` at the last Newton
     evaluation (the relative residual of the secular equation; 0 when every
     group is screened or unregularized). The returned root is one Newton step
-    further: Newton's iterates approach the root monotonically from the left
-    after the first step, so its misfit ``| ||z_g|| / r_g - 1 |`` is no larger
-    (in practice about the square). Evaluating it exactly would cost one more
-    pass over the entries, as much as an iteration.
+    further. After the first step the iterates increase monotonically to the
+    root and ``f`` decreases to 1 along them, so the returned root's misfit
+    ``| ||z_g|| / r_g - 1 |`` is no larger than the one reported (in practice
+    about its square); when the loop stops at its first evaluation, a warm
+    start right of the root, the returned root's misfit is second order in
+    the reported one. Evaluating it exactly would cost one more pass over the
+    entries, as much as an iteration.
   """
   if not bs:
     return [], jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
