@@ -219,8 +219,8 @@ def profile_split(fn, holder, args, repeats=5) -> dict:
 
 def _with_sgd(name: str) -> str:
   """``"jax ramda app"`` -> ``"jax sgd app"``: the same framework and variant with SGD."""
-  framework, _, rest = name.split(" ", 2) + [""] * (name.count(" ") < 2)
-  return " ".join(part for part in (framework, "sgd", rest) if part)
+  framework, _, *variant = name.split(" ")
+  return " ".join([framework, "sgd", *variant])
 
 
 def main():
