@@ -50,11 +50,10 @@ def test_exact_group_lasso_solve_under_the_options_matches_bisection():
   b_bad = b.copy()
   b_bad[5, 3] = np.nan
 
-  @jax.jit
-  def plain(b, P):
+  def secular(b, P):
     return solvers.group_lasso_secular([b], [P], [thr * np.sqrt(48)], [(1,)])[0][0]
 
-  solve = jax.jit(plain.__wrapped__, compiler_options=OPTIONS)
+  solve = jax.jit(secular, compiler_options=OPTIONS)
   z = np.asarray(solve(jnp.asarray(b, jnp.float32), jnp.asarray(P, jnp.float32)))
   err = np.linalg.norm(z - want, axis=1)
   assert np.all(err <= 1e-4 * (np.linalg.norm(want, axis=1) + 1e-6)), err.max()
