@@ -279,12 +279,12 @@ def group_lasso_secular_blocks(bs, diags, thresholds, blocks, max_iters: int = 5
     f = jnp.sqrt(f2)
     step = numerics.safe_divide(f2 * (f - 1), slope)
     r_new = jnp.where(active, jnp.clip(r + step, r_lo, r_hi), 0)
-    misfit = jnp.max(jnp.where(active, jnp.abs(f - 1), 0), initial=0)
+    gap = jnp.abs(f - 1)
     # f within a few ulps of 1 is solved as far as the dtype can tell: in an
     # ill-conditioned group the step is then rounding noise, larger than
     # tol * r, and would alternate in sign forever
-    done = jnp.all((jnp.abs(r_new - r) <= tol * r_new) | (jnp.abs(f - 1) <= f_noise))
-    return r_new, done, misfit
+    done = jnp.all((jnp.abs(r_new - r) <= tol * r_new) | (gap <= f_noise))
+    return r_new, done, jnp.max(jnp.where(active, gap, 0), initial=0)
 
   def cond(carry):
     _, it, done, _ = carry
