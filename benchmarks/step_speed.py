@@ -13,6 +13,10 @@ jitted ``update + apply_updates`` interleaved in one run, in these modes:
   with :func:`rmda_jax.cpu_compiler_options` (sums reassociated so that
   XLA:CPU vectorizes them; IEEE otherwise). ``--mode all`` runs the three.
 
+``--keep-freed-memory`` first calls :func:`rmda_jax.keep_freed_memory`, for
+the whole process (so for the baselines too): the temporaries are then
+reused from one call to the next instead of being page-faulted anew.
+
 Reported: medians and ratios (rmda and prox_sgd against optax.sgd, the
 adaptive ones against optax.adamw), the optimizer state's bytes per
 parameter, the temporary buffers XLA allocates for one in-place step (on
@@ -29,6 +33,7 @@ nuclear norm.
     python benchmarks/step_speed.py                 # all trees, inplace and scan, ~15 min on 2 CPU cores
     python benchmarks/step_speed.py --mode inplace inplace_reassoc --skip-inner
     python benchmarks/step_speed.py --trees lenet5 vgg16 --mode inplace --skip-inner
+    python benchmarks/step_speed.py --mode inplace inplace_reassoc --skip-inner --keep-freed-memory --name step_speed_keep_freed
 """
 
 from __future__ import annotations
@@ -210,7 +215,12 @@ def main():
   parser.add_argument("--warmup", type=int, default=30)
   parser.add_argument("--skip-inner", action="store_true")
   parser.add_argument("--name", default="step_speed", help="results/<name>.json (a partial run need not overwrite)")
+  parser.add_argument("--keep-freed-memory", action="store_true",
+                      help="call rmda_jax.keep_freed_memory() first (process-wide: every optimizer, the "
+                           "baselines too, then reuses its temporaries' pages instead of page-faulting them)")
   args = parser.parse_args()
+  if args.keep_freed_memory and not rmda_jax.keep_freed_memory():
+    parser.error("--keep-freed-memory needs glibc")
 
   expand = {"both": ("inplace", "scan"), "all": ("inplace", "scan", "inplace_reassoc")}
   modes = tuple(dict.fromkeys(m for mode in args.mode for m in expand.get(mode, (mode,))))

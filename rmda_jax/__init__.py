@@ -23,6 +23,7 @@ Example:
 from rmda_jax import blocks
 from rmda_jax import compaction
 from rmda_jax import compile_options
+from rmda_jax import cpu_memory
 from rmda_jax import discovery
 from rmda_jax import discrete
 from rmda_jax import groups
@@ -38,6 +39,7 @@ from rmda_jax import pruning
 from rmda_jax import rebuild
 from rmda_jax import reduction
 from rmda_jax.compile_options import cpu_compiler_options
+from rmda_jax.cpu_memory import keep_freed_memory
 from rmda_jax.discovery import discover_groups
 from rmda_jax.discovery import discover_linen
 from rmda_jax.discovery import discover_nnx
@@ -70,9 +72,9 @@ from rmda_jax.structure import Slice
 __version__ = "0.1.0"
 
 __all__ = [
-    "blocks", "compaction", "compile_options", "discovery", "discrete", "groups", "metrics", "regularizers",
+    "blocks", "compaction", "compile_options", "cpu_memory", "discovery", "discrete", "groups", "metrics", "regularizers",
     "schedules", "pruning", "rebuild", "reduction", "sharding", "solvers", "structure", "testing", "timing",
-    "cpu_compiler_options",
+    "cpu_compiler_options", "keep_freed_memory",
     "discover_groups", "discover_linen", "discover_nnx", "Groups", "Family", "Slice",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
     "discrete_set", "discrete_penalty", "rigl", "RigLState",

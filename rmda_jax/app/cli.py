@@ -186,6 +186,7 @@ def main(argv: Optional[Sequence[str]] = None, process: Optional[bool] = None) -
   args.process = process if process is not None else argv is None
   if args.command == "train" and args.process:
     _ignore_exit_signals()
+    _keep_freed_memory()
   handlers = {"train": _train, "compact": commands.compact, "generate": commands.generate}
   try:
     return handlers[args.command](args)
@@ -198,6 +199,16 @@ def main(argv: Optional[Sequence[str]] = None, process: Optional[bool] = None) -
   except KeyboardInterrupt:
     print(f"rmda-jax {args.command}: interrupted", file=sys.stderr)
     return 130
+
+
+def _keep_freed_memory() -> None:
+  # the whole process is this command's, so its allocator may be tuned: on CPU,
+  # the step's temporaries are then reused instead of page-faulted at every step
+  # (on an accelerator only host memory is concerned). Before JAX starts its
+  # threads, whose arenas the setting must cover.
+  from rmda_jax.cpu_memory import keep_freed_memory
+
+  keep_freed_memory()
 
 
 def _ignore_exit_signals() -> None:
