@@ -5,9 +5,9 @@ call, as one block, and frees it when the call ends. glibc's ``malloc``
 serves a block over its mmap threshold (128 KiB, adjusted upwards to at
 most 32 MiB as blocks are freed) with a fresh ``mmap`` and gives it back to
 the kernel at ``free``. The next call then maps new pages, and the kernel
-zeroes each one at its first touch: on the 2-core CPU of
-``benchmarks/step_speed.py`` that costs a few GB/s, as much as a pass over
-the block. RMDA's step has no large temporaries, but RAMDA's and ProxGen's
+zeroes each one at its first touch: writing a fresh temporary runs at about
+1.5 GB/s on the 2-core CPU of ``benchmarks/step_speed.py``, 30 times slower
+than writing into reused memory. RMDA's step has no large temporaries, but RAMDA's and ProxGen's
 exact group-LASSO solves read arrays that XLA stores in them (the metric
 and ``b``); on VGG-16 they are tens of megabytes, page-faulted at every step.
 
@@ -22,9 +22,9 @@ than the main one an arena of heaps of at most 64 MiB, so a larger block
 asked for there is mapped whatever the threshold. :func:`keep_freed_memory`
 therefore also limits glibc to one arena (``M_ARENA_MAX = 1``), which holds
 only for threads that have not allocated yet: call it first, before JAX
-runs anything. On VGG-16 with :func:`rmda_jax.cpu_compiler_options`, ProxAdamW's
-in-place step (118 MB of temporaries) went from 77-91 to 47 ms with it, and
-from 78-86 ms with the thresholds alone.
+runs anything. On VGG-16 with :func:`rmda_jax.cpu_compiler_options`,
+ProxAdamW's in-place step (118 MB of temporaries) takes 77-91 ms by
+default, 78-86 ms with the thresholds alone and 47 ms with one arena too.
 
 The setting is the process's, not a compiled function's, so it is a call to
 make once in a training program (``rmda-jax train`` makes it), not something
