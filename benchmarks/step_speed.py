@@ -220,7 +220,7 @@ def main():
                            "baselines too, then reuses its temporaries' pages instead of page-faulting them)")
   args = parser.parse_args()
   if args.keep_freed_memory and not rmda_jax.keep_freed_memory():
-    parser.error("--keep-freed-memory needs glibc")
+    parser.error("--keep-freed-memory: glibc's mallopt is not available or refused the settings")
 
   expand = {"both": ("inplace", "scan"), "all": ("inplace", "scan", "inplace_reassoc")}
   modes = tuple(dict.fromkeys(m for mode in args.mode for m in expand.get(mode, (mode,))))

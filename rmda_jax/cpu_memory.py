@@ -20,28 +20,31 @@ holds on to its peak heap, as a long-running training job does anyway.
 XLA runs a computation on its own threads, and glibc gives a thread other
 than the main one an arena of heaps of at most 64 MiB, so a larger block
 asked for there is mapped whatever the threshold. :func:`keep_freed_memory`
-therefore also limits glibc to one arena (``M_ARENA_MAX = 1``), which holds
-only for threads that have not allocated yet: call it first, before JAX
+therefore also limits glibc to one arena (``M_ARENA_MAX = 1``). Arenas made
+before the call stay in use (by their threads, and by new threads that
+inherit the arena of one that has exited), so call it first, before JAX
 runs anything. On VGG-16 with :func:`rmda_jax.cpu_compiler_options`,
 ProxAdamW's in-place step (118 MB of temporaries) takes 77-91 ms by
 default, 78-86 ms with the thresholds alone and 47 ms with one arena too.
 
 The setting is the process's, not a compiled function's, so it is a call to
 make once in a training program (``rmda-jax train`` makes it), not something
-the library does on import. It has the effect of starting Python with
-``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and
-``MALLOC_ARENA_MAX=1`` set; on accelerators it only concerns host memory.
+the library does on import. Called first, it acts like starting Python with
+``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_ARENA_MAX=1``
+set (which also covers arenas made before any Python runs); on accelerators
+it only concerns host memory, and there is nothing to gain there.
 
-Example:
-  >>> from rmda_jax.cpu_memory import keep_freed_memory
-  >>> keep_freed_memory() in (True, False)   # False where the C library is not glibc
-  True
+Example (at the top of a training script, before any JAX computation)::
+
+  import rmda_jax
+  rmda_jax.keep_freed_memory()   # False, and nothing changed, without glibc
 """
 
 from __future__ import annotations
 
 import ctypes
 import operator
+import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -51,9 +54,11 @@ _INT_MAX = 2**31 - 1
 
 def _glibc():
   """The process's C library if it is glibc (which has ``mallopt``), else None."""
+  if not sys.platform.startswith("linux"):
+    return None
   try:
     libc = ctypes.CDLL(None)
-  except OSError:
+  except (OSError, TypeError):
     return None
   if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
     return None
@@ -73,15 +78,25 @@ def keep_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
   Args:
     max_block_bytes: an int in [1, 2**31 - 1]: blocks up to this size are
       taken from the heap instead of being mapped and unmapped at every call
-      (default 1 GiB; above a step's temporaries).
+      (default 1 GiB; above a step's temporaries). Some glibc versions refuse
+      a threshold above 32 MiB; pass at most ``32 << 20`` there.
 
   Returns:
-    True when glibc applied the settings; False where the C library is not
-    glibc (macOS, musl), where nothing is changed.
+    True when glibc accepted the three settings (which covers the threads
+    that allocate afterwards, see the module docstring). False, with nothing
+    changed, where the C library is not glibc (macOS, musl, Windows) or glibc
+    refuses ``max_block_bytes`` as a threshold.
 
   Raises:
     TypeError: ``max_block_bytes`` is not an int.
     ValueError: ``max_block_bytes`` is outside [1, 2**31 - 1].
+
+  Example:
+    >>> import rmda_jax
+    >>> rmda_jax.keep_freed_memory(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_block_bytes must be in [1, 2**31 - 1], got 0.
   """
   if isinstance(max_block_bytes, bool):
     raise TypeError(f"max_block_bytes must be an int, got {max_block_bytes!r}.")
@@ -94,5 +109,8 @@ def keep_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
   libc = _glibc()
   if libc is None:
     return False
-  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, size), (_M_TRIM_THRESHOLD, _INT_MAX))
-  return all([bool(libc.mallopt(option, value)) for option, value in settings])
+  # The threshold first: setting the trim threshold alone would switch off
+  # glibc's own raising of the mmap threshold, a loss if the threshold is refused.
+  if not libc.mallopt(_M_MMAP_THRESHOLD, size):
+    return False
+  return bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)) & bool(libc.mallopt(_M_ARENA_MAX, 1))

@@ -1,6 +1,7 @@
 """rmda_jax.keep_freed_memory: glibc keeps a freed large block in the heap, for reuse."""
 
 import ctypes
+import os
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,7 @@ PROBE = textwrap.dedent(f"""
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    applied = rmda_jax.keep_freed_memory() if sys.argv[1] == "keep" else None
+    applied = rmda_jax.keep_freed_memory(int(sys.argv[2])) if sys.argv[1] == "keep" else None
     seen = {{}}
     def allocate_and_free():
         block = libc.malloc({BLOCK_MB} << 20)
@@ -43,22 +44,53 @@ PROBE = textwrap.dedent(f"""
 
 
 def _has_mallinfo2() -> bool:
+  if not sys.platform.startswith("linux"):
+    return False
   libc = ctypes.CDLL(None)
   return hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallinfo2")
 
 
+def _probe(mode, max_block_bytes=1 << 30):
+  # glibc's defaults, whatever this process was started with
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+  out = subprocess.run([sys.executable, "-c", PROBE, mode, str(max_block_bytes)], capture_output=True,
+                       text=True, check=True, env=env)
+  applied, mapped_mb, free_heap_mb = out.stdout.split()
+  return applied, int(mapped_mb), int(free_heap_mb)
+
+
 @pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
 def test_a_freed_large_block_stays_in_the_process_only_after_keep_freed_memory():
-  def probe(mode):
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
-    applied, mapped_mb, free_heap_mb = out.stdout.split()
-    return applied, int(mapped_mb), int(free_heap_mb)
-
-  applied, mapped_mb, free_heap_mb = probe("default")
+  applied, mapped_mb, free_heap_mb = _probe("default")
   assert mapped_mb >= BLOCK_MB and free_heap_mb < BLOCK_MB   # mapped, and unmapped at free
-  applied, mapped_mb, free_heap_mb = probe("keep")
+  applied, mapped_mb, free_heap_mb = _probe("keep")
   assert applied == "True"
   assert mapped_mb < BLOCK_MB and free_heap_mb >= BLOCK_MB   # from the heap, and kept there
+
+
+@pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
+def test_a_block_over_max_block_bytes_is_still_mapped():
+  applied, mapped_mb, free_heap_mb = _probe("keep", max_block_bytes=BLOCK_MB // 2 << 20)
+  assert applied == "True"
+  assert mapped_mb >= BLOCK_MB and free_heap_mb < BLOCK_MB
+
+
+class _RefusingLibc:
+  """A glibc whose mallopt refuses the mmap threshold, recording every call."""
+
+  def __init__(self):
+    self.calls = []
+
+  def mallopt(self, option, value):
+    self.calls.append((option, value))
+    return 0 if option == cpu_memory._M_MMAP_THRESHOLD else 1
+
+
+def test_a_refused_threshold_changes_nothing_else(monkeypatch):
+  libc = _RefusingLibc()
+  monkeypatch.setattr(cpu_memory, "_glibc", lambda: libc)
+  assert rmda_jax.keep_freed_memory(1 << 30) is False
+  assert libc.calls == [(-3, 1 << 30)]   # no trim threshold, no arena limit after the refusal
 
 
 @pytest.mark.parametrize("bad", [1.5, "1024", True, None])
@@ -78,13 +110,20 @@ def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
   assert rmda_jax.keep_freed_memory() is False
 
 
-@pytest.mark.parametrize("process", [True, False])
-def test_the_train_command_keeps_freed_memory_only_when_it_is_the_whole_process(process, monkeypatch, tmp_path):
+@pytest.mark.parametrize("process, platforms, called", [
+    (True, None, True), (True, "cpu", True), (True, "cuda,cpu", True), (True, "cuda", False),
+    (True, "tpu", False), (False, None, False)])
+def test_the_train_command_keeps_freed_memory_as_the_whole_process_on_cpu(process, platforms, called,
+                                                                          monkeypatch, tmp_path):
+  import jax
+
   from rmda_jax.app import cli
 
   calls = []
   monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda *args: calls.append(args) or True)
   monkeypatch.setattr(cli, "_ignore_exit_signals", lambda: None)
   monkeypatch.setattr(cli, "_train", lambda args: 0)
+  # the value main() reads; jax.config.update would re-select the platform of a running backend
+  monkeypatch.setattr(type(jax.config), "jax_platforms", property(lambda self: platforms), raising=False)
   assert cli.main(["train", "--out", str(tmp_path)], process=process) == 0
-  assert calls == ([()] if process else [])
+  assert calls == ([()] if called else [])

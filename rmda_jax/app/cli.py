@@ -203,12 +203,17 @@ def main(argv: Optional[Sequence[str]] = None, process: Optional[bool] = None) -
 
 def _keep_freed_memory() -> None:
   # the whole process is this command's, so its allocator may be tuned: on CPU,
-  # the step's temporaries are then reused instead of page-faulted at every step
-  # (on an accelerator only host memory is concerned). Before JAX starts its
-  # threads, whose arenas the setting must cover.
+  # the step's temporaries are then reused instead of page-faulted at every step.
+  # Before JAX starts its threads, whose arenas the setting must cover, so the
+  # backend is not asked for: only platforms named without "cpu" (JAX_PLATFORMS)
+  # skip it, where host memory has nothing to gain.
+  import jax
+
   from rmda_jax.cpu_memory import keep_freed_memory
 
-  keep_freed_memory()
+  platforms = jax.config.jax_platforms
+  if not platforms or "cpu" in platforms.lower().split(","):
+    keep_freed_memory()
 
 
 def _ignore_exit_signals() -> None:
