@@ -7,9 +7,10 @@ most 32 MiB as blocks are freed) with a fresh ``mmap`` and gives it back to
 the kernel at ``free``. The next call then maps new pages, and the kernel
 zeroes each one at its first touch: writing a fresh temporary runs at about
 1.5 GB/s on the 2-core CPU of ``benchmarks/step_speed.py``, 30 times slower
-than writing into reused memory. RMDA's step has no large temporaries, but RAMDA's and ProxGen's
-exact group-LASSO solves read arrays that XLA stores in them (the metric
-and ``b``); on VGG-16 they are tens of megabytes, page-faulted at every step.
+than writing into reused memory. RMDA's step has no large temporaries, but
+RAMDA's and ProxGen's exact group-LASSO solves read arrays that XLA stores
+in them (the metric and ``b``); on VGG-16 they are tens of megabytes,
+page-faulted at every step.
 
 :func:`keep_freed_memory` raises glibc's mmap threshold (blocks up to
 ``max_block_bytes`` come from the heap) and its trim threshold (freed memory
@@ -113,4 +114,6 @@ def keep_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
   # glibc's own raising of the mmap threshold, a loss if the threshold is refused.
   if not libc.mallopt(_M_MMAP_THRESHOLD, size):
     return False
-  return bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)) & bool(libc.mallopt(_M_ARENA_MAX, 1))
+  trim_kept = bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+  one_arena = bool(libc.mallopt(_M_ARENA_MAX, 1))
+  return trim_kept and one_arena
