@@ -72,8 +72,9 @@ from rmda_jax.structure import Slice
 __version__ = "0.1.0"
 
 __all__ = [
-    "blocks", "compaction", "compile_options", "cpu_memory", "discovery", "discrete", "groups", "metrics", "regularizers",
-    "schedules", "pruning", "rebuild", "reduction", "sharding", "solvers", "structure", "testing", "timing",
+    "blocks", "compaction", "compile_options", "cpu_memory", "discovery", "discrete", "groups", "metrics",
+    "regularizers", "schedules", "pruning", "rebuild", "reduction", "sharding", "solvers", "structure", "testing",
+    "timing",
     "cpu_compiler_options", "keep_freed_memory",
     "discover_groups", "discover_linen", "discover_nnx", "Groups", "Family", "Slice",
     "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
