@@ -132,7 +132,9 @@ class Subproblem(NamedTuple):
     count: int32, the step count (tolerance schedules of the solver).
     twin: optional, ``b`` computed a second time from the same inputs
       passed through ``jax.lax.optimization_barrier`` (see :func:`twin_of`);
-      the closed-form prox reads its group norms from it (``metric=None``).
+      the closed-form prox reads its group norms from it (``metric=None``),
+      except on the leaves of fewer than :data:`TWIN_MIN_ENTRIES` entries of
+      a step that keeps its point (see :func:`proximal_step`).
   """
 
   b: Params
@@ -157,6 +159,14 @@ class AdamMoments(NamedTuple):
   count: jax.Array
   mu: Params
   nu: Params
+
+
+#: A step that keeps its point reads the group norms of a leaf with at least
+#: this many entries from ``Subproblem.twin``, of a smaller leaf from ``b``
+#: itself (see :func:`proximal_step`): 4M float32 entries, 16 MB, so that
+#: the prox centers XLA then stores stay under glibc's 32 MB mmap threshold
+#: even two at a time.
+TWIN_MIN_ENTRIES = 1 << 22
 
 
 def twin_of(fn, *trees):
@@ -599,7 +609,18 @@ def proximal_step(
     problem = updates
     reg = regularizer_at(problem.count)
     if problem.metric is None:
-      z = problem.b if reg is None else reg.prox(problem.b, problem.scale, statistics=problem.twin)
+      statistics = problem.twin
+      if keep_point and statistics is not None:
+        # With the point kept, XLA stores b once (one small temporary or the
+        # point's own buffer) and the norms, the point and what follows read
+        # it: on CPU 12 passes over a leaf instead of 14 for RMDA, whose
+        # twin reads x0, V and a written broadcast of 1/sqrt(k). Without it,
+        # XLA stores every leaf's b at once (59 MB for VGG-16), a temporary
+        # page-faulted at every call, and a leaf of TWIN_MIN_ENTRIES or more
+        # would make one as well: those keep reading the twin.
+        statistics = jax.tree_util.tree_map(
+            lambda b, twin: b if b.size < TWIN_MIN_ENTRIES else twin, problem.b, statistics)
+      z = problem.b if reg is None else reg.prox(problem.b, problem.scale, statistics=statistics)
       info = state.solver_info if solver is None else solvers.empty_info()
     else:
       if solver is None:

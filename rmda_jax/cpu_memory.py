@@ -7,10 +7,10 @@ most 32 MiB as blocks are freed) with a fresh ``mmap`` and gives it back to
 the kernel at ``free``. The next call then maps new pages, and the kernel
 zeroes each one at its first touch: writing a fresh temporary runs at about
 1.5 GB/s on the 2-core CPU of ``benchmarks/step_speed.py``, 30 times slower
-than writing into reused memory. RMDA's step has no large temporaries, but
-RAMDA's and ProxGen's exact group-LASSO solves read arrays that XLA stores
-in them (the metric and ``b``); on VGG-16 they are tens of megabytes,
-page-faulted at every step.
+than writing into reused memory. RMDA's step keeps its temporaries under
+that threshold, but RAMDA's and ProxGen's exact group-LASSO solves read
+arrays that XLA stores in them (the metric and ``b``); on VGG-16 they are
+tens of megabytes, page-faulted at every step.
 
 :func:`keep_freed_memory` raises glibc's mmap threshold (blocks up to
 ``max_block_bytes`` come from the heap) and its trim threshold (freed memory

@@ -147,3 +147,21 @@ def test_rmda_without_its_point_recomputes_it():
   tau = alpha / np.sqrt(3) * 0.5 * np.sqrt(64)
   want = y * np.maximum(0, 1 - tau / np.linalg.norm(y, axis=1, keepdims=True))
   np.testing.assert_allclose(np.asarray(z["Dense_1"]["kernel"]), want, rtol=1e-4, atol=1e-6)
+
+
+def test_rmda_keeps_no_temporary_the_size_of_a_leaf_at_or_above_the_twin_threshold():
+  # Below blocks.TWIN_MIN_ENTRIES XLA may store the prox center in a
+  # temporary (read by the norms, the kept point and the momentum average);
+  # from it on, the norms read a twin and nothing leaf-sized is stored, so no
+  # temporary outgrows glibc's mmap threshold (page-faulted at every call).
+  tx = rmda_jax.rmda(0.1, momentum=0.5, regularizer=REG)
+  for rows in (blocks.TWIN_MIN_ENTRIES // 256, blocks.TWIN_MIN_ENTRIES // 1024):
+    params = {"kernel": jnp.zeros((rows, 256)), "bias": jnp.zeros(256)}
+    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    state = jax.eval_shape(tx.init, params)
+    memory = jax.jit(_step(tx), donate_argnums=(0, 1)).lower(shapes, state, shapes).compile().memory_analysis()
+    if memory is None:
+      pytest.skip("this backend reports no memory analysis")
+    leaf = rows * 256 * 4
+    limit = leaf / 4 if rows * 256 >= blocks.TWIN_MIN_ENTRIES else 2 * leaf + (1 << 16)
+    assert memory.temp_size_in_bytes < limit, (rows, memory.temp_size_in_bytes)
