@@ -15,8 +15,9 @@ With ``c < 1`` the params are only near the structure; use
 ``c`` to 1 so the params themselves end up exactly structured.
 
 Each is a short chain of the :mod:`rmda_jax.blocks`
-(``accumulate_dual_averaging -> sqrt_k_metric | cube_root_metric ->
-proximal_step -> momentum_average``) with one state type for both,
+(``dual_averaging_center -> sqrt_k_metric`` or ``accumulate_dual_averaging ->
+cube_root_metric``, then ``proximal_step -> momentum_average``) with one
+state type for both,
 :class:`DualAveragingState` (``RMDAState`` and ``RAMDAState`` are its names
 of old); other variants are other chains of the blocks.
 
@@ -52,7 +53,9 @@ class DualAveragingState(NamedTuple):
   optimizers chain; the properties read the arrays inside them.
 
   Attributes:
-    sums: :class:`~rmda_jax.blocks.DualAveragingSumsState` of
+    sums: RMDA's :class:`~rmda_jax.blocks.DualAveragingCenterState` of
+      :func:`~rmda_jax.blocks.dual_averaging_center`, RAMDA's
+      :class:`~rmda_jax.blocks.DualAveragingSumsState` of
       :func:`~rmda_jax.blocks.accumulate_dual_averaging`.
     metric: the metric block's state (``optax.EmptyState()`` for
       :func:`~rmda_jax.blocks.sqrt_k_metric` and
@@ -65,7 +68,10 @@ class DualAveragingState(NamedTuple):
     stage_count: int32, ``k``, updates inside the current stage.
     alpha: float32, ``alpha_k = sum_{i<=k} lr_i sqrt(i)``.
     anchor: ``x0``, the params at the start of the stage (float32).
-    grad_sum: ``V_k = sum_{i<=k} lr_i sqrt(i) g_i`` (float32).
+    grad_sum: ``V_k = sum_{i<=k} lr_i sqrt(i) g_i`` (float32; RMDA's is
+      derived from its center).
+    center: ``y_k = x0 - V_k / sqrt(k)``, the point RMDA's prox is taken at
+      (float32; RMDA keeps it, RAMDA's is derived from its sums).
     sq_grad_sum: RAMDA's ``U_k = sum_{i<=k} lr_i sqrt(i) g_i^2`` (float32);
       ``optax.EmptyState()`` for RMDA.
     structured: ``z_k``, the exactly structured point (params' dtype).
@@ -73,7 +79,7 @@ class DualAveragingState(NamedTuple):
       subproblem solve; ``optax.EmptyState()`` for RMDA (closed-form prox).
   """
 
-  sums: blocks.DualAveragingSumsState
+  sums: Union[blocks.DualAveragingCenterState, blocks.DualAveragingSumsState]
   metric: Any
   step: blocks.ProximalStepState
   average: blocks.CountState
@@ -84,6 +90,7 @@ class DualAveragingState(NamedTuple):
   anchor = property(lambda self: self.sums.anchor)
   grad_sum = property(lambda self: self.sums.grad_sum)
   sq_grad_sum = property(lambda self: self.sums.sq_grad_sum)
+  center = property(lambda self: self.sums.center)
   structured = property(lambda self: self.step.structured)
   solver_info = property(lambda self: self.step.solver_info)
 
@@ -137,7 +144,12 @@ def rmda(
 
   ``z_k`` is the minimizer of ``<V_k, z> + sqrt(k)/2 ||z - x0||^2 +
   alpha_k lambda psi(z)``, so it is exactly structured; it is kept in the state
-  (:func:`structured_params`).
+  (:func:`structured_params`). The state keeps the prox center
+  ``y_k = x0 - V_k/sqrt(k)`` in place of ``V_k``, updated as
+  ``y_k = x0 + sqrt((k-1)/k) (y_{k-1} - x0) - eta_k g_k``
+  (:func:`~rmda_jax.blocks.dual_averaging_center`): the prox, the kept point and
+  the momentum average all read it from its buffer (``state.grad_sum`` is
+  derived from it).
 
   Args:
     learning_rate: ``eta >= 0``, a number, a scalar array or an optax
@@ -162,7 +174,8 @@ def rmda(
     keep_point: keep ``z_k`` in the state (True, the default). False saves
       a params-sized buffer (4 bytes per parameter, a third of the state)
       and its write at every step (about a quarter of a memory-bound step:
-      VGG-16, 15M params, in place on CPU: 20.6 -> 14.9 ms); ``z_k`` is then
+      VGG-16, 15M params, in place on CPU with
+      :func:`~rmda_jax.cpu_compiler_options`: 14.3 -> 10.3 ms); ``z_k`` is then
       recomputed (to float32 rounding) by
       ``structured_params(state, regularizer=...)``.
 
@@ -196,7 +209,7 @@ def rmda(
   max_errors = _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite)
   tx = blocks.named_chain(
       DualAveragingState,
-      blocks.accumulate_dual_averaging(learning_rate, stages),
+      blocks.dual_averaging_center(learning_rate, stages),
       blocks.sqrt_k_metric(),
       blocks.proximal_step(regularizer, solver=None, keep_point=keep_point, strength=strength),
       blocks.momentum_average(momentum, stages),
@@ -300,19 +313,77 @@ def _find_states(state, types) -> list:
   return found
 
 
-def recompute_point(sums: blocks.DualAveragingSumsState, regularizer) -> Params:
+def recompute_point(sums: Union[blocks.DualAveragingCenterState, blocks.DualAveragingSumsState],
+                    regularizer) -> Params:
   """RMDA's ``z_k = prox_{(alpha_k/sqrt(k)) lambda psi}(x0 - V_k/sqrt(k))`` from its sums (float32).
 
-  The point :func:`rmda` computes at step ``k``, to float32 rounding (the
-  anchor before the first step). ``regularizer`` must be the one the optimizer
-  used, at the strength of that step.
+  The point :func:`rmda` computes at step ``k`` (the anchor before the first
+  step); from sums that keep ``V_k`` instead of the center, to float32
+  rounding. ``regularizer`` must be the one the optimizer used, at the
+  strength of that step.
   """
   k = sums.stage_count
   sqrt_k = jnp.sqrt(jnp.maximum(k, 1).astype(jnp.float32))
-  inv_sqrt_k = 1 / sqrt_k  # as blocks.sqrt_k_metric computes it
-  y = jax.tree_util.tree_map(lambda x0, v: x0 - v * inv_sqrt_k, sums.anchor, sums.grad_sum)
+  y = sums.center
   z = y if regularizer is None else regularizer.prox(y, sums.alpha / sqrt_k)
   return jax.tree_util.tree_map(lambda zz, x0: jnp.where(k > 0, zz, x0), z, sums.anchor)
+
+
+def _is_center_state(node) -> bool:
+  return isinstance(node, blocks.DualAveragingCenterState)
+
+
+def gradient_sum_layout(tree):
+  """``tree`` with each RMDA accumulator state laid out as it was saved before it kept its center.
+
+  Until RMDA kept its prox center ``y_k`` (:func:`~rmda_jax.blocks.dual_averaging_center`),
+  its state held the gradient sum ``V_k`` in a
+  :class:`~rmda_jax.blocks.DualAveragingSumsState`. This maps every
+  :class:`~rmda_jax.blocks.DualAveragingCenterState` in ``tree`` (an
+  optimizer state, or a checkpoint template holding one) to that layout, the
+  center's arrays standing in for ``V_k`` (the same shapes and dtypes): a
+  template to restore such a checkpoint into, then to be converted back by
+  :func:`prox_center_layout`. Everything else is left as it is.
+  """
+  def legacy(node):
+    return blocks.DualAveragingSumsState(node.count, node.stage_count, node.alpha, node.anchor, node.center,
+                                         optax.EmptyState())
+
+  return jax.tree_util.tree_map(lambda n: legacy(n) if _is_center_state(n) else n, tree,
+                                is_leaf=_is_center_state)
+
+
+def prox_center_layout(restored, template):
+  """The inverse of :func:`gradient_sum_layout`: RMDA states restored in the layout with ``V_k``.
+
+  Where ``template`` has a :class:`~rmda_jax.blocks.DualAveragingCenterState`,
+  ``restored`` (a tree restored into ``gradient_sum_layout(template)``) has a
+  :class:`~rmda_jax.blocks.DualAveragingSumsState`; it becomes the center
+  state with ``y_k = x0 - V_k/sqrt(k)`` (the anchor before the first step),
+  the center the earlier layout computed at every step. A run resumed from it
+  goes on to float32 rounding as it would have.
+
+  Example:
+    >>> import jax.numpy as jnp, rmda_jax
+    >>> from rmda_jax import dual_averaging
+    >>> params = {"w": jnp.ones(2)}
+    >>> tx = rmda_jax.rmda(0.5)
+    >>> state = tx.init(params)
+    >>> saved = dual_averaging.gradient_sum_layout(state)   # what an earlier version kept
+    >>> saved = saved._replace(sums=saved.sums._replace(stage_count=jnp.int32(4),
+    ...                                                 grad_sum={"w": jnp.full(2, 2.0)}))
+    >>> dual_averaging.prox_center_layout(saved, state).center["w"].tolist()   # 1 - 2 / sqrt(4)
+    [0.0, 0.0]
+  """
+  def convert(node, old):
+    if not _is_center_state(node):
+      return old
+    if not isinstance(old, blocks.DualAveragingSumsState):
+      raise ValueError(f"expected the earlier RMDA accumulator state here, got {type(old).__name__}.")
+    center = jax.tree_util.tree_map(jnp.asarray, old.center)
+    return blocks.DualAveragingCenterState(old.count, old.stage_count, old.alpha, old.anchor, center)
+
+  return jax.tree_util.tree_map(convert, template, restored, is_leaf=_is_center_state)
 
 
 def structured_params(state, params=None, regularizer=None):

@@ -21,7 +21,7 @@ Example:
   >>> params = jax.device_put({"w": jnp.ones((4, 2))}, NamedSharding(mesh, P("model")))
   >>> tx = rmda_jax.rmda(0.1, regularizer=rmda_jax.group_lasso(1e-3))
   >>> state = rmda_jax.sharding.init(tx, params)
-  >>> state.grad_sum["w"].sharding.spec == P("model")
+  >>> state.center["w"].sharding.spec == P("model")
   True
 """
 

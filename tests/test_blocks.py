@@ -116,3 +116,48 @@ def test_misassembled_chains_say_what_is_missing():
     blocks.cube_root_metric(-1.0)
   with pytest.raises(TypeError, match="stages"):
     blocks.accumulate_dual_averaging(0.1, stages=[10])
+
+
+def test_dual_averaging_center_against_numpy_sums():
+  """y_k = x0 - V_k / sqrt(k), V_k = sum_i eta_i sqrt(i) g_i, alpha_k = sum_i eta_i sqrt(i) (float64)."""
+  params = _params()
+  schedule = lambda count: 0.3 / (1.0 + count)
+  tx = blocks.dual_averaging_center(schedule)
+  state = tx.init(params)
+  x0 = {n: np.asarray(p, np.float64) for n, p in params.items()}
+  v_sum = {n: np.zeros_like(p) for n, p in x0.items()}
+  alpha = 0.0
+  for k in range(1, 40):
+    out, state = tx.update(_grads(k), state, params)
+    s = schedule(k - 1) * np.sqrt(k)
+    alpha += s
+    for n in x0:
+      v_sum[n] += s * np.asarray(_grads(k)[n], np.float64)
+      np.testing.assert_allclose(np.asarray(out.center[n]), x0[n] - v_sum[n] / np.sqrt(k), rtol=0, atol=2e-6)
+      np.testing.assert_allclose(np.asarray(state.grad_sum[n]), v_sum[n], rtol=0, atol=2e-5 * np.sqrt(k))
+    assert out.grad_sum is None and int(out.stage_count) == k
+    np.testing.assert_allclose(float(out.alpha), alpha, rtol=1e-6)
+  assert state.center["w"].dtype == jnp.float32 and isinstance(state.sq_grad_sum, optax.EmptyState)
+
+
+def test_the_center_only_accumulator_refuses_a_diagonal_metric():
+  params = _params()
+  for metric in (blocks.cube_root_metric(), blocks.adam_metric()):
+    tx = optax.chain(blocks.dual_averaging_center(0.1), metric)
+    with pytest.raises(ValueError, match="gradient sum|needs the"):
+      tx.update(_grads(0), tx.init(params), params)
+
+
+def test_rmda_state_reads_the_center_of_both_accumulators():
+  """The V_k chain's derived center equals the one dual_averaging_center keeps (float32 rounding)."""
+  params = _params()
+  kept = blocks.dual_averaging_center(0.2)
+  sums = blocks.accumulate_dual_averaging(0.2)
+  s1, s2 = kept.init(params), sums.init(params)
+  for n in params:
+    np.testing.assert_array_equal(np.asarray(s1.center[n]), np.asarray(s2.center[n]))  # the anchor at k = 0
+  for t in range(5):
+    _, s1 = kept.update(_grads(t), s1, params)
+    _, s2 = sums.update(_grads(t), s2, params)
+  for n in params:
+    np.testing.assert_allclose(np.asarray(s1.center[n]), np.asarray(s2.center[n]), rtol=0, atol=1e-6)

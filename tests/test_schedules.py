@@ -148,3 +148,45 @@ def test_resume_is_bit_exact_in_a_fresh_process(method, tmp_path):
   assert len(straight) == len(resumed)
   for a, b in zip(straight, resumed):
     np.testing.assert_array_equal(a, b)
+
+
+def test_an_rmda_checkpoint_with_the_gradient_sum_resumes_into_the_prox_center(tmp_path):
+  """A state saved when RMDA kept V_k (its blocks' chain) restores into rmda's and goes on like it."""
+  pytest.importorskip("orbax.checkpoint")
+  from rmda_jax import blocks
+  from rmda_jax.app import checkpoint as ckpt
+
+  steps = EPOCHS * SPE
+  x, target, scale, noise = make_problem(steps=steps)
+  stages = rmda_jax.Stagewise.from_epochs(MILESTONES, SPE, gamma=0.5)
+  reg = rmda_jax.group_lasso(0.15)
+  earlier = rmda_jax.blocks.named_chain(  # rmda's chain before it kept its center
+      rmda_jax.DualAveragingState, blocks.accumulate_dual_averaging(0.05, stages), blocks.sqrt_k_metric(),
+      blocks.proximal_step(reg, solver=None), blocks.momentum_average(0.5, stages))
+  now = rmda_jax.rmda(0.05, momentum=0.5, regularizer=reg, stages=stages)
+  saved_at = 2 * SPE + 3  # inside the second stage
+  old_history = _run_steps(earlier, x, target, scale, noise, steps)
+  params, state = old_history[saved_at - 1]
+  assert isinstance(state.sums, blocks.DualAveragingSumsState)
+  template = {"params": params, "opt_state": now.init(params)}
+  with ckpt.Steps(str(tmp_path / "steps")) as saved:
+    saved.save(saved_at, {"params": params, "opt_state": state}, {"epoch": 2})
+    tree, _ = saved.restore(saved_at, template)
+  ckpt.save(str(tmp_path / "one"), {"params": params, "opt_state": state})
+  single = ckpt.restore(str(tmp_path / "one"), template)
+  for restored in (tree, single):
+    sums = restored["opt_state"].sums
+    assert isinstance(sums, blocks.DualAveragingCenterState)
+    k = int(state.stage_count)
+    x0, v, center = from_tree(state.anchor), from_tree(state.grad_sum), from_tree(sums.center)
+    for name in SHAPES:
+      want = np.asarray(x0[name], np.float64) - np.asarray(v[name], np.float64) / np.sqrt(k)
+      np.testing.assert_allclose(center[name], want, rtol=0, atol=1e-6)
+  # the run goes on from the restored state as the earlier chain does, to float32 rounding
+  step = quadratic_step(now, target, scale)
+  params, state_now = tree["params"], tree["opt_state"]
+  for t in range(saved_at, steps):
+    params, state_now = step(params, state_now, to_tree(noise[t]))
+    got, want = from_tree(params), from_tree(old_history[t][0])
+    for name in SHAPES:
+      np.testing.assert_allclose(got[name], want[name], atol=2e-5, rtol=0, err_msg=f"step {t} {name}")

@@ -149,19 +149,42 @@ def test_rmda_without_its_point_recomputes_it():
   np.testing.assert_allclose(np.asarray(z["Dense_1"]["kernel"]), want, rtol=1e-4, atol=1e-6)
 
 
-def test_rmda_keeps_no_temporary_the_size_of_a_leaf_at_or_above_the_twin_threshold():
+def _temp_bytes(tx, params):
+  shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  state = jax.eval_shape(tx.init, params)
+  memory = jax.jit(_step(tx), donate_argnums=(0, 1)).lower(shapes, state, shapes).compile().memory_analysis()
+  if memory is None:
+    pytest.skip("this backend reports no memory analysis")
+  return memory.temp_size_in_bytes
+
+
+def _gradient_sum_rmda(keep_point):
+  """RMDA as the chain of blocks that keeps V_k and computes the prox center from it."""
+  return optax.chain(blocks.accumulate_dual_averaging(0.1), blocks.sqrt_k_metric(),
+                     blocks.proximal_step(REG, solver=None, keep_point=keep_point), blocks.momentum_average(0.5))
+
+
+def test_a_center_computed_from_the_sums_is_stored_only_under_the_twin_threshold():
   # Below blocks.TWIN_MIN_ENTRIES XLA may store the prox center in a
   # temporary (read by the norms, the kept point and the momentum average);
   # from it on, the norms read a twin and nothing leaf-sized is stored, so no
   # temporary outgrows glibc's mmap threshold (page-faulted at every call).
-  tx = rmda_jax.rmda(0.1, momentum=0.5, regularizer=REG)
   for rows in (blocks.TWIN_MIN_ENTRIES // 256, blocks.TWIN_MIN_ENTRIES // 1024):
     params = {"kernel": jnp.zeros((rows, 256)), "bias": jnp.zeros(256)}
-    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    state = jax.eval_shape(tx.init, params)
-    memory = jax.jit(_step(tx), donate_argnums=(0, 1)).lower(shapes, state, shapes).compile().memory_analysis()
-    if memory is None:
-      pytest.skip("this backend reports no memory analysis")
     leaf = rows * 256 * 4
     limit = leaf / 4 if rows * 256 >= blocks.TWIN_MIN_ENTRIES else 2 * leaf + (1 << 16)
-    assert memory.temp_size_in_bytes < limit, (rows, memory.temp_size_in_bytes)
+    assert _temp_bytes(_gradient_sum_rmda(True), params) < limit, rows
+
+
+@pytest.mark.parametrize("keep_point", [True, False])
+def test_rmda_keeps_its_prox_center_in_the_state_and_no_leaf_sized_temporary(keep_point):
+  # rmda's accumulator updates the center in its own buffer, which the norms,
+  # the point and the momentum average read: the V_k chain stores a center
+  # (or every leaf's, without the kept point) below the threshold.
+  tx = rmda_jax.rmda(0.1, momentum=0.5, regularizer=REG, keep_point=keep_point)
+  for rows in (blocks.TWIN_MIN_ENTRIES // 256, blocks.TWIN_MIN_ENTRIES // 1024):
+    params = {"kernel": jnp.zeros((rows, 256)), "bias": jnp.zeros(256)}
+    leaf = rows * 256 * 4
+    assert _temp_bytes(tx, params) < leaf / 4, rows
+  small = {"kernel": jnp.zeros((blocks.TWIN_MIN_ENTRIES // 1024, 256))}
+  assert _temp_bytes(_gradient_sum_rmda(keep_point), small) >= small["kernel"].size * 4

@@ -15,6 +15,10 @@ Two levels:
   :meth:`Steps.restore` checks them: a damaged step raises
   :class:`CheckpointError` instead of restoring wrong numbers.
 
+Both read an RMDA state saved before RMDA kept its prox center in place of
+its gradient sum, and convert it
+(:func:`rmda_jax.dual_averaging.prox_center_layout`).
+
 Example:
   >>> import jax.numpy as jnp, tempfile, os, rmda_jax
   >>> from rmda_jax.app import checkpoint
@@ -44,6 +48,7 @@ import jax
 import numpy as np
 
 from rmda_jax import _common
+from rmda_jax import dual_averaging
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 MANIFEST = "files.sha256.json"  # in each step directory, written once the step is complete
@@ -66,18 +71,40 @@ def save(path: str, tree, overwrite: bool = True) -> None:
     ckptr.wait_until_finished()
 
 
+def _has_center_state(template) -> bool:
+  found = jax.tree_util.tree_leaves(template, is_leaf=dual_averaging._is_center_state)
+  return any(dual_averaging._is_center_state(node) for node in found)
+
+
 def restore(path: str, template):
   """Read the tree at ``path`` into the structure, shapes and dtypes of ``template``.
 
   ``template`` may hold arrays or ``jax.ShapeDtypeStruct`` leaves (with
   shardings, to restore sharded); a NamedTuple optimizer state in it comes
-  back as the same NamedTuple.
+  back as the same NamedTuple. An RMDA state saved before RMDA kept its prox
+  center (with ``V_k``) is read and converted
+  (:func:`rmda_jax.dual_averaging.prox_center_layout`).
   """
   ocp = _orbax()
   path = os.path.abspath(path)
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path, abstract)
+
+  def read(target):
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    with ocp.StandardCheckpointer() as ckptr:
+      return ckptr.restore(path, abstract)
+
+  try:
+    return read(template)
+  except Exception:
+    if not _has_center_state(template):
+      raise
+    try:
+      legacy = read(dual_averaging.gradient_sum_layout(template))
+    except Exception:
+      pass
+    else:
+      return dual_averaging.prox_center_layout(legacy, template)
+    raise
 
 
 def _leaf_name(path) -> str:
@@ -90,6 +117,10 @@ def _leaf_name(path) -> str:
     else:
       parts.append(str(key))
   return "/".join(parts)
+
+
+def _leaf_names(tree) -> set:
+  return {_leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def tree_checksums(tree) -> dict:
@@ -244,18 +275,26 @@ class Steps:
     ocp = _orbax()
     self.verify_files(step)
     record = self.read_record(step)
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    expected = record.get("checksums")
+    target, legacy = template, False
+    if isinstance(expected, dict) and _has_center_state(template) and set(expected) != _leaf_names(template):
+      # the arrays of an RMDA state saved before RMDA kept its prox center
+      earlier = dual_averaging.gradient_sum_layout(template)
+      if set(expected) == _leaf_names(earlier):
+        target, legacy = earlier, True
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
     try:
       tree = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     except Exception as err:  # TensorStore, OCDBT, JSON, shape errors: all mean the step is unusable
       raise CheckpointError(f"its arrays are unreadable: {_reason(err)}") from None
-    expected = record.get("checksums")
     got = tree_checksums(tree)
     if not isinstance(expected, dict) or set(expected) != set(got):
       raise CheckpointError("its arrays do not match the stored list of checksums")
     for name, digest in got.items():
       if expected[name] != digest:
         raise CheckpointError(f"{name} does not match its checksum")
+    if legacy:
+      tree = dual_averaging.prox_center_layout(tree, template)
     return tree, record
 
   def set_aside(self, step: int, destination: str) -> None:
