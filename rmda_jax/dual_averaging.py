@@ -146,7 +146,7 @@ def rmda(
   alpha_k lambda psi(z)``, so it is exactly structured; it is kept in the state
   (:func:`structured_params`). The state keeps the prox center
   ``y_k = x0 - V_k/sqrt(k)`` in place of ``V_k``, updated as
-  ``y_k = x0 + sqrt((k-1)/k) (y_{k-1} - x0) - eta_k g_k``
+  ``y_k = y_{k-1} + (1 - sqrt((k-1)/k)) (x0 - y_{k-1}) - eta_k g_k``
   (:func:`~rmda_jax.blocks.dual_averaging_center`): the prox, the kept point and
   the momentum average all read it from its buffer (``state.grad_sum`` is
   derived from it).

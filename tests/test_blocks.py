@@ -161,3 +161,25 @@ def test_rmda_state_reads_the_center_of_both_accumulators():
     _, s2 = sums.update(_grads(t), s2, params)
   for n in params:
     np.testing.assert_allclose(np.asarray(s1.center[n]), np.asarray(s2.center[n]), rtol=0, atol=1e-6)
+
+
+def test_dual_averaging_center_stays_as_accurate_as_the_gradient_sum_over_a_long_stage():
+  """20000 steps against float64: the center's recursion must not drift where V_k's sum does not."""
+  n, steps, lr = 2048, 20000, 0.1
+  rng = np.random.default_rng(0)
+  x0 = rng.normal(size=n).astype(np.float32)
+  grads = (rng.normal(size=(steps, n)) * 0.05 + 0.01).astype(np.float32)
+  params = {"w": jnp.asarray(x0)}
+
+  def final_center(tx):
+    def body(state, g):
+      _, state = tx.update({"w": g}, state, params)
+      return state, None
+    state, _ = jax.jit(lambda s: jax.lax.scan(body, s, jnp.asarray(grads)))(tx.init(params))
+    return np.asarray(state.center["w"], np.float64)
+
+  weights = lr * np.sqrt(np.arange(1, steps + 1))
+  want = x0.astype(np.float64) - (weights @ grads.astype(np.float64)) / np.sqrt(steps)
+  err_center = np.abs(final_center(blocks.dual_averaging_center(lr)) - want).max()
+  err_sums = np.abs(final_center(blocks.accumulate_dual_averaging(lr)) - want).max()
+  assert err_center <= 2 * err_sums + 1e-5, (err_center, err_sums)
