@@ -70,8 +70,9 @@ class DualAveragingState(NamedTuple):
     anchor: ``x0``, the params at the start of the stage (float32).
     grad_sum: ``V_k = sum_{i<=k} lr_i sqrt(i) g_i`` (float32; RMDA's is
       derived from its center).
-    center: ``y_k = x0 - V_k / sqrt(k)``, the point RMDA's prox is taken at
-      (float32; RMDA keeps it, RAMDA's is derived from its sums).
+    center: RMDA's prox center ``y_k = x0 - V_k / sqrt(k)`` (float32), kept by
+      RMDA. A RAMDA state gives the same formula of its sums, which is not
+      the center of RAMDA's subproblem (that is ``x0 - V_k / P_k``).
     sq_grad_sum: RAMDA's ``U_k = sum_{i<=k} lr_i sqrt(i) g_i^2`` (float32);
       ``optax.EmptyState()`` for RMDA.
     structured: ``z_k``, the exactly structured point (params' dtype).
@@ -333,17 +334,18 @@ def _is_center_state(node) -> bool:
   return isinstance(node, blocks.DualAveragingCenterState)
 
 
-def gradient_sum_layout(tree):
-  """``tree`` with each RMDA accumulator state laid out as it was saved before it kept its center.
+def gradient_sum_template(tree):
+  """A template to restore into: ``tree`` with RMDA's accumulator states in the layout that held ``V_k``.
 
   Until RMDA kept its prox center ``y_k`` (:func:`~rmda_jax.blocks.dual_averaging_center`),
   its state held the gradient sum ``V_k`` in a
   :class:`~rmda_jax.blocks.DualAveragingSumsState`. This maps every
   :class:`~rmda_jax.blocks.DualAveragingCenterState` in ``tree`` (an
   optimizer state, or a checkpoint template holding one) to that layout, the
-  center's arrays standing in for ``V_k`` (the same shapes and dtypes): a
-  template to restore such a checkpoint into, then to be converted back by
-  :func:`prox_center_layout`. Everything else is left as it is.
+  center's arrays standing in for ``V_k`` (the same shapes and dtypes; the
+  values are placeholders, not a conversion): the template to restore such a
+  checkpoint into, whose result :func:`prox_center_layout` converts.
+  Everything else is left as it is.
   """
   def legacy(node):
     return blocks.DualAveragingSumsState(node.count, node.stage_count, node.alpha, node.anchor, node.center,
@@ -354,10 +356,10 @@ def gradient_sum_layout(tree):
 
 
 def prox_center_layout(restored, template):
-  """The inverse of :func:`gradient_sum_layout`: RMDA states restored in the layout with ``V_k``.
+  """RMDA states restored into :func:`gradient_sum_template` (with ``V_k``), converted to the center.
 
   Where ``template`` has a :class:`~rmda_jax.blocks.DualAveragingCenterState`,
-  ``restored`` (a tree restored into ``gradient_sum_layout(template)``) has a
+  ``restored`` (a tree restored into ``gradient_sum_template(template)``) has a
   :class:`~rmda_jax.blocks.DualAveragingSumsState`; it becomes the center
   state with ``y_k = x0 - V_k/sqrt(k)`` (the anchor before the first step),
   the center the earlier layout computed at every step. A run resumed from it
@@ -369,7 +371,7 @@ def prox_center_layout(restored, template):
     >>> params = {"w": jnp.ones(2)}
     >>> tx = rmda_jax.rmda(0.5)
     >>> state = tx.init(params)
-    >>> saved = dual_averaging.gradient_sum_layout(state)   # what an earlier version kept
+    >>> saved = dual_averaging.gradient_sum_template(state)   # as an earlier version saved it
     >>> saved = saved._replace(sums=saved.sums._replace(stage_count=jnp.int32(4),
     ...                                                 grad_sum={"w": jnp.full(2, 2.0)}))
     >>> dual_averaging.prox_center_layout(saved, state).center["w"].tolist()   # 1 - 2 / sqrt(4)

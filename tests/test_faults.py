@@ -273,7 +273,7 @@ def test_a_checkpoint_of_rmda_with_its_gradient_sum_is_read_not_set_aside(finish
       if isinstance(n, blocks.DualAveragingCenterState) else n,
       state, is_leaf=lambda n: isinstance(n, blocks.DualAveragingCenterState))
   assert jax.tree_util.tree_structure(earlier) == jax.tree_util.tree_structure(
-      dual_averaging.gradient_sum_layout(state))
+      dual_averaging.gradient_sum_template(state))
   with ckpt.Steps(os.path.join(out, "checkpoint")) as steps:
     record = steps.read_record(84)
     steps.save(85, {"params": params, "opt_state": earlier}, {k: v for k, v in record.items() if k != "checksums"})

@@ -122,7 +122,7 @@ def test_state_dtypes_for_low_precision_params():
   params = {"kernel": jnp.ones((4, 3), jnp.bfloat16)}
   tx = rmda_jax.rmda(0.1, momentum=1.0, regularizer=rmda_jax.group_lasso(10.0))
   state = tx.init(params)
-  assert state.grad_sum["kernel"].dtype == jnp.float32 and state.anchor["kernel"].dtype == jnp.float32
+  assert state.center["kernel"].dtype == jnp.float32 and state.anchor["kernel"].dtype == jnp.float32
   updates, state = tx.update({"kernel": jnp.ones((4, 3), jnp.bfloat16)}, state, params)
   new = optax.apply_updates(params, updates)
   assert new["kernel"].dtype == jnp.bfloat16

@@ -99,7 +99,7 @@ def restore(path: str, template):
     if not _has_center_state(template):
       raise
     try:
-      legacy = read(dual_averaging.gradient_sum_layout(template))
+      legacy = read(dual_averaging.gradient_sum_template(template))
     except Exception:
       pass
     else:
@@ -279,7 +279,7 @@ class Steps:
     target, legacy = template, False
     if isinstance(expected, dict) and _has_center_state(template) and set(expected) != _leaf_names(template):
       # the arrays of an RMDA state saved before RMDA kept its prox center
-      earlier = dual_averaging.gradient_sum_layout(template)
+      earlier = dual_averaging.gradient_sum_template(template)
       if set(expected) == _leaf_names(earlier):
         target, legacy = earlier, True
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
@@ -294,7 +294,10 @@ class Steps:
       if expected[name] != digest:
         raise CheckpointError(f"{name} does not match its checksum")
     if legacy:
-      tree = dual_averaging.prox_center_layout(tree, template)
+      try:
+        tree = dual_averaging.prox_center_layout(tree, template)
+      except ValueError as err:
+        raise CheckpointError(f"its RMDA state cannot be converted: {err}") from None
     return tree, record
 
   def set_aside(self, step: int, destination: str) -> None:
