@@ -438,7 +438,7 @@ def dual_averaging_center(
   a center computed from ``V_k`` must be stored in a temporary or computed
   again by each reader. On CPU, RMDA's step makes 10 passes over a leaf
   instead of 12 and allocates no temporary (VGG-16, 15M params, in place:
-  2.1x ``optax.sgd``'s time instead of 2.6x). Restarts of ``stages`` set
+  2.1x ``optax.sgd``'s time instead of 2.7x). Restarts of ``stages`` set
   ``x0`` and ``y`` to the current params, and ``k``, ``alpha`` to 0.
 
   Args:
