@@ -382,8 +382,7 @@ def prox_center_layout(restored, template):
       return old
     if not isinstance(old, blocks.DualAveragingSumsState):
       raise ValueError(f"expected the earlier RMDA accumulator state here, got {type(old).__name__}.")
-    center = jax.tree_util.tree_map(jnp.asarray, old.center)
-    return blocks.DualAveragingCenterState(old.count, old.stage_count, old.alpha, old.anchor, center)
+    return blocks.DualAveragingCenterState(old.count, old.stage_count, old.alpha, old.anchor, old.center)
 
   return jax.tree_util.tree_map(convert, template, restored, is_leaf=_is_center_state)
 

@@ -71,11 +71,6 @@ def save(path: str, tree, overwrite: bool = True) -> None:
     ckptr.wait_until_finished()
 
 
-def _has_center_state(template) -> bool:
-  found = jax.tree_util.tree_leaves(template, is_leaf=dual_averaging._is_center_state)
-  return any(dual_averaging._is_center_state(node) for node in found)
-
-
 def restore(path: str, template):
   """Read the tree at ``path`` into the structure, shapes and dtypes of ``template``.
 
@@ -96,10 +91,11 @@ def restore(path: str, template):
   try:
     return read(template)
   except Exception:
-    if not _has_center_state(template):
-      raise
+    earlier = dual_averaging.gradient_sum_template(template)
+    if jax.tree_util.tree_structure(earlier) == jax.tree_util.tree_structure(template):
+      raise  # no RMDA state in it
     try:
-      legacy = read(dual_averaging.gradient_sum_template(template))
+      legacy = read(earlier)
     except Exception:
       pass
     else:
@@ -277,7 +273,7 @@ class Steps:
     record = self.read_record(step)
     expected = record.get("checksums")
     target, legacy = template, False
-    if isinstance(expected, dict) and _has_center_state(template) and set(expected) != _leaf_names(template):
+    if isinstance(expected, dict) and set(expected) != _leaf_names(template):
       # the arrays of an RMDA state saved before RMDA kept its prox center
       earlier = dual_averaging.gradient_sum_template(template)
       if set(expected) == _leaf_names(earlier):
