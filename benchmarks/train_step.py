@@ -1,10 +1,12 @@
-"""One whole LeNet5 training step (batch 128, forward + backward + optimizer): JAX against PyTorch.
+"""One whole training step (LeNet5, or a small VGG; batch 128, forward + backward + optimizer): JAX against PyTorch.
 
 The JAX step is the one ``rmda-jax train`` compiles (``rmda_jax.app.steps.make_step``
-under ``jax.jit``), with SGD, RMDA and RAMDA, timed three ways: plain
-``jax.jit``, with params and state donated, and as the app compiles it
-("app": donated, and with :func:`rmda_jax.cpu_compiler_options`, which lets
-XLA:CPU reassociate sums); the PyTorch step is the usual eager ``zero_grad / loss.backward() /
+under ``jax.jit``), with SGD, RMDA and RAMDA, timed four ways: plain
+``jax.jit``, with params and state donated, as the app compiles it ("app":
+donated, and with :func:`rmda_jax.cpu_compiler_options`, which lets XLA:CPU
+reassociate sums and run the convolutions itself instead of through
+YNNPACK), and the same with YNNPACK's convolutions ("app ynnconv", the app
+before it chose XLA's); the PyTorch step is the usual eager ``zero_grad / loss.backward() /
 opt.step()`` on the same architecture and batch, with ``torch.optim.SGD``
 (momentum 0.9) and with RMDA written in PyTorch tensor ops per parameter
 (the way a PyTorch optimizer implements it), so the cost RMDA adds to a step
@@ -21,6 +23,7 @@ set to bfloat16 (``JAX_DEFAULT_MATMUL_PRECISION``).
     pip install torch==2.13.0        # not a dependency of the library; the PyTorch rows need it
     python benchmarks/train_step.py               # about 3 minutes on 2 CPU cores
     python benchmarks/train_step.py --rounds 30 --skip-flags
+    python benchmarks/train_step.py --model vgg --rounds 10 --steps 3   # a small VGG, JAX rows only
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import optax
 
 import _harness
 import rmda_jax
+from rmda_jax import compile_options
 from rmda_jax.app import models, steps
 
 BATCH = 128
@@ -55,9 +59,15 @@ SETTINGS = {  # label -> environment added for a fresh process
 }
 
 
-def batch(seed=0):
+MODELS = {  # --model -> (the app's model, one input's shape); PyTorch rows for LeNet5 only
+    "lenet5": (models.LeNet5, (28, 28, 1)),
+    "vgg": (models.VGG, (32, 32, 3)),  # the app's default VGG (32-64-128-128 channels) on CIFAR-sized inputs
+}
+
+
+def batch(seed=0, shape=(28, 28, 1)):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=(BATCH, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, size=BATCH).astype(np.int32))
+  return (rng.normal(size=(BATCH, *shape)).astype(np.float32), rng.integers(0, 10, size=BATCH).astype(np.int32))
 
 
 def jax_optimizers():
@@ -66,25 +76,32 @@ def jax_optimizers():
           "ramda": rmda_jax.ramda(1e-2, momentum=MOMENTUM, regularizer=rmda_jax.group_lasso(STRENGTH))}
 
 
-VARIANTS = {  # label suffix -> (donated, compiled with rmda_jax.cpu_compiler_options); "app": as rmda-jax train
-    "": (False, False),
-    " donated": (True, False),
-    " app": (True, True),
+def _reassociated_only() -> dict:
+  """``cpu_compiler_options`` without its convolution setting: convolutions stay with YNNPACK, XLA:CPU's default."""
+  options = rmda_jax.cpu_compiler_options()
+  options.pop(compile_options.YNN_FUSION_TYPE, None)
+  return options
+
+
+VARIANTS = {  # label suffix -> (donated, compiler options); "app": as rmda-jax train
+    "": (False, dict),
+    " donated": (True, dict),
+    " app ynnconv": (True, _reassociated_only),
+    " app": (True, rmda_jax.cpu_compiler_options),
 }
 
 
-def jax_runners(x, y):
+def jax_runners(x, y, model_name="lenet5"):
   """name -> (run, step function, args) per optimizer and :data:`VARIANTS` entry."""
-  model = models.LeNet5()
+  model = MODELS[model_name][0]()
   params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
   loss_fn = steps.softmax_cross_entropy(lambda p, xb: model.apply({"params": p}, xb))
   x, y = jnp.asarray(x), jnp.asarray(y)
   runners = {}
   for name, tx in jax_optimizers().items():
     step = steps.make_step(loss_fn, tx)
-    for suffix, (donated, reassociate) in VARIANTS.items():
-      fn = jax.jit(step, donate_argnums=(0, 1) if donated else (),
-                   compiler_options=rmda_jax.cpu_compiler_options() if reassociate else {})
+    for suffix, (donated, options) in VARIANTS.items():
+      fn = jax.jit(step, donate_argnums=(0, 1) if donated else (), compiler_options=options())
       holder = {"p": jax.tree_util.tree_map(jnp.copy, params)}
       holder["s"] = tx.init(holder["p"])
 
@@ -228,13 +245,15 @@ def main():
   parser.add_argument("--rounds", type=int, default=25)
   parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
   parser.add_argument("--skip-flags", action="store_true", help="skip the XLA flag settings")
+  parser.add_argument("--model", choices=sorted(MODELS), default="lenet5",
+                      help="vgg: the app's small VGG on 32x32x3 inputs, JAX rows only")
   parser.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)  # a flag setting's subprocess
   args = parser.parse_args()
 
-  x, y = batch()
-  jax_side, jargs = jax_runners(x, y)
+  x, y = batch(shape=MODELS[args.model][1])
+  jax_side, jargs = jax_runners(x, y, args.model)
   contestants = dict(jax_side)
-  if not args.jax_only:
+  if not args.jax_only and args.model == "lenet5":
     contestants.update(torch_runners(x, y, threads=os.cpu_count() or 1))
 
   def repeat(run):
@@ -249,16 +268,21 @@ def main():
   rows = [{"step": name, "ms": 1e3 * t, "vs torch sgd": None if base is None else t / base,
            "vs same framework's sgd": t / medians[_with_sgd(name)]} for name, t in medians.items()]
   _harness.print_table(rows, ["step", "ms", "vs torch sgd", "vs same framework's sgd"],
-                       f"LeNet5 training step, batch {BATCH} (median of {args.rounds} interleaved rounds of "
+                       f"{args.model} training step, batch {BATCH} (median of {args.rounds} interleaved rounds of "
                        f"{args.steps} steps)")
 
   split = {}
-  for name in ("jax sgd donated", "jax rmda donated"):
+  for name in ("jax sgd donated", "jax rmda donated", "jax sgd app", "jax rmda app"):
     _, fn, holder = jax_side[name]
     split[name] = profile_split(fn, holder, jargs)
+    if name.endswith(" app"):
+      # XLA's own convolution thunks run their work on Eigen's thread pool, outside the thunk's
+      # profile event (which covers the dispatch only): their time is not in the profile.
+      split[name].pop("convolution", None)
   _harness.print_table([{"contestant": k, **v} for k, v in split.items()],
                        ["contestant", "step", "convolution", "other thunks"],
-                       "where a JAX step's time goes (ms per step, one profile; thunks overlap on the threads)")
+                       "where a JAX step's time goes (ms per step, one profile; thunks overlap on the threads; "
+                       "'-': XLA's convolutions, whose work the profile does not see)")
 
   flags = {}
   if not args.skip_flags:
@@ -267,7 +291,7 @@ def main():
       for key, value in extra.items():
         env[key] = (env.get(key, "") + " " + value).strip() if key == "XLA_FLAGS" else value
       out = subprocess.run([sys.executable, __file__, "--jax-only", "--rounds", str(max(args.rounds // 2, 5)),
-                            "--steps", str(args.steps)], env=env, capture_output=True, text=True)
+                            "--steps", str(args.steps), "--model", args.model], env=env, capture_output=True, text=True)
       try:
         flags[label] = json.loads(out.stdout.strip().splitlines()[-1])
       except (IndexError, json.JSONDecodeError):
@@ -275,7 +299,7 @@ def main():
     _harness.print_table([{"setting": f"{label}: {SETTINGS[label]}", **v} for label, v in flags.items()],
                          ["setting", *jax_side], "JAX step ms under XLA:CPU flags and JAX settings (separate processes)")
 
-  _harness.write_json("train_step", {"args": vars(args), "batch": BATCH, "ms": {k: 1e3 * v for k, v in medians.items()},
+  _harness.write_json("train_step" if args.model == "lenet5" else f"train_step_{args.model}", {"args": vars(args), "batch": BATCH, "ms": {k: 1e3 * v for k, v in medians.items()},
                                      "rows": rows, "profile_ms": split, "xla_flags_ms": flags})
 
 

@@ -82,3 +82,70 @@ def test_adaptive_methods_under_the_options_match_numpy(method):
   got = from_tree(params)
   for name in SHAPES:
     np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=0, err_msg=name)
+
+
+def _numpy_conv_same(x, w):
+  """Float64 'SAME' cross-correlation, NHWC x HWIO, stride 1 (an independent reference)."""
+  kh, kw = w.shape[:2]
+  xp = np.pad(x, ((0, 0), (kh // 2, kh - 1 - kh // 2), (kw // 2, kw - 1 - kw // 2), (0, 0)))
+  out = np.zeros(x.shape[:3] + (w.shape[3],))
+  for i in range(kh):
+    for j in range(kw):
+      out += np.einsum("nhwc,co->nhwo", xp[:, i:i + x.shape[1], j:j + x.shape[2]], w[i, j])
+  return out
+
+
+def _conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
+def test_convolution_and_its_gradients_under_the_options_match_numpy():
+  rng = np.random.default_rng(1)
+  x, w = rng.normal(size=(16, 12, 12, 20)), rng.normal(size=(5, 5, 20, 24)) / 10
+  r = rng.normal(size=(16, 12, 12, 24))  # cotangent: d/dx and d/dw of <conv(x, w), r>
+  out, grads = jax.jit(lambda x, w: jax.value_and_grad(lambda x, w: jnp.sum(_conv(x, w) * r), (0, 1))(x, w),
+                       compiler_options=OPTIONS)(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+  np.testing.assert_allclose(float(out), np.sum(_numpy_conv_same(x, w) * r), rtol=1e-4)
+  xp = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  want_dw = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xp[:, i:i + 12, j:j + 12], r) for j in range(5)])
+                      for i in range(5)])
+  want_dx = _numpy_conv_same(r, np.flip(w, (0, 1)).transpose(0, 1, 3, 2))  # the adjoint: flipped, in/out swapped
+  for got, want in ((grads[1], want_dw), (grads[0], want_dx)):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
+def test_convolutions_leave_ynnpack_where_this_xla_accepts_the_setting(tmp_path):
+  import glob
+  import gzip
+  import json
+
+  from rmda_jax import compile_options
+
+  if compile_options.YNN_FUSION_TYPE not in OPTIONS:
+    pytest.skip("this jaxlib does not accept the YNNPACK fusion-type setting, or XLA_FLAGS sets it")
+  x, w = jnp.ones((32, 14, 14, 20)), jnp.ones((5, 5, 20, 50))
+  conv = jax.jit(_conv, compiler_options=OPTIONS)
+  conv(x, w).block_until_ready()
+  with jax.profiler.trace(str(tmp_path)):
+    conv(x, w).block_until_ready()
+  events = json.load(gzip.open(glob.glob(str(tmp_path / "**" / "*.trace.json.gz"), recursive=True)[0]))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  ops = {e["args"]["hlo_op"] for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})}
+  assert any(op.startswith("conv") for op in ops) and not any("ynn" in op for op in ops), ops
+
+
+def test_the_convolution_setting_is_left_out_where_rejected_or_set_by_the_user(monkeypatch):
+  from rmda_jax import compile_options
+
+  monkeypatch.setattr(compile_options, "_CONVOLUTIONS_BY_XLA",
+                      {compile_options.YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_NOT_A_TYPE"})
+  rejected = rmda_jax.cpu_compiler_options("cpu")
+  assert compile_options.YNN_FUSION_TYPE not in rejected and rejected["xla_cpu_enable_fast_math"] is True
+  monkeypatch.undo()
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_thunk_runtime=true")
+  assert compile_options.YNN_FUSION_TYPE not in rmda_jax.cpu_compiler_options("cpu")
+  monkeypatch.delenv("XLA_FLAGS")
+  assert (compile_options.YNN_FUSION_TYPE in rmda_jax.cpu_compiler_options("cpu")) == compile_options._xla_accepts(
+      tuple(compile_options._CONVOLUTIONS_BY_XLA.items()))
