@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import optax
 import pytest
@@ -176,7 +177,15 @@ def test_a_center_computed_from_the_sums_is_stored_only_under_the_twin_threshold
     assert _temp_bytes(_gradient_sum_rmda(True), params) < limit, rows
 
 
-@pytest.mark.parametrize("keep_point", [True, False])
+# jaxlib 0.10.0's XLA:CPU stores the squared center (a leaf-sized temporary) for
+# the group norms of a step without the kept point, where 0.10.2's YNNPACK
+# reduction squares it as it reads; measured on the floors of .ci/lowest.
+_JAXLIB = tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
+_SQUARE_STORED = pytest.mark.xfail(_JAXLIB < (0, 10, 2), strict=False,
+                                   reason="jaxlib < 0.10.2 stores the squared center for the norms")
+
+
+@pytest.mark.parametrize("keep_point", [True, pytest.param(False, marks=_SQUARE_STORED)])
 def test_rmda_keeps_its_prox_center_in_the_state_and_no_leaf_sized_temporary(keep_point):
   # rmda's accumulator updates the center in its own buffer, which the norms,
   # the point and the momentum average read (on CPU the V_k chain stores a
