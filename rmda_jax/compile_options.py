@@ -18,9 +18,9 @@ convolution kernel goes from 2.0 to 0.4 ms.
 
 **Convolutions.** XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by
 default (its ``LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`` fusion type),
-which on that CPU runs the convolutions of a training step (forward and both
-backward ones) 1.3-2x slower than XLA's own convolution thunks. The options
-keep YNNPACK for what it does well here, dots and reductions (the group
+which on that CPU runs the convolutions of a training step (forward and
+both backward ones) about 1.5-2x slower than XLA's own convolution thunks.
+The options keep YNNPACK for what it does well here, dots and reductions (the group
 norms of every proximal step read their operands through it), and leave the
 convolutions to XLA: a whole LeNet5 training step (batch 128) goes from
 about 57 to 43 ms (1.9x to 1.4x PyTorch's on the same CPU), the small VGG
