@@ -21,9 +21,9 @@ math, oneDNN, no YNNPACK fusions) and with ``jax.default_matmul_precision``
 set to bfloat16 (``JAX_DEFAULT_MATMUL_PRECISION``).
 
     pip install torch==2.13.0        # not a dependency of the library; the PyTorch rows need it
-    python benchmarks/train_step.py               # about 3 minutes on 2 CPU cores
+    python benchmarks/train_step.py               # about 9 minutes on 2 CPU cores (the flag settings too)
     python benchmarks/train_step.py --rounds 30 --skip-flags
-    python benchmarks/train_step.py --model vgg --rounds 10 --steps 3   # a small VGG, JAX rows only
+    python benchmarks/train_step.py --model vgg --rounds 10 --steps 3   # a small VGG, JAX rows only, about 9 minutes
 """
 
 from __future__ import annotations
