@@ -18,20 +18,19 @@ convolution kernel goes from 2.0 to 0.4 ms.
 
 **Convolutions.** XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by
 default (its ``LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`` fusion type),
-which on that CPU runs the convolutions of a training step (forward and
-both backward ones) about 1.5-2x slower than XLA's own convolution thunks.
-The options keep YNNPACK for what it does well here, dots and reductions (the group
-norms of every proximal step read their operands through it), and leave the
-convolutions to XLA: a whole LeNet5 training step (batch 128) goes from
-about 57 to 43 ms (1.9x to 1.4x PyTorch's on the same CPU), the small VGG
-of ``rmda-jax train`` on 32x32 inputs from about 345 to 235 ms
+which on that CPU runs the convolutions of a training step (forward and both
+backward ones) about 1.5-2x slower than XLA's own convolution thunks. The
+options keep YNNPACK for what it does well here, dots and reductions (the
+group norms of every proximal step read their operands through it), and
+leave the convolutions to XLA: a whole LeNet5 training step (batch 128) goes
+from about 57 to 43 ms (1.9x to 1.4x PyTorch's on the same CPU), the small
+VGG of ``rmda-jax train`` on 32x32 inputs from about 345 to 235 ms
 (``benchmarks/train_step.py``); the optimizer steps compile to the same
-code. A convolution is computed by another
-algorithm, so its float32 rounding differs. The setting is
-``xla_cpu_experimental_ynn_fusion_type``, an experimental option: it is
-included only where this jaxlib accepts it (checked once by compiling a
-one-line function) and where ``XLA_FLAGS`` does not set it already, so a
-user's own choice stands.
+code. A convolution is computed by another algorithm, so its float32
+rounding differs. The setting is ``xla_cpu_experimental_ynn_fusion_type``,
+an experimental option: it is included only where this jaxlib accepts it
+(checked once by compiling a one-line function) and where ``XLA_FLAGS`` does
+not set it already, so a user's own choice stands.
 
 Pass them to ``jax.jit`` for the whole training step. On other backends
 :func:`cpu_compiler_options` returns ``{}`` (their compilers have their own
