@@ -1,5 +1,9 @@
 """rmda_jax.cpu_compiler_options: accepted by XLA, IEEE where it matters, same answers."""
 
+import glob
+import gzip
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +12,7 @@ import pytest
 import rmda_jax
 import reference as ref
 from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax
-from rmda_jax import solvers
+from rmda_jax import compile_options, solvers
 
 OPTIONS = rmda_jax.cpu_compiler_options("cpu")
 
@@ -117,12 +121,6 @@ def test_convolution_and_its_gradients_under_the_options_match_numpy():
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
 def test_convolutions_leave_ynnpack_where_this_xla_accepts_the_setting(tmp_path):
-  import glob
-  import gzip
-  import json
-
-  from rmda_jax import compile_options
-
   if compile_options.YNN_FUSION_TYPE not in OPTIONS:
     pytest.skip("this jaxlib does not accept the YNNPACK fusion-type setting, or XLA_FLAGS sets it")
   x, w = jnp.ones((32, 14, 14, 20)), jnp.ones((5, 5, 20, 50))
@@ -137,8 +135,6 @@ def test_convolutions_leave_ynnpack_where_this_xla_accepts_the_setting(tmp_path)
 
 
 def test_the_convolution_setting_is_left_out_where_rejected_or_set_by_the_user(monkeypatch):
-  from rmda_jax import compile_options
-
   monkeypatch.setattr(compile_options, "_CONVOLUTIONS_BY_XLA",
                       {compile_options.YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_NOT_A_TYPE"})
   rejected = rmda_jax.cpu_compiler_options("cpu")
