@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: tables, JSON results (timing: :mod:`rmda_jax.timing`)."""
+"""Shared benchmark plumbing: tables, JSON results (timing: :mod:`rmda_jax.cpu.timing`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import platform
 
 import jax
 
-from rmda_jax.timing import block, interleaved_medians  # noqa: F401  (the one timing helper)
+from rmda_jax.cpu.timing import block, interleaved_medians  # noqa: F401  (the one timing helper)
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

@@ -8,7 +8,7 @@ of each, interleaved, at several batch sizes. Then a character-level
 Transformer LM (1 and 2 pre-LN blocks) on the Python documentation text that
 ships with Python (``pydoc_data``), trained with RAMDA + group-LASSO on its
 discovered groups (whole heads and MLP units), compacted by
-``rmda_jax.reduction.compact_function``: heads and units kept per layer, the
+``rmda_jax.compact_function``: heads and units kept per layer, the
 largest difference of next-token probabilities, params, FLOPs and latency.
 
     python benchmarks/compaction.py                       # ~12 min on 2 CPU cores
@@ -32,7 +32,6 @@ import rmda_jax
 from rmda_jax import compaction
 from rmda_jax.app import data as datasets
 from rmda_jax.app import train
-from rmda_jax.dual_averaging import structured_params
 
 SETTINGS = {"lenet5": ("mnist_subset", 1e-3), "vgg": ("digits", 3e-3)}  # dataset, group-LASSO lambda
 LMS = {"lm1": 1, "lm2": 2}  # layers
@@ -99,7 +98,7 @@ def lm_rows(name, steps, strength, batch_sizes, rounds):
   z = rmda_jax.structured_params(state)
   xv, yv = val_batch()
   val_loss = float(optax.softmax_cross_entropy_with_integer_labels(apply(z, xv), yv).mean())
-  small = rmda_jax.reduction.compact_function(apply, z, groups, x)
+  small = rmda_jax.compact_function(apply, z, groups, x)
   probs = jax.nn.softmax(apply(z, xv)), jax.nn.softmax(jax.jit(small.fn)(small.params, xv))
   diff = float(jnp.max(jnp.abs(probs[0] - probs[1])))
   kept = ", ".join(f"{k} {len(v)}/{f.size}" for f, (k, v) in zip(groups.families, small.kept.items()))
@@ -158,7 +157,7 @@ def main():
     result = train.run(config, log=lambda line: None)
     dataset = datasets.load(config.dataset)
     model = train.build_model(config, dataset)
-    params = structured_params(result.opt_state)
+    params = rmda_jax.structured_params(result.opt_state)
     small = compaction.compact(model, params)
     x_all = dataset.x_test
     original_pred = np.argmax(np.asarray(model.apply({"params": params}, x_all)), -1)

@@ -5,7 +5,7 @@ different accuracies. Here each method sweeps its own log-spaced grid of
 strengths (from almost dense to accuracy lost) with several seeds, under the
 papers' stage structure (learning rate x 0.1 at each milestone; RMDA / RAMDA
 restart there and ramp their momentum to 1 after the last one: the optimizer
-of ``rmda_jax.train.build_optimizer``, the same as ``rmda-jax train``), and
+of ``rmda_jax.app.train.training_optimizer``, the same as ``rmda-jax train``), and
 the structured point is evaluated (``z = rmda_jax.structured_params(state)``
 for RMDA / RAMDA, the iterate for the proximal methods).
 
@@ -58,17 +58,11 @@ import optax
 
 import _harness
 from rmda_jax import metrics
-from rmda_jax import regularizers as regs
+from rmda_jax import prox as regs
 
-try:  # the training job's package (rmda_jax.app); older layouts kept it at the top level
-  from rmda_jax.app import data as datasets
-  from rmda_jax.app import train
-except ImportError:  # pragma: no cover
-  from rmda_jax import data as datasets
-  from rmda_jax import train
-from rmda_jax.dual_averaging import structured_params
-from rmda_jax.proximal import prox_ssi
-from rmda_jax.schedules import Stagewise
+from rmda_jax import Stagewise, prox_ssi, structured_params
+from rmda_jax.app import data as datasets
+from rmda_jax.app import train
 
 METHODS = ("rmda", "ramda", "prox_sgd", "prox_adamw", "prox_ssi", "prox_ssi_bc")
 LABELS = {"rmda": "RMDA", "ramda": "RAMDA", "prox_sgd": "ProxSGD", "prox_adamw": "ProxGen (AdamW)",

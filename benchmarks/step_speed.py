@@ -10,10 +10,10 @@ jitted ``update + apply_updates`` interleaved in one run, in these modes:
 * ``scan``: several steps per call in a ``lax.scan`` (no dispatch, and the
   step's temporary buffers are allocated once per call, not once per step);
 * ``inplace_reassoc``: in place, every step (the baselines' too) compiled
-  with :func:`rmda_jax.cpu_compiler_options` (sums reassociated so that
+  with :func:`rmda_jax.cpu.compiler_options` (sums reassociated so that
   XLA:CPU vectorizes them; IEEE otherwise). ``--mode all`` runs the three.
 
-``--keep-freed-memory`` first calls :func:`rmda_jax.keep_freed_memory`, for
+``--keep-freed-memory`` first calls :func:`rmda_jax.cpu.keep_freed_memory`, for
 the whole process (so for the baselines too): the temporaries are then
 reused from one call to the next instead of being page-faulted anew.
 
@@ -95,13 +95,13 @@ def copy_bandwidth(nbytes=256 << 20, repeats=10) -> float:
 
 
 def make_runner(tx, params, grads, steps, mode):
-  """``(run, state_bytes, temp_bytes, hlo_text)``: ``run()`` does ``steps`` steps and blocks.
+  """``(run, state_bytes, temp_bytes, hlo_text)``: ``run()`` does ``steps`` steps and optim.
 
   ``mode`` is ``inplace``, ``scan`` or ``inplace_reassoc`` (in place, compiled
-  with :func:`rmda_jax.cpu_compiler_options`).
+  with :func:`rmda_jax.cpu.compiler_options`).
   """
-  options = rmda_jax.cpu_compiler_options() if mode == "inplace_reassoc" else {}
-  state = rmda_jax.sharding.init(tx, params)  # state placed like the params
+  options = rmda_jax.cpu.compiler_options() if mode == "inplace_reassoc" else {}
+  state = rmda_jax.optim.sharding.init(tx, params)  # state placed like the params
 
   def one(p, s):
     updates, s = tx.update(grads, s, p)
@@ -175,9 +175,9 @@ def inner_iterations(steps, warmup):
   model = models.LeNet5()
   params0 = model.init(jax.random.PRNGKey(0), ds.x_train[:1])["params"]
   gl, nuc = rmda_jax.group_lasso(1e-4), rmda_jax.nuclear_norm(1e-4)
-  pgd = rmda_jax.solvers.ProximalGradient(max_iters=100, tol=1e-4)
+  pgd = rmda_jax.prox.ProximalGradient(max_iters=100, tol=1e-4)
   # every nuclear-norm iteration is an SVD of each kernel (800 x 500 for fc1): cap it lower
-  pgd_nuclear = rmda_jax.solvers.ProximalGradient(max_iters=10, tol=1e-4)
+  pgd_nuclear = rmda_jax.prox.ProximalGradient(max_iters=10, tol=1e-4)
   configs = {
       "ramda group_lasso exact": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=gl),
       "ramda group_lasso pgd": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=gl, solver=pgd),
@@ -226,10 +226,10 @@ def main():
   parser.add_argument("--skip-inner", action="store_true")
   parser.add_argument("--name", default="step_speed", help="results/<name>.json (a partial run need not overwrite)")
   parser.add_argument("--keep-freed-memory", action="store_true",
-                      help="call rmda_jax.keep_freed_memory() first (process-wide: every optimizer, the "
+                      help="call rmda_jax.cpu.keep_freed_memory() first (process-wide: every optimizer, the "
                            "baselines too, then reuses its temporaries' pages instead of page-faulting them)")
   args = parser.parse_args()
-  if args.keep_freed_memory and not rmda_jax.keep_freed_memory():
+  if args.keep_freed_memory and not rmda_jax.cpu.keep_freed_memory():
     parser.error("--keep-freed-memory: glibc's mallopt is not available or refused the settings")
 
   expand = {"both": ("inplace", "scan"), "all": ("inplace", "scan", "inplace_reassoc")}

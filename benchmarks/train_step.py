@@ -3,7 +3,7 @@
 The JAX step is the one ``rmda-jax train`` compiles (``rmda_jax.app.steps.make_step``
 under ``jax.jit``), with SGD, RMDA and RAMDA, timed four ways: plain
 ``jax.jit``, with params and state donated, as the app compiles it ("app":
-donated, and with :func:`rmda_jax.cpu_compiler_options`, which lets XLA:CPU
+donated, and with :func:`rmda_jax.cpu.compiler_options`, which lets XLA:CPU
 reassociate sums and run the convolutions itself instead of through
 YNNPACK), and the same with YNNPACK's convolutions ("app ynnconv", the app
 before it chose XLA's); the PyTorch step is the usual eager ``zero_grad / loss.backward() /
@@ -46,7 +46,7 @@ import optax
 
 import _harness
 import rmda_jax
-from rmda_jax import compile_options
+from rmda_jax.cpu import options as compile_options
 from rmda_jax.app import models, steps
 
 BATCH = 128
@@ -78,7 +78,7 @@ def jax_optimizers():
 
 def _reassociated_only() -> dict:
   """``cpu_compiler_options`` without its convolution setting: convolutions stay with YNNPACK, XLA:CPU's default."""
-  options = rmda_jax.cpu_compiler_options()
+  options = rmda_jax.cpu.compiler_options()
   options.pop(compile_options.YNN_FUSION_TYPE, None)
   return options
 
@@ -87,7 +87,7 @@ VARIANTS = {  # label suffix -> (donated, compiler options); "app": as rmda-jax 
     "": (False, dict),
     " donated": (True, dict),
     " app ynnconv": (True, _reassociated_only),
-    " app": (True, rmda_jax.cpu_compiler_options),
+    " app": (True, rmda_jax.cpu.compiler_options),
 }
 
 

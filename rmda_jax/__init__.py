@@ -8,78 +8,77 @@ regularizers, the diagonally preconditioned subproblem solvers, the proximal
 baselines, stage-wise schedules and structure metrics; coupled groups
 discovered from a model's computation, and compaction of the trained model.
 
+The package is layered, each subpackage importing only those below it:
+
+* :mod:`rmda_jax.compaction`: a trained model made smaller with the same outputs;
+* :mod:`rmda_jax.structure`: coupled groups discovered from the computation, metrics;
+* :mod:`rmda_jax.optim`: the optimizers and the optax building blocks they are chained from;
+* :mod:`rmda_jax.prox`: regularizers and the proximal subproblem solvers;
+* :mod:`rmda_jax.core`: numerics, argument checks, trees, and what a group is;
+* :mod:`rmda_jax.cpu`: compiler options, host memory and timing for a CPU.
+
 The application built on the library -- the ``rmda-jax`` command line, its
 configuration, model zoo, datasets, training loop, plots and checkpoints --
-is the subpackage :mod:`rmda_jax.app`, which the library never imports.
+is the subpackage :mod:`rmda_jax.app`, which the library never imports. This
+module re-exports the public surface; everything else is reachable from its
+subpackage.
 
 Example:
-  >>> import jax.numpy as jnp, optax, rmda_jax
+  >>> import jax, jax.numpy as jnp, rmda_jax
   >>> reg = rmda_jax.group_lasso(strength=1e-3)
   >>> tx = rmda_jax.rmda(learning_rate=0.1, momentum=0.1, regularizer=reg)
   >>> params = {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
   >>> state = tx.init(params)
+  >>> updates, state = tx.update(jax.tree_util.tree_map(jnp.ones_like, params), state, params)
+  >>> float(rmda_jax.metrics.group_sparsity(rmda_jax.structured_params(state), reg))
+  0.0
 """
 
-from rmda_jax import blocks
-from rmda_jax import compaction
-from rmda_jax import compile_options
-from rmda_jax import cpu_memory
-from rmda_jax import discovery
-from rmda_jax import discrete
-from rmda_jax import groups
-from rmda_jax import metrics
-from rmda_jax import regularizers
-from rmda_jax import schedules
-from rmda_jax import sharding
-from rmda_jax import testing
-from rmda_jax import timing
-from rmda_jax import solvers
-from rmda_jax import structure
-from rmda_jax import pruning
-from rmda_jax import rebuild
-from rmda_jax import reduction
-from rmda_jax.compile_options import cpu_compiler_options
-from rmda_jax.cpu_memory import keep_freed_memory
-from rmda_jax.discovery import discover_groups
-from rmda_jax.discovery import discover_linen
-from rmda_jax.discovery import discover_nnx
-from rmda_jax.discrete import discrete_penalty
-from rmda_jax.discrete import discrete_set
-from rmda_jax.dual_averaging import DualAveragingState
-from rmda_jax.dual_averaging import RAMDAState
-from rmda_jax.dual_averaging import RMDAState
-from rmda_jax.dual_averaging import ramda
-from rmda_jax.dual_averaging import rmda
-from rmda_jax.dual_averaging import structured_params
-from rmda_jax.pruning import RigLState
-from rmda_jax.pruning import rigl
-from rmda_jax.proximal import ProxAdamState
-from rmda_jax.proximal import ProxSGDState
-from rmda_jax.proximal import prox_adamw
-from rmda_jax.proximal import prox_sgd
-from rmda_jax.proximal import prox_ssi
-from rmda_jax.regularizers import Regularizer
-from rmda_jax.regularizers import elastic_net
-from rmda_jax.regularizers import group_lasso
-from rmda_jax.regularizers import l1
-from rmda_jax.regularizers import nuclear_norm
-from rmda_jax.schedules import Stagewise
-from rmda_jax.schedules import stagewise
-from rmda_jax.structure import Family
-from rmda_jax.structure import Groups
-from rmda_jax.structure import Slice
+from rmda_jax import compaction, core, cpu, optim, prox, structure, testing
+from rmda_jax.compaction import compact, compact_function, compact_linen, compact_nnx
+from rmda_jax.core import Family, GroupRule, Groups, Slice, by_path
+from rmda_jax.optim import (
+    DualAveragingState,
+    ProxAdamState,
+    ProxSGDState,
+    RigLState,
+    Stagewise,
+    prox_adamw,
+    prox_sgd,
+    prox_ssi,
+    ramda,
+    rigl,
+    rmda,
+    stagewise,
+    structured_params,
+)
+from rmda_jax.prox import (
+    LeafRegularizer,
+    Regularizer,
+    discrete_penalty,
+    discrete_set,
+    elastic_net,
+    group_lasso,
+    l1,
+    nuclear_norm,
+)
+from rmda_jax.structure import discover_groups, discover_linen, discover_nnx, metrics
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "blocks", "compaction", "compile_options", "cpu_memory", "discovery", "discrete", "groups", "metrics",
-    "regularizers", "schedules", "pruning", "rebuild", "reduction", "sharding", "solvers", "structure", "testing",
-    "timing",
-    "cpu_compiler_options", "keep_freed_memory",
-    "discover_groups", "discover_linen", "discover_nnx", "Groups", "Family", "Slice",
-    "Regularizer", "l1", "elastic_net", "group_lasso", "nuclear_norm",
-    "discrete_set", "discrete_penalty", "rigl", "RigLState",
-    "rmda", "ramda", "DualAveragingState", "RMDAState", "RAMDAState", "structured_params",
-    "prox_sgd", "prox_adamw", "prox_ssi", "ProxSGDState", "ProxAdamState",
+    # optimizers and their states
+    "rmda", "ramda", "prox_sgd", "prox_adamw", "prox_ssi", "rigl",
+    "DualAveragingState", "ProxSGDState", "ProxAdamState", "RigLState", "structured_params",
+    # schedules
     "Stagewise", "stagewise",
+    # regularizers
+    "Regularizer", "LeafRegularizer", "group_lasso", "l1", "elastic_net", "nuclear_norm", "discrete_set",
+    "discrete_penalty",
+    # groups
+    "Groups", "Family", "Slice", "GroupRule", "by_path", "discover_groups", "discover_linen", "discover_nnx",
+    # compaction
+    "compact", "compact_function", "compact_linen", "compact_nnx",
+    # metrics and the subpackages
+    "metrics", "compaction", "core", "cpu", "optim", "prox", "structure", "testing",
 ]

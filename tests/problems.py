@@ -84,3 +84,14 @@ def run_jax(tx, x, target, scale, noise, steps, dtype=jnp.float32, compiler_opti
   for t in range(steps):
     params, state = step(params, state, jn[t])
   return params, state
+
+
+def per_leaf_secular(bs, diags, thresholds, axes_list, **options):
+  """rmda_jax.prox.secular.group_lasso_secular on one leaf per entry, its groups given by reduce axes."""
+  from rmda_jax.core import GroupLayout, GroupRule
+  from rmda_jax.prox import secular
+
+  layouts = [GroupLayout.of_rule(b.shape, GroupRule(tuple(axes)), 1.0) for b, axes in zip(bs, axes_list)]
+  zs, iterations, residual = secular.group_lasso_secular([[b] for b in bs], [[d] for d in diags], thresholds,
+                                                         layouts, **options)
+  return [z[0] for z in zs], iterations, residual

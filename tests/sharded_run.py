@@ -67,7 +67,7 @@ def optimizers():
       "prox_ssi": rmda_jax.prox_ssi(0.01, regularizer=gl),
       "rmda_nuclear": rmda_jax.rmda(0.1, momentum=0.3, regularizer=nuc),
       "ramda_nuclear": rmda_jax.ramda(0.05, momentum=0.3, regularizer=nuc,
-                                      solver=rmda_jax.solvers.ProximalGradient(max_iters=20, tol=1e-6)),
+                                      solver=rmda_jax.prox.ProximalGradient(max_iters=20, tol=1e-6)),
   }
 
 
@@ -83,8 +83,8 @@ def run(tx, params, batches, mesh=None, specs=None):
   else:
     shard = jax.tree_util.tree_map(lambda sp: NamedSharding(mesh, sp), specs, is_leaf=lambda v: isinstance(v, P))
     params = jax.device_put(params, shard)
-    state = rmda_jax.sharding.init(tx, params)
-    state_shard = rmda_jax.sharding.state_shardings(tx, params)
+    state = rmda_jax.optim.sharding.init(tx, params)
+    state_shard = rmda_jax.optim.sharding.state_shardings(tx, params)
     batch_shard = NamedSharding(mesh, P(("data", "model")))
     batches = [(jax.device_put(x, batch_shard), jax.device_put(y, batch_shard)) for x, y in batches]
     jitted = jax.jit(step, in_shardings=(shard, state_shard, batch_shard, batch_shard),

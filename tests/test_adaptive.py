@@ -16,7 +16,7 @@ REGS = {
     "l1": rmda_jax.l1,
     "nuclear": rmda_jax.nuclear_norm,
 }
-TIGHT = rmda_jax.solvers.ProximalGradient(max_iters=3000, tol=1e-7)
+TIGHT = rmda_jax.prox.ProximalGradient(max_iters=3000, tol=1e-7)
 
 
 def _reg(kind, lam):
@@ -116,7 +116,7 @@ def test_jit_static_shapes_single_trace(make, reg):
 
 
 def test_cube_root_accuracy_over_the_float32_range():
-  from rmda_jax.dual_averaging import cube_root
+  from rmda_jax.optim.preconditioners import cube_root
   rng = np.random.default_rng(0)
   u = (np.abs(rng.normal(size=20000)) * 10.0 ** rng.uniform(-37, 37, size=20000)).astype(np.float32)
   u = np.concatenate([u, np.float32([0.0, 1.0, 8.0, 1e-30, 3e38, 1e-44])])

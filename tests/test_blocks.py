@@ -1,4 +1,4 @@
-"""The building blocks (rmda_jax.blocks): composition, their own math, errors."""
+"""The building blocks (rmda_jax.optim): composition, their own math, errors."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import rmda_jax
-from rmda_jax import blocks
+from rmda_jax import optim
 
 
 def _params():
@@ -21,7 +21,6 @@ def _grads(t):
 
 
 def test_one_state_type_for_both_methods():
-  assert rmda_jax.RMDAState is rmda_jax.RAMDAState is rmda_jax.DualAveragingState
   params = _params()
   s_rmda = rmda_jax.rmda(0.1).init(params)
   s_ramda = rmda_jax.ramda(0.1).init(params)
@@ -35,7 +34,7 @@ def test_one_state_type_for_both_methods():
 
 def test_adam_moments_match_optax_scale_by_adam():
   params = _params()
-  ours, theirs = blocks.adam_moments(0.8, 0.95), optax.scale_by_adam(0.8, 0.95)
+  ours, theirs = optim.adam_moments(0.8, 0.95), optax.scale_by_adam(0.8, 0.95)
   s1, s2 = ours.init(params), theirs.init(params)
   for t in range(5):
     out, s1 = ours.update(_grads(t), s1, params)
@@ -50,8 +49,8 @@ def test_adam_metric_variant_against_numpy():
   """Dual averaging with Adam's second moment: z = x0 - V / P, P = sqrt(k) (sqrt(v / (1 - b2^t)) + eps)."""
   params = _params()
   b2, eps, lr = 0.9, 1e-3, 0.05
-  tx = optax.chain(blocks.accumulate_dual_averaging(lr, grads=True), blocks.adam_metric(b2, eps),
-                   blocks.proximal_step(None), blocks.momentum_average(1.0))
+  tx = optax.chain(optim.accumulate_dual_averaging(lr, grads=True), optim.adam_metric(b2, eps),
+                   optim.proximal_step(None), optim.momentum_average(1.0))
   state = tx.init(params)
   x0 = {n: np.asarray(p, np.float64) for n, p in params.items()}
   v_sum = {n: np.zeros_like(p) for n, p in x0.items()}
@@ -75,9 +74,9 @@ def test_a_chain_of_blocks_under_apply_if_finite_and_inject_hyperparams():
   reg = rmda_jax.group_lasso(0.5)
 
   def make(learning_rate, momentum):
-    return optax.chain(blocks.accumulate_dual_averaging(learning_rate, sq_grads=True),
-                       blocks.cube_root_metric(1e-6), blocks.proximal_step(reg),
-                       blocks.momentum_average(momentum))
+    return optax.chain(optim.accumulate_dual_averaging(learning_rate, sq_grads=True),
+                       optim.cube_root_metric(1e-6), optim.proximal_step(reg),
+                       optim.momentum_average(momentum))
 
   tx = optax.apply_if_finite(optax.inject_hyperparams(make)(learning_rate=0.1, momentum=0.5), 3)
   ref = rmda_jax.ramda(0.1, momentum=0.5, regularizer=reg)
@@ -92,37 +91,37 @@ def test_a_chain_of_blocks_under_apply_if_finite_and_inject_hyperparams():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   z = rmda_jax.structured_params(state)
   assert np.any(np.all(np.asarray(z["w"]) == 0, axis=0)) or np.any(np.all(np.asarray(z["w"]) == 0, axis=1))
-  shardings = rmda_jax.sharding.state_shardings(tx, params)
+  shardings = rmda_jax.optim.sharding.state_shardings(tx, params)
   assert jax.tree_util.tree_structure(shardings) == jax.tree_util.tree_structure(state)
 
 
 def test_misassembled_chains_say_what_is_missing():
   params = _params()
   with pytest.raises(ValueError, match="sq_grads=True"):
-    tx = optax.chain(blocks.accumulate_dual_averaging(0.1), blocks.cube_root_metric())
+    tx = optax.chain(optim.accumulate_dual_averaging(0.1), optim.cube_root_metric())
     tx.update(_grads(0), tx.init(params), params)
   with pytest.raises(ValueError, match="grads=True"):
-    tx = optax.chain(blocks.accumulate_dual_averaging(0.1), blocks.adam_metric())
+    tx = optax.chain(optim.accumulate_dual_averaging(0.1), optim.adam_metric())
     tx.update(_grads(0), tx.init(params), params)
   with pytest.raises(ValueError, match="metric=None"):
-    tx = optax.chain(blocks.accumulate_dual_averaging(0.1, sq_grads=True), blocks.cube_root_metric(),
-                     blocks.proximal_step(None, solver=None))
+    tx = optax.chain(optim.accumulate_dual_averaging(0.1, sq_grads=True), optim.cube_root_metric(),
+                     optim.proximal_step(None, solver=None))
     tx.update(_grads(0), tx.init(params), params)
   with pytest.raises(ValueError, match="needs the current params"):
-    blocks.momentum_average(0.5).update(params, blocks.momentum_average(0.5).init(params))
+    optim.momentum_average(0.5).update(params, optim.momentum_average(0.5).init(params))
   with pytest.raises(ValueError, match="momentum"):
-    blocks.momentum_average(1.5)
+    optim.momentum_average(1.5)
   with pytest.raises(ValueError, match="eps"):
-    blocks.cube_root_metric(-1.0)
+    optim.cube_root_metric(-1.0)
   with pytest.raises(TypeError, match="stages"):
-    blocks.accumulate_dual_averaging(0.1, stages=[10])
+    optim.accumulate_dual_averaging(0.1, stages=[10])
 
 
 def test_dual_averaging_center_against_numpy_sums():
   """y_k = x0 - V_k / sqrt(k), V_k = sum_i eta_i sqrt(i) g_i, alpha_k = sum_i eta_i sqrt(i) (float64)."""
   params = _params()
   schedule = lambda count: 0.3 / (1.0 + count)
-  tx = blocks.dual_averaging_center(schedule)
+  tx = optim.dual_averaging_center(schedule)
   state = tx.init(params)
   x0 = {n: np.asarray(p, np.float64) for n, p in params.items()}
   v_sum = {n: np.zeros_like(p) for n, p in x0.items()}
@@ -142,9 +141,9 @@ def test_dual_averaging_center_against_numpy_sums():
 
 def test_the_center_only_accumulator_refuses_a_diagonal_metric():
   params = _params()
-  for metric, message in ((blocks.cube_root_metric(), "squared-gradient sum"),
-                          (blocks.adam_metric(), "needs the gradients")):
-    tx = optax.chain(blocks.dual_averaging_center(0.1), metric)
+  for metric, message in ((optim.cube_root_metric(), "squared-gradient sum"),
+                          (optim.adam_metric(), "needs the gradients")):
+    tx = optax.chain(optim.dual_averaging_center(0.1), metric)
     with pytest.raises(ValueError, match=message):
       tx.update(_grads(0), tx.init(params), params)
 
@@ -152,8 +151,8 @@ def test_the_center_only_accumulator_refuses_a_diagonal_metric():
 def test_rmda_state_reads_the_center_of_both_accumulators():
   """The V_k chain's derived center equals the one dual_averaging_center keeps (float32 rounding)."""
   params = _params()
-  kept = blocks.dual_averaging_center(0.2)
-  sums = blocks.accumulate_dual_averaging(0.2)
+  kept = optim.dual_averaging_center(0.2)
+  sums = optim.accumulate_dual_averaging(0.2)
   s1, s2 = kept.init(params), sums.init(params)
   for n in params:
     np.testing.assert_array_equal(np.asarray(s1.center[n]), np.asarray(s2.center[n]))  # the anchor at k = 0
@@ -176,7 +175,7 @@ def test_dual_averaging_center_rounds_once_per_step_over_a_long_stage(lr, mean):
   x0 = rng.normal(size=n).astype(np.float32)
   grads = (rng.normal(size=(steps, n)) * 0.05 + mean).astype(np.float32)
   params = {"w": jnp.asarray(x0)}
-  tx = blocks.dual_averaging_center(lr)
+  tx = optim.dual_averaging_center(lr)
 
   def body(state, g):
     _, state = tx.update({"w": g}, state, params)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import rmda_jax
-from rmda_jax import compaction, reduction
+from rmda_jax import compaction
 from rmda_jax.app import models
 
 X_KEY, CHECK_KEY = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
@@ -91,12 +91,12 @@ def _linen(model, shape, mutate, use_extras=False):
     extras = jax.tree_util.tree_map(lambda v: v + jax.random.uniform(CHECK_KEY, v.shape), extras)  # not trivial stats
     apply = lambda p, e, x: model.apply({"params": p, **e}, x)
     groups = rmda_jax.discover_groups(lambda p, x: apply(p, extras, x), params, x)
-    small = reduction.compact_function(apply, params, groups, x, extras=extras)
+    small = compaction.compact_function(apply, params, groups, x, extras=extras)
     want = lambda x: apply(params, extras, x)
   else:
     apply = lambda p, x: model.apply({"params": p}, x)
     groups = rmda_jax.discover_groups(apply, params, x)
-    small = reduction.compact_function(apply, params, groups, x)
+    small = compaction.compact_function(apply, params, groups, x)
     want = lambda x: apply(params, x)
   other = jax.random.normal(CHECK_KEY, (shape[0] + 3,) + tuple(shape[1:]))   # another batch size
   assert_close(jax.jit(small.fn)(small.params, *([small.extras] if use_extras else []), other), want(other))

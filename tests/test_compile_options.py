@@ -1,4 +1,4 @@
-"""rmda_jax.cpu_compiler_options: accepted by XLA, IEEE where it matters, same answers."""
+"""rmda_jax.cpu.compiler_options: accepted by XLA, IEEE where it matters, same answers."""
 
 import glob
 import gzip
@@ -11,10 +11,11 @@ import pytest
 
 import rmda_jax
 import reference as ref
-from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax
-from rmda_jax import compile_options, solvers
+from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, per_leaf_secular, run_jax
+from rmda_jax import prox
+from rmda_jax.cpu import options as compile_options
 
-OPTIONS = rmda_jax.cpu_compiler_options("cpu")
+OPTIONS = rmda_jax.cpu.compiler_options("cpu")
 
 
 def test_options_per_backend_and_validation():
@@ -22,12 +23,12 @@ def test_options_per_backend_and_validation():
   for honored in ("nans", "infs", "division", "functions"):
     assert OPTIONS[f"xla_cpu_fast_math_honor_{honored}"] is True
   assert OPTIONS["xla_cpu_enable_fast_min_max"] is False
-  assert rmda_jax.cpu_compiler_options("gpu") == {} and rmda_jax.cpu_compiler_options("tpu") == {}
-  assert rmda_jax.cpu_compiler_options() == (OPTIONS if jax.default_backend() == "cpu" else {})
-  rmda_jax.cpu_compiler_options("cpu")["xla_cpu_enable_fast_math"] = False  # a copy each call
-  assert rmda_jax.cpu_compiler_options("cpu")["xla_cpu_enable_fast_math"] is True
+  assert rmda_jax.cpu.compiler_options("gpu") == {} and rmda_jax.cpu.compiler_options("tpu") == {}
+  assert rmda_jax.cpu.compiler_options() == (OPTIONS if jax.default_backend() == "cpu" else {})
+  rmda_jax.cpu.compiler_options("cpu")["xla_cpu_enable_fast_math"] = False  # a copy each call
+  assert rmda_jax.cpu.compiler_options("cpu")["xla_cpu_enable_fast_math"] is True
   with pytest.raises(TypeError, match="backend"):
-    rmda_jax.cpu_compiler_options(jax.devices()[0])
+    rmda_jax.cpu.compiler_options(jax.devices()[0])
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
@@ -55,7 +56,7 @@ def test_exact_group_lasso_solve_under_the_options_matches_bisection():
   b_bad[5, 3] = np.nan
 
   def secular(b, P):
-    return solvers.group_lasso_secular([b], [P], [thr * np.sqrt(48)], [(1,)])[0][0]
+    return per_leaf_secular([b], [P], [thr * np.sqrt(48)], [(1,)])[0][0]
 
   solve = jax.jit(secular, compiler_options=OPTIONS)
   z = np.asarray(solve(jnp.asarray(b, jnp.float32), jnp.asarray(P, jnp.float32)))
@@ -137,11 +138,11 @@ def test_convolutions_leave_ynnpack_where_this_xla_accepts_the_setting(tmp_path)
 def test_the_convolution_setting_is_left_out_where_rejected_or_set_by_the_user(monkeypatch):
   monkeypatch.setattr(compile_options, "_CONVOLUTIONS_BY_XLA",
                       {compile_options.YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_NOT_A_TYPE"})
-  rejected = rmda_jax.cpu_compiler_options("cpu")
+  rejected = rmda_jax.cpu.compiler_options("cpu")
   assert compile_options.YNN_FUSION_TYPE not in rejected and rejected["xla_cpu_enable_fast_math"] is True
   monkeypatch.undo()
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_thunk_runtime=true")
-  assert compile_options.YNN_FUSION_TYPE not in rmda_jax.cpu_compiler_options("cpu")
+  assert compile_options.YNN_FUSION_TYPE not in rmda_jax.cpu.compiler_options("cpu")
   monkeypatch.delenv("XLA_FLAGS")
-  assert (compile_options.YNN_FUSION_TYPE in rmda_jax.cpu_compiler_options("cpu")) == compile_options._xla_accepts(
+  assert (compile_options.YNN_FUSION_TYPE in rmda_jax.cpu.compiler_options("cpu")) == compile_options._xla_accepts(
       tuple(compile_options._CONVOLUTIONS_BY_XLA.items()))

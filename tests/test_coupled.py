@@ -10,8 +10,8 @@ import optax
 import pytest
 
 import rmda_jax
-from rmda_jax import metrics, solvers
-from rmda_jax.structure import Family, Groups, Slice
+from rmda_jax import metrics, prox
+from rmda_jax import Family, Groups, Slice
 
 import reference as ref
 
@@ -101,7 +101,7 @@ def test_exact_diagonal_solver_solves_the_joint_subproblem(seed):
   diag = {k: rng.uniform(0.1, 5.0, size=s) for k, s in SHAPES.items()}
   thr = 0.4
   reg = rmda_jax.group_lasso(1.0, groups=GROUPS)
-  z, info = solvers.solve(reg, as_jax(b), as_jax(diag), thr)
+  z, info = prox.solve(reg, as_jax(b), as_jax(diag), thr)
   for family in FAMILIES:
     B, P = numpy_groups(b, family), numpy_groups(diag, family)
     Z = numpy_groups({k: np.asarray(v, np.float64) for k, v in z.items()}, family)
@@ -123,9 +123,9 @@ def test_inexact_solver_and_screening_on_coupled_groups():
   b = random_tree(5)
   diag = {k: rng.uniform(0.5, 2.0, size=s) for k, s in SHAPES.items()}
   reg = rmda_jax.group_lasso(1.0, groups=GROUPS)
-  exact, _ = solvers.solve(reg, as_jax(b), as_jax(diag), 0.5)
-  approx, info = solvers.solve(reg, as_jax(b), as_jax(diag), 0.5, init=as_jax(b),
-                               solver=solvers.ProximalGradient(max_iters=3000, tol=1e-6))
+  exact, _ = prox.solve(reg, as_jax(b), as_jax(diag), 0.5)
+  approx, info = prox.solve(reg, as_jax(b), as_jax(diag), 0.5, init=as_jax(b),
+                               solver=prox.ProximalGradient(max_iters=3000, tol=1e-6))
   for k in SHAPES:
     np.testing.assert_allclose(np.asarray(approx[k]), np.asarray(exact[k]), atol=1e-4)
     np.testing.assert_array_equal(np.asarray(approx[k]) == 0, np.asarray(exact[k]) == 0)
@@ -158,7 +158,7 @@ def test_groups_that_do_not_fit_the_params_are_errors():
     rmda_jax.group_lasso(1.0, rules=lambda p, x: None, groups=GROUPS)
   with pytest.raises(ValueError, match="two families"):
     Groups((FAMILIES[1], Family("again", "units", 6, (Slice("d", 0),))))
-  with pytest.raises(TypeError, match="rmda_jax.structure.Groups"):
+  with pytest.raises(TypeError, match="rmda_jax.Groups"):
     rmda_jax.group_lasso(1.0, groups=[FAMILIES[0]])
   tx = rmda_jax.rmda(0.1, regularizer=rmda_jax.group_lasso(1.0, groups=Groups((Family("x", "units", 4,
                                                                                        (Slice("a", 0),)),))))
@@ -175,12 +175,12 @@ def test_a_nan_group_stays_nan_and_counts_as_nonzero(reg):
   z = reg.prox(x, 1.0)
   assert np.isnan(np.asarray(z["a"][0, 1]))
   diag = {k: jnp.ones(s) for k, s in SHAPES.items()}
-  z_diag, _ = solvers.solve(reg, x, diag, 1.0)
+  z_diag, _ = prox.solve(reg, x, diag, 1.0)
   assert np.isnan(np.asarray(z_diag["a"][0, 1]))
   # the other groups are untouched by the NaN
   clean = dict(arrays)
   clean["a"] = np.where(np.isnan(arrays["a"]), 0.0, arrays["a"])
-  z_clean, _ = solvers.solve(reg, as_jax(clean), diag, 1.0)
+  z_clean, _ = prox.solve(reg, as_jax(clean), diag, 1.0)
   finite = np.isfinite(np.asarray(z_diag["d"]))
   np.testing.assert_allclose(np.asarray(z_diag["d"])[finite], np.asarray(z_clean["d"])[finite], rtol=1e-5)
   nan_kernel = {k: jnp.full(s, jnp.nan) for k, s in SHAPES.items()}
@@ -311,6 +311,6 @@ def test_structured_rigl_trains_a_transformer_block_to_compactable_heads_and_uni
   assert sum(head_zero) == 2 and sum(unit_zero) == 16, (head_zero, unit_zero)
   assert not any(any(np.any(s == 0) and not np.all(s == 0) for s in _head_slices(p, h))
                  for h in range(4) if not head_zero[h])
-  small = rmda_jax.reduction.compact_function(lambda q, x: model.apply({"params": q}, x), params, groups, x)
+  small = rmda_jax.compact_function(lambda q, x: model.apply({"params": q}, x), params, groups, x)
   assert sorted(len(k) for k in small.kept.values()) == [2, 16]
   np.testing.assert_allclose(small.fn(small.params, x), model.apply({"params": params}, x), atol=1e-5)

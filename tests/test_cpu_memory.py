@@ -1,4 +1,4 @@
-"""rmda_jax.keep_freed_memory: glibc keeps a freed large block in the heap, for reuse."""
+"""rmda_jax.cpu.keep_freed_memory: glibc keeps a freed large block in the heap, for reuse."""
 
 import ctypes
 import os
@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import rmda_jax
-from rmda_jax import cpu_memory
+from rmda_jax.cpu import memory as cpu_memory
 
 BLOCK_MB = 96
 
@@ -29,7 +29,7 @@ PROBE = textwrap.dedent(f"""
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    applied = rmda_jax.keep_freed_memory(int(sys.argv[2])) if sys.argv[1] == "keep" else None
+    applied = rmda_jax.cpu.keep_freed_memory(int(sys.argv[2])) if sys.argv[1] == "keep" else None
     seen = {{}}
     def allocate_and_free():
         block = libc.malloc({BLOCK_MB} << 20)
@@ -89,25 +89,25 @@ class _RefusingLibc:
 def test_a_refused_threshold_changes_nothing_else(monkeypatch):
   libc = _RefusingLibc()
   monkeypatch.setattr(cpu_memory, "_glibc", lambda: libc)
-  assert rmda_jax.keep_freed_memory(1 << 30) is False
+  assert rmda_jax.cpu.keep_freed_memory(1 << 30) is False
   assert libc.calls == [(-3, 1 << 30)]   # no trim threshold, no arena limit after the refusal
 
 
 @pytest.mark.parametrize("bad", [1.5, "1024", True, None])
 def test_keep_freed_memory_rejects_a_non_int(bad):
   with pytest.raises(TypeError, match="max_block_bytes"):
-    rmda_jax.keep_freed_memory(bad)
+    rmda_jax.cpu.keep_freed_memory(bad)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2**31])
 def test_keep_freed_memory_rejects_a_size_out_of_range(bad):
   with pytest.raises(ValueError, match=r"max_block_bytes must be in \[1, 2\*\*31 - 1\]"):
-    rmda_jax.keep_freed_memory(bad)
+    rmda_jax.cpu.keep_freed_memory(bad)
 
 
 def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
   monkeypatch.setattr(cpu_memory, "_glibc", lambda: None)
-  assert rmda_jax.keep_freed_memory() is False
+  assert rmda_jax.cpu.keep_freed_memory() is False
 
 
 @pytest.mark.parametrize("process, platforms, called", [

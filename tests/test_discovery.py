@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 from rmda_jax.app import models
-from rmda_jax.structure import Slice
+from rmda_jax import Slice
 
 INPUT = "<input>"  # the model input, as a path of the arrays the checks edit
 ATOL = 1e-5
@@ -27,7 +27,7 @@ FULL_KINDS = ("units", "heads", "inputs")
 
 
 def discovery():
-  from rmda_jax import discovery as module
+  from rmda_jax.structure import discovery as module
   return module
 
 

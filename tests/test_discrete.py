@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rmda_jax
-from rmda_jax import discrete, metrics
+from rmda_jax import metrics
+from rmda_jax.prox import discrete
 
 value_sets = st.lists(st.floats(-3, 3, allow_nan=False, width=32), min_size=1, max_size=4,
                       unique=True).filter(lambda v: min(np.diff(sorted(v)), default=1) > 1e-2)

@@ -257,36 +257,6 @@ def test_non_finite_params_in_a_checkpoint_are_refused(finished, tmp_path, capsy
   assert_same_run(out, finished)
 
 
-def test_a_checkpoint_of_rmda_with_its_gradient_sum_is_read_not_set_aside(finished, tmp_path, capsys):
-  # RMDA's state kept V_k before it kept its prox center: such a step is converted, not taken for damaged
-  from rmda_jax import blocks, dual_averaging
-  out = _copy(finished, tmp_path)
-  _, _, _, params, state = train.load_run(out)
-  def center_states(tree):
-    nodes = jax.tree_util.tree_leaves(tree, is_leaf=lambda n: isinstance(n, blocks.DualAveragingCenterState))
-    return [n for n in nodes if isinstance(n, blocks.DualAveragingCenterState)]
-
-  sums = center_states(state)
-  assert len(sums) == 1
-  earlier = jax.tree_util.tree_map(  # V_k = sqrt(k) (x0 - y_k), as that version held it
-      lambda n: blocks.DualAveragingSumsState(n.count, n.stage_count, n.alpha, n.anchor, n.grad_sum, n.sq_grad_sum)
-      if isinstance(n, blocks.DualAveragingCenterState) else n,
-      state, is_leaf=lambda n: isinstance(n, blocks.DualAveragingCenterState))
-  assert jax.tree_util.tree_structure(earlier) == jax.tree_util.tree_structure(
-      dual_averaging.gradient_sum_template(state))
-  with ckpt.Steps(os.path.join(out, "checkpoint")) as steps:
-    record = steps.read_record(84)
-    steps.save(85, {"params": params, "opt_state": earlier}, {k: v for k, v in record.items() if k != "checksums"})
-  _, _, _, params85, state85 = train.load_run(out)
-  assert "damaged" not in capsys.readouterr().err
-  for a, b in zip(jax.tree_util.tree_leaves(params85), jax.tree_util.tree_leaves(params)):
-    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
-  restored = center_states(state85)
-  assert len(restored) == 1 and int(restored[0].stage_count) == int(sums[0].stage_count)
-  for a, b in zip(jax.tree_util.tree_leaves(restored[0].center), jax.tree_util.tree_leaves(sums[0].center)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
-
-
 def test_empty_checkpoint_directory_is_a_one_line_error(finished, tmp_path, capsys):
   out = _copy(finished, tmp_path)
   shutil.rmtree(os.path.join(out, "checkpoint"))

@@ -10,7 +10,9 @@ import pytest
 from flax import nnx
 
 import rmda_jax
-from rmda_jax import groups, metrics
+from rmda_jax import metrics
+from rmda_jax.core import rules as leaf_rules
+from rmda_jax.core import trees
 
 
 class TinyLM(nnx.Module):
@@ -47,14 +49,14 @@ def _state_and_dict():
 
 def test_paths_have_no_value_component():
   state, plain = _state_and_dict()
-  state_paths = [groups.path_to_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-  dict_paths = [groups.path_to_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(plain)[0]]
+  state_paths = [trees.path_to_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  dict_paths = [trees.path_to_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(plain)[0]]
   assert state_paths == dict_paths
   assert "emb/embedding" in state_paths and "attn/query/kernel" in state_paths
 
 
 def _default_rules(tree):
-  resolved = rmda_jax.group_lasso(1.0).resolve(tree)
+  resolved = rmda_jax.group_lasso(1.0).place(tree)
   return dict(zip(resolved.paths, resolved.rules))
 
 
@@ -66,14 +68,14 @@ def test_default_rules_skip_biases_scales_embeddings_and_give_heads():
     assert rules[path] is None, path
   # (in, heads, head_dim): one group per head; out (heads, head_dim, out) too
   for name in ("query", "key", "value"):
-    assert rules[f"attn/{name}/kernel"] == groups.GroupRule((0, 2))
-  assert rules["attn/out/kernel"] == groups.GroupRule((1, 2))
-  assert rules["l1/kernel"] == groups.GroupRule((1,))
+    assert rules[f"attn/{name}/kernel"] == leaf_rules.GroupRule((0, 2))
+  assert rules["attn/out/kernel"] == leaf_rules.GroupRule((1, 2))
+  assert rules["l1/kernel"] == leaf_rules.GroupRule((1,))
 
 
 @pytest.mark.parametrize("reg", [rmda_jax.group_lasso(0.1), rmda_jax.l1(0.1), rmda_jax.nuclear_norm(0.1),
-                                 rmda_jax.group_lasso(0.1, rules=groups.by_path(
-                                     {"l2/kernel": None}, groups.default_group_rule()))],
+                                 rmda_jax.group_lasso(0.1, rules=leaf_rules.by_path(
+                                     {"l2/kernel": None}, leaf_rules.default_group_rule()))],
                          ids=["group_lasso", "l1", "nuclear", "by_path"])
 def test_value_prox_and_metrics_equal_on_state_and_dict(reg):
   state, plain = _state_and_dict()
@@ -87,10 +89,10 @@ def test_value_prox_and_metrics_equal_on_state_and_dict(reg):
 
 def test_by_path_exclusion_applies_and_a_typo_is_an_error():
   state, plain = _state_and_dict()
-  excluded = rmda_jax.group_lasso(1.0, rules=groups.by_path({"l2/kernel": None}, groups.default_group_rule()))
-  assert dict(zip(excluded.resolve(state).paths, excluded.resolve(state).rules))["l2/kernel"] is None
+  excluded = rmda_jax.group_lasso(1.0, rules=leaf_rules.by_path({"l2/kernel": None}, leaf_rules.default_group_rule()))
+  assert dict(zip(excluded.place(state).paths, excluded.place(state).rules))["l2/kernel"] is None
   assert float(excluded.value(state)) < float(rmda_jax.group_lasso(1.0).value(state))
-  typo = rmda_jax.group_lasso(1.0, rules=groups.by_path({"l3/kernel": None}, groups.default_group_rule()))
+  typo = rmda_jax.group_lasso(1.0, rules=leaf_rules.by_path({"l3/kernel": None}, leaf_rules.default_group_rule()))
   with pytest.raises(ValueError, match=r"l3/kernel.*match no leaf"):
     typo.value(plain)
   with pytest.raises(ValueError, match="match no leaf"):
@@ -99,7 +101,7 @@ def test_by_path_exclusion_applies_and_a_typo_is_an_error():
 
 def test_a_tree_of_rules_fits_a_state_and_a_dict():
   state, plain = _state_and_dict()
-  rule_tree = jax.tree_util.tree_map(lambda x: groups.GroupRule((x.ndim - 1,)) if x.ndim == 2 else None, plain)
+  rule_tree = jax.tree_util.tree_map(lambda x: leaf_rules.GroupRule((x.ndim - 1,)) if x.ndim == 2 else None, plain)
   reg = rmda_jax.group_lasso(0.5, rules=rule_tree)
   assert float(reg.value(state)) == pytest.approx(float(reg.value(plain)), rel=1e-6)
   tx = rmda_jax.rmda(0.1, regularizer=reg)
@@ -107,7 +109,7 @@ def test_a_tree_of_rules_fits_a_state_and_a_dict():
   updates, _ = jax.jit(tx.update)(grads, tx.init(state), state)
   assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree_util.tree_leaves(updates))
   with pytest.raises(ValueError, match="no rule for"):
-    rmda_jax.group_lasso(0.5, rules={"l1": {"kernel": groups.GroupRule((1,))}}).value(state)
+    rmda_jax.group_lasso(0.5, rules={"l1": {"kernel": leaf_rules.GroupRule((1,))}}).value(state)
 
 
 OPTIMIZERS = {
@@ -158,7 +160,7 @@ def test_every_optimizer_under_nnx_optimizer_equals_the_plain_dict_run(name):
                          got, plain)
   if name == "rigl":  # the embedding is not a sparse leaf (as in linen)
     assert np.count_nonzero(np.asarray(got["emb"]["embedding"])) == got["emb"]["embedding"].size
-    paths, masks = _paths_and_leaves(rmda_jax.pruning.masks_of(opt_state))
+    paths, masks = _paths_and_leaves(rmda_jax.optim.pruning.masks_of(opt_state))
     kernels = [np.asarray(m) for p, m in zip(paths, masks) if p.endswith("kernel")]
     assert sum(int(k.sum()) for k in kernels) / sum(k.size for k in kernels) == pytest.approx(0.2, abs=0.01)
     assert all(np.asarray(m).all() for p, m in zip(paths, masks) if not p.endswith("kernel"))
@@ -166,7 +168,7 @@ def test_every_optimizer_under_nnx_optimizer_equals_the_plain_dict_run(name):
 
 def _paths_and_leaves(tree):
   keyed = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [groups.path_to_str(kp) for kp, _ in keyed], [x for _, x in keyed]
+  return [trees.path_to_str(kp) for kp, _ in keyed], [x for _, x in keyed]
 
 
 def test_discovered_groups_train_under_nnx_optimizer():

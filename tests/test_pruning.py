@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import rmda_jax
-from rmda_jax import pruning
+from rmda_jax.optim import pruning
 
 SHAPES = {"conv": (3, 3, 4, 6), "dense": (24, 10), "bias": (10,)}
 LR, BETA, STEPS, EVERY, END, FRACTION = 0.05, 0.9, 40, 5, 30, 0.4

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import rmda_jax
-from rmda_jax import groups
+from rmda_jax.core import rules as leaf_rules
 import reference as ref
 
 FLOATS = st.floats(-10, 10, allow_nan=False, width=32)
@@ -20,7 +20,7 @@ SETTINGS = settings(max_examples=60, deadline=None)
 @SETTINGS
 @given(x=hnp.arrays(np.float32, SHAPES, elements=FLOATS), thr=st.floats(0, 5), axis=st.sampled_from([0, 1]))
 def test_group_lasso_prox_optimality(x, thr, axis):
-  rule = groups.GroupRule((axis,))
+  rule = leaf_rules.GroupRule((axis,))
   reg = rmda_jax.group_lasso(1.0, rules={"w": rule})
   z = np.asarray(reg.prox({"w": jnp.asarray(x)}, thr)["w"], np.float64)
   x = x.astype(np.float64)
@@ -105,20 +105,20 @@ def test_default_flax_rules():
             "Dense_0": {"kernel": jnp.ones((5, 7)), "bias": jnp.ones(7)},
             "LayerNorm_0": {"scale": jnp.ones(7)},
             "Embed_0": {"embedding": jnp.ones((10, 4))}}
-  resolved = rmda_jax.group_lasso(1.0).resolve(params)
+  resolved = rmda_jax.group_lasso(1.0).place(params)
   rules = dict(zip(resolved.paths, resolved.rules))
-  assert rules["Conv_0/kernel"] == groups.GroupRule((0, 1, 3))
-  assert rules["Dense_0/kernel"] == groups.GroupRule((1,))
+  assert rules["Conv_0/kernel"] == leaf_rules.GroupRule((0, 1, 3))
+  assert rules["Dense_0/kernel"] == leaf_rules.GroupRule((1,))
   assert rules["Conv_0/bias"] is None and rules["LayerNorm_0/scale"] is None
   assert rules["Embed_0/embedding"] is None
-  out = rmda_jax.group_lasso(1.0, grouping="output").resolve(params)
-  assert dict(zip(out.paths, out.rules))["Conv_0/kernel"] == groups.GroupRule((0, 1, 2))
-  assert groups.group_weight((3, 3, 4, 8), groups.GroupRule((0, 1, 3))) == pytest.approx(np.sqrt(72))
+  out = rmda_jax.group_lasso(1.0, grouping="output").place(params)
+  assert dict(zip(out.paths, out.rules))["Conv_0/kernel"] == leaf_rules.GroupRule((0, 1, 2))
+  assert leaf_rules.group_weight((3, 3, 4, 8), leaf_rules.GroupRule((0, 1, 3))) == pytest.approx(np.sqrt(72))
 
 
 def test_per_leaf_override_and_scale():
   params = {"a": {"kernel": jnp.full((2, 3), 1.0)}, "b": {"kernel": jnp.full((2, 3), 1.0)}}
-  rule = groups.by_path({"b/*": None}, default=groups.default_group_rule())
+  rule = leaf_rules.by_path({"b/*": None}, default=leaf_rules.default_group_rule())
   reg = rmda_jax.group_lasso(1.0, rules=rule)
   z = reg.prox(params, 10.0)
   assert np.all(np.asarray(z["a"]["kernel"]) == 0)
@@ -131,7 +131,7 @@ def test_per_leaf_override_and_scale():
 
 def test_rule_tree():
   params = {"w": jnp.ones((2, 3)), "v": jnp.ones((4,))}
-  reg = rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((0,), weight=2.0), "v": None})
+  reg = rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((0,), weight=2.0), "v": None})
   expected = 2.0 * np.linalg.norm(np.ones((2, 3)), axis=0).sum()
   np.testing.assert_allclose(float(reg.value(params)), expected, rtol=1e-6)
 
@@ -150,12 +150,12 @@ def test_bad_regularizer_arguments(make, match):
 def test_bad_rules_raise_at_check():
   params = {"w": jnp.ones((2, 3)), "v": jnp.ones((4,))}
   with pytest.raises(ValueError, match="reduce axis 2"):
-    rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((2,)), "v": None}).check(params)
+    rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((2,)), "v": None}).check(params)
   with pytest.raises(ValueError, match="does not match the params"):
-    rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((0,))}).check(params)
+    rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((0,))}).check(params)
   with pytest.raises(ValueError, match="takes GroupRule"):
-    rmda_jax.group_lasso(1.0, rules={"w": groups.Matrix(), "v": None}).check(params)
+    rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.Matrix(), "v": None}).check(params)
   with pytest.raises(ValueError, match="ndim >= 2"):
-    rmda_jax.nuclear_norm(1.0, rules={"w": None, "v": groups.Matrix()}).check(params)
+    rmda_jax.nuclear_norm(1.0, rules={"w": None, "v": leaf_rules.Matrix()}).check(params)
   with pytest.raises(ValueError, match="repeated"):
-    rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((0, -2)), "v": None}).check(params)
+    rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((0, -2)), "v": None}).check(params)

@@ -149,7 +149,7 @@ def test_bad_regularizer_type_and_missing_params():
   state = tx.init({"w": jnp.ones(2)})
   with pytest.raises(ValueError, match="params"):
     tx.update({"w": jnp.ones(2)}, state)
-  tx = rmda_jax.rmda(0.1, regularizer=rmda_jax.group_lasso(1.0, rules={"w": rmda_jax.groups.GroupRule((3,))}))
+  tx = rmda_jax.rmda(0.1, regularizer=rmda_jax.group_lasso(1.0, rules={"w": rmda_jax.core.rules.GroupRule((3,))}))
   with pytest.raises(ValueError, match="reduce axis 3"):
     tx.init({"w": jnp.ones((2, 2))})
 
@@ -197,7 +197,7 @@ def test_drops_into_nnx_optimizer_and_train_state(make):
   z = rmda_jax.structured_params(opt.opt_state)
   assert jax.tree_util.tree_structure(nnx.to_pure_dict(z)) == jax.tree_util.tree_structure(nnx.to_pure_dict(params))
   # input-wise groups of both Linear kernels are counted (6 + 4)
-  sizes = [r.reduce_axes for _, _, r in rmda_jax.metrics.group_structure(params, reg)]
+  sizes = [r.reduce_axes for r in rmda_jax.metrics.counted_groups(params, reg).rules if r is not None]
   assert sizes == [(1,), (1,)]
 
   dense = nn.Dense(3)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import rmda_jax
-from rmda_jax import groups, solvers
+from rmda_jax import prox
+from rmda_jax.core import rules as leaf_rules
 import reference as ref
+from problems import per_leaf_secular
 
 
 def _random_problem(seed, shape=(7, 5), axis=1, p_range=(1e-2, 1e2), zero_frac=0.4, thr=0.3):
@@ -53,7 +55,7 @@ def test_exact_group_lasso_root_finder_matches_bisection(seed, p_range):
     P[0, :2] = 0.0  # eps = 0 with coordinates that never saw a gradient
     b[0, :2] = 0.0
   want = ref.diag_prox_group_bisect(b, P, thr, (1,))
-  reg = rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((1,))})
+  reg = rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))})
   z = np.asarray(reg.prox_diag({"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}, thr)["w"])
   assert np.all(np.isfinite(z))
   np.testing.assert_array_equal(np.linalg.norm(z, axis=1) == 0, np.linalg.norm(want, axis=1) == 0)
@@ -65,7 +67,7 @@ def test_exact_root_finder_in_float64_is_exact():
   b, P = _random_problem(0, p_range=(1e-3, 1e3))
   want = ref.diag_prox_group_bisect(b, P, 0.3, (1,))
   with jax.enable_x64(True):
-    zs, iterations, _ = solvers.group_lasso_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.3 * np.sqrt(5)], [(1,)])
+    zs, iterations, _ = per_leaf_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.3 * np.sqrt(5)], [(1,)])
     z = np.asarray(zs[0])
   np.testing.assert_allclose(z, want, atol=1e-12, rtol=1e-10)
   assert int(iterations) < 50
@@ -74,7 +76,7 @@ def test_exact_root_finder_in_float64_is_exact():
 def test_root_finder_is_one_newton_step_for_constant_metric():
   b = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
   P = np.full_like(b, 2.5)
-  zs, iterations, residual = solvers.group_lasso_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.5], [(1,)])
+  zs, iterations, residual = per_leaf_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.5], [(1,)])
   # isotropic metric: z = prox of b/P with threshold 0.5/P
   np.testing.assert_allclose(np.asarray(zs[0]), ref.prox_group_lasso(b / 2.5, 0.5 / 2.5 / 2.0, (1,)), atol=1e-6)
   assert int(iterations) <= 2
@@ -85,9 +87,9 @@ def test_root_finder_is_one_newton_step_for_constant_metric():
 def test_inexact_residual_bounds_the_subgradient_distance_group_lasso(seed, max_iters):
   thr = 0.3
   b, P = _random_problem(seed, p_range=(0.1, 10.0), thr=thr)
-  reg = rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((1,))})
-  solver = solvers.ProximalGradient(max_iters=max_iters, tol=1e-30)
-  z, info = solvers.solve(reg, {"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}, thr,
+  reg = rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))})
+  solver = prox.ProximalGradient(max_iters=max_iters, tol=1e-30)
+  z, info = prox.solve(reg, {"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}, thr,
                           init={"w": jnp.zeros(b.shape)}, solver=solver)
   z = np.asarray(z["w"], np.float64)
   dist = _group_dist_to_optimality(z, b, P, thr, 1)
@@ -102,8 +104,8 @@ def test_inexact_residual_bounds_the_subgradient_distance_nuclear(max_iters):
   b = rng.normal(size=(6, 4)) * 2
   P = rng.uniform(0.5, 2.0, size=(6, 4))
   thr = 1.0
-  solver = solvers.ProximalGradient(max_iters=max_iters, tol=1e-30)
-  z, info = solvers.solve(rmda_jax.nuclear_norm(1.0), {"w": jnp.asarray(b, jnp.float32)},
+  solver = prox.ProximalGradient(max_iters=max_iters, tol=1e-30)
+  z, info = prox.solve(rmda_jax.nuclear_norm(1.0), {"w": jnp.asarray(b, jnp.float32)},
                           {"w": jnp.asarray(P, jnp.float32)}, thr, init={"w": jnp.zeros((6, 4))}, solver=solver)
   dist = _nuclear_dist_to_optimality(np.asarray(z["w"], np.float64), b, P, thr)
   assert dist <= float(info.residual) * (1 + 1e-3) + 1e-4, (dist, float(info.residual))
@@ -114,48 +116,49 @@ def test_screening_never_zeroes_a_group_that_is_nonzero_at_the_optimum(seed):
   thr = 0.3
   b, P = _random_problem(seed, shape=(12, 3), p_range=(0.05, 20.0), zero_frac=0.5, thr=thr)
   want = ref.diag_prox_group_bisect(b, P, thr, (1,))
-  reg = rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((1,))})
+  reg = rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))})
   jb, jP = {"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}
-  prob = solvers._layout(reg, jb, jP, thr)[0]
-  mask = np.asarray(reg.leaf_screen(prob.bs[0], prob.thresholds[0], prob.rules[0])).ravel()
+  placement = reg.place(jb)
+  term = placement.terms[0]
+  mask = np.asarray(reg.term_screen(placement.gather(placement.leaves, term), jnp.float32(thr), term.rule)[0]).ravel()
   optimal_nonzero = np.linalg.norm(want, axis=1) > 0
   assert np.all(mask[optimal_nonzero])           # never drops a needed group
   assert not np.all(mask)                          # and does screen something here
-  z, info = solvers.solve(reg, jb, jP, thr, init={"w": jnp.ones(b.shape)},
-                          solver=solvers.ProximalGradient(max_iters=5000, tol=1e-6))
+  z, info = prox.solve(reg, jb, jP, thr, init={"w": jnp.ones(b.shape)},
+                          solver=prox.ProximalGradient(max_iters=5000, tol=1e-6))
   np.testing.assert_array_equal(np.linalg.norm(np.asarray(z["w"]), axis=1) > 0, optimal_nonzero)
   np.testing.assert_allclose(np.asarray(z["w"]), want, atol=1e-4)
 
 
-@pytest.mark.parametrize("reg", [rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((1,))}),
+@pytest.mark.parametrize("reg", [rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))}),
                                  rmda_jax.l1(1.0), rmda_jax.nuclear_norm(1.0)])
 def test_inexact_solver_stops_early_when_warm_started_at_the_solution(reg):
   rng = np.random.default_rng(2)
   b = rng.normal(size=(6, 4)).astype(np.float32)
   P = rng.uniform(0.5, 2.0, size=(6, 4)).astype(np.float32)
   jb, jP = {"w": jnp.asarray(b)}, {"w": jnp.asarray(P)}
-  tight = solvers.ProximalGradient(max_iters=20000, tol=1e-6)
-  sol, info = solvers.solve(reg, jb, jP, 0.4, init={"w": jnp.zeros((6, 4))}, solver=tight)
-  if not isinstance(reg, rmda_jax.regularizers.ElasticNet):  # L1 is solved by one exact step
+  tight = prox.ProximalGradient(max_iters=20000, tol=1e-6)
+  sol, info = prox.solve(reg, jb, jP, 0.4, init={"w": jnp.zeros((6, 4))}, solver=tight)
+  if not isinstance(reg, rmda_jax.prox.ElasticNet):  # L1 is solved by one exact step
     assert int(info.iterations) > 5
-  loose = solvers.ProximalGradient(max_iters=100, tol=1e-4)
-  again, info2 = solvers.solve(reg, jb, jP, 0.4, init=sol, solver=loose)
+  loose = prox.ProximalGradient(max_iters=100, tol=1e-4)
+  again, info2 = prox.solve(reg, jb, jP, 0.4, init=sol, solver=loose)
   assert int(info2.iterations) == 1 and float(info2.residual) <= 1e-4
 
 
 def test_tolerance_schedule_and_exact_solver_residual():
-  reg = rmda_jax.group_lasso(1.0, rules={"w": groups.GroupRule((1,))})
+  reg = rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))})
   b, P = _random_problem(0)
   jb, jP = {"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}
-  solver = solvers.ProximalGradient(max_iters=10000, tol=lambda count: 1e-2 / (1.0 + count))
-  _, early = solvers.solve(reg, jb, jP, 0.3, init={"w": jnp.zeros(b.shape)}, solver=solver, count=0)
-  _, late = solvers.solve(reg, jb, jP, 0.3, init={"w": jnp.zeros(b.shape)}, solver=solver, count=1000)
+  solver = prox.ProximalGradient(max_iters=10000, tol=lambda count: 1e-2 / (1.0 + count))
+  _, early = prox.solve(reg, jb, jP, 0.3, init={"w": jnp.zeros(b.shape)}, solver=solver, count=0)
+  _, late = prox.solve(reg, jb, jP, 0.3, init={"w": jnp.zeros(b.shape)}, solver=solver, count=1000)
   assert float(early.residual) <= 1e-2 and float(late.residual) <= 1e-5
   assert int(late.iterations) > int(early.iterations)
-  z, exact = solvers.solve(reg, jb, jP, 0.3, solver=solvers.Exact(certify=True))
+  z, exact = prox.solve(reg, jb, jP, 0.3, solver=prox.Exact(certify=True))
   assert float(exact.residual) <= 1e-4 * np.abs(b).max()
   assert _group_dist_to_optimality(np.asarray(z["w"], np.float64), b, P, 0.3, 1) <= float(exact.residual) + 1e-5
-  z, secular = solvers.solve(reg, jb, jP, 0.3, solver=solvers.Exact())
+  z, secular = prox.solve(reg, jb, jP, 0.3, solver=prox.Exact())
   assert 0 <= float(secular.residual) <= 1e-4 and int(secular.iterations) >= 1
 
 
@@ -168,7 +171,7 @@ def test_exact_solver_residual_bounds_the_misfit_at_the_returned_point(seed, max
   # start leaves it far from 0, so an underestimate cannot pass).
   b, P = _random_problem(seed, shape=(40, 5), p_range=(1e-3, 1e3))
   tau = 0.3 * np.sqrt(5)
-  zs, iterations, residual = solvers.group_lasso_secular(
+  zs, iterations, residual = per_leaf_secular(
       [jnp.asarray(b, jnp.float32)], [jnp.asarray(P, jnp.float32)], [tau], [(1,)], max_iters=max_iters)
   z = np.asarray(zs[0], np.float64)
   r = np.linalg.norm(z, axis=1, keepdims=True)
@@ -189,14 +192,14 @@ def test_solver_argument_validation():
   with pytest.raises(ValueError, match="solver must be"):
     rmda_jax.ramda(1e-2, solver="newton")
   with pytest.raises(ValueError, match="max_iters"):
-    solvers.ProximalGradient(max_iters=0)
+    prox.ProximalGradient(max_iters=0)
   with pytest.raises(ValueError, match="tol"):
-    solvers.ProximalGradient(tol=-1.0)
+    prox.ProximalGradient(tol=-1.0)
 
 
 def test_ramda_reports_solver_info_in_state():
   tx = rmda_jax.ramda(1e-2, regularizer=rmda_jax.nuclear_norm(1e-2),
-                      solver=solvers.ProximalGradient(max_iters=7, tol=1e-30))
+                      solver=prox.ProximalGradient(max_iters=7, tol=1e-30))
   params = {"kernel": jnp.ones((4, 3))}
   state = tx.init(params)
   grads = {"kernel": jnp.arange(12.0).reshape(4, 3) / 10}  # a non-constant metric
@@ -211,7 +214,7 @@ def test_newton_stops_when_the_secular_equation_is_solved_to_rounding(seed):
   # so only the rounding-level rule |f(r) - 1| <= 8 eps stops the loop
   b, P = _random_problem(seed, shape=(40, 64), p_range=(1e-3, 1e3))
   want = ref.diag_prox_group_bisect(b, P, 0.3, (1,))
-  zs, iterations, residual = solvers.group_lasso_secular(
+  zs, iterations, residual = per_leaf_secular(
       [jnp.asarray(b, jnp.float32)], [jnp.asarray(P, jnp.float32)], [0.3 * np.sqrt(64)], [(1,)],
       max_iters=200, rtol=1e-12)
   assert int(iterations) < 50

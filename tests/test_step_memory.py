@@ -8,7 +8,9 @@ import optax
 import pytest
 
 import rmda_jax
-from rmda_jax import blocks, groups, structure
+from rmda_jax import optim
+from rmda_jax.core import GroupLayout
+from rmda_jax.core import rules as leaf_rules
 
 REG = rmda_jax.group_lasso(1e-2)
 OPTIMIZERS = {
@@ -77,7 +79,7 @@ def test_cube_root_is_accurate_to_float32_rounding():
   rng = np.random.default_rng(1)
   u = (rng.uniform(1, 10, 50000) * 10.0 ** rng.integers(-37, 38, 50000)).astype(np.float32)
   u = np.concatenate([u, np.float32([0.0, np.inf, 27.0, np.finfo(np.float32).max])])
-  got = np.asarray(blocks.cube_root(jnp.asarray(u)), np.float64)
+  got = np.asarray(optim.preconditioners.cube_root(jnp.asarray(u)), np.float64)
   want = np.cbrt(u.astype(np.float64))
   finite = np.isfinite(u) & (u > 0)
   assert np.max(np.abs(got[finite] - want[finite]) / want[finite]) < 1e-6
@@ -88,7 +90,7 @@ def test_reduce_many_matches_numpy_per_leaf_rule_and_coupled_family():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(3, 4, 5)).astype(np.float32)
   y = rng.normal(size=(3, 4, 5)).astype(np.float32)
-  block = structure.Block.of_rule(x.shape, groups.GroupRule((0, 2)), 1.0)
+  block = GroupLayout.of_rule(x.shape, leaf_rules.GroupRule((0, 2)), 1.0)
   s, mx, mn = block.reduce_many(["sum", "max", "min"], [[jnp.asarray(x * y)], [jnp.asarray(x)], [jnp.asarray(y)]])
   np.testing.assert_allclose(np.asarray(s), (x * y).sum(axis=(0, 2), keepdims=True), rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(mx), x.max(axis=(0, 2), keepdims=True))
@@ -96,7 +98,7 @@ def test_reduce_many_matches_numpy_per_leaf_rule_and_coupled_family():
   # a family: unit j is column j of a (6, 4) kernel and row j of a (4, 3) kernel
   a, b = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
   family = rmda_jax.Family("h", "units", 4, (rmda_jax.Slice("a", 1), rmda_jax.Slice("b", 0)))
-  coupled = structure.Block.of_family(family, [a.shape, b.shape])
+  coupled = GroupLayout.of_family(family, [a.shape, b.shape])
   sq, top = coupled.reduce_many(["sum", "max"], [[jnp.asarray(a) ** 2, jnp.asarray(b) ** 2],
                                                   [jnp.asarray(a), jnp.asarray(b)]])
   np.testing.assert_allclose(np.asarray(sq), (a ** 2).sum(0) + (b ** 2).sum(1), rtol=1e-5)
@@ -107,7 +109,7 @@ def test_group_lasso_prox_reads_its_norms_from_the_statistics_tree():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(5, 3)).astype(np.float32)
   stats = 2.0 * x
-  reg = rmda_jax.group_lasso(0.4, rules={"w": groups.GroupRule((1,))})
+  reg = rmda_jax.group_lasso(0.4, rules={"w": leaf_rules.GroupRule((1,))})
   z = np.asarray(reg.prox({"w": jnp.asarray(x)}, 1.0, statistics={"w": jnp.asarray(stats)})["w"])
   tau = 0.4 * np.sqrt(3)
   norms = np.linalg.norm(stats, axis=1, keepdims=True)
@@ -161,19 +163,19 @@ def _temp_bytes(tx, params):
 
 def _gradient_sum_rmda(keep_point):
   """RMDA as the chain of blocks that keeps V_k and computes the prox center from it."""
-  return optax.chain(blocks.accumulate_dual_averaging(0.1), blocks.sqrt_k_metric(),
-                     blocks.proximal_step(REG, solver=None, keep_point=keep_point), blocks.momentum_average(0.5))
+  return optax.chain(optim.accumulate_dual_averaging(0.1), optim.sqrt_k_metric(),
+                     optim.proximal_step(REG, solver=None, keep_point=keep_point), optim.momentum_average(0.5))
 
 
 def test_a_center_computed_from_the_sums_is_stored_only_under_the_twin_threshold():
-  # Below blocks.TWIN_MIN_ENTRIES XLA may store the prox center in a
+  # Below optim.proximal.TWIN_MIN_ENTRIES XLA may store the prox center in a
   # temporary (read by the norms, the kept point and the momentum average);
   # from it on, the norms read a twin and nothing leaf-sized is stored, so no
   # temporary outgrows glibc's mmap threshold (page-faulted at every call).
-  for rows in (blocks.TWIN_MIN_ENTRIES // 256, blocks.TWIN_MIN_ENTRIES // 1024):
+  for rows in (optim.proximal.TWIN_MIN_ENTRIES // 256, optim.proximal.TWIN_MIN_ENTRIES // 1024):
     params = {"kernel": jnp.zeros((rows, 256)), "bias": jnp.zeros(256)}
     leaf = rows * 256 * 4
-    limit = leaf / 4 if rows * 256 >= blocks.TWIN_MIN_ENTRIES else 2 * leaf + (1 << 16)
+    limit = leaf / 4 if rows * 256 >= optim.proximal.TWIN_MIN_ENTRIES else 2 * leaf + (1 << 16)
     assert _temp_bytes(_gradient_sum_rmda(True), params) < limit, rows
 
 
@@ -191,7 +193,7 @@ def test_rmda_keeps_its_prox_center_in_the_state_and_no_leaf_sized_temporary(kee
   # the point and the momentum average read (on CPU the V_k chain stores a
   # center below the threshold, or every leaf's without the kept point).
   tx = rmda_jax.rmda(0.1, momentum=0.5, regularizer=REG, keep_point=keep_point)
-  for rows in (blocks.TWIN_MIN_ENTRIES // 256, blocks.TWIN_MIN_ENTRIES // 1024):
+  for rows in (optim.proximal.TWIN_MIN_ENTRIES // 256, optim.proximal.TWIN_MIN_ENTRIES // 1024):
     params = {"kernel": jnp.zeros((rows, 256)), "bias": jnp.zeros(256)}
     leaf = rows * 256 * 4
     assert _temp_bytes(tx, params) < leaf / 4, rows

@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import rmda_jax
-from rmda_jax import groups
-from rmda_jax import pruning
+from rmda_jax.core import rules as leaf_rules
+from rmda_jax.optim import pruning
 from rmda_jax.testing import assert_no_host_transfers
 
 OPTIMIZERS = {
@@ -89,13 +89,13 @@ def _run(tx, params, grads_list, state=None):
     (lambda: rmda_jax.nuclear_norm(jnp.ones(2)), ValueError, r"strength must be a scalar.*shape \(2,\)"),
     (lambda: rmda_jax.discrete_penalty(jnp.array(-1.0), (0.0, 1.0)), ValueError, "strength must be a finite"),
     # group rules
-    (lambda: groups.GroupRule((0.5,)), TypeError, r"GroupRule.reduce_axes must hold integers"),
-    (lambda: groups.GroupRule((True,)), TypeError, r"GroupRule.reduce_axes must hold integers"),
-    (lambda: groups.GroupRule((0, np.float64(1.0))), TypeError, r"GroupRule.reduce_axes must hold integers"),
-    (lambda: groups.GroupRule(0), TypeError, r"GroupRule.reduce_axes must be a tuple of integer axes"),
-    (lambda: groups.GroupRule("01"), TypeError, r"GroupRule.reduce_axes must be a tuple"),
-    (lambda: groups.GroupRule((0,), weight="2"), TypeError, r"GroupRule.weight must be a number"),
-    (lambda: groups.GroupRule((0,), weight=jnp.array(-2.0)), ValueError, r"GroupRule.weight must be a finite"),
+    (lambda: leaf_rules.GroupRule((0.5,)), TypeError, r"GroupRule.reduce_axes must hold integers"),
+    (lambda: leaf_rules.GroupRule((True,)), TypeError, r"GroupRule.reduce_axes must hold integers"),
+    (lambda: leaf_rules.GroupRule((0, np.float64(1.0))), TypeError, r"GroupRule.reduce_axes must hold integers"),
+    (lambda: leaf_rules.GroupRule(0), TypeError, r"GroupRule.reduce_axes must be a tuple of integer axes"),
+    (lambda: leaf_rules.GroupRule("01"), TypeError, r"GroupRule.reduce_axes must be a tuple"),
+    (lambda: leaf_rules.GroupRule((0,), weight="2"), TypeError, r"GroupRule.weight must be a number"),
+    (lambda: leaf_rules.GroupRule((0,), weight=jnp.array(-2.0)), ValueError, r"GroupRule.weight must be a finite"),
     # skip_nonfinite
     (lambda: rmda_jax.rmda(0.1, skip_nonfinite=-1), ValueError, "skip_nonfinite must be a bool or an integer >= 0"),
     (lambda: rmda_jax.ramda(0.1, skip_nonfinite=0.5), TypeError, "skip_nonfinite must be a bool or an integer"),
@@ -195,17 +195,17 @@ def test_zero_size_leaves(name, reg_name):
 
 def test_zero_size_leaf_is_unregularized():
   params = _params()
-  rules = {"Dense_0": {"kernel": groups.GroupRule((1,)), "bias": None}, "Dense_1": {"kernel": None},
-           "empty": {"kernel": groups.GroupRule((1,))}}
+  rules = {"Dense_0": {"kernel": leaf_rules.GroupRule((1,)), "bias": None}, "Dense_1": {"kernel": None},
+           "empty": {"kernel": leaf_rules.GroupRule((1,))}}
   reg = rmda_jax.group_lasso(0.1, rules=rules)
-  resolved = reg.resolve(params)
+  resolved = reg.place(params)
   assert resolved.rules[resolved.paths.index("empty/kernel")] is None
   assert len(reg.support(params)) == 1
   assert reg.prox(params)["empty"]["kernel"].shape == (5, 0)
   for make in (rmda_jax.l1, rmda_jax.nuclear_norm, rmda_jax.group_lasso):
     assert bool(jnp.isfinite(make(0.1).value(params)))
   # a rule that does not fit the leaf is still an error
-  rules["empty"]["kernel"] = groups.GroupRule((2,))
+  rules["empty"]["kernel"] = leaf_rules.GroupRule((2,))
   with pytest.raises(ValueError, match="reduce axis 2"):
     rmda_jax.group_lasso(0.1, rules=rules).check(params)
   assert pruning.active_counts([(4, 3)], 0.5) == [6]
@@ -302,16 +302,16 @@ def test_skip_nonfinite_gives_up_after_max_consecutive_errors():
   for expected_finite in (True, True, False):
     updates, state = tx.update(bad, state, params)
     assert bool(jnp.all(jnp.isfinite(updates["w"]))) == expected_finite
-  assert rmda_jax.rmda(0.1, skip_nonfinite=0).init(params).__class__ is rmda_jax.RMDAState
-  assert rmda_jax.rmda(0.1, skip_nonfinite=False).init(params).__class__ is rmda_jax.RMDAState
+  assert rmda_jax.rmda(0.1, skip_nonfinite=0).init(params).__class__ is rmda_jax.DualAveragingState
+  assert rmda_jax.rmda(0.1, skip_nonfinite=False).init(params).__class__ is rmda_jax.DualAveragingState
 
 
 def test_skip_nonfinite_state_is_a_plain_pytree():
   params = {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}
   tx = rmda_jax.ramda(0.05, regularizer=rmda_jax.group_lasso(0.01), skip_nonfinite=True)
-  state = rmda_jax.sharding.init(tx, params)
-  assert isinstance(state, optax.ApplyIfFiniteState) and isinstance(state.inner_state, rmda_jax.RAMDAState)
-  shardings = rmda_jax.sharding.state_shardings(tx, params)
+  state = rmda_jax.optim.sharding.init(tx, params)
+  assert isinstance(state, optax.ApplyIfFiniteState) and isinstance(state.inner_state, rmda_jax.DualAveragingState)
+  shardings = rmda_jax.optim.sharding.state_shardings(tx, params)
   assert jax.tree_util.tree_structure(shardings) == jax.tree_util.tree_structure(state)
   for leaf in jax.tree_util.tree_leaves(state):
     assert isinstance(leaf, jax.Array)

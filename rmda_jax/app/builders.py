@@ -15,16 +15,16 @@ import jax
 import numpy as np
 import optax
 
-from rmda_jax import discovery
-from rmda_jax import discrete
-from rmda_jax import regularizers as regs
-from rmda_jax import solvers
+from rmda_jax.structure import discovery
+from rmda_jax.prox import discrete
+from rmda_jax import prox as regs
+from rmda_jax import prox as solvers
 from rmda_jax.app import data as datasets
 from rmda_jax.app import models
-from rmda_jax.dual_averaging import ramda, rmda
-from rmda_jax.proximal import prox_adamw, prox_sgd, prox_ssi
-from rmda_jax.pruning import rigl
-from rmda_jax.schedules import Stagewise
+from rmda_jax.optim import ramda, rmda
+from rmda_jax.optim import prox_adamw, prox_sgd, prox_ssi
+from rmda_jax.optim import rigl
+from rmda_jax.optim import Stagewise
 from rmda_jax.app.config import ConfigError, DENSE, DISCRETE_VALUES, MESH_AXES, TrainConfig, parse_mesh
 
 

@@ -15,10 +15,6 @@ Two levels:
   :meth:`Steps.restore` checks them: a damaged step raises
   :class:`CheckpointError` instead of restoring wrong numbers.
 
-Both read an RMDA state saved before RMDA kept its prox center in place of
-its gradient sum, and convert it
-(:func:`rmda_jax.dual_averaging.prox_center_layout`).
-
 Example:
   >>> import jax.numpy as jnp, tempfile, os, rmda_jax
   >>> from rmda_jax.app import checkpoint
@@ -47,8 +43,7 @@ import shutil
 import jax
 import numpy as np
 
-from rmda_jax import _common
-from rmda_jax import dual_averaging
+from rmda_jax.core.extras import optional_import
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 MANIFEST = "files.sha256.json"  # in each step directory, written once the step is complete
@@ -59,7 +54,7 @@ class CheckpointError(RuntimeError):
 
 
 def _orbax():
-  return _common.optional_import("orbax.checkpoint", "checkpointing")
+  return optional_import("orbax.checkpoint", "checkpointing")
 
 
 def save(path: str, tree, overwrite: bool = True) -> None:
@@ -76,31 +71,14 @@ def restore(path: str, template):
 
   ``template`` may hold arrays or ``jax.ShapeDtypeStruct`` leaves (with
   shardings, to restore sharded); a NamedTuple optimizer state in it comes
-  back as the same NamedTuple. An RMDA state saved before RMDA kept its prox
-  center (with ``V_k``) is read and converted
-  (:func:`rmda_jax.dual_averaging.prox_center_layout`).
+  back as the same NamedTuple.
   """
   ocp = _orbax()
   path = os.path.abspath(path)
 
-  def read(target):
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-    with ocp.StandardCheckpointer() as ckptr:
-      return ckptr.restore(path, abstract)
-
-  try:
-    return read(template)
-  except Exception:
-    earlier = dual_averaging.gradient_sum_template(template)
-    if jax.tree_util.tree_structure(earlier) == jax.tree_util.tree_structure(template):
-      raise  # no RMDA state in it
-    try:
-      legacy = read(earlier)
-    except Exception:
-      pass
-    else:
-      return dual_averaging.prox_center_layout(legacy, template)
-    raise
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path, abstract)
 
 
 def _leaf_name(path) -> str:
@@ -113,10 +91,6 @@ def _leaf_name(path) -> str:
     else:
       parts.append(str(key))
   return "/".join(parts)
-
-
-def _leaf_names(tree) -> set:
-  return {_leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def tree_checksums(tree) -> dict:
@@ -272,13 +246,7 @@ class Steps:
     self.verify_files(step)
     record = self.read_record(step)
     expected = record.get("checksums")
-    target, legacy = template, False
-    if isinstance(expected, dict) and set(expected) != _leaf_names(template):
-      # the arrays of an RMDA state saved before RMDA kept its prox center
-      earlier = dual_averaging.gradient_sum_template(template)
-      if set(expected) == _leaf_names(earlier):
-        target, legacy = earlier, True
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     try:
       tree = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     except Exception as err:  # TensorStore, OCDBT, JSON, shape errors: all mean the step is unusable
@@ -289,11 +257,6 @@ class Steps:
     for name, digest in got.items():
       if expected[name] != digest:
         raise CheckpointError(f"{name} does not match its checksum")
-    if legacy:
-      try:
-        tree = dual_averaging.prox_center_layout(tree, template)
-      except ValueError as err:
-        raise CheckpointError(f"its RMDA state cannot be converted: {err}") from None
     return tree, record
 
   def set_aside(self, step: int, destination: str) -> None:

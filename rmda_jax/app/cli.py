@@ -209,11 +209,11 @@ def _keep_freed_memory() -> None:
   # skip it, where host memory has nothing to gain.
   import jax
 
-  from rmda_jax.cpu_memory import keep_freed_memory
+  from rmda_jax.cpu import memory
 
   platforms = jax.config.jax_platforms
   if not platforms or "cpu" in platforms.lower().split(","):
-    keep_freed_memory()
+    memory.keep_freed_memory()
 
 
 def _ignore_exit_signals() -> None:

@@ -37,7 +37,7 @@ def compact(args) -> int:
   import numpy as np
 
   from rmda_jax import compaction
-  from rmda_jax.dual_averaging import structured_params
+  from rmda_jax.optim import structured_params
 
   if args.batch_size < 1:
     raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -108,7 +108,7 @@ def generate(args) -> int:
   import numpy as np
 
   from rmda_jax import compaction
-  from rmda_jax.dual_averaging import structured_params
+  from rmda_jax.optim import structured_params
 
   if args.tokens < 0 or args.temperature < 0:
     raise ConfigError(f"--tokens and --temperature must be >= 0, got {args.tokens} and {args.temperature}")

@@ -31,19 +31,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import numbers
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rmda_jax import _common
-from rmda_jax import dual_averaging
-from rmda_jax import proximal
-from rmda_jax import regularizers
-from rmda_jax import schedules
+import rmda_jax
 from rmda_jax.app import steps as training_steps
+
+
+def _check_count(value: Any, name: str, low: int = 1) -> None:
+  """An integer (not a bool) ``>= low``; anything else is a ValueError naming ``name``."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +100,7 @@ def group_sparse_logistic(seed: int = 0, n: int = 400, copies: int = 5, informat
   """
   for name, value, low in (("n", n, 1), ("copies", copies, 1), ("informative", informative, 1),
                            ("noise_features", noise_features, 0), ("classes", classes, 2)):
-    _common.check_int(value, name, low)
+    _check_count(value, name, low)
   if not noise >= 0:
     raise ValueError(f"noise must be >= 0, got {noise!r}.")
   rng = np.random.default_rng(seed)
@@ -173,14 +176,14 @@ def stagewise_methods(strength: float, steps: int) -> dict:
     ``{name: optax.GradientTransformation}`` for rmda, ramda, prox_sgd,
     prox_adamw and prox_ssi.
   """
-  reg = regularizers.group_lasso(strength)
-  stages = schedules.stagewise([steps // 2, 3 * steps // 4], gamma=0.1, momentum_ramp=False)
+  reg = rmda_jax.group_lasso(strength)
+  stages = rmda_jax.stagewise([steps // 2, 3 * steps // 4], gamma=0.1, momentum_ramp=False)
   return {
-      "rmda": dual_averaging.rmda(0.3, momentum=0.1, regularizer=reg, stages=stages),
-      "ramda": dual_averaging.ramda(0.05, momentum=0.1, regularizer=reg, stages=stages),
-      "prox_sgd": proximal.prox_sgd(stages.learning_rate(0.5), momentum=0.1, regularizer=reg),
-      "prox_adamw": proximal.prox_adamw(stages.learning_rate(0.01), regularizer=reg),
-      "prox_ssi": proximal.prox_ssi(stages.learning_rate(0.01), regularizer=reg),
+      "rmda": rmda_jax.rmda(0.3, momentum=0.1, regularizer=reg, stages=stages),
+      "ramda": rmda_jax.ramda(0.05, momentum=0.1, regularizer=reg, stages=stages),
+      "prox_sgd": rmda_jax.prox_sgd(stages.learning_rate(0.5), momentum=0.1, regularizer=reg),
+      "prox_adamw": rmda_jax.prox_adamw(stages.learning_rate(0.01), regularizer=reg),
+      "prox_ssi": rmda_jax.prox_ssi(stages.learning_rate(0.01), regularizer=reg),
   }
 
 
@@ -202,8 +205,8 @@ def track_supports(optimizer: optax.GradientTransformation, problem: Problem, st
     ``{"supports": (steps, d) bool, "structured": (d, C) final structured
     point, "distances": (steps,) or None}`` as NumPy arrays.
   """
-  _common.check_int(steps, "steps")
-  _common.check_int(batch_size, "batch_size")
+  _check_count(steps, "steps")
+  _check_count(batch_size, "batch_size")
   x = jnp.asarray(problem.features, jnp.float32)
   y = jnp.asarray(problem.labels)
   draws = jnp.asarray(np.random.default_rng(seed).integers(0, len(x), size=(steps, batch_size)))
@@ -216,12 +219,12 @@ def track_supports(optimizer: optax.GradientTransformation, problem: Problem, st
   def run(params):
     def body(carry, idx):
       p, s, _ = step(*carry, x[idx], y[idx])
-      z = dual_averaging.structured_params(s, p)["kernel"]
+      z = rmda_jax.structured_params(s, p)["kernel"]
       distance = jnp.zeros(()) if target is None else jnp.linalg.norm(z - target)
       return (p, s), (jnp.any(z != 0, axis=1), distance)
 
     (p, s), (supports, distances) = jax.lax.scan(body, (params, optimizer.init(params)), draws)
-    return supports, distances, dual_averaging.structured_params(s, p)["kernel"]
+    return supports, distances, rmda_jax.structured_params(s, p)["kernel"]
 
   supports, distances, structured = run(params)
   return {"supports": np.asarray(supports), "structured": np.asarray(structured),

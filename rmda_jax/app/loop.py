@@ -31,14 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmda_jax import discrete
-from rmda_jax.compile_options import cpu_compiler_options
-from rmda_jax import regularizers as regs
+from rmda_jax.prox import discrete
+from rmda_jax.cpu import compiler_options as cpu_compiler_options
+from rmda_jax import prox as regs
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
 from rmda_jax.app import models
 from rmda_jax.app import steps
-from rmda_jax.dual_averaging import structured_params
+from rmda_jax.optim import structured_params
 from rmda_jax.app.builders import (
     build_mesh, build_model, build_regularizer, global_batch, model_groups, param_shardings,
     rigl_groups, training_optimizer)
@@ -245,7 +245,7 @@ class _Job:
       return
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from rmda_jax import sharding
+    from rmda_jax.optim import sharding
 
     shardings = param_shardings(self.mesh, self.params)
     self.params = jax.device_put(self.params, shardings)

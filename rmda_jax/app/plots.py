@@ -12,9 +12,10 @@ import math
 import sys
 from typing import Optional
 
+import jax.numpy as jnp
 import numpy as np
 
-from rmda_jax import metrics
+from rmda_jax.structure import metrics
 
 
 def _pyplot():
@@ -100,13 +101,15 @@ def surviving_groups(params, regularizer, input_shape, path: Optional[str] = Non
   of a conv layer, input neurons of a Dense layer).
   """
   plt = _pyplot()
-  structure = metrics.group_blocks(params, regularizer)
-  n = max(len(structure), 1)
+  placement = metrics.counted_groups(params, regularizer)
+  n = max(len(placement.terms), 1)
   fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.8), squeeze=False)
   pixels = int(np.prod(input_shape))
-  for ax, (paths, leaves, block) in zip(axes[0], structure):
+  for ax, term in zip(axes[0], placement.terms):
+    paths = placement.gather(placement.paths, term)
     name = paths[0] if len(paths) == 1 else f"{paths[0]} +{len(paths) - 1}"
-    kept = np.asarray(metrics.group_supports_of(leaves, block)).reshape(-1).astype(float)
+    leaves = [jnp.asarray(x) for x in placement.gather(placement.leaves, term)]
+    kept = np.asarray(metrics.nonzero_groups(leaves, term.rule)).reshape(-1).astype(float)
     if kept.size == pixels and len(input_shape) == 3:
       image = kept.reshape(input_shape).max(axis=-1)
       ax.imshow(image, cmap="viridis", vmin=0, vmax=1)
@@ -121,7 +124,7 @@ def surviving_groups(params, regularizer, input_shape, path: Optional[str] = Non
     ax.set_title(f"{name}\n{int(kept.sum())}/{kept.size} {what} kept", fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
-  if not structure:
+  if not placement.terms:
     axes[0][0].text(0.5, 0.5, "no regularized groups", ha="center", va="center")
     axes[0][0].axis("off")
   return _finish(plt, fig, path)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from rmda_jax import metrics
+from rmda_jax.structure import metrics
 from rmda_jax.app.config import TrainConfig
 
 

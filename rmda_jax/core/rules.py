@@ -1,0 +1,290 @@
+"""How a parameter leaf is cut into groups, and which leaves are regularized.
+
+A *rule* says how one leaf of the params tree is regularized; ``None`` means
+"not regularized". Three kinds exist, one per family of regularizer:
+
+* :class:`GroupRule` (group-LASSO): a group is the slice obtained by fixing
+  every axis *not* in ``reduce_axes``; the penalty is ``sum_g w_g ||x_g||_2``
+  with ``w_g = sqrt(group size)`` unless a weight is given.
+* :class:`Elementwise` (L1, elastic net): every entry is its own group.
+* :class:`Matrix` (nuclear norm): the leaf is viewed as a matrix of shape
+  ``(prod(shape[:-1]), shape[-1])``, so a Flax conv kernel ``(kh, kw, in, out)``
+  becomes ``(kh * kw * in, out)``.
+
+Rules are given per regularizer as ``None`` (the Flax-aware defaults below), a
+callable ``(path, leaf) -> rule | None`` where ``path`` is the ``/``-joined key
+path (``"params/Dense_0/kernel"``), or a pytree with the params' structure whose
+leaves are rules or ``None``. :func:`by_path` builds a callable from glob
+patterns.
+
+Flax defaults (the papers' choices, translated from PyTorch layouts): every leaf
+with ``ndim >= 2`` is regularized except biases (of any shape, e.g. the
+``(heads, head_dim)`` biases of attention), norm scales and embeddings. A
+Dense kernel ``(in, out)`` has one group per input feature (reduce axis 1), a
+Conv kernel ``(kh, kw, in, out)`` one group per input channel (reduce axes
+``(0, 1, 3)``); in general the group index is axis ``ndim - 2``, which fits
+every ``nn.Conv`` (1-D, 2-D, 3-D). Attention projections (``DenseGeneral`` /
+``LinearGeneral`` kernels of ``query``, ``key``, ``value``: ``(in, heads,
+head_dim)``; ``out``: ``(heads, head_dim, out)``) have one group per head,
+and other ``DenseGeneral`` kernels one group per input feature (axis 0).
+``grouping="output"`` gives one group per output feature / filter (axis
+``ndim - 1``) instead; heads stay heads. For groups that span several leaves
+(a whole hidden unit, channel or head), see :func:`rmda_jax.discover_groups`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional, Union
+
+import jax
+
+from rmda_jax.core import checks
+from rmda_jax.core.trees import leaf_name, module_name, path_to_str
+
+Rule = Union["GroupRule", "Elementwise", "Matrix"]
+
+
+RuleFn = Callable[[str, Any], Optional[Rule]]
+
+
+RuleSpec = Union[None, RuleFn, Any]
+
+
+UNREGULARIZED_NAMES = ("embedding", "bias", "scale")
+
+
+ATTENTION_INPUTS = ("query", "key", "value")
+
+
+ATTENTION_OUTPUT = "out"
+
+
+GENERAL_DENSE_PREFIXES = ("DenseGeneral", "LinearGeneral")
+
+
+GROUPINGS = ("input", "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRule:
+  """Groups of a leaf for group-LASSO.
+
+  Attributes:
+    reduce_axes: axes summed inside a group's norm. ``()`` makes every entry
+      its own group; all axes make the leaf a single group. Negative axes are
+      allowed.
+    weight: the group weight ``w_g``; ``None`` means ``sqrt(group size)``.
+  """
+
+  reduce_axes: tuple[int, ...]
+  weight: Optional[float] = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "reduce_axes", checks.check_axes(self.reduce_axes, "GroupRule.reduce_axes"))
+    if self.weight is not None:
+      checks.check_scalar(self.weight, "GroupRule.weight", low=0.0, concrete=True)
+      object.__setattr__(self, "weight", float(self.weight))
+
+
+@dataclasses.dataclass(frozen=True)
+class Elementwise:
+  """Every entry of the leaf is penalized on its own (L1, elastic net)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Matrix:
+  """The leaf is penalized as the matrix ``reshape(leaf, (-1, shape[-1]))``."""
+
+
+def is_default_regularized(path: str, leaf) -> bool:
+  """Whether the Flax-aware default rules regularize this leaf."""
+  return len(jax.numpy.shape(leaf)) >= 2 and leaf_name(path) not in UNREGULARIZED_NAMES
+
+
+def input_wise(ndim: int) -> GroupRule:
+  """One group per index of axis ``ndim - 2`` (input feature / input channel)."""
+  return GroupRule(tuple(a for a in range(ndim) if a != ndim - 2))
+
+
+def output_wise(ndim: int) -> GroupRule:
+  """One group per index of the last axis (output feature / filter)."""
+  return GroupRule(tuple(range(ndim - 1)))
+
+
+def head_rule(path: str, ndim: int) -> Optional[GroupRule]:
+  """One group per head for an attention projection kernel, else None."""
+  if ndim != 3:
+    return None
+  name = module_name(path)
+  if name in ATTENTION_INPUTS:
+    return GroupRule((0, 2))   # (in, heads, head_dim)
+  if name == ATTENTION_OUTPUT:
+    return GroupRule((1, 2))   # (heads, head_dim, out)
+  return None
+
+
+def default_group_rule(grouping: str = "input") -> RuleFn:
+  """The Flax-aware default group-LASSO rule as a ``(path, leaf)`` callable."""
+  if grouping not in GROUPINGS:
+    raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}.")
+  make = input_wise if grouping == "input" else output_wise
+
+  def rule(path, leaf):
+    if not is_default_regularized(path, leaf):
+      return None
+    ndim = len(jax.numpy.shape(leaf))
+    heads = head_rule(path, ndim)
+    if heads is not None:
+      return heads
+    if ndim >= 3 and module_name(path).startswith(GENERAL_DENSE_PREFIXES):
+      return GroupRule(tuple(range(1, ndim))) if grouping == "input" else output_wise(ndim)
+    return make(ndim)
+
+  return rule
+
+
+def default_elementwise_rule(path, leaf) -> Optional[Elementwise]:
+  return Elementwise() if is_default_regularized(path, leaf) else None
+
+
+def default_matrix_rule(path, leaf) -> Optional[Matrix]:
+  return Matrix() if is_default_regularized(path, leaf) else None
+
+
+def by_path(patterns: Mapping[str, Optional[Rule]], default: RuleFn) -> RuleFn:
+  """Rules chosen by glob patterns on the ``/``-joined key path.
+
+  The first pattern (in insertion order) that matches a path decides its rule;
+  a value of ``None`` excludes the leaf. Paths that match nothing use
+  ``default``. A pattern that matches no leaf of the params is an error
+  (raised where the rules are laid against the params, e.g. ``tx.init``):
+  a typo never silently does nothing.
+
+  Example:
+    >>> from rmda_jax.core import rules
+    >>> rule = rules.by_path({"*/Dense_1/kernel": None,
+    ...                        "*/Conv_0/kernel": rules.output_wise(4)},
+    ...                       default=rules.default_group_rule())
+  """
+  return PathRules(tuple(patterns.items()), default)
+
+
+@dataclasses.dataclass(frozen=True)
+class PathRules:
+  """The callable :func:`by_path` returns: ``(path, leaf) -> rule``."""
+
+  patterns: tuple
+  default: RuleFn
+
+  def __call__(self, path, leaf):
+    for pattern, chosen in self.patterns:
+      if fnmatch.fnmatchcase(path, pattern):
+        return chosen
+    return self.default(path, leaf)
+
+  def unmatched(self, paths) -> list:
+    """The patterns that match none of ``paths``."""
+    return [p for p, _ in self.patterns if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
+
+
+def _is_rule_leaf(x) -> bool:
+  return x is None or isinstance(x, (GroupRule, Elementwise, Matrix))
+
+
+def resolve_rules(
+    spec: RuleSpec, params, default: RuleFn, expected: type, argname: str = "rules"
+) -> tuple[list[str], list[Any], list[Optional[Rule]], Any]:
+  """Rules for every leaf of ``params``, validated against the leaves' shapes.
+
+  Returns ``(paths, leaves, rules, treedef)`` with ``rules[i]`` the normalized
+  rule of ``leaves[i]`` (group axes made non-negative) or ``None``.
+
+  Raises:
+    ValueError: when a rule tree does not match ``params``, a rule has the
+      wrong kind, or group axes do not fit a leaf's shape.
+  """
+  keyed, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths = [path_to_str(kp) for kp, _ in keyed]
+  leaves = [leaf for _, leaf in keyed]
+  if spec is None:
+    spec = default
+  if callable(spec) and not _is_rule_leaf(spec):
+    rules = [spec(p, x) for p, x in zip(paths, leaves)]
+    unmatched = spec.unmatched(paths) if isinstance(spec, PathRules) else []
+    if unmatched:
+      raise ValueError(
+          f"{argname}: the pattern(s) {unmatched} match no leaf of the params "
+          f"(leaves: {', '.join(paths[:8])}{', ...' if len(paths) > 8 else ''}).")
+  else:
+    # matched by path, so a plain dict of rules fits an nnx.State (or a
+    # FrozenDict) holding the same leaves
+    keyed_rules = jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_rule_leaf)[0]
+    by_path_str = {path_to_str(kp): r for kp, r in keyed_rules}
+    missing = [p for p in paths if p not in by_path_str]
+    extra = [p for p in by_path_str if p not in set(paths)]
+    bad = [r for r in by_path_str.values() if not _is_rule_leaf(r)]
+    if missing or extra or bad or len(by_path_str) != len(keyed_rules):
+      raise ValueError(
+          f"{argname}: the rule tree does not match the params tree"
+          + (f"; no rule for {missing[:4]}" if missing else "")
+          + (f"; rules for leaves the params do not have: {extra[:4]}" if extra else "")
+          + (f"; not rules: {bad[:2]}" if bad else "") + ".\n"
+          f"  params structure: {treedef}\n"
+          "Give one rule (or None) per params leaf, or a callable (path, leaf) -> rule."
+      )
+    rules = [by_path_str[p] for p in paths]
+  return paths, leaves, [_check_rule(r, p, x, expected, argname) for r, p, x in zip(rules, paths, leaves)], treedef
+
+
+def _check_rule(rule, path, leaf, expected, argname):
+  """The normalized rule of a leaf (ValueError when it does not fit); None for
+  no rule and for a zero-size leaf, which has nothing to regularize."""
+  if rule is None:
+    return None
+  if not isinstance(rule, expected):
+    raise ValueError(
+        f"{argname}: leaf {path!r} got a rule of type {type(rule).__name__}; "
+        f"this regularizer takes {expected.__name__} or None."
+    )
+  shape = jax.numpy.shape(leaf)
+  ndim = len(shape)
+  if isinstance(rule, GroupRule):
+    axes = []
+    for a in rule.reduce_axes:
+      if not -ndim <= a < ndim:
+        raise ValueError(
+            f"{argname}: reduce axis {a} of leaf {path!r} is out of range for its "
+            f"shape {shape} (accepted: {-ndim} .. {ndim - 1})."
+        )
+      axes.append(a % ndim)
+    if len(set(axes)) != len(axes):
+      raise ValueError(f"{argname}: leaf {path!r} has repeated reduce axes {rule.reduce_axes}.")
+    rule = GroupRule(tuple(sorted(axes)), rule.weight)
+  if isinstance(rule, Matrix) and ndim < 2:
+    raise ValueError(
+        f"{argname}: the nuclear norm needs a leaf with ndim >= 2, but {path!r} has shape {shape}."
+    )
+  if math.prod(shape) == 0:
+    return None
+  return rule
+
+
+def group_size(shape: Sequence[int], rule: GroupRule) -> int:
+  return int(math.prod(shape[a] for a in rule.reduce_axes))
+
+
+def num_groups(shape: Sequence[int], rule: GroupRule) -> int:
+  size = math.prod(shape)
+  gsize = group_size(shape, rule)
+  return 0 if gsize == 0 else size // gsize
+
+
+def group_weight(shape: Sequence[int], rule: GroupRule) -> float:
+  """``w_g``: the rule's weight, or ``sqrt(group size)`` by default."""
+  if rule.weight is not None:
+    return float(rule.weight)
+  return math.sqrt(group_size(shape, rule))

@@ -1,0 +1,138 @@
+"""Pytree helpers: key paths, accumulator copies, updates that land on a new point.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from rmda_jax.core import trees
+  >>> params = {"Dense_0": {"kernel": jnp.ones((2, 2), jnp.bfloat16)}}
+  >>> trees.paths(params)
+  ['Dense_0/kernel']
+  >>> trees.to_float32(params)["Dense_0"]["kernel"].dtype
+  dtype('float32')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def path_to_str(key_path: Iterable[Any]) -> str:
+  """The ``/``-joined key path of a leaf.
+
+  An NNX ``Variable``'s ``value`` attribute is not a component, so an
+  ``nnx.State`` and the same weights as a plain dict have the same paths
+  (``"attn/query/kernel"``).
+  """
+  parts = []
+  for key in key_path:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      if key.name != "value":
+        parts.append(str(key.name))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(key.key))
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def paths(tree: chex.ArrayTree) -> list[str]:
+  """The :func:`path_to_str` of every leaf of ``tree``, in leaf order."""
+  return [path_to_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def leaf_name(path: str) -> str:
+  """The last component of a ``/``-joined path (``"kernel"``)."""
+  return path.rsplit("/", 1)[-1]
+
+
+def module_name(path: str) -> str:
+  """The name of the module holding a leaf (``"query"`` for ``".../query/kernel"``)."""
+  parts = path.split("/")
+  return parts[-2] if len(parts) >= 2 else ""
+
+
+def _clip(text: str, limit: int = 1200) -> str:
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def check_like_params(tree: chex.ArrayTree, params: chex.ArrayTree, argname: str, hint: str = "") -> None:
+  """``tree`` has the params' tree structure and leaf shapes.
+
+  Static: costs nothing under jit.
+
+  Raises:
+    ValueError: naming ``argname``, the leaves only one of the trees has,
+      or the first leaf whose shape differs.
+  """
+  tree_def = jax.tree_util.tree_structure(tree)
+  params_def = jax.tree_util.tree_structure(params)
+  if tree_def != params_def:
+    tree_paths = [jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    param_paths = [jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    tree_set, param_set = set(tree_paths), set(param_paths)
+    only_tree = [p for p in tree_paths if p not in param_set]
+    only_params = [p for p in param_paths if p not in tree_set]
+    detail = ""
+    for where, names in ((argname, only_tree), ("params", only_params)):
+      if names:
+        detail += f"\n  leaves only in {where}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+    raise ValueError(
+        f"{argname} must have the params' tree structure{hint}.{detail}\n"
+        f"  {argname}: {_clip(str(tree_def))}\n  params: {_clip(str(params_def))}")
+  for (kp, leaf), param in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree_util.tree_leaves(params)):
+    if jnp.shape(leaf) != jnp.shape(param):
+      raise ValueError(
+          f"{argname} must have the params' shapes{hint}: leaf {jax.tree_util.keystr(kp)} has shape "
+          f"{jnp.shape(leaf)}, the param {jnp.shape(param)}.")
+
+
+def to_float32(tree: chex.ArrayTree) -> chex.ArrayTree:
+  """Accumulator copy of a tree: float32 at least, whatever the params' dtype."""
+  return jax.tree_util.tree_map(
+      lambda x: jnp.asarray(x, jnp.promote_types(jnp.result_type(x), jnp.float32)), tree
+  )
+
+
+def fresh_copy(tree: chex.ArrayTree, accumulator: bool = False) -> chex.ArrayTree:
+  """A copy of ``tree`` in new buffers (float32 at least with ``accumulator``).
+
+  It never aliases the input: an optimizer state built from the params must
+  survive ``jax.jit(..., donate_argnums=...)`` donating both.
+  """
+  def copy(x):
+    dtype = jnp.result_type(x)
+    if accumulator:
+      dtype = jnp.promote_types(dtype, jnp.float32)
+    return jnp.array(x, dtype=dtype, copy=True)
+
+  return jax.tree_util.tree_map(copy, tree)
+
+
+def zeros_float32(tree: chex.ArrayTree) -> chex.ArrayTree:
+  """Zeros shaped like ``tree``, float32 at least."""
+  return jax.tree_util.tree_map(
+      lambda x: jnp.zeros(jnp.shape(x), jnp.promote_types(jnp.result_type(x), jnp.float32)), tree
+  )
+
+
+def updates_to(new_params: chex.ArrayTree, params: chex.ArrayTree) -> chex.ArrayTree:
+  """``new - params`` in the params' dtypes.
+
+  ``optax.apply_updates`` then lands on ``new``, exactly on every zero of it.
+  """
+  return jax.tree_util.tree_map(
+      lambda new, x: (jnp.asarray(new).astype(jnp.result_type(x)) - x), new_params, params
+  )
+
+
+def cast_like(tree: chex.ArrayTree, like: chex.ArrayTree) -> chex.ArrayTree:
+  """``tree`` in the dtypes of the matching leaves of ``like``."""
+  return jax.tree_util.tree_map(lambda a, x: jnp.asarray(a).astype(jnp.result_type(x)), tree, like)

@@ -1,0 +1,107 @@
+"""What every block of a chain shares: a count state, the update checks, named chains, skipping.
+
+Example:
+  >>> import jax.numpy as jnp, optax, rmda_jax
+  >>> from typing import NamedTuple
+  >>> from rmda_jax.optim import chain
+  >>> class TwoStates(NamedTuple):
+  ...   clip: optax.EmptyState
+  ...   sgd: optax.ScaleByScheduleState
+  >>> tx = chain.named_chain(TwoStates, optax.clip(1.0), optax.scale_by_learning_rate(0.1))
+  >>> type(tx.init({"w": jnp.ones(2)})).__name__
+  'TwoStates'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from rmda_jax.core.trees import check_like_params
+
+
+class CountState(NamedTuple):
+  """State of the blocks that only need the step count.
+
+  Attributes:
+    count: int32, updates applied so far.
+  """
+
+  count: jax.Array
+
+
+def zero_count() -> jax.Array:
+  """The int32 step count of a fresh state."""
+  return jnp.zeros((), jnp.int32)
+
+
+def require_params(params: Optional[optax.Params], name: str) -> None:
+  """``params`` were passed to ``update``.
+
+  Raises:
+    ValueError: they were not, naming ``name``.
+  """
+  if params is None:
+    raise ValueError(
+        f"{name}.update needs the current params: call tx.update(grads, state, params)."
+    )
+
+
+def check_update_args(grads: optax.Updates, state_tree: chex.ArrayTree, params: Optional[optax.Params],
+                      name: str) -> None:
+  """``update``'s checks: params given, grads and the state's params-shaped ``state_tree`` shaped like them.
+
+  Static: costs nothing under jit.
+
+  Raises:
+    ValueError: no params, or grads or state of another structure or shapes.
+  """
+  require_params(params, name)
+  check_like_params(grads, params, "grads")
+  check_like_params(state_tree, params, f"the {name} state",
+                    hint=" (was it made by tx.init with other params?)")
+
+
+def named_chain(state_type: type, *transforms: optax.GradientTransformation,
+                check: Optional[Callable[[Any, Any, Any], None]] = None) -> optax.GradientTransformationExtraArgs:
+  """``optax.chain(*transforms)`` whose state is ``state_type(*states)`` instead of a tuple.
+
+  Args:
+    state_type: a NamedTuple with one field per transformation (it may add
+      properties that read into them, as :class:`rmda_jax.DualAveragingState`
+      does).
+    *transforms: the transformations, in order.
+    check: if given, ``check(grads, state, params)`` runs first in ``update``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  chained = optax.chain(*transforms)
+
+  def init_fn(params: optax.Params) -> Any:
+    return state_type(*chained.init(params))
+
+  def update_fn(updates: optax.Updates, state: Any, params: Optional[optax.Params] = None,
+                **extra_args: Any) -> tuple[optax.Updates, Any]:
+    if check is not None:
+      check(updates, state, params)
+    updates, new_state = chained.update(updates, tuple(state), params, **extra_args)
+    return updates, state_type(*new_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def skipping_nonfinite(tx: optax.GradientTransformation,
+                       max_consecutive_errors: Optional[int]) -> optax.GradientTransformation:
+  """``tx`` wrapped in ``optax.apply_if_finite`` (``tx`` itself for None).
+
+  ``max_consecutive_errors`` comes from
+  :func:`rmda_jax.core.checks.check_skip_nonfinite`.
+  """
+  if max_consecutive_errors is None:
+    return tx
+  return optax.apply_if_finite(tx, max_consecutive_errors)

@@ -1,0 +1,92 @@
+r"""The nuclear norm: ``lambda * sum_i sigma_i(X)`` per leaf, for low-rank weights.
+
+Each regularized leaf is the matrix ``X = reshape(leaf, (-1, shape[-1]))``: a
+Flax Dense kernel ``(in, out)`` as is, a conv kernel ``(kh, kw, in, out)`` as
+the ``(kh * kw * in, out)`` matrix, whose rank is the number of independent
+filters. The prox is ``U max(S - t, 0) V^T``. There is no exact prox under a
+non-scalar diagonal metric: the adaptive optimizers use the inexact solver
+(:mod:`rmda_jax.prox.inexact`) with one step ``1 / max(D)`` per leaf.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from rmda_jax.prox import spectral
+  >>> [round(float(s), 4) for s in spectral.singular_values(jnp.ones((2, 2, 3)))]   # a (4, 3) matrix of rank 1
+  [3.4641, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from rmda_jax.core import rules as leaf_rules
+from rmda_jax.prox.regularizer import LeafRegularizer
+
+Array = jax.Array
+
+
+def as_matrix(x: Array) -> Array:
+  """``x`` as the matrix ``(prod(shape[:-1]), shape[-1])``."""
+  return x.reshape(-1, x.shape[-1])
+
+
+def singular_values(x: Array) -> Array:
+  """The singular values of :func:`as_matrix` of ``x``."""
+  return jnp.linalg.svd(as_matrix(x), compute_uv=False)
+
+
+def rank_tolerance(sigma: Array, shape: Sequence[int]) -> Array:
+  """The numerical-rank cutoff used by ``numpy.linalg.matrix_rank``."""
+  eps = jnp.finfo(sigma.dtype).eps
+  return jnp.max(sigma, initial=0) * max(shape) * eps
+
+
+@dataclasses.dataclass(frozen=True)
+class NuclearNorm(LeafRegularizer):
+  """``lambda * sum_i sigma_i(X)`` on ``X = reshape(leaf, (-1, shape[-1]))`` (module doc)."""
+
+  rule_type: ClassVar[type] = leaf_rules.Matrix
+
+  def default_rule(self, path: str, leaf: Any) -> Optional[leaf_rules.Matrix]:
+    return leaf_rules.default_matrix_rule(path, leaf)
+
+  def leaf_value(self, x: Array, rule: Any) -> Array:
+    return jnp.sum(singular_values(x))
+
+  def leaf_prox(self, x: Array, threshold: Array, rule: Any) -> Array:
+    u, s, vt = jnp.linalg.svd(as_matrix(x), full_matrices=False)
+    s = jnp.maximum(s - jnp.reshape(threshold, ()), 0)
+    return ((u * s) @ vt).reshape(x.shape)
+
+  def leaf_support(self, x: Array, rule: Any) -> Array:
+    sigma = singular_values(x)
+    return sigma > rank_tolerance(sigma, as_matrix(x).shape)
+
+  def block_axes(self, rule: Any, ndim: int) -> tuple[int, ...]:
+    return tuple(range(ndim))
+
+
+def nuclear_norm(strength: chex.Numeric, rules: Any = None) -> NuclearNorm:
+  """Nuclear norm ``lambda * ||X||_*`` per leaf (low-rank weights).
+
+  Args:
+    strength: ``lambda >= 0``.
+    rules: None (every leaf with ndim >= 2 except biases, norm scales and
+      embeddings), a callable ``(path, leaf) -> Matrix() | None``, or a tree
+      of those.
+
+  Returns:
+    A :class:`NuclearNorm`.
+
+  Example:
+    >>> import jax.numpy as jnp, rmda_jax
+    >>> z = rmda_jax.nuclear_norm(1.0).prox({"w": jnp.diag(jnp.array([3.0, 0.5]))})
+    >>> [float(v) for v in jnp.diag(z["w"])]
+    [2.0, 0.0]
+  """
+  return NuclearNorm(strength=strength, rules=rules)

@@ -1,0 +1,168 @@
+"""Discovery: the families of coupled groups of a forward pass, from its traced dimensions.
+
+:func:`discover_groups` (and :func:`discover_linen` / :func:`discover_nnx`
+for Flax modules) traces ``fn(params, *args)`` (:mod:`~rmda_jax.structure.discovery.tracing`)
+and turns the dimensions that carry parameters into disjoint families,
+offering only those whose zeroing removes the unit exactly (the package
+docstring of :mod:`rmda_jax.structure.discovery` says how).
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+from rmda_jax.core.groups import Family, Groups, Unprunable
+from rmda_jax.structure.discovery.naming import canonical_slice, family_name, unique_names
+from rmda_jax.structure.discovery.tracing import trace
+
+
+KIND_ORDER = ("heads", "units", "inputs")
+
+
+DEFAULT_KINDS = ("units", "heads")
+
+
+def discover_groups(
+    fn: Callable[..., Any],
+    params: Any,
+    *example_args: Any,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    exclude: Sequence[str] = (),
+    couple: Sequence[tuple] = (),
+) -> Groups:
+  """Find the coupled groups of ``fn(params, *example_args)`` from its jaxpr.
+
+  Args:
+    fn: the forward pass, ``fn(params, *args)``; every output is treated as a
+      model output (return the predictions only, not updated statistics).
+    params: the parameters the groups live in (a pytree; ``nnx.State`` paths
+      are normalised, NNX's ``value`` attribute is not a component).
+    *example_args: example inputs (arrays or ``jax.ShapeDtypeStruct``; the
+      batch size does not matter).
+    kinds: which families to offer, among ``"units"`` (hidden units,
+      channels), ``"heads"`` (attention heads), ``"inputs"`` (features of the
+      inputs). Default: units and heads.
+    exclude: glob patterns on leaf paths; a family with a matching member is
+      not offered (e.g. ``("*/Dense_0/*",)``).
+    couple: extra couplings the computation does not show, as pairs
+      ``((path_a, axis_a), (path_b, axis_b))`` of parameter axes of the same
+      size (e.g. parameters shared by construction).
+
+  Returns:
+    A :class:`~rmda_jax.Groups`: the disjoint families offered,
+    the dimensions not offered with the reasons, and unknown primitives.
+
+  Raises:
+    ValueError: an unknown kind, or a ``couple`` entry naming no leaf.
+  """
+  bad = [k for k in kinds if k not in KIND_ORDER]
+  if bad:
+    raise ValueError(f"kinds must be among {KIND_ORDER}, got {list(kinds)}.")
+  traced = trace(fn, params, *example_args, couple=couple)
+  atoms, semantics, paths = traced.atoms, traced.semantics, traced.paths
+
+  # every parameter axis: (class, Slice)
+  by_class = collections.defaultdict(list)
+  for i in range(traced.n_params):
+    for axis, leaves in enumerate(traced.axis_atoms(i)):
+      sizes = [atoms.sizes[a] for a in leaves]
+      for position, a in enumerate(leaves):
+        by_class[atoms.find(a)].append((i, canonical_slice(paths[i], axis, sizes, position)))
+
+  candidates, unprunable = [], []
+  for cls, members in by_class.items():
+    reasons = set(atoms.reasons[cls])
+    leaf_ids = [i for i, _ in members]
+    if len(set(leaf_ids)) != len(leaf_ids):
+      reasons.add("appears on two axes of one leaf")
+    if not reasons and not semantics.exits[cls]:
+      reasons.add("never contracted (unused, or only passed through)")
+    size = atoms.sizes[cls]
+    slices = tuple(s for _, s in sorted(members, key=lambda m: m[0]))
+    if reasons:
+      unprunable.append(Unprunable(size, slices, tuple(sorted(reasons))))
+      continue
+    kind = "inputs" if cls in traced.input_classes else "heads" if cls in semantics.heads else "units"
+    candidates.append((cls, kind, size, sorted(members, key=lambda m: m[0])))
+
+  order = lambda c: (KIND_ORDER.index(c[1]), semantics.first_seen.get(c[0], 1 << 30))
+  candidates.sort(key=order)
+  owner: dict = {}
+  offered = []
+  deferred = []
+  for cls, kind, size, members in candidates:
+    if kind not in kinds or any(fnmatch.fnmatchcase(paths[i], pat) for i, _ in members for pat in exclude):
+      why = "excluded" if kind in kinds else f"kind {kind} not asked for"
+      unprunable.append(Unprunable(size, tuple(s for _, s in members), (why,)))
+      continue
+    if cls in semantics.needs_all:
+      deferred.append((cls, kind, size, members))
+      continue
+    needed = semantics.consumers[cls]
+    taken = [paths[i] for i in needed if i in owner]
+    if taken:
+      unprunable.append(Unprunable(size, tuple(s for _, s in members),
+                                   (f"its consumer {taken[0]} belongs to {owner[paths.index(taken[0])]}",)))
+      continue
+    for i in needed:
+      owner[i] = family_name(paths, members, semantics.consumers[cls], kind)
+    offered.append((cls, kind, size, members))
+  families = []
+  for cls, kind, size, members in offered:
+    name = family_name(paths, members, semantics.consumers[cls], kind)
+    mine = [s for i, s in members if owner.setdefault(i, name) == name]
+    consumers = tuple(paths[i] for i in sorted(semantics.consumers[cls]))
+    families.append(Family(name, kind, size, tuple(mine), consumers=consumers))
+  for cls, kind, size, members in deferred:
+    name = family_name(paths, members, semantics.consumers[cls], kind)
+    taken = [paths[i] for i, _ in members if i in owner]
+    if taken:
+      unprunable.append(Unprunable(size, tuple(s for _, s in members),
+                                   (f"needs all its leaves, but {taken[0]} belongs to {owner[paths.index(taken[0])]}",)))
+      continue
+    for i, _ in members:
+      owner[i] = name
+    families.append(Family(name, kind, size, tuple(s for _, s in members)))
+  families = unique_names(families)
+  return Groups(tuple(families), tuple(unprunable), tuple(traced.graph.unknown),
+                tuple(zip(paths, traced.shapes[:traced.n_params])))
+
+
+def discover_linen(model, params, *example_args, variables: Optional[dict] = None, method=None,
+                   **kwargs) -> Groups:
+  """:func:`discover_groups` for a linen module: ``model.apply({"params": p, **variables}, *args)``.
+
+  ``variables`` holds the other collections (e.g. ``{"batch_stats": ...}``,
+  closed over; use the module's inference mode, e.g.
+  ``use_running_average=True``); ``kwargs`` go to :func:`discover_groups`
+  (``kinds``, ``exclude``, ``couple``).
+  """
+  options = {k: kwargs.pop(k) for k in ("kinds", "exclude", "couple") if k in kwargs}
+  extra = dict(variables or {})
+  extra.pop("params", None)
+
+  def fn(p, *args):
+    return model.apply({"params": p, **extra}, *args, method=method, **kwargs)
+
+  return discover_groups(fn, params, *example_args, **options)
+
+
+def discover_nnx(model, *example_args, wrt=None, **kwargs) -> Groups:
+  """:func:`discover_groups` for an NNX module, over its ``nnx.Param`` state.
+
+  The groups' paths are those of ``nnx.state(model, nnx.Param)`` (what
+  ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` optimizes). Put the module in
+  inference mode first (``model.eval()``) so BatchNorm uses its statistics.
+  """
+  from flax import nnx
+
+  wrt = nnx.Param if wrt is None else wrt
+  graphdef, params, rest = nnx.split(model, wrt, ...)
+
+  def fn(p, *args):
+    return nnx.merge(graphdef, p, rest)(*args)
+
+  return discover_groups(fn, params, *example_args, **kwargs)
