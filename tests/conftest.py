@@ -1,5 +1,6 @@
 import os
 import sys
 
-# The reference module sits beside the tests.
-sys.path.insert(0, os.path.dirname(__file__))
+# The shared test problems and the NumPy references (tests/support) are imported by name.
+SUPPORT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support")
+sys.path.insert(0, SUPPORT)

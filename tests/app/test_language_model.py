@@ -81,7 +81,7 @@ def test_an_8_device_mesh_gives_the_numbers_of_one_device(model, tmp_path):
   import subprocess
   import sys
 
-  script = os.path.join(os.path.dirname(__file__), "mesh_run.py")
+  script = os.path.join(os.path.dirname(__file__), "..", "support", "mesh_run.py")
   proc = subprocess.run([sys.executable, script, str(tmp_path), model], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -88,7 +88,7 @@ def test_the_package_is_typed_and_licensed():
   import os
 
   assert importlib.resources.files("rmda_jax").joinpath("py.typed").is_file()
-  assert os.path.isfile(os.path.join(os.path.dirname(__file__), "..", "LICENSE"))
+  assert os.path.isfile(os.path.join(os.path.dirname(__file__), "..", "..", "LICENSE"))
 
 
 STRENGTH = list(CASES)

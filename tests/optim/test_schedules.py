@@ -133,7 +133,7 @@ RESUME_SCRIPT = textwrap.dedent("""
 def test_resume_is_bit_exact_in_a_fresh_process(method, tmp_path):
   pytest.importorskip("orbax.checkpoint")
   script = tmp_path / "resume.py"
-  script.write_text(RESUME_SCRIPT.format(tests=os.path.dirname(__file__)))
+  script.write_text(RESUME_SCRIPT.format(tests=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support")))
   ckpt, k, n = str(tmp_path / "ckpt"), 7, 14
 
   def run(mode, out):

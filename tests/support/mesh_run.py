@@ -1,4 +1,4 @@
-"""Run by tests/test_language_model.py in a subprocess with 8 CPU devices: the
+"""Run by tests/app/test_language_model.py in a subprocess with 8 CPU devices: the
 training command on one device, data-parallel over 8, and data 2 x model 4;
 prints the largest differences of the log and the params as JSON."""
 

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
+NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks")
 NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
 EXPECTED = {"quickstart.ipynb", "structure_identification.ipynb", "custom_regularizer.ipynb"}
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_sharding.py in a process with 8 simulated CPU devices.
+"""Run by tests/optim/test_sharding.py in a process with 8 simulated CPU devices.
 
 Prints one JSON line: for every optimizer and layout, the largest difference
 between 20 sharded steps on a 2x4 mesh and the same steps on one device,

@@ -19,7 +19,7 @@ from rmda_jax.testing import assert_no_host_transfers, host_transfers
 @pytest.fixture(scope="module")
 def sharded_results():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "sharded_run.py")],
+  proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "support", "sharded_run.py")],
                         capture_output=True, text=True, env=env, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
