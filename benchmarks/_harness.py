@@ -17,13 +17,13 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 def machine() -> dict:
   dev = jax.devices()[0]
   return {
-      "platform": dev.platform,
-      "device": getattr(dev, "device_kind", str(dev)),
-      "device_count": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "date": datetime.date.today().isoformat(),
+    "platform": dev.platform,
+    "device": getattr(dev, "device_kind", str(dev)),
+    "device_count": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "date": datetime.date.today().isoformat(),
   }
 
 

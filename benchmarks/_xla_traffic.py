@@ -12,6 +12,7 @@ It is an estimate in two ways: a thunk that reads an operand partly (a
 slice, a dynamic-update-slice) is counted as reading it whole, and one that
 reads an operand twice is counted once.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,14 +24,39 @@ import tempfile
 
 import jax
 
-_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
-               "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+_ITEM_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "bf16": 2,
+  "f16": 2,
+  "s16": 2,
+  "u16": 2,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+  "c64": 8,
+  "c128": 16,
+}
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 _HEAD = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*")
 _OPERAND = re.compile(r"%([\w.\-]+)")
 # Instructions that move no data of their own (control flow runs its bodies' thunks).
-_NO_TRAFFIC = {"while", "conditional", "call", "tuple", "get-tuple-element", "parameter", "constant",
-               "bitcast", "after-all", "opt-barrier"}
+_NO_TRAFFIC = {
+  "while",
+  "conditional",
+  "call",
+  "tuple",
+  "get-tuple-element",
+  "parameter",
+  "constant",
+  "bitcast",
+  "after-all",
+  "opt-barrier",
+}
 
 
 def _type_bytes(type_text: str) -> int:
@@ -60,7 +86,7 @@ def instruction_bytes(hlo_text: str) -> dict:
     head = _HEAD.match(line)
     if not head:
       continue
-    name, rest = head.group(1), line[head.end():]
+    name, rest = head.group(1), line[head.end() :]
     if rest.startswith("("):
       end = _balanced(rest, 0)
       type_text, rest = rest[:end], rest[end:].lstrip()
@@ -70,10 +96,12 @@ def instruction_bytes(hlo_text: str) -> dict:
     paren = rest.find("(")
     if rest[:paren] in _NO_TRAFFIC:
       continue
-    operand_text = rest[paren:_balanced(rest, paren)] if paren >= 0 else ""
+    operand_text = rest[paren : _balanced(rest, paren)] if paren >= 0 else ""
     operands[name] = list(dict.fromkeys(_OPERAND.findall(operand_text)))
-  return {name: result_bytes[name] + sum(result_bytes.get(op, 0) for op in operands[name])
-          for name in operands}
+  return {
+    name: result_bytes[name] + sum(result_bytes.get(op, 0) for op in operands[name])
+    for name in operands
+  }
 
 
 def executed_thunks(run) -> collections.Counter:

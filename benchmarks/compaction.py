@@ -33,7 +33,10 @@ from rmda_jax import compaction
 from rmda_jax.app import data as datasets
 from rmda_jax.app import train
 
-SETTINGS = {"lenet5": ("mnist_subset", 1e-3), "vgg": ("digits", 3e-3)}  # dataset, group-LASSO lambda
+SETTINGS = {
+  "lenet5": ("mnist_subset", 1e-3),
+  "vgg": ("digits", 3e-3),
+}  # dataset, group-LASSO lambda
 LMS = {"lm1": 1, "lm2": 2}  # layers
 
 
@@ -53,7 +56,9 @@ class CharLM(nn.Module):
     mask = nn.make_causal_mask(tokens)
     for i in range(self.layers):
       h = nn.LayerNorm(name=f"ln_attn_{i}")(x)
-      x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, name=f"attn_{i}")(h, h, mask=mask)
+      x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, name=f"attn_{i}")(
+        h, h, mask=mask
+      )
       h = nn.gelu(nn.Dense(self.mlp, name=f"mlp_in_{i}")(nn.LayerNorm(name=f"ln_mlp_{i}")(x)))
       x = x + nn.Dense(self.dim, name=f"mlp_out_{i}")(h)
     return nn.Dense(256, name="head")(nn.LayerNorm(name="ln_out")(x))
@@ -62,13 +67,15 @@ class CharLM(nn.Module):
 def text_batches(context, batch, seed):
   import pydoc_data.topics
 
-  data = np.frombuffer("\n".join(pydoc_data.topics.topics.values()).encode("utf-8", "replace"), np.uint8)
+  data = np.frombuffer(
+    "\n".join(pydoc_data.topics.topics.values()).encode("utf-8", "replace"), np.uint8
+  )
   split = int(0.9 * len(data))
   rng = np.random.default_rng(seed)
 
   def sample(part):
     starts = rng.integers(0, len(part) - context - 1, size=batch)
-    window = np.stack([part[s:s + context + 1] for s in starts]).astype(np.int32)
+    window = np.stack([part[s : s + context + 1] for s in starts]).astype(np.int32)
     return window[:, :-1], window[:, 1:]
 
   return (lambda: sample(data[:split])), (lambda: sample(data[split:]))
@@ -89,7 +96,8 @@ def lm_rows(name, steps, strength, batch_sizes, rounds):
   @jax.jit
   def step(p, s, x, y):
     loss, grads = jax.value_and_grad(
-        lambda p: optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean())(p)
+      lambda p: optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+    )(p)
     u, s = tx.update(grads, s, p)
     return optax.apply_updates(p, u), s, loss
 
@@ -101,10 +109,15 @@ def lm_rows(name, steps, strength, batch_sizes, rounds):
   small = rmda_jax.compact_function(apply, z, groups, x)
   probs = jax.nn.softmax(apply(z, xv)), jax.nn.softmax(jax.jit(small.fn)(small.params, xv))
   diff = float(jnp.max(jnp.abs(probs[0] - probs[1])))
-  kept = ", ".join(f"{k} {len(v)}/{f.size}" for f, (k, v) in zip(groups.families, small.kept.items()))
-  print(f"{name}: val loss {val_loss:.3f} (perplexity {np.exp(val_loss):.2f}), weighted group sparsity "
-        f"{float(rmda_jax.metrics.weighted_group_sparsity(z, reg)):.3f}; kept {kept}; "
-        f"max |p - p_compact| {diff:.1e}", flush=True)
+  kept = ", ".join(
+    f"{k} {len(v)}/{f.size}" for f, (k, v) in zip(groups.families, small.kept.items())
+  )
+  print(
+    f"{name}: val loss {val_loss:.3f} (perplexity {np.exp(val_loss):.2f}), weighted group sparsity "
+    f"{float(rmda_jax.metrics.weighted_group_sparsity(z, reg)):.3f}; kept {kept}; "
+    f"max |p - p_compact| {diff:.1e}",
+    flush=True,
+  )
 
   def cost(fn, p, t):
     c = jax.jit(fn).lower(p, t).compile().cost_analysis()
@@ -116,26 +129,49 @@ def lm_rows(name, steps, strength, batch_sizes, rounds):
   rows = []
   for batch in batch_sizes:
     tokens = np.resize(xv, (batch, model.context))
-    runners = {"original": lambda: original(z, tokens).block_until_ready(),
-               "compact": lambda: compact_fn(small.params, tokens).block_until_ready()}
+    runners = {
+      "original": lambda: original(z, tokens).block_until_ready(),
+      "compact": lambda: compact_fn(small.params, tokens).block_until_ready(),
+    }
     for run in runners.values():
       run()
     t = _harness.interleaved_medians(runners, rounds, 1)
-    rows.append({"model": name, "lambda": strength, "batch": batch, "val_loss": val_loss, "max_prob_diff": diff,
-                 "params": n0, "params_compact": n1, "params_ratio": n1 / n0, "flops": f0, "flops_compact": f1,
-                 "flops_ratio": f1 / f0, "ms": 1e3 * t["original"], "ms_compact": 1e3 * t["compact"],
-                 "latency_ratio": t["compact"] / t["original"], "compact_widths": kept})
+    rows.append(
+      {
+        "model": name,
+        "lambda": strength,
+        "batch": batch,
+        "val_loss": val_loss,
+        "max_prob_diff": diff,
+        "params": n0,
+        "params_compact": n1,
+        "params_ratio": n1 / n0,
+        "flops": f0,
+        "flops_compact": f1,
+        "flops_ratio": f1 / f0,
+        "ms": 1e3 * t["original"],
+        "ms_compact": 1e3 * t["compact"],
+        "latency_ratio": t["compact"] / t["original"],
+        "compact_widths": kept,
+      }
+    )
   return rows
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", nargs="+", default=list(SETTINGS) + list(LMS), choices=list(SETTINGS) + list(LMS))
+  parser.add_argument(
+    "--models", nargs="+", default=list(SETTINGS) + list(LMS), choices=list(SETTINGS) + list(LMS)
+  )
   parser.add_argument("--lm-steps", type=int, default=1500)
   parser.add_argument("--lm-strength", type=float, default=3e-4)
   parser.add_argument("--epochs", type=int, default=20)
-  parser.add_argument("--strength", type=float, default=None,
-                      help="lambda for every model (default: 1e-3 for lenet5, 3e-3 for vgg)")
+  parser.add_argument(
+    "--strength",
+    type=float,
+    default=None,
+    help="lambda for every model (default: 1e-3 for lenet5, 3e-3 for vgg)",
+  )
   parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 512])
   parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--work", default="/tmp/rmda_jax_compaction")
@@ -144,16 +180,30 @@ def main():
   rows = []
   for model_name in args.models:
     if model_name in LMS:
-      rows += lm_rows(model_name, args.lm_steps, args.lm_strength, [b for b in args.batch_sizes if b <= 64],
-                      args.rounds)
+      rows += lm_rows(
+        model_name,
+        args.lm_steps,
+        args.lm_strength,
+        [b for b in args.batch_sizes if b <= 64],
+        args.rounds,
+      )
       continue
     dataset_name, default_strength = SETTINGS[model_name]
     strength = default_strength if args.strength is None else args.strength
     config = train.TrainConfig(
-        model=model_name, dataset=dataset_name, optimizer="rmda", regularizer="group_lasso",
-        strength=strength, epochs=args.epochs,
-        milestones=(args.epochs // 2, 3 * args.epochs // 4), progress=False, plots=False,
-        checkpoint_every=10**9, out=os.path.join(args.work, model_name), overwrite=True)
+      model=model_name,
+      dataset=dataset_name,
+      optimizer="rmda",
+      regularizer="group_lasso",
+      strength=strength,
+      epochs=args.epochs,
+      milestones=(args.epochs // 2, 3 * args.epochs // 4),
+      progress=False,
+      plots=False,
+      checkpoint_every=10**9,
+      out=os.path.join(args.work, model_name),
+      overwrite=True,
+    )
     result = train.run(config, log=lambda line: None)
     dataset = datasets.load(config.dataset)
     model = train.build_model(config, dataset)
@@ -165,26 +215,56 @@ def main():
     same = float(np.mean(original_pred == compact_pred))
     accuracy = float(np.mean(original_pred == dataset.y_test))
     widths = ", ".join(f"{k} {len(v)}" for k, v in small.kept.items())
-    print(f"{model_name}: val acc {accuracy:.4f}, group sparsity {result.history[-1]['group_sparsity']:.3f}; "
-          f"compact widths {widths}; identical predictions on {same:.2%} of the validation set", flush=True)
+    print(
+      f"{model_name}: val acc {accuracy:.4f}, group sparsity {result.history[-1]['group_sparsity']:.3f}; "
+      f"compact widths {widths}; identical predictions on {same:.2%} of the validation set",
+      flush=True,
+    )
     n0, n1 = compaction.num_params(params), compaction.num_params(small.params)
     f0 = compaction.flops(model, params, x_all[:1])
     f1 = compaction.flops(small.model, small.params, x_all[:1])
     for batch in args.batch_sizes:
       x = np.resize(x_all, (batch,) + x_all.shape[1:])
-      t = compaction.latencies({"original": (model, params), "compact": (small.model, small.params)},
-                               x, rounds=args.rounds)
-      rows.append({
-          "model": model_name, "lambda": strength, "batch": batch, "val_acc": accuracy, "same_predictions": same,
-          "params": n0, "params_compact": n1, "params_ratio": n1 / n0,
-          "flops": f0, "flops_compact": f1, "flops_ratio": f1 / f0,
-          "ms": 1e3 * t["original"], "ms_compact": 1e3 * t["compact"],
-          "latency_ratio": t["compact"] / t["original"], "compact_widths": widths,
-      })
-  _harness.print_table(rows, ["model", "lambda", "batch", "val_acc", "params", "params_compact", "params_ratio",
-                              "flops_ratio", "ms", "ms_compact", "latency_ratio"],
-                       f"compact vs original after {args.epochs} epochs of RMDA + group-LASSO; "
-                       f"latency: median of {args.rounds} interleaved rounds")
+      t = compaction.latencies(
+        {"original": (model, params), "compact": (small.model, small.params)}, x, rounds=args.rounds
+      )
+      rows.append(
+        {
+          "model": model_name,
+          "lambda": strength,
+          "batch": batch,
+          "val_acc": accuracy,
+          "same_predictions": same,
+          "params": n0,
+          "params_compact": n1,
+          "params_ratio": n1 / n0,
+          "flops": f0,
+          "flops_compact": f1,
+          "flops_ratio": f1 / f0,
+          "ms": 1e3 * t["original"],
+          "ms_compact": 1e3 * t["compact"],
+          "latency_ratio": t["compact"] / t["original"],
+          "compact_widths": widths,
+        }
+      )
+  _harness.print_table(
+    rows,
+    [
+      "model",
+      "lambda",
+      "batch",
+      "val_acc",
+      "params",
+      "params_compact",
+      "params_ratio",
+      "flops_ratio",
+      "ms",
+      "ms_compact",
+      "latency_ratio",
+    ],
+    f"compact vs original after {args.epochs} epochs of RMDA + group-LASSO; "
+    f"latency: median of {args.rounds} interleaved rounds",
+  )
   _harness.write_json("compaction", {"args": vars(args), "rows": rows})
 
 

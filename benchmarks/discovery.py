@@ -32,7 +32,9 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x):
     h = nn.LayerNorm()(x)
-    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(h, h, mask=nn.make_causal_mask(x[..., 0]))
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(
+      h, h, mask=nn.make_causal_mask(x[..., 0])
+    )
     h = nn.gelu(nn.Dense(4 * self.dim)(nn.LayerNorm()(x)))
     return x + nn.Dense(self.dim)(h)
 
@@ -47,7 +49,10 @@ class LM(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(self.vocab, self.dim)(tokens)
-    x = x + self.param("pos", nn.initializers.normal(0.02), (self.context, self.dim))[: tokens.shape[1]]
+    x = (
+      x
+      + self.param("pos", nn.initializers.normal(0.02), (self.context, self.dim))[: tokens.shape[1]]
+    )
     for i in range(self.layers):
       x = Block(self.dim, self.heads, name=f"block_{i}")(x)
     return nn.LayerNorm()(x) @ self.variables["params"]["Embed_0"]["embedding"].T
@@ -66,9 +71,15 @@ def time_discovery(layers, dim, heads, repeats=3):
   kinds = {}
   for f in groups.families:
     kinds[f.kind] = kinds.get(f.kind, 0) + 1
-  return {"model": f"LM {layers}x{dim}, {heads} heads", "params_M": n_params / 1e6, "seconds": min(times),
-          "families": len(groups.families), "heads_families": kinds.get("heads", 0),
-          "units_families": kinds.get("units", 0), "groups": groups.num_groups()}
+  return {
+    "model": f"LM {layers}x{dim}, {heads} heads",
+    "params_M": n_params / 1e6,
+    "seconds": min(times),
+    "families": len(groups.families),
+    "heads_families": kinds.get("heads", 0),
+    "units_families": kinds.get("units", 0),
+    "groups": groups.num_groups(),
+  }
 
 
 def step_ratio(dim, heads, rounds, steps):
@@ -81,9 +92,15 @@ def step_ratio(dim, heads, rounds, steps):
   grads = treedef.unflatten([1e-3 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
   rows, runners = [], {}
   for method in ("rmda", "ramda"):
-    for layout, reg in (("per-leaf", rmda_jax.group_lasso(1e-3)),
-                        ("coupled", rmda_jax.group_lasso(1e-3, groups=groups))):
-      tx = rmda_jax.rmda(0.1, regularizer=reg) if method == "rmda" else rmda_jax.ramda(1e-2, regularizer=reg)
+    for layout, reg in (
+      ("per-leaf", rmda_jax.group_lasso(1e-3)),
+      ("coupled", rmda_jax.group_lasso(1e-3, groups=groups)),
+    ):
+      tx = (
+        rmda_jax.rmda(0.1, regularizer=reg)
+        if method == "rmda"
+        else rmda_jax.ramda(1e-2, regularizer=reg)
+      )
 
       @jax.jit
       def run(p, s, tx=tx):
@@ -91,6 +108,7 @@ def step_ratio(dim, heads, rounds, steps):
           p, s = carry
           u, s = tx.update(grads, s, p)
           return (optax.apply_updates(p, u), s), None
+
         return jax.lax.scan(body, (p, s), None, length=steps)[0]
 
       state = {"p": params, "s": tx.init(params)}
@@ -103,23 +121,40 @@ def step_ratio(dim, heads, rounds, steps):
   medians = interleaved_medians(runners, rounds, steps)
   for method in ("rmda", "ramda"):
     per_leaf, coupled = medians[(method, "per-leaf")], medians[(method, "coupled")]
-    rows.append({"method": method, "tree": f"block {dim}/{heads} heads", "per_leaf_ms": 1e3 * per_leaf,
-                 "coupled_ms": 1e3 * coupled, "coupled / per-leaf": coupled / per_leaf})
+    rows.append(
+      {
+        "method": method,
+        "tree": f"block {dim}/{heads} heads",
+        "per_leaf_ms": 1e3 * per_leaf,
+        "coupled_ms": 1e3 * coupled,
+        "coupled / per-leaf": coupled / per_leaf,
+      }
+    )
   return rows
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=20)
   args = parser.parse_args()
-  discovery = [time_discovery(layers, dim, heads) for layers, dim, heads in
-               ((1, 64, 4), (4, 256, 4), (12, 768, 12))]
-  print_table(discovery, ["model", "params_M", "seconds", "families", "heads_families", "units_families", "groups"],
-              "discovery time (best of 3)")
+  discovery = [
+    time_discovery(layers, dim, heads)
+    for layers, dim, heads in ((1, 64, 4), (4, 256, 4), (12, 768, 12))
+  ]
+  print_table(
+    discovery,
+    ["model", "params_M", "seconds", "families", "heads_families", "units_families", "groups"],
+    "discovery time (best of 3)",
+  )
   steps = step_ratio(256, 8, args.rounds, args.steps) + step_ratio(768, 12, args.rounds, 5)
-  print_table(steps, ["method", "tree", "per_leaf_ms", "coupled_ms", "coupled / per-leaf"],
-              "optimizer step, coupled vs per-leaf groups (interleaved medians)")
+  print_table(
+    steps,
+    ["method", "tree", "per_leaf_ms", "coupled_ms", "coupled / per-leaf"],
+    "optimizer step, coupled vs per-leaf groups (interleaved medians)",
+  )
   write_json("discovery", {"discovery": discovery, "step": steps, "rounds": args.rounds})
 
 

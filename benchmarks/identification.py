@@ -40,30 +40,43 @@ def main():
   for seed in range(args.seeds):
     problem = identification.group_sparse_logistic(seed)
     opt = identification.solve_optimum(problem, args.strength)
-    print(f"seed {seed}: optimal support {int(opt.support.sum())}/{len(opt.support)} groups, "
-          f"KKT residual {opt.kkt_residual:.1e}, screening margin of the zero groups "
-          f"{opt.margin:.2e}")
+    print(
+      f"seed {seed}: optimal support {int(opt.support.sum())}/{len(opt.support)} groups, "
+      f"KKT residual {opt.kkt_residual:.1e}, screening margin of the zero groups "
+      f"{opt.margin:.2e}"
+    )
     for name, tx in identification.stagewise_methods(args.strength, args.steps).items():
       run = identification.track_supports(tx, problem, args.steps, args.batch, seed)
-      result = {"seed": seed, "method": name,
-                **identification.summarize(run["supports"], opt.support),
-                "distance_to_optimum": float(np.linalg.norm(run["structured"] - opt.kernel))}
+      result = {
+        "seed": seed,
+        "method": name,
+        **identification.summarize(run["supports"], opt.support),
+        "distance_to_optimum": float(np.linalg.norm(run["structured"] - opt.kernel)),
+      }
       per_seed.append(result)
   for name in identification.stagewise_methods(args.strength, args.steps):
     results = [r for r in per_seed if r["method"] == name]
     ids = [r["identified_at"] for r in results]
-    rows.append({
+    rows.append(
+      {
         "method": name,
         "identified": f"{sum(i is not None for i in ids)}/{len(ids)}",
-        "identified_at (median)": (int(np.median([i for i in ids if i is not None]))
-                                   if any(i is not None for i in ids) else "never"),
+        "identified_at (median)": (
+          int(np.median([i for i in ids if i is not None]))
+          if any(i is not None for i in ids)
+          else "never"
+        ),
         "final_error (mean)": float(np.mean([r["final_error"] for r in results])),
         "changes_2nd_half (mean)": float(np.mean([r["changes_second_half"] for r in results])),
         "on_optimal_support": float(np.mean([r["steps_on_optimal_support"] for r in results])),
         "dist_to_opt (mean)": float(np.mean([r["distance_to_optimum"] for r in results])),
-    })
-  _harness.print_table(rows, list(rows[0]), f"support identification over {args.seeds} seeds, "
-                                            f"{args.steps} steps of batch {args.batch}")
+      }
+    )
+  _harness.print_table(
+    rows,
+    list(rows[0]),
+    f"support identification over {args.seeds} seeds, {args.steps} steps of batch {args.batch}",
+  )
   _harness.write_json("identification", {"args": vars(args), "summary": rows, "runs": per_seed})
 
 

@@ -45,18 +45,36 @@ def run(args, model, optimizer, seed, regularizer="none", strength=0.0, sparsity
   heavy_ball = optimizer in ("sgd", "rigl")
   milestones = tuple(sorted({max(args.epochs // 2, 1), max(3 * args.epochs // 4, 1)}))
   config = train.TrainConfig(
-      model=model, dataset=args.dataset, optimizer=optimizer, regularizer=regularizer,
-      strength=strength, epochs=args.epochs, batch_size=args.batch_size, milestones=milestones,
-      learning_rate=args.sgd_lr if heavy_ball else None,
-      seed=seed, hidden=(256, 128), sparsity=sparsity, progress=False, plots=False,
-      checkpoint_every=10**9, overwrite=True,
-      out=os.path.join(args.work, f"{model}-{optimizer}-{regularizer}-{strength:g}-{sparsity:.4f}-{seed}"
-                                  + (f"-lr{args.sgd_lr:g}" if heavy_ball else "")))
+    model=model,
+    dataset=args.dataset,
+    optimizer=optimizer,
+    regularizer=regularizer,
+    strength=strength,
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    milestones=milestones,
+    learning_rate=args.sgd_lr if heavy_ball else None,
+    seed=seed,
+    hidden=(256, 128),
+    sparsity=sparsity,
+    progress=False,
+    plots=False,
+    checkpoint_every=10**9,
+    overwrite=True,
+    out=os.path.join(
+      args.work,
+      f"{model}-{optimizer}-{regularizer}-{strength:g}-{sparsity:.4f}-{seed}"
+      + (f"-lr{args.sgd_lr:g}" if heavy_ball else ""),
+    ),
+  )
   last = _finished(config)
   if last is None:
     last = train.run(config, log=lambda line: None).history[-1]
-  print(f"  {model} {optimizer} {regularizer} lambda={strength:g} seed={seed}: "
-        f"acc {last['val_accuracy']:.4f} sparsity {last['weight_sparsity']:.4f}", flush=True)
+  print(
+    f"  {model} {optimizer} {regularizer} lambda={strength:g} seed={seed}: "
+    f"acc {last['val_accuracy']:.4f} sparsity {last['weight_sparsity']:.4f}",
+    flush=True,
+  )
   return last
 
 
@@ -67,7 +85,11 @@ def _finished(config):
   except (OSError, ValueError):
     return None
   same = json.loads(json.dumps(dataclasses.asdict(config))) == log["config"]
-  return log["epochs"][-1] if same and log["epochs"] and log["epochs"][-1]["epoch"] == config.epochs else None
+  return (
+    log["epochs"][-1]
+    if same and log["epochs"] and log["epochs"][-1]["epoch"] == config.epochs
+    else None
+  )
 
 
 def sweep(args, model):
@@ -105,8 +127,9 @@ def main():
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--targets", type=float, nargs="+", default=[0.90, 0.95, 0.98])
   parser.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
-  parser.add_argument("--sgd-lr", type=float, default=0.02,
-                      help="learning rate of dense SGD and RigL (momentum 0.9)")
+  parser.add_argument(
+    "--sgd-lr", type=float, default=0.02, help="learning rate of dense SGD and RigL (momentum 0.9)"
+  )
   parser.add_argument("--refine", type=int, default=3, help="interpolation steps per target")
   parser.add_argument("--work", default="/tmp/rmda_jax_pruning")
   args = parser.parse_args()
@@ -115,30 +138,50 @@ def main():
   for model in args.models:
     print(f"{model}: L1 strength sweep for RMDA (seed 0)", flush=True)
     swept = sweep(args, model)
-    runs += [{"model": model, "method": "rmda+l1 sweep", "strength": lam, **r} for lam, r in swept.items()]
+    runs += [
+      {"model": model, "method": "rmda+l1 sweep", "strength": lam, **r} for lam, r in swept.items()
+    ]
     dense = [run(args, model, "sgd", seed) for seed in range(args.seeds)]
     ternary = [run(args, model, "rmda", seed, "ternary") for seed in range(args.seeds)]
+
     def row(target, method, lam, results):
       acc = stats([r["val_accuracy"] for r in results])
       on_set = [r["on_set_fraction"] for r in results if "on_set_fraction" in r]
-      return {"model": model, "target": target, "method": method, "lambda": lam,
-              "sparsity %": f"{100 * np.mean([r['weight_sparsity'] for r in results]):.2f}",
-              "val acc %": f"{100 * acc[0]:.2f} +- {100 * acc[1]:.2f}",
-              "on {-a,0,a} %": f"{100 * np.mean(on_set):.1f}" if on_set else "-"}
+      return {
+        "model": model,
+        "target": target,
+        "method": method,
+        "lambda": lam,
+        "sparsity %": f"{100 * np.mean([r['weight_sparsity'] for r in results]):.2f}",
+        "val acc %": f"{100 * acc[0]:.2f} +- {100 * acc[1]:.2f}",
+        "on {-a,0,a} %": f"{100 * np.mean(on_set):.1f}" if on_set else "-",
+      }
 
     for target in args.targets:
       lam = min(swept, key=lambda l: abs(swept[l]["weight_sparsity"] - target))
-      rmda_runs = [swept[lam]] + [run(args, model, "rmda", seed, "l1", lam) for seed in range(1, args.seeds)]
+      rmda_runs = [swept[lam]] + [
+        run(args, model, "rmda", seed, "l1", lam) for seed in range(1, args.seeds)
+      ]
       reached = float(np.mean([r["weight_sparsity"] for r in rmda_runs]))
       rigl_runs = [run(args, model, "rigl", seed, sparsity=reached) for seed in range(args.seeds)]
-      rows += [row(f"{target:.0%}", "rmda + l1", lam, rmda_runs), row(f"{target:.0%}", "rigl", "-", rigl_runs)]
-      runs += [{"model": model, "method": "rmda+l1", "target": target, "strength": lam, **r} for r in rmda_runs]
+      rows += [
+        row(f"{target:.0%}", "rmda + l1", lam, rmda_runs),
+        row(f"{target:.0%}", "rigl", "-", rigl_runs),
+      ]
+      runs += [
+        {"model": model, "method": "rmda+l1", "target": target, "strength": lam, **r}
+        for r in rmda_runs
+      ]
       runs += [{"model": model, "method": "rigl", "target": target, **r} for r in rigl_runs]
     rows += [row("-", "dense sgd", "-", dense), row("ternary", "rmda", "-", ternary)]
     runs += [{"model": model, "method": "rmda ternary", **r} for r in ternary]
     runs += [{"model": model, "method": "dense sgd", **r} for r in dense]
-  _harness.print_table(rows, list(rows[0]), f"RMDA + L1 vs RigL at matched sparsity on {args.dataset}, "
-                                            f"{args.epochs} epochs, {args.seeds} seeds (mean +- std)")
+  _harness.print_table(
+    rows,
+    list(rows[0]),
+    f"RMDA + L1 vs RigL at matched sparsity on {args.dataset}, "
+    f"{args.epochs} epochs, {args.seeds} seeds (mean +- std)",
+  )
   _harness.write_json("pruning", {"args": vars(args), "rows": rows, "runs": runs})
 
 

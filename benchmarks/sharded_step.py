@@ -18,7 +18,9 @@ import os
 import sys
 
 if "--gpu" not in sys.argv:
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  )
 
 import argparse  # noqa: E402
 
@@ -37,6 +39,7 @@ def layout_specs(params, layout, mesh):
     axes = [None] * x.ndim
     axes[-1] = "model" if x.shape[-1] % mesh.shape["model"] == 0 else None
     return NamedSharding(mesh, P(*axes))
+
   return jax.tree_util.tree_map(spec, params)
 
 
@@ -45,13 +48,17 @@ def main():
   parser.add_argument("--tree", default="lenet5", choices=list(TREES))
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--gpu", action="store_true", help="use the accelerator's devices (no simulated CPUs)")
+  parser.add_argument(
+    "--gpu", action="store_true", help="use the accelerator's devices (no simulated CPUs)"
+  )
   args = parser.parse_args()
 
   devices = jax.devices()
   n = len(devices)
   model_axis = 4 if n % 4 == 0 else n
-  mesh = jax.make_mesh((n // model_axis, model_axis), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  mesh = jax.make_mesh(
+    (n // model_axis, model_axis), ("data", "model"), axis_types=(AxisType.Auto,) * 2
+  )
   make, shape = TREES[args.tree]
   params = make().init(jax.random.PRNGKey(0), jnp.zeros(shape))["params"]
   rows = []
@@ -66,10 +73,19 @@ def main():
       runners[name], _ = make_runner(tx, placed, grads, args.steps)
     medians = _harness.interleaved_medians(runners, args.rounds, args.steps)
     for name, seconds in medians.items():
-      rows.append({"layout": layout, "devices": 1 if layout == "single_device" else n,
-                   "optimizer": name, "ms_per_step": 1e3 * seconds})
-  _harness.print_table(rows, ["layout", "devices", "optimizer", "ms_per_step"],
-                       f"{args.tree} on {jax.default_backend()} ({n} devices, mesh {dict(mesh.shape)})")
+      rows.append(
+        {
+          "layout": layout,
+          "devices": 1 if layout == "single_device" else n,
+          "optimizer": name,
+          "ms_per_step": 1e3 * seconds,
+        }
+      )
+  _harness.print_table(
+    rows,
+    ["layout", "devices", "optimizer", "ms_per_step"],
+    f"{args.tree} on {jax.default_backend()} ({n} devices, mesh {dict(mesh.shape)})",
+  )
   _harness.write_json("sharded_step", {"args": vars(args), "rows": rows})
 
 

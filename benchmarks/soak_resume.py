@@ -34,24 +34,41 @@ import numpy as np
 import _harness
 from rmda_jax.app import train
 
-ARGS = ["--hidden", "16", "--batch-size", "32", "--milestones", "1", "--no-progress", "--no-plots", "--epochs", "4",
-        "--checkpoint-every", "1"]
+ARGS = [
+  "--hidden",
+  "16",
+  "--batch-size",
+  "32",
+  "--milestones",
+  "1",
+  "--no-progress",
+  "--no-plots",
+  "--epochs",
+  "4",
+  "--checkpoint-every",
+  "1",
+]
 FAULTS = {
-    "SIGINT random": ((signal.SIGINT,), "random"),
-    "SIGINT in save": ((signal.SIGINT,), "save"),
-    "SIGTERM random": ((signal.SIGTERM,), "random"),
-    "SIGTERM in save": ((signal.SIGTERM,), "save"),
-    "2x SIGINT in save": ((signal.SIGINT, signal.SIGINT), "save"),
-    "SIGKILL random": ((signal.SIGKILL,), "random"),
-    "SIGKILL in save": ((signal.SIGKILL,), "save"),
+  "SIGINT random": ((signal.SIGINT,), "random"),
+  "SIGINT in save": ((signal.SIGINT,), "save"),
+  "SIGTERM random": ((signal.SIGTERM,), "random"),
+  "SIGTERM in save": ((signal.SIGTERM,), "save"),
+  "2x SIGINT in save": ((signal.SIGINT, signal.SIGINT), "save"),
+  "SIGKILL random": ((signal.SIGKILL,), "random"),
+  "SIGKILL in save": ((signal.SIGKILL,), "save"),
 }
 
 
 def launch(args, env, fault, rng, pause):
   """Run the training module; send ``fault`` = (signals, moment). Returns (exit code, output lines, seconds)."""
   started = time.perf_counter()
-  proc = subprocess.Popen([sys.executable, "-m", "rmda_jax", "train", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "rmda_jax", "train", *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=env,
+  )
   lines = queue.Queue()
 
   def read():
@@ -75,9 +92,15 @@ def launch(args, env, fault, rng, pause):
     if timer is None and signals:
       if moment == "random":
         timer = threading.Timer(rng.uniform(0.0, 3.0), send)
-      elif moment == "save" and line.startswith("checkpoint save window") and signals != (signal.SIGKILL,):
+      elif (
+        moment == "save"
+        and line.startswith("checkpoint save window")
+        and signals != (signal.SIGKILL,)
+      ):
         timer = threading.Timer(0.0, send)
-      elif moment == "save" and line.startswith("checkpoint write"):  # SIGKILL: inside orbax's write, or just after
+      elif moment == "save" and line.startswith(
+        "checkpoint write"
+      ):  # SIGKILL: inside orbax's write, or just after
         timer = threading.Timer(rng.uniform(0.0, 0.1), send)
       if timer is not None:
         timer.start()
@@ -97,23 +120,37 @@ def identical(out, reference) -> bool:
     return False
   a = jax.tree_util.tree_leaves(train.load_run(out)[3:])
   b = jax.tree_util.tree_leaves(train.load_run(reference)[3:])
-  return len(a) == len(b) and all(np.asarray(x).dtype == np.asarray(y).dtype
-                                  and np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(a, b))
+  return len(a) == len(b) and all(
+    np.asarray(x).dtype == np.asarray(y).dtype
+    and np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    for x, y in zip(a, b)
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tries", type=int, default=5)
   parser.add_argument("--max-interrupts", type=int, default=6, help="per try, before it may finish")
-  parser.add_argument("--save-pause", type=float, default=0.25,
-                      help="seconds the test hook pauses before and after each checkpoint write")
+  parser.add_argument(
+    "--save-pause",
+    type=float,
+    default=0.25,
+    help="seconds the test hook pauses before and after each checkpoint write",
+  )
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--work", default=None, help="directory for the runs (default: a temporary one)")
+  parser.add_argument(
+    "--work", default=None, help="directory for the runs (default: a temporary one)"
+  )
   args = parser.parse_args()
   work = args.work or tempfile.mkdtemp(prefix="rmda_jax_soak_")
   rng = np.random.default_rng(args.seed)
-  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=os.path.join(work, "jax-cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = dict(
+    os.environ,
+    PYTHONUNBUFFERED="1",
+    JAX_COMPILATION_CACHE_DIR=os.path.join(work, "jax-cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   reference = os.path.join(work, "reference")
   code, output, _ = launch([*ARGS, "--out", reference, "--overwrite"], env, None, rng, 0.0)
   if code != 0:
@@ -121,9 +158,17 @@ def main():
   env[train.SAVE_PAUSE_ENV] = str(args.save_pause)
 
   # (a SIGKILLed process can print nothing: its message column is "-")
-  per_fault = {name: {"fault": name, "sent": 0, "exit as expected": 0,
-                      "one-line message": None if FAULTS[name][0][0] == signal.SIGKILL else 0,
-                      "next run resumed": 0, "left a partial step": 0} for name in FAULTS}
+  per_fault = {
+    name: {
+      "fault": name,
+      "sent": 0,
+      "exit as expected": 0,
+      "one-line message": None if FAULTS[name][0][0] == signal.SIGKILL else 0,
+      "next run resumed": 0,
+      "left a partial step": 0,
+    }
+    for name in FAULTS
+  }
   tries, events, problem_log = [], [], []
   for t in range(args.tries):
     out = os.path.join(work, f"try{t}")
@@ -132,35 +177,57 @@ def main():
     pending = None  # the fault sent to the previous process, credited when the next one resumes
     while True:
       name = str(rng.choice(list(FAULTS))) if interrupts < args.max_interrupts else None
-      code, output, seconds = launch(command, env, FAULTS[name] if name else None, rng, args.save_pause)
+      code, output, seconds = launch(
+        command, env, FAULTS[name] if name else None, rng, args.save_pause
+      )
       processes += 1
       text = "\n".join(output)
       for bad in ("Traceback", "damaged", "error"):
         if bad in text:
-          problems.append(f"process {processes} (after {name or 'no fault'}): {bad!r} in its output: "
-                          + " | ".join(line for line in output if line.strip())[-2000:])
+          problems.append(
+            f"process {processes} (after {name or 'no fault'}): {bad!r} in its output: "
+            + " | ".join(line for line in output if line.strip())[-2000:]
+          )
       if pending is not None and any(line.startswith("resumed from") for line in output):
         per_fault[pending]["next run resumed"] += 1
       pending = None
       if code == 0:
         break
       if name is None:
-        problems.append(f"process {processes} (no fault) failed with exit code {code}: "
-                        + " | ".join(line for line in output if line.strip())[-2000:])
+        problems.append(
+          f"process {processes} (no fault) failed with exit code {code}: "
+          + " | ".join(line for line in output if line.strip())[-2000:]
+        )
         break
       interrupts += 1
       signals = FAULTS[name][0]
       per_fault[name]["sent"] += 1
-      left = sorted(os.listdir(os.path.join(out, "checkpoint"))) if os.path.isdir(os.path.join(out, "checkpoint")) else []
-      events.append({"try": t, "fault": name, "exit": code, "seconds": round(seconds, 2), "checkpoint dir after": left})
-      per_fault[name]["left a partial step"] += any(not n.isdigit() for n in left)  # orbax's temporary step
+      left = (
+        sorted(os.listdir(os.path.join(out, "checkpoint")))
+        if os.path.isdir(os.path.join(out, "checkpoint"))
+        else []
+      )
+      events.append(
+        {
+          "try": t,
+          "fault": name,
+          "exit": code,
+          "seconds": round(seconds, 2),
+          "checkpoint dir after": left,
+        }
+      )
+      per_fault[name]["left a partial step"] += any(
+        not n.isdigit() for n in left
+      )  # orbax's temporary step
       if signals[0] == signal.SIGKILL:
         per_fault[name]["exit as expected"] += code == -signal.SIGKILL
         has_step = any(n.isdigit() for n in left)
         command = [*ARGS, "--out", out] + (["--resume"] if has_step else ["--overwrite"])
         pending = name if has_step else None
         if not has_step:
-          per_fault[name]["next run resumed"] += 1  # killed before the first checkpoint: started again
+          per_fault[name]["next run resumed"] += (
+            1  # killed before the first checkpoint: started again
+          )
         continue
       per_fault[name]["exit as expected"] += code == 128 + signals[0]
       message = output[-1] if output else ""
@@ -170,14 +237,25 @@ def main():
         command = words[2:]
         pending = name if "--resume" in command else None
         if "--resume" not in command:
-          per_fault[name]["next run resumed"] += 1  # interrupted before the first checkpoint: started again
+          per_fault[name]["next run resumed"] += (
+            1  # interrupted before the first checkpoint: started again
+          )
       else:
         problems.append(f"process {processes}: no resume message after {name}: {message!r}")
         break
     same = code == 0 and identical(out, reference)
     leftovers = [n for n in os.listdir(os.path.join(out, "checkpoint")) if not n.isdigit()]
-    tries.append({"try": t, "interrupts": interrupts, "processes": processes, "finished": code == 0,
-                  "identical to uninterrupted": same, "leftovers": len(leftovers), "problems": len(problems)})
+    tries.append(
+      {
+        "try": t,
+        "interrupts": interrupts,
+        "processes": processes,
+        "finished": code == 0,
+        "identical to uninterrupted": same,
+        "leftovers": len(leftovers),
+        "problems": len(problems),
+      }
+    )
     problem_log.extend({"try": t, "problem": p} for p in problems)
     for p in problems:
       print(f"try {t}: {p}")
@@ -186,9 +264,19 @@ def main():
   _harness.print_table(list(per_fault.values()), list(per_fault["SIGINT random"]), "interrupts")
   _harness.print_table(tries, list(tries[0]), "tries")
   lost = sum(not t["identical to uninterrupted"] for t in tries)
-  print(f"\n{sum(t['interrupts'] for t in tries)} interrupts in {len(tries)} tries; runs lost or changed: {lost}")
-  _harness.write_json("soak_resume", {"args": vars(args), "faults": list(per_fault.values()), "tries": tries,
-                                      "events": events, "problems": problem_log})
+  print(
+    f"\n{sum(t['interrupts'] for t in tries)} interrupts in {len(tries)} tries; runs lost or changed: {lost}"
+  )
+  _harness.write_json(
+    "soak_resume",
+    {
+      "args": vars(args),
+      "faults": list(per_fault.values()),
+      "tries": tries,
+      "events": events,
+      "problems": problem_log,
+    },
+  )
 
 
 if __name__ == "__main__":

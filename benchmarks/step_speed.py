@@ -57,23 +57,23 @@ from rmda_jax.app import data as datasets
 from rmda_jax.app import models
 
 TREES = {
-    "lenet5": (lambda: models.LeNet5(), (1, 28, 28, 1)),
-    "mlp": (lambda: models.MLP(hidden=(512, 256, 128)), (1, 784)),
-    "vgg16": (lambda: models.VGG.vgg16(), (1, 32, 32, 3)),
-    "transformer_block": (lambda: models.TransformerBlock(dim=512), (1, 16, 512)),
+  "lenet5": (lambda: models.LeNet5(), (1, 28, 28, 1)),
+  "mlp": (lambda: models.MLP(hidden=(512, 256, 128)), (1, 784)),
+  "vgg16": (lambda: models.VGG.vgg16(), (1, 32, 32, 3)),
+  "transformer_block": (lambda: models.TransformerBlock(dim=512), (1, 16, 512)),
 }
 
 
 def optimizers():
   reg = rmda_jax.group_lasso(1e-4)
   return {
-      "optax.sgd": (optax.sgd(0.1, momentum=0.9), None),
-      "optax.adamw": (optax.adamw(1e-3), None),
-      "rmda": (rmda_jax.rmda(0.1, momentum=0.1, regularizer=reg), "optax.sgd"),
-      "prox_sgd": (rmda_jax.prox_sgd(0.1, regularizer=reg), "optax.sgd"),
-      "ramda": (rmda_jax.ramda(1e-2, momentum=0.1, regularizer=reg), "optax.adamw"),
-      "prox_adamw": (rmda_jax.prox_adamw(1e-3, regularizer=reg), "optax.adamw"),
-      "prox_ssi": (rmda_jax.prox_ssi(1e-3, regularizer=reg), "optax.adamw"),
+    "optax.sgd": (optax.sgd(0.1, momentum=0.9), None),
+    "optax.adamw": (optax.adamw(1e-3), None),
+    "rmda": (rmda_jax.rmda(0.1, momentum=0.1, regularizer=reg), "optax.sgd"),
+    "prox_sgd": (rmda_jax.prox_sgd(0.1, regularizer=reg), "optax.sgd"),
+    "ramda": (rmda_jax.ramda(1e-2, momentum=0.1, regularizer=reg), "optax.adamw"),
+    "prox_adamw": (rmda_jax.prox_adamw(1e-3, regularizer=reg), "optax.adamw"),
+    "prox_ssi": (rmda_jax.prox_ssi(1e-3, regularizer=reg), "optax.adamw"),
   }
 
 
@@ -111,8 +111,11 @@ def make_runner(tx, params, grads, steps, mode):
     call = jax.jit(one, donate_argnums=(0, 1), compiler_options=options)
     calls_per_run = steps
   else:
+
     def many(params, state):
-      (params, state), _ = jax.lax.scan(lambda carry, _: (one(*carry), None), (params, state), None, length=steps)
+      (params, state), _ = jax.lax.scan(
+        lambda carry, _: (one(*carry), None), (params, state), None, length=steps
+      )
       return params, state
 
     call = jax.jit(many, donate_argnums=(0, 1))
@@ -127,7 +130,12 @@ def make_runner(tx, params, grads, steps, mode):
       holder["p"], holder["s"] = call(holder["p"], holder["s"])
     _harness.block(holder["p"])
 
-  return run, tree_bytes(state), (memory.temp_size_in_bytes if memory is not None else None), compiled.as_text()
+  return (
+    run,
+    tree_bytes(state),
+    (memory.temp_size_in_bytes if memory is not None else None),
+    compiled.as_text(),
+  )
 
 
 def speed(tree_names, rounds, steps, modes):
@@ -137,18 +145,25 @@ def speed(tree_names, rounds, steps, modes):
     make, shape = TREES[tree_name]
     params = make().init(jax.random.PRNGKey(0), jnp.zeros(shape))["params"]
     grads = jax.tree_util.tree_map(
-        lambda p: 1e-2 * jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params)
+      lambda p: 1e-2 * jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params
+    )
     count, pbytes = models.num_params(params), tree_bytes(params)
     for mode in modes:
       runners, state_bytes, temp_bytes, xla_bytes = {}, {}, {}, {}
       for name, (tx, _) in optimizers().items():
-        runners[name], state_bytes[name], temp_bytes[name], hlo_text = make_runner(tx, params, grads, steps, mode)
+        runners[name], state_bytes[name], temp_bytes[name], hlo_text = make_runner(
+          tx, params, grads, steps, mode
+        )
         xla_bytes[name] = _xla_traffic.traffic(hlo_text, runners[name]) / steps
       medians = _harness.interleaved_medians(runners, rounds, steps)
       for name, (_, base) in optimizers().items():
         moved = pbytes + 2 * state_bytes[name] + 2 * pbytes  # grads in; state and params in and out
-        rows.append({
-            "tree": tree_name, "params": count, "mode": mode, "optimizer": name,
+        rows.append(
+          {
+            "tree": tree_name,
+            "params": count,
+            "mode": mode,
+            "optimizer": name,
             "ms_per_step": 1e3 * medians[name],
             "ratio": None if base is None else medians[name] / medians[base],
             "baseline": base,
@@ -159,7 +174,8 @@ def speed(tree_names, rounds, steps, modes):
             "xla_MB": xla_bytes[name] / 1e6,
             "xla_ratio": None if base is None else xla_bytes[name] / xla_bytes[base],
             "xla_bandwidth_fraction": xla_bytes[name] / medians[name] / bandwidth,
-        })
+          }
+        )
       del runners
   return rows, bandwidth
 
@@ -170,8 +186,14 @@ def inner_iterations(steps, warmup):
     ds = datasets.load("mnist_subset")
   except datasets.DataError:
     ds = datasets.load("digits")
-    ds = datasets.Dataset(ds.name, np.asarray(jax.image.resize(ds.x_train, (len(ds.x_train), 28, 28, 1), "linear")),
-                               ds.y_train, ds.x_test, ds.y_test, 10)
+    ds = datasets.Dataset(
+      ds.name,
+      np.asarray(jax.image.resize(ds.x_train, (len(ds.x_train), 28, 28, 1), "linear")),
+      ds.y_train,
+      ds.x_test,
+      ds.y_test,
+      10,
+    )
   model = models.LeNet5()
   params0 = model.init(jax.random.PRNGKey(0), ds.x_train[:1])["params"]
   gl, nuc = rmda_jax.group_lasso(1e-4), rmda_jax.nuclear_norm(1e-4)
@@ -179,11 +201,13 @@ def inner_iterations(steps, warmup):
   # every nuclear-norm iteration is an SVD of each kernel (800 x 500 for fc1): cap it lower
   pgd_nuclear = rmda_jax.prox.ProximalGradient(max_iters=10, tol=1e-4)
   configs = {
-      "ramda group_lasso exact": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=gl),
-      "ramda group_lasso pgd": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=gl, solver=pgd),
-      "ramda nuclear pgd (cap 10)": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=nuc, solver=pgd_nuclear),
-      "prox_adamw group_lasso exact": rmda_jax.prox_adamw(1e-3, regularizer=gl),
-      "prox_adamw group_lasso pgd": rmda_jax.prox_adamw(1e-3, regularizer=gl, solver=pgd),
+    "ramda group_lasso exact": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=gl),
+    "ramda group_lasso pgd": rmda_jax.ramda(1e-2, momentum=0.1, regularizer=gl, solver=pgd),
+    "ramda nuclear pgd (cap 10)": rmda_jax.ramda(
+      1e-2, momentum=0.1, regularizer=nuc, solver=pgd_nuclear
+    ),
+    "prox_adamw group_lasso exact": rmda_jax.prox_adamw(1e-3, regularizer=gl),
+    "prox_adamw group_lasso pgd": rmda_jax.prox_adamw(1e-3, regularizer=gl, solver=pgd),
   }
 
   def loss_fn(p, x, y):
@@ -191,6 +215,7 @@ def inner_iterations(steps, warmup):
 
   rows = []
   for name, tx in configs.items():
+
     @jax.jit
     def step(p, s, x, y):
       g = jax.grad(loss_fn)(p, x, y)
@@ -207,10 +232,16 @@ def inner_iterations(steps, warmup):
         residuals.append(float(s.solver_info.residual))
         if len(its) >= steps:
           break
-    rows.append({"config": name, "dataset": ds.name, "steps": steps,
-                 "mean_inner_iterations": float(np.mean(its[warmup:])),
-                 "max_inner_iterations": int(np.max(its[warmup:])),
-                 "median_residual": float(np.median(residuals[warmup:]))})
+    rows.append(
+      {
+        "config": name,
+        "dataset": ds.name,
+        "steps": steps,
+        "mean_inner_iterations": float(np.mean(its[warmup:])),
+        "max_inner_iterations": int(np.max(its[warmup:])),
+        "median_residual": float(np.median(residuals[warmup:])),
+      }
+    )
   return rows
 
 
@@ -218,16 +249,28 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES))
   parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--steps", type=int, default=10, help="steps per timed round (one lax.scan call in scan mode)")
-  parser.add_argument("--mode", nargs="+", choices=("inplace", "scan", "inplace_reassoc", "both", "all"),
-                      default=["both"], help="both = inplace scan; all = the three")
+  parser.add_argument(
+    "--steps", type=int, default=10, help="steps per timed round (one lax.scan call in scan mode)"
+  )
+  parser.add_argument(
+    "--mode",
+    nargs="+",
+    choices=("inplace", "scan", "inplace_reassoc", "both", "all"),
+    default=["both"],
+    help="both = inplace scan; all = the three",
+  )
   parser.add_argument("--inner-steps", type=int, default=120)
   parser.add_argument("--warmup", type=int, default=30)
   parser.add_argument("--skip-inner", action="store_true")
-  parser.add_argument("--name", default="step_speed", help="results/<name>.json (a partial run need not overwrite)")
-  parser.add_argument("--keep-freed-memory", action="store_true",
-                      help="call rmda_jax.cpu.keep_freed_memory() first (process-wide: every optimizer, the "
-                           "baselines too, then reuses its temporaries' pages instead of page-faulting them)")
+  parser.add_argument(
+    "--name", default="step_speed", help="results/<name>.json (a partial run need not overwrite)"
+  )
+  parser.add_argument(
+    "--keep-freed-memory",
+    action="store_true",
+    help="call rmda_jax.cpu.keep_freed_memory() first (process-wide: every optimizer, the "
+    "baselines too, then reuses its temporaries' pages instead of page-faulting them)",
+  )
   args = parser.parse_args()
   if args.keep_freed_memory and not rmda_jax.cpu.keep_freed_memory():
     parser.error("--keep-freed-memory: glibc's mallopt is not available or refused the settings")
@@ -235,18 +278,50 @@ def main():
   expand = {"both": ("inplace", "scan"), "all": ("inplace", "scan", "inplace_reassoc")}
   modes = tuple(dict.fromkeys(m for mode in args.mode for m in expand.get(mode, (mode,))))
   rows, bandwidth = speed(args.trees, args.rounds, args.steps, modes)
-  _harness.print_table(rows, ["tree", "params", "mode", "optimizer", "ms_per_step", "ratio", "baseline",
-                              "state_B_per_param", "temp_MB", "MB_moved", "bandwidth_fraction",
-                              "xla_MB", "xla_ratio", "xla_bandwidth_fraction"],
-                       f"step time (median of {args.rounds} interleaved rounds); copy bandwidth "
-                       f"{bandwidth / 1e9:.1f} GB/s")
+  _harness.print_table(
+    rows,
+    [
+      "tree",
+      "params",
+      "mode",
+      "optimizer",
+      "ms_per_step",
+      "ratio",
+      "baseline",
+      "state_B_per_param",
+      "temp_MB",
+      "MB_moved",
+      "bandwidth_fraction",
+      "xla_MB",
+      "xla_ratio",
+      "xla_bandwidth_fraction",
+    ],
+    f"step time (median of {args.rounds} interleaved rounds); copy bandwidth "
+    f"{bandwidth / 1e9:.1f} GB/s",
+  )
   inner = [] if args.skip_inner else inner_iterations(args.inner_steps, args.warmup)
   if inner:
-    _harness.print_table(inner, ["config", "dataset", "steps", "mean_inner_iterations",
-                                 "max_inner_iterations", "median_residual"],
-                         f"inner iterations per step after {args.warmup} warm-up steps (LeNet5)")
-  _harness.write_json(args.name, {"args": vars(args), "copy_bandwidth_GBps": bandwidth / 1e9,
-                                     "speed": rows, "inner_iterations": inner})
+    _harness.print_table(
+      inner,
+      [
+        "config",
+        "dataset",
+        "steps",
+        "mean_inner_iterations",
+        "max_inner_iterations",
+        "median_residual",
+      ],
+      f"inner iterations per step after {args.warmup} warm-up steps (LeNet5)",
+    )
+  _harness.write_json(
+    args.name,
+    {
+      "args": vars(args),
+      "copy_bandwidth_GBps": bandwidth / 1e9,
+      "speed": rows,
+      "inner_iterations": inner,
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -50,30 +50,42 @@ from rmda_jax.cpu import options as compile_options
 from rmda_jax.app import models, steps
 
 BATCH = 128
-LR, MOMENTUM, STRENGTH = 0.1, 0.1, 1e-4   # RMDA's papers' settings; group-LASSO strength of the demo scale
+LR, MOMENTUM, STRENGTH = (
+  0.1,
+  0.1,
+  1e-4,
+)  # RMDA's papers' settings; group-LASSO strength of the demo scale
 SETTINGS = {  # label -> environment added for a fresh process
-    "fast math": {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"},
-    "oneDNN": {"XLA_FLAGS": "--xla_cpu_use_onednn=true"},
-    "no YNNPACK fusions": {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="},
-    "matmul precision bfloat16": {"JAX_DEFAULT_MATMUL_PRECISION": "bfloat16"},
+  "fast math": {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"},
+  "oneDNN": {"XLA_FLAGS": "--xla_cpu_use_onednn=true"},
+  "no YNNPACK fusions": {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="},
+  "matmul precision bfloat16": {"JAX_DEFAULT_MATMUL_PRECISION": "bfloat16"},
 }
 
 
 MODELS = {  # --model -> (the app's model, one input's shape); PyTorch rows for LeNet5 only
-    "lenet5": (models.LeNet5, (28, 28, 1)),
-    "vgg": (models.VGG, (32, 32, 3)),  # the app's default VGG (32-64-128-128 channels) on CIFAR-sized inputs
+  "lenet5": (models.LeNet5, (28, 28, 1)),
+  "vgg": (
+    models.VGG,
+    (32, 32, 3),
+  ),  # the app's default VGG (32-64-128-128 channels) on CIFAR-sized inputs
 }
 
 
 def batch(seed=0, shape=(28, 28, 1)):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=(BATCH, *shape)).astype(np.float32), rng.integers(0, 10, size=BATCH).astype(np.int32))
+  return (
+    rng.normal(size=(BATCH, *shape)).astype(np.float32),
+    rng.integers(0, 10, size=BATCH).astype(np.int32),
+  )
 
 
 def jax_optimizers():
-  return {"sgd": optax.sgd(LR, momentum=0.9),
-          "rmda": rmda_jax.rmda(LR, momentum=MOMENTUM, regularizer=rmda_jax.group_lasso(STRENGTH)),
-          "ramda": rmda_jax.ramda(1e-2, momentum=MOMENTUM, regularizer=rmda_jax.group_lasso(STRENGTH))}
+  return {
+    "sgd": optax.sgd(LR, momentum=0.9),
+    "rmda": rmda_jax.rmda(LR, momentum=MOMENTUM, regularizer=rmda_jax.group_lasso(STRENGTH)),
+    "ramda": rmda_jax.ramda(1e-2, momentum=MOMENTUM, regularizer=rmda_jax.group_lasso(STRENGTH)),
+  }
 
 
 def _reassociated_only() -> dict:
@@ -84,10 +96,10 @@ def _reassociated_only() -> dict:
 
 
 VARIANTS = {  # label suffix -> (donated, compiler options); "app": as rmda-jax train
-    "": (False, dict),
-    " donated": (True, dict),
-    " app ynnconv": (True, _reassociated_only),
-    " app": (True, rmda_jax.cpu.compiler_options),
+  "": (False, dict),
+  " donated": (True, dict),
+  " app ynnconv": (True, _reassociated_only),
+  " app": (True, rmda_jax.cpu.compiler_options),
 }
 
 
@@ -155,7 +167,7 @@ def torch_runners(x, y, threads):
             state["anchor"], state["grad_sum"] = p.detach().clone(), torch.zeros_like(p)
           state["grad_sum"].add_(p.grad, alpha=s)
           z = state["anchor"] - state["grad_sum"] / math.sqrt(self.k)
-          if p.dim() > 1:   # (out, in, ...) in PyTorch: a group is one input channel / feature
+          if p.dim() > 1:  # (out, in, ...) in PyTorch: a group is one input channel / feature
             dims = [d for d in range(p.dim()) if d != 1]
             size = p.numel() // p.shape[1]
             tau = self.alpha / math.sqrt(self.k) * group["strength"] * math.sqrt(size)
@@ -169,8 +181,11 @@ def torch_runners(x, y, threads):
   for name in ("sgd", "rmda"):
     torch.manual_seed(0)
     net = LeNet5()
-    opt = (torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9) if name == "sgd"
-           else RMDA(net.parameters(), LR, MOMENTUM, STRENGTH))
+    opt = (
+      torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
+      if name == "sgd"
+      else RMDA(net.parameters(), LR, MOMENTUM, STRENGTH)
+    )
 
     def run(net=net, opt=opt):
       opt.zero_grad(set_to_none=True)
@@ -245,9 +260,15 @@ def main():
   parser.add_argument("--rounds", type=int, default=25)
   parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
   parser.add_argument("--skip-flags", action="store_true", help="skip the XLA flag settings")
-  parser.add_argument("--model", choices=sorted(MODELS), default="lenet5",
-                      help="vgg: the app's small VGG on 32x32x3 inputs, JAX rows only")
-  parser.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)  # a flag setting's subprocess
+  parser.add_argument(
+    "--model",
+    choices=sorted(MODELS),
+    default="lenet5",
+    help="vgg: the app's small VGG on 32x32x3 inputs, JAX rows only",
+  )
+  parser.add_argument(
+    "--jax-only", action="store_true", help=argparse.SUPPRESS
+  )  # a flag setting's subprocess
   args = parser.parse_args()
 
   x, y = batch(shape=MODELS[args.model][1])
@@ -259,17 +280,29 @@ def main():
   def repeat(run):
     return lambda: [run() for _ in range(args.steps)]
 
-  medians = _harness.interleaved_medians({k: repeat(v[0]) for k, v in contestants.items()}, args.rounds, args.steps)
+  medians = _harness.interleaved_medians(
+    {k: repeat(v[0]) for k, v in contestants.items()}, args.rounds, args.steps
+  )
   if args.jax_only:
     print(json.dumps({k: 1e3 * v for k, v in medians.items()}))
     return
 
   base = medians.get("torch sgd")
-  rows = [{"step": name, "ms": 1e3 * t, "vs torch sgd": None if base is None else t / base,
-           "vs same framework's sgd": t / medians[_with_sgd(name)]} for name, t in medians.items()]
-  _harness.print_table(rows, ["step", "ms", "vs torch sgd", "vs same framework's sgd"],
-                       f"{args.model} training step, batch {BATCH} (median of {args.rounds} interleaved rounds of "
-                       f"{args.steps} steps)")
+  rows = [
+    {
+      "step": name,
+      "ms": 1e3 * t,
+      "vs torch sgd": None if base is None else t / base,
+      "vs same framework's sgd": t / medians[_with_sgd(name)],
+    }
+    for name, t in medians.items()
+  ]
+  _harness.print_table(
+    rows,
+    ["step", "ms", "vs torch sgd", "vs same framework's sgd"],
+    f"{args.model} training step, batch {BATCH} (median of {args.rounds} interleaved rounds of "
+    f"{args.steps} steps)",
+  )
 
   split = {}
   for name in ("jax sgd donated", "jax rmda donated", "jax sgd app", "jax rmda app"):
@@ -279,10 +312,12 @@ def main():
       # XLA's own convolution thunks run their work on Eigen's thread pool, outside the thunk's
       # profile event (which covers the dispatch only): their time is not in the profile.
       split[name].pop("convolution", None)
-  _harness.print_table([{"contestant": k, **v} for k, v in split.items()],
-                       ["contestant", "step", "convolution", "other thunks"],
-                       "where a JAX step's time goes (ms per step, one profile; thunks overlap on the threads; "
-                       "'-': XLA's convolutions, whose work the profile does not see)")
+  _harness.print_table(
+    [{"contestant": k, **v} for k, v in split.items()],
+    ["contestant", "step", "convolution", "other thunks"],
+    "where a JAX step's time goes (ms per step, one profile; thunks overlap on the threads; "
+    "'-': XLA's convolutions, whose work the profile does not see)",
+  )
 
   flags = {}
   if not args.skip_flags:
@@ -290,17 +325,43 @@ def main():
       env = dict(os.environ)
       for key, value in extra.items():
         env[key] = (env.get(key, "") + " " + value).strip() if key == "XLA_FLAGS" else value
-      out = subprocess.run([sys.executable, __file__, "--jax-only", "--rounds", str(max(args.rounds // 2, 5)),
-                            "--steps", str(args.steps), "--model", args.model], env=env, capture_output=True, text=True)
+      out = subprocess.run(
+        [
+          sys.executable,
+          __file__,
+          "--jax-only",
+          "--rounds",
+          str(max(args.rounds // 2, 5)),
+          "--steps",
+          str(args.steps),
+          "--model",
+          args.model,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+      )
       try:
         flags[label] = json.loads(out.stdout.strip().splitlines()[-1])
       except (IndexError, json.JSONDecodeError):
         flags[label] = {"error": (out.stderr or out.stdout).strip().splitlines()[-1:]}
-    _harness.print_table([{"setting": f"{label}: {SETTINGS[label]}", **v} for label, v in flags.items()],
-                         ["setting", *jax_side], "JAX step ms under XLA:CPU flags and JAX settings (separate processes)")
+    _harness.print_table(
+      [{"setting": f"{label}: {SETTINGS[label]}", **v} for label, v in flags.items()],
+      ["setting", *jax_side],
+      "JAX step ms under XLA:CPU flags and JAX settings (separate processes)",
+    )
 
-  _harness.write_json("train_step" if args.model == "lenet5" else f"train_step_{args.model}", {"args": vars(args), "batch": BATCH, "ms": {k: 1e3 * v for k, v in medians.items()},
-                                     "rows": rows, "profile_ms": split, "xla_flags_ms": flags})
+  _harness.write_json(
+    "train_step" if args.model == "lenet5" else f"train_step_{args.model}",
+    {
+      "args": vars(args),
+      "batch": BATCH,
+      "ms": {k: 1e3 * v for k, v in medians.items()},
+      "rows": rows,
+      "profile_ms": split,
+      "xla_flags_ms": flags,
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ release = importlib.metadata.version("rmda-jax")
 version = release
 
 extensions = [
-    "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
-    "sphinx.ext.viewcode",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.mathjax",
+  "sphinx.ext.viewcode",
 ]
 
 # Google-style docstrings (Args:, Returns:, Raises:, Example:), as optax and flax write them.
@@ -39,14 +39,14 @@ import pkgutil
 import rmda_jax
 
 LAYERS = (
-    ("rmda_jax.core", "core: numerics, checks, trees, groups"),
-    ("rmda_jax.prox", "prox: regularizers and subproblem solvers"),
-    ("rmda_jax.optim", "optim: optimizers and building blocks"),
-    ("rmda_jax.structure", "structure: discovery and metrics"),
-    ("rmda_jax.compaction", "compaction: smaller models"),
-    ("rmda_jax.cpu", "cpu: compiler options, memory, timing"),
-    ("rmda_jax.testing", "testing"),
-    ("rmda_jax.app", "app: the rmda-jax command"),
+  ("rmda_jax.core", "core: numerics, checks, trees, groups"),
+  ("rmda_jax.prox", "prox: regularizers and subproblem solvers"),
+  ("rmda_jax.optim", "optim: optimizers and building blocks"),
+  ("rmda_jax.structure", "structure: discovery and metrics"),
+  ("rmda_jax.compaction", "compaction: smaller models"),
+  ("rmda_jax.cpu", "cpu: compiler options, memory, timing"),
+  ("rmda_jax.testing", "testing"),
+  ("rmda_jax.app", "app: the rmda-jax command"),
 )
 
 
@@ -54,13 +54,24 @@ def _modules(package: str) -> list:
   module = __import__(package, fromlist=["_"])
   if not hasattr(module, "__path__"):
     return []
-  return sorted(m.name for m in pkgutil.walk_packages(module.__path__, package + ".")
-                if not m.name.endswith("__main__"))
+  return sorted(
+    m.name
+    for m in pkgutil.walk_packages(module.__path__, package + ".")
+    if not m.name.endswith("__main__")
+  )
 
 
 def _write_api_pages(root: str) -> None:
   os.makedirs(root, exist_ok=True)
-  index = ["API reference", "=============", "", ".. toctree::", "   :maxdepth: 2", "", "   rmda_jax"]
+  index = [
+    "API reference",
+    "=============",
+    "",
+    ".. toctree::",
+    "   :maxdepth: 2",
+    "",
+    "   rmda_jax",
+  ]
   top = ["rmda_jax", "========", "", ".. automodule:: rmda_jax", ""]
   pages = {"rmda_jax": "\n".join(top)}
   for package, title in LAYERS:

@@ -38,47 +38,80 @@ from rmda_jax import compaction, core, cpu, optim, prox, structure, testing
 from rmda_jax.compaction import compact, compact_function, compact_linen, compact_nnx
 from rmda_jax.core import Family, GroupRule, Groups, Slice, by_path
 from rmda_jax.optim import (
-    DualAveragingState,
-    ProxAdamState,
-    ProxSGDState,
-    RigLState,
-    Stagewise,
-    prox_adamw,
-    prox_sgd,
-    prox_ssi,
-    ramda,
-    rigl,
-    rmda,
-    stagewise,
-    structured_params,
+  DualAveragingState,
+  ProxAdamState,
+  ProxSGDState,
+  RigLState,
+  Stagewise,
+  prox_adamw,
+  prox_sgd,
+  prox_ssi,
+  ramda,
+  rigl,
+  rmda,
+  stagewise,
+  structured_params,
 )
 from rmda_jax.prox import (
-    LeafRegularizer,
-    Regularizer,
-    discrete_penalty,
-    discrete_set,
-    elastic_net,
-    group_lasso,
-    l1,
-    nuclear_norm,
+  LeafRegularizer,
+  Regularizer,
+  discrete_penalty,
+  discrete_set,
+  elastic_net,
+  group_lasso,
+  l1,
+  nuclear_norm,
 )
 from rmda_jax.structure import discover_groups, discover_linen, discover_nnx, metrics
 
 __version__ = "0.1.0"
 
 __all__ = [
-    # optimizers and their states
-    "rmda", "ramda", "prox_sgd", "prox_adamw", "prox_ssi", "rigl",
-    "DualAveragingState", "ProxSGDState", "ProxAdamState", "RigLState", "structured_params",
-    # schedules
-    "Stagewise", "stagewise",
-    # regularizers
-    "Regularizer", "LeafRegularizer", "group_lasso", "l1", "elastic_net", "nuclear_norm", "discrete_set",
-    "discrete_penalty",
-    # groups
-    "Groups", "Family", "Slice", "GroupRule", "by_path", "discover_groups", "discover_linen", "discover_nnx",
-    # compaction
-    "compact", "compact_function", "compact_linen", "compact_nnx",
-    # metrics and the subpackages
-    "metrics", "compaction", "core", "cpu", "optim", "prox", "structure", "testing",
+  # optimizers and their states
+  "rmda",
+  "ramda",
+  "prox_sgd",
+  "prox_adamw",
+  "prox_ssi",
+  "rigl",
+  "DualAveragingState",
+  "ProxSGDState",
+  "ProxAdamState",
+  "RigLState",
+  "structured_params",
+  # schedules
+  "Stagewise",
+  "stagewise",
+  # regularizers
+  "Regularizer",
+  "LeafRegularizer",
+  "group_lasso",
+  "l1",
+  "elastic_net",
+  "nuclear_norm",
+  "discrete_set",
+  "discrete_penalty",
+  # groups
+  "Groups",
+  "Family",
+  "Slice",
+  "GroupRule",
+  "by_path",
+  "discover_groups",
+  "discover_linen",
+  "discover_nnx",
+  # compaction
+  "compact",
+  "compact_function",
+  "compact_linen",
+  "compact_nnx",
+  # metrics and the subpackages
+  "metrics",
+  "compaction",
+  "core",
+  "cpu",
+  "optim",
+  "prox",
+  "structure",
+  "testing",
 ]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 
 HOST_PATTERNS = (
-    r"custom_call_target=\"[^\"]*callback[^\"]*\"",
-    r"custom_call_target=\"[^\"]*[Hh]ost[^\"]*\"",
-    r"\boutfeed\(",
-    r"\binfeed\(",
-    r"\bsend\(",
-    r"\brecv\(",
-    r"is_host_transfer=true",
+  r"custom_call_target=\"[^\"]*callback[^\"]*\"",
+  r"custom_call_target=\"[^\"]*[Hh]ost[^\"]*\"",
+  r"\boutfeed\(",
+  r"\binfeed\(",
+  r"\bsend\(",
+  r"\brecv\(",
+  r"is_host_transfer=true",
 )
 
 
@@ -35,4 +35,6 @@ def assert_no_host_transfers(jitted, *args, **kwargs) -> None:
   text = jitted.lower(*args, **kwargs).compile().as_text()
   found = host_transfers(text)
   if found:
-    raise AssertionError("host callbacks/transfers in the compiled step:\n  " + "\n  ".join(found[:10]))
+    raise AssertionError(
+      "host callbacks/transfers in the compiled step:\n  " + "\n  ".join(found[:10])
+    )

@@ -12,19 +12,22 @@ import sys
 import rmda_jax
 
 PACKAGE = pathlib.Path(rmda_jax.__file__).parent
-MODULES = sorted(m.name for m in pkgutil.walk_packages(rmda_jax.__path__, "rmda_jax.")
-                 if m.name != "rmda_jax.__main__")
+MODULES = sorted(
+  m.name
+  for m in pkgutil.walk_packages(rmda_jax.__path__, "rmda_jax.")
+  if m.name != "rmda_jax.__main__"
+)
 
 # What each layer may import besides itself: app -> compaction -> structure -> optim / prox -> core;
 # cpu (compiler options, memory, timing) and testing stand beside them and import nothing of the package.
 ALLOWED = {
-    "core": set(),
-    "cpu": set(),
-    "testing": set(),
-    "prox": {"core"},
-    "optim": {"prox", "core"},
-    "structure": {"prox", "core"},
-    "compaction": {"structure", "prox", "core", "cpu"},
+  "core": set(),
+  "cpu": set(),
+  "testing": set(),
+  "prox": {"core"},
+  "optim": {"prox", "core"},
+  "structure": {"prox", "core"},
+  "compaction": {"structure", "prox", "core", "cpu"},
 }
 PROBE = """
 import sys, importlib
@@ -47,11 +50,15 @@ def _imported_layers(path: pathlib.Path, module: str) -> set:
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom):
       if node.level:
-        base = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = package.split(".")[: len(package.split(".")) - node.level + 1]
         target = ".".join(base + ([node.module] if node.module else []))
       else:
         target = node.module or ""
-      names = [target] + [f"{target}.{alias.name}" for alias in node.names] if target == "rmda_jax" else [target]
+      names = (
+        [target] + [f"{target}.{alias.name}" for alias in node.names]
+        if target == "rmda_jax"
+        else [target]
+      )
     for name in names:
       parts = name.split(".")
       if parts[0] == "rmda_jax" and len(parts) > 1:
@@ -74,8 +81,9 @@ def test_layers_import_one_way():
 
 
 def _import_alone(name):
-  proc = subprocess.run([sys.executable, "-c", PROBE.format(name=name)], capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", PROBE.format(name=name)], capture_output=True, text=True, timeout=300
+  )
   return name, proc.returncode, proc.stdout.strip(), proc.stderr[-2000:]
 
 
@@ -99,8 +107,9 @@ def test_every_module_is_reachable_from_its_package_and_no_private_module_exists
     if module.startswith("rmda_jax.app"):
       importlib.import_module(module)  # the application's modules are imported where they are used
     parent, _, child = module.rpartition(".")
-    assert getattr(sys.modules[parent], child, None) is sys.modules[module], \
-        f"{module} is not the attribute {child} of {parent} (a name there hides it, or it is not imported)"
+    assert getattr(sys.modules[parent], child, None) is sys.modules[module], (
+      f"{module} is not the attribute {child} of {parent} (a name there hides it, or it is not imported)"
+    )
 
 
 def test_the_public_surface_is_all_and_every_name_in_it_exists():

@@ -25,18 +25,35 @@ from rmda_jax.optim import ramda, rmda
 from rmda_jax.optim import prox_adamw, prox_sgd, prox_ssi
 from rmda_jax.optim import rigl
 from rmda_jax.optim import Stagewise
-from rmda_jax.app.config import ConfigError, DENSE, DISCRETE_VALUES, MESH_AXES, TrainConfig, parse_mesh
+from rmda_jax.app.config import (
+  ConfigError,
+  DENSE,
+  DISCRETE_VALUES,
+  MESH_AXES,
+  TrainConfig,
+  parse_mesh,
+)
 
 
 def build_model(config: TrainConfig, dataset: datasets.Dataset):
   shape = dataset.input_shape
   if config.model == "lenet5" and (len(shape) != 3 or shape[0] < 16 or shape[1] < 16):
-    raise ConfigError(f"lenet5 needs images of at least 16x16 (28x28 as in the papers); {dataset.name} has {shape}. "
-                      "Use --dataset mnist_subset, mnist or fashion_mnist.")
+    raise ConfigError(
+      f"lenet5 needs images of at least 16x16 (28x28 as in the papers); {dataset.name} has {shape}. "
+      "Use --dataset mnist_subset, mnist or fashion_mnist."
+    )
   n = dataset.num_classes
   if config.model == "transformer":
-    return models.TransformerLM(vocab=n, context=config.context, dim=config.width, heads=config.heads,
-                                mlp=config.mlp, layers=config.layers, positions=config.positions, tied=config.tied)
+    return models.TransformerLM(
+      vocab=n,
+      context=config.context,
+      dim=config.width,
+      heads=config.heads,
+      mlp=config.mlp,
+      layers=config.layers,
+      positions=config.positions,
+      tied=config.tied,
+    )
   if config.model == "mlp":
     return models.MLP(hidden=tuple(config.hidden), num_classes=n)
   if config.model == "lenet5":
@@ -57,9 +74,15 @@ def build_mesh(spec: Optional[str], batch_size: int):
   if spec is None and count == 1:
     return None
   if batch_size % sizes["data"]:
-    raise ConfigError(f"--batch-size {batch_size} must be a multiple of the mesh's data axis ({sizes['data']})")
-  auto = (jax.sharding.AxisType.Auto,) * 2  # XLA propagates the shardings (no explicit-sharding types)
-  return jax.make_mesh((sizes["data"], sizes["model"]), MESH_AXES, devices=devices[:count], axis_types=auto)
+    raise ConfigError(
+      f"--batch-size {batch_size} must be a multiple of the mesh's data axis ({sizes['data']})"
+    )
+  auto = (
+    jax.sharding.AxisType.Auto,
+  ) * 2  # XLA propagates the shardings (no explicit-sharding types)
+  return jax.make_mesh(
+    (sizes["data"], sizes["model"]), MESH_AXES, devices=devices[:count], axis_types=auto
+  )
 
 
 def param_shardings(mesh, params):
@@ -71,7 +94,11 @@ def param_shardings(mesh, params):
 
   def rule(x):
     shape = np.shape(x)
-    axes = [a for a in sorted(range(len(shape)), key=lambda a: -shape[a]) if model > 1 and shape[a] % model == 0]
+    axes = [
+      a
+      for a in sorted(range(len(shape)), key=lambda a: -shape[a])
+      if model > 1 and shape[a] % model == 0
+    ]
     spec = [None] * len(shape)
     if axes:
       spec[axes[0]] = "model"
@@ -87,7 +114,7 @@ def global_batch(batch_sharding, local):
   if jax.process_count() == 1:
     return jax.device_put(local, batch_sharding)
   share = len(local) // jax.process_count()
-  mine = local[jax.process_index() * share:(jax.process_index() + 1) * share]
+  mine = local[jax.process_index() * share : (jax.process_index() + 1) * share]
   return jax.make_array_from_process_local_data(batch_sharding, mine, local.shape)
 
 
@@ -98,7 +125,9 @@ def discovered(config: TrainConfig) -> bool:
   return config.groups == "discovered"
 
 
-def build_regularizer(config: TrainConfig, model=None, params=None, example=None) -> Optional[regs.Regularizer]:
+def build_regularizer(
+  config: TrainConfig, model=None, params=None, example=None
+) -> Optional[regs.Regularizer]:
   """The regularizer of a run; group-LASSO on discovered groups (whole heads and
   hidden units) needs the model, its params and an example input."""
   if config.regularizer == "none" or config.optimizer in DENSE:
@@ -109,10 +138,10 @@ def build_regularizer(config: TrainConfig, model=None, params=None, example=None
     found = discovery.discover_linen(model, params, example)
     return regs.group_lasso(config.strength, groups=found)
   return {
-      "group_lasso": regs.group_lasso,
-      "l1": regs.l1,
-      "nuclear": regs.nuclear_norm,
-      "elastic_net": regs.elastic_net,
+    "group_lasso": regs.group_lasso,
+    "l1": regs.l1,
+    "nuclear": regs.nuclear_norm,
+    "elastic_net": regs.elastic_net,
   }[config.regularizer](config.strength)
 
 
@@ -146,8 +175,13 @@ def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, grou
   if config.optimizer == "rigl":
     # RigL's protocol: mask updates until 75% of training
     end_step = max(int(0.75 * config.epochs * steps_per_epoch), 1)
-    return rigl(optax.sgd(schedule, momentum=c or None), config.sparsity, end_step=end_step,
-                update_every=config.rigl_update_every, groups=groups)
+    return rigl(
+      optax.sgd(schedule, momentum=c or None),
+      config.sparsity,
+      end_step=end_step,
+      update_every=config.rigl_update_every,
+      groups=groups,
+    )
   return optax.sgd(schedule, momentum=c or None)
 
 
@@ -161,5 +195,7 @@ def model_groups(regularizer, model, params, example):
 
 def training_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, groups=None):
   """:func:`build_optimizer` wrapped to skip steps whose gradient is not finite (state untouched)."""
-  return optax.apply_if_finite(build_optimizer(config, regularizer, steps_per_epoch, groups),
-                               max_consecutive_errors=config.skip_nonfinite)
+  return optax.apply_if_finite(
+    build_optimizer(config, regularizer, steps_per_epoch, groups),
+    max_consecutive_errors=config.skip_nonfinite,
+  )

@@ -157,10 +157,15 @@ class Steps:
       self._remove_unfinished()
     # (orbax's own read_only mode only adds warnings: nothing here writes unless save is called)
     options = ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=False, create=not read_only,
-        lightweight_initialize=True, save_root_metadata=False,
-        preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep))
-    self._manager = ocp.CheckpointManager(self.path, options=options, item_names=("state", "record"))
+      enable_async_checkpointing=False,
+      create=not read_only,
+      lightweight_initialize=True,
+      save_root_metadata=False,
+      preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+    )
+    self._manager = ocp.CheckpointManager(
+      self.path, options=options, item_names=("state", "record")
+    )
 
   def _remove_unfinished(self) -> None:
     """Delete what an interrupted save left (orbax's temporary step directories)."""
@@ -195,8 +200,13 @@ class Steps:
       raise ValueError(f"{self.path} was opened read-only")
     body = dict(record, checksums=tree_checksums(tree))
     envelope = {"body": body, "sha256": _json_digest(body)}
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                     record=ocp.args.JsonSave(envelope)), force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), record=ocp.args.JsonSave(envelope)
+      ),
+      force=True,
+    )
     self._manager.wait_until_finished()
     # the step is complete and visible; its file checksums let a restore find damage before orbax reads it
     manifest = os.path.join(self.step_dir(step), MANIFEST)
@@ -227,11 +237,16 @@ class Steps:
     """The JSON record of ``step``, checked against its own checksum."""
     ocp = _orbax()
     try:
-      envelope = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+      envelope = self._manager.restore(
+        step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+      )["record"]
     except Exception as err:  # orbax/JSON errors of any kind mean the same: unusable
       raise CheckpointError(f"its record is unreadable: {_reason(err)}") from None
-    if not (isinstance(envelope, dict) and isinstance(envelope.get("body"), dict)
-            and envelope.get("sha256") == _json_digest(envelope["body"])):
+    if not (
+      isinstance(envelope, dict)
+      and isinstance(envelope.get("body"), dict)
+      and envelope.get("sha256") == _json_digest(envelope["body"])
+    ):
       raise CheckpointError("its record does not match its checksum")
     return envelope["body"]
 
@@ -248,8 +263,12 @@ class Steps:
     expected = record.get("checksums")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     try:
-      tree = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    except Exception as err:  # TensorStore, OCDBT, JSON, shape errors: all mean the step is unusable
+      tree = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      )["state"]
+    except (
+      Exception
+    ) as err:  # TensorStore, OCDBT, JSON, shape errors: all mean the step is unusable
       raise CheckpointError(f"its arrays are unreadable: {_reason(err)}") from None
     got = tree_checksums(tree)
     if not isinstance(expected, dict) or set(expected) != set(got):

@@ -34,108 +34,229 @@ def _int_list(text: str) -> list:
 def _dataset_name(text: str) -> str:
   if text in datasets.NAMES or datasets.is_text(text):
     return text
-  raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(datasets.NAMES)}, or text:PATH)")
+  raise argparse.ArgumentTypeError(
+    f"invalid choice: {text!r} (choose from {', '.join(datasets.NAMES)}, or text:PATH)"
+  )
 
 
 def _add_train(sub) -> None:
   d = training.TrainConfig()
   p = sub.add_parser(
-      "train", help="train a Flax model and report its structure",
-      description="Train a Flax model with RMDA, RAMDA or a baseline and report accuracy and structure "
-       "per epoch. Defaults run offline on scikit-learn's digits in about a minute.")
+    "train",
+    help="train a Flax model and report its structure",
+    description="Train a Flax model with RMDA, RAMDA or a baseline and report accuracy and structure "
+    "per epoch. Defaults run offline on scikit-learn's digits in about a minute.",
+  )
   options = []
 
   def add(*flags, **kwargs):
     options.append(p.add_argument(*flags, **kwargs))
 
-  add("--model", choices=training.MODELS, default=d.model,
-      help="mlp (Dense stack), lenet5 (conv 20-50, fc 500; 28x28 inputs), vgg (small VGG-style), logreg, "
-           "transformer (a decoder-only language model over bytes; text datasets)")
-  add("--dataset", type=_dataset_name, default=d.dataset,
-      help="digits, mnist_subset and pydoc (text) are offline; mnist, fashion_mnist, cifar10 download once; "
-           "text:PATH reads a text file")
+  add(
+    "--model",
+    choices=training.MODELS,
+    default=d.model,
+    help="mlp (Dense stack), lenet5 (conv 20-50, fc 500; 28x28 inputs), vgg (small VGG-style), logreg, "
+    "transformer (a decoder-only language model over bytes; text datasets)",
+  )
+  add(
+    "--dataset",
+    type=_dataset_name,
+    default=d.dataset,
+    help="digits, mnist_subset and pydoc (text) are offline; mnist, fashion_mnist, cifar10 download once; "
+    "text:PATH reads a text file",
+  )
   add("--optimizer", choices=training.OPTIMIZERS, default=d.optimizer)
-  add("--regularizer", choices=training.REGULARIZERS, default=d.regularizer,
-      help="binary / ternary: weights constrained to {-a, a} / {-a, 0, a} with a = 1/sqrt(fan_in) "
-           "(--strength is not used); sgd and rigl take none")
+  add(
+    "--regularizer",
+    choices=training.REGULARIZERS,
+    default=d.regularizer,
+    help="binary / ternary: weights constrained to {-a, a} / {-a, 0, a} with a = 1/sqrt(fan_in) "
+    "(--strength is not used); sgd and rigl take none",
+  )
   add("--strength", type=float, default=d.strength, help="lambda >= 0 (default %(default)s)")
-  add("--lr", type=float, default=None,
-      help="learning rate (default per optimizer: " +
-      ", ".join(f"{k} {v:g}" for k, v in training.DEFAULT_LR.items()) + ")")
-  add("--momentum", type=float, default=None,
-      help="the papers' c in (0, 1] (1 = none) for rmda/ramda/prox_sgd, default 0.1; "
-           "heavy-ball beta for sgd and rigl, default 0.9")
-  add("--epochs", type=int, default=None,
-      help=f"default {training.EPOCHS} ({training.LM_EPOCHS} for --model transformer)")
+  add(
+    "--lr",
+    type=float,
+    default=None,
+    help="learning rate (default per optimizer: "
+    + ", ".join(f"{k} {v:g}" for k, v in training.DEFAULT_LR.items())
+    + ")",
+  )
+  add(
+    "--momentum",
+    type=float,
+    default=None,
+    help="the papers' c in (0, 1] (1 = none) for rmda/ramda/prox_sgd, default 0.1; "
+    "heavy-ball beta for sgd and rigl, default 0.9",
+  )
+  add(
+    "--epochs",
+    type=int,
+    default=None,
+    help=f"default {training.EPOCHS} ({training.LM_EPOCHS} for --model transformer)",
+  )
   add("--batch-size", type=int, default=d.batch_size)
-  add("--milestones", type=_int_list, default=None,
-      help="epochs at which the lr drops by gamma (rmda/ramda also restart); e.g. 50,75 or none "
-           f"(default {','.join(map(str, training.MILESTONES))}; "
-           f"{','.join(map(str, training.LM_MILESTONES))} for --model transformer)")
+  add(
+    "--milestones",
+    type=_int_list,
+    default=None,
+    help="epochs at which the lr drops by gamma (rmda/ramda also restart); e.g. 50,75 or none "
+    f"(default {','.join(map(str, training.MILESTONES))}; "
+    f"{','.join(map(str, training.LM_MILESTONES))} for --model transformer)",
+  )
   add("--gamma", type=float, default=d.gamma)
   add("--hidden", type=_int_list, default=list(d.hidden), help="MLP widths, e.g. 128,128")
   add("--seed", type=int, default=d.seed)
-  add("--out", default=d.out, help="output directory (log.json, curves.png, groups.png, checkpoint/)")
-  add("--resume", action="store_true",
-      help="continue the run in OUT from its newest intact checkpoint (the settings must be the same; "
-           "--epochs, --max-steps, --checkpoint-every and output options may change)")
-  add("--overwrite", action="store_true",
-      help="delete the run in OUT first (without --resume or --overwrite an existing run is an error)")
+  add(
+    "--out", default=d.out, help="output directory (log.json, curves.png, groups.png, checkpoint/)"
+  )
+  add(
+    "--resume",
+    action="store_true",
+    help="continue the run in OUT from its newest intact checkpoint (the settings must be the same; "
+    "--epochs, --max-steps, --checkpoint-every and output options may change)",
+  )
+  add(
+    "--overwrite",
+    action="store_true",
+    help="delete the run in OUT first (without --resume or --overwrite an existing run is an error)",
+  )
   add("--max-steps", type=int, default=None, help="stop after this many steps in total")
-  add("--data-dir", default=None, help="dataset cache (default $RMDA_JAX_DATA or ~/.cache/rmda_jax)")
+  add(
+    "--data-dir", default=None, help="dataset cache (default $RMDA_JAX_DATA or ~/.cache/rmda_jax)"
+  )
   add("--no-download", action="store_true", help="fail instead of downloading a dataset")
   add("--no-progress", action="store_true", help="no progress bars")
   add("--no-plots", action="store_true", help="skip the PNG figures")
-  add("--solver-max-iters", type=int, default=d.solver_max_iters,
-      help="inexact subproblem solver (nuclear norm with ramda/prox_adamw/prox_ssi): iteration cap")
-  add("--solver-tol", type=float, default=d.solver_tol,
-      help="inexact subproblem solver: tolerance on the subgradient norm")
-  add("--sparsity", type=float, default=d.sparsity,
-      help="rigl: fraction of zero kernel weights, in [0, 1) (default %(default)s)")
-  add("--rigl-update-every", type=int, default=d.rigl_update_every,
-      help="rigl: steps between drop/grow updates (until 75%% of training)")
-  add("--checkpoint-every", type=int, default=d.checkpoint_every,
-      help="save OUT/checkpoint every N epochs (and always at the end); the newest "
-           f"{training.KEEP_CHECKPOINTS} are kept")
-  add("--context", type=int, default=d.context, help="transformer: tokens per sequence (default %(default)s)")
+  add(
+    "--solver-max-iters",
+    type=int,
+    default=d.solver_max_iters,
+    help="inexact subproblem solver (nuclear norm with ramda/prox_adamw/prox_ssi): iteration cap",
+  )
+  add(
+    "--solver-tol",
+    type=float,
+    default=d.solver_tol,
+    help="inexact subproblem solver: tolerance on the subgradient norm",
+  )
+  add(
+    "--sparsity",
+    type=float,
+    default=d.sparsity,
+    help="rigl: fraction of zero kernel weights, in [0, 1) (default %(default)s)",
+  )
+  add(
+    "--rigl-update-every",
+    type=int,
+    default=d.rigl_update_every,
+    help="rigl: steps between drop/grow updates (until 75%% of training)",
+  )
+  add(
+    "--checkpoint-every",
+    type=int,
+    default=d.checkpoint_every,
+    help="save OUT/checkpoint every N epochs (and always at the end); the newest "
+    f"{training.KEEP_CHECKPOINTS} are kept",
+  )
+  add(
+    "--context",
+    type=int,
+    default=d.context,
+    help="transformer: tokens per sequence (default %(default)s)",
+  )
   add("--layers", type=int, default=d.layers, help="transformer: blocks (default %(default)s)")
-  add("--width", type=int, default=d.width, help="transformer: residual width (default %(default)s)")
-  add("--heads", type=int, default=d.heads, help="transformer: attention heads (default %(default)s)")
+  add(
+    "--width", type=int, default=d.width, help="transformer: residual width (default %(default)s)"
+  )
+  add(
+    "--heads", type=int, default=d.heads, help="transformer: attention heads (default %(default)s)"
+  )
   add("--mlp", type=int, default=d.mlp, help="transformer: MLP hidden width (default 4 x width)")
-  add("--positions", choices=training.POSITIONS, default=d.positions, help="transformer: position encoding")
-  add("--untied", action="store_true", help="transformer: an output layer of its own (default: tied embedding)")
-  add("--groups", choices=training.GROUPINGS, default=d.groups,
-      help="group-LASSO groups: per-leaf rules, or discovered coupled groups (whole heads, hidden units, "
-           "channels; for rigl: masks of whole groups); auto = discovered for the transformer, per-leaf otherwise")
-  add("--mesh", default=d.mesh,
-      help="device mesh: data=N[,model=M]: batches sharded over data, params and optimizer state fully "
-           "sharded over model (FSDP-style); default: every local device on data. Several hosts: run the same "
-           "command on each after jax.distributed.initialize (see README)")
-  add("--skip-nonfinite", type=int, default=d.skip_nonfinite,
-      help="skip steps whose gradient is not finite, up to N in a row; more stop the run "
-           "(default %(default)s; 0: stop at the first)")
+  add(
+    "--positions",
+    choices=training.POSITIONS,
+    default=d.positions,
+    help="transformer: position encoding",
+  )
+  add(
+    "--untied",
+    action="store_true",
+    help="transformer: an output layer of its own (default: tied embedding)",
+  )
+  add(
+    "--groups",
+    choices=training.GROUPINGS,
+    default=d.groups,
+    help="group-LASSO groups: per-leaf rules, or discovered coupled groups (whole heads, hidden units, "
+    "channels; for rigl: masks of whole groups); auto = discovered for the transformer, per-leaf otherwise",
+  )
+  add(
+    "--mesh",
+    default=d.mesh,
+    help="device mesh: data=N[,model=M]: batches sharded over data, params and optimizer state fully "
+    "sharded over model (FSDP-style); default: every local device on data. Several hosts: run the same "
+    "command on each after jax.distributed.initialize (see README)",
+  )
+  add(
+    "--skip-nonfinite",
+    type=int,
+    default=d.skip_nonfinite,
+    help="skip steps whose gradient is not finite, up to N in a row; more stop the run "
+    "(default %(default)s; 0: stop at the first)",
+  )
   p.set_defaults(train_options=tuple(options))
 
 
 def _train(args) -> int:
   config = training.TrainConfig(
-      model=args.model, dataset=args.dataset, optimizer=args.optimizer, regularizer=args.regularizer,
-      strength=args.strength, learning_rate=args.lr, momentum=args.momentum, epochs=args.epochs,
-      batch_size=args.batch_size, milestones=None if args.milestones is None else tuple(args.milestones), gamma=args.gamma, seed=args.seed,
-      out=args.out, resume=args.resume, max_steps=args.max_steps, hidden=tuple(args.hidden),
-      data_dir=args.data_dir, download=not args.no_download, progress=not args.no_progress,
-      plots=not args.no_plots, checkpoint_every=args.checkpoint_every,
-      solver_max_iters=args.solver_max_iters, solver_tol=args.solver_tol, sparsity=args.sparsity,
-      rigl_update_every=args.rigl_update_every, overwrite=args.overwrite, skip_nonfinite=args.skip_nonfinite,
-      context=args.context, layers=args.layers, width=args.width, heads=args.heads, mlp=args.mlp,
-      positions=args.positions, tied=not args.untied, groups=args.groups, mesh=args.mesh)
+    model=args.model,
+    dataset=args.dataset,
+    optimizer=args.optimizer,
+    regularizer=args.regularizer,
+    strength=args.strength,
+    learning_rate=args.lr,
+    momentum=args.momentum,
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    milestones=None if args.milestones is None else tuple(args.milestones),
+    gamma=args.gamma,
+    seed=args.seed,
+    out=args.out,
+    resume=args.resume,
+    max_steps=args.max_steps,
+    hidden=tuple(args.hidden),
+    data_dir=args.data_dir,
+    download=not args.no_download,
+    progress=not args.no_progress,
+    plots=not args.no_plots,
+    checkpoint_every=args.checkpoint_every,
+    solver_max_iters=args.solver_max_iters,
+    solver_tol=args.solver_tol,
+    sparsity=args.sparsity,
+    rigl_update_every=args.rigl_update_every,
+    overwrite=args.overwrite,
+    skip_nonfinite=args.skip_nonfinite,
+    context=args.context,
+    layers=args.layers,
+    width=args.width,
+    heads=args.heads,
+    mlp=args.mlp,
+    positions=args.positions,
+    tied=not args.untied,
+    groups=args.groups,
+    mesh=args.mesh,
+  )
   try:
     training.run(config)
   except training.Interrupted as err:
     what = "resume with" if err.restart_flag == "--resume" else "start again with"
     again = _train_command(args, err.restart_flag)
     cut = " during a checkpoint save (abandoned)" if err.abandoned_save else ""
-    print(f"rmda-jax train: interrupted by {err}{cut} {err.where}; {what}: {again}", file=sys.stderr)
+    print(
+      f"rmda-jax train: interrupted by {err}{cut} {err.where}; {what}: {again}", file=sys.stderr
+    )
     if err.abandoned_save and args.process:
       # orbax's writer threads of the abandoned save would report errors while the interpreter shuts
       # down; the step they were writing is unfinished (a temporary directory, removed on the next run)
@@ -159,7 +280,10 @@ def _train_command(args, flag: Optional[str]) -> str:
     if action.nargs == 0:  # a switch
       words.append(option)
     else:
-      words += [option, (",".join(str(v) for v in value) or "none") if isinstance(value, list) else str(value)]
+      words += [
+        option,
+        (",".join(str(v) for v in value) or "none") if isinstance(value, list) else str(value),
+      ]
   if flag:
     words.append(flag)
   return shlex.join(words)

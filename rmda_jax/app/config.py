@@ -35,9 +35,16 @@ POSITIONS = ("learned", "rotary")
 REGULARIZERS = ("group_lasso", "l1", "nuclear", "elastic_net", "binary", "ternary", "none")
 
 
-DEFAULT_LR = {"rmda": 0.1, "ramda": 1e-2, "prox_sgd": 0.1, "prox_adamw": 1e-3, "prox_ssi": 1e-3, "sgd": 0.1,
-              "adamw": 1e-3,
-              "rigl": 0.1}
+DEFAULT_LR = {
+  "rmda": 0.1,
+  "ramda": 1e-2,
+  "prox_sgd": 0.1,
+  "prox_adamw": 1e-3,
+  "prox_ssi": 1e-3,
+  "sgd": 0.1,
+  "adamw": 1e-3,
+  "rigl": 0.1,
+}
 
 
 DEFAULT_MOMENTUM = {"rmda": 0.1, "ramda": 0.1, "prox_sgd": 0.1, "sgd": 0.9, "rigl": 0.9}
@@ -53,8 +60,19 @@ DISCRETE_VALUES = {"binary": (-1.0, 1.0), "ternary": (-1.0, 0.0, 1.0)}
 # what a resumed run may change; every other field must equal the stored run's
 EPOCHS, MILESTONES = 100, (50, 75)
 LM_EPOCHS, LM_MILESTONES = 10, (5, 8)
-RESUMABLE_CHANGES = ("epochs", "max_steps", "resume", "overwrite", "progress", "plots", "checkpoint_every", "out",
-                     "data_dir", "download", "skip_nonfinite")
+RESUMABLE_CHANGES = (
+  "epochs",
+  "max_steps",
+  "resume",
+  "overwrite",
+  "progress",
+  "plots",
+  "checkpoint_every",
+  "out",
+  "data_dir",
+  "download",
+  "skip_nonfinite",
+)
 
 
 class ConfigError(ValueError):
@@ -83,9 +101,9 @@ class TrainConfig:
   strength: float = 2e-3
   learning_rate: Optional[float] = None
   momentum: Optional[float] = None
-  epochs: Optional[int] = None          # None: 100 (10 for the transformer)
+  epochs: Optional[int] = None  # None: 100 (10 for the transformer)
   batch_size: int = 64
-  milestones: Optional[Sequence[int]] = None   # None: (50, 75) ((5, 8) for the transformer)
+  milestones: Optional[Sequence[int]] = None  # None: (50, 75) ((5, 8) for the transformer)
   gamma: float = 0.1
   seed: int = 0
   out: str = "runs/default"
@@ -130,57 +148,110 @@ class TrainConfig:
         raise ConfigError(message)
 
     # the optional dependencies the run will need: one line naming the extra, before any work
-    needed = [("orbax.checkpoint", "checkpoints")] + ([("matplotlib", "plots (or --no-plots)")] if self.plots else [])
+    needed = [("orbax.checkpoint", "checkpoints")] + (
+      [("matplotlib", "plots (or --no-plots)")] if self.plots else []
+    )
     for module, purpose in needed:
       if importlib.util.find_spec(module.split(".")[0]) is None:
-        raise ConfigError(f"{purpose} need {module.split('.')[0].replace('_', '-')}: "
-                          'pip install "rmda-jax[examples]"')
+        raise ConfigError(
+          f"{purpose} need {module.split('.')[0].replace('_', '-')}: "
+          'pip install "rmda-jax[examples]"'
+        )
 
     check(self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
-    check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-    check(self.regularizer in REGULARIZERS,
-          f"--regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}")
-    check(self.dataset in datasets.NAMES or datasets.is_text(self.dataset),
-          f"--dataset must be one of {', '.join(datasets.NAMES)} or text:PATH, got {self.dataset!r}")
+    check(
+      self.optimizer in OPTIMIZERS,
+      f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+    )
+    check(
+      self.regularizer in REGULARIZERS,
+      f"--regularizer must be one of {', '.join(REGULARIZERS)}, got {self.regularizer!r}",
+    )
+    check(
+      self.dataset in datasets.NAMES or datasets.is_text(self.dataset),
+      f"--dataset must be one of {', '.join(datasets.NAMES)} or text:PATH, got {self.dataset!r}",
+    )
     text = datasets.is_text(self.dataset)
-    check(text == (self.model == "transformer"),
-          "--model transformer trains on text (--dataset pydoc or text:PATH)" if text or self.model == "transformer"
-          else "")
-    check(self.context >= 1 and self.layers >= 1 and self.width >= 1 and self.heads >= 1,
-          f"--context, --layers, --width and --heads must be >= 1, got {self.context}, {self.layers}, "
-          f"{self.width}, {self.heads}")
-    check(self.width % self.heads == 0, f"--width ({self.width}) must be a multiple of --heads ({self.heads})")
+    check(
+      text == (self.model == "transformer"),
+      "--model transformer trains on text (--dataset pydoc or text:PATH)"
+      if text or self.model == "transformer"
+      else "",
+    )
+    check(
+      self.context >= 1 and self.layers >= 1 and self.width >= 1 and self.heads >= 1,
+      f"--context, --layers, --width and --heads must be >= 1, got {self.context}, {self.layers}, "
+      f"{self.width}, {self.heads}",
+    )
+    check(
+      self.width % self.heads == 0,
+      f"--width ({self.width}) must be a multiple of --heads ({self.heads})",
+    )
     check(self.mlp is None or self.mlp >= 1, f"--mlp must be >= 1, got {self.mlp}")
-    check(self.positions in POSITIONS, f"--positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
-    check(self.groups in GROUPINGS, f"--groups must be one of {', '.join(GROUPINGS)}, got {self.groups!r}")
+    check(
+      self.positions in POSITIONS,
+      f"--positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}",
+    )
+    check(
+      self.groups in GROUPINGS,
+      f"--groups must be one of {', '.join(GROUPINGS)}, got {self.groups!r}",
+    )
     if self.mesh is not None:
       parse_mesh(self.mesh)
-    check(math.isfinite(self.strength) and self.strength >= 0, f"--strength must be >= 0, got {self.strength}")
-    check(self.learning_rate is None or (math.isfinite(self.learning_rate) and self.learning_rate > 0),
-          f"--lr must be > 0, got {self.learning_rate}")
+    check(
+      math.isfinite(self.strength) and self.strength >= 0,
+      f"--strength must be >= 0, got {self.strength}",
+    )
+    check(
+      self.learning_rate is None or (math.isfinite(self.learning_rate) and self.learning_rate > 0),
+      f"--lr must be > 0, got {self.learning_rate}",
+    )
     if self.momentum is not None:
       if self.optimizer in HEAVY_BALL:
-        check(0 <= self.momentum < 1,
-              f"--momentum for {self.optimizer} is the heavy-ball beta in [0, 1), got {self.momentum}")
+        check(
+          0 <= self.momentum < 1,
+          f"--momentum for {self.optimizer} is the heavy-ball beta in [0, 1), got {self.momentum}",
+        )
       else:
-        check(0 < self.momentum <= 1, f"--momentum must be in (0, 1] (1 = no momentum), got {self.momentum}")
-      check(self.optimizer not in ("prox_adamw", "prox_ssi", "adamw"),
-            f"--momentum does not apply to {self.optimizer} (it uses Adam's b1)")
+        check(
+          0 < self.momentum <= 1,
+          f"--momentum must be in (0, 1] (1 = no momentum), got {self.momentum}",
+        )
+      check(
+        self.optimizer not in ("prox_adamw", "prox_ssi", "adamw"),
+        f"--momentum does not apply to {self.optimizer} (it uses Adam's b1)",
+      )
     check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
     check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
     check(0 < self.gamma <= 1, f"--gamma must be in (0, 1], got {self.gamma}")
-    check(all(m >= 1 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
-          f"--milestones must be increasing epochs >= 1, got {list(self.milestones)}")
-    check(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
-    check(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
-    check(self.solver_max_iters >= 1, f"--solver-max-iters must be >= 1, got {self.solver_max_iters}")
+    check(
+      all(m >= 1 for m in self.milestones)
+      and list(self.milestones) == sorted(set(self.milestones)),
+      f"--milestones must be increasing epochs >= 1, got {list(self.milestones)}",
+    )
+    check(
+      self.max_steps is None or self.max_steps >= 1,
+      f"--max-steps must be >= 1, got {self.max_steps}",
+    )
+    check(
+      self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {self.checkpoint_every}"
+    )
+    check(
+      self.solver_max_iters >= 1, f"--solver-max-iters must be >= 1, got {self.solver_max_iters}"
+    )
     check(self.solver_tol > 0, f"--solver-tol must be > 0, got {self.solver_tol}")
-    check(all(h >= 1 for h in self.hidden), f"--hidden widths must be >= 1, got {list(self.hidden)}")
+    check(
+      all(h >= 1 for h in self.hidden), f"--hidden widths must be >= 1, got {list(self.hidden)}"
+    )
     check(0 <= self.sparsity < 1, f"--sparsity must be in [0, 1), got {self.sparsity}")
-    check(self.rigl_update_every >= 1, f"--rigl-update-every must be >= 1, got {self.rigl_update_every}")
+    check(
+      self.rigl_update_every >= 1, f"--rigl-update-every must be >= 1, got {self.rigl_update_every}"
+    )
     check(self.skip_nonfinite >= 0, f"--skip-nonfinite must be >= 0, got {self.skip_nonfinite}")
-    check(not (self.resume and self.overwrite),
-          "--resume and --overwrite exclude each other (continue the run in --out, or replace it)")
+    check(
+      not (self.resume and self.overwrite),
+      "--resume and --overwrite exclude each other (continue the run in --out, or replace it)",
+    )
 
   @property
   def lr(self) -> float:
@@ -202,14 +273,18 @@ def parse_mesh(spec: str) -> dict:
   for part in spec.replace(" ", "").split(","):
     name, _, value = part.partition("=")
     if name not in MESH_AXES or not value.isdigit() or int(value) < 1:
-      raise ConfigError(f"--mesh must look like data=N or data=N,model=M with N, M >= 1, got {spec!r}")
+      raise ConfigError(
+        f"--mesh must look like data=N or data=N,model=M with N, M >= 1, got {spec!r}"
+      )
     sizes[name] = int(value)
   return sizes
 
 
 def config_from_fields(fields: dict) -> TrainConfig:
   known = {f.name for f in dataclasses.fields(TrainConfig)}
-  return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known})
+  return TrainConfig(
+    **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
+  )
 
 
 def _flag(field: str) -> str:
@@ -219,7 +294,9 @@ def _flag(field: str) -> str:
 def _shown(value) -> str:
   if isinstance(value, (list, tuple)):
     return ",".join(str(v) for v in value) if value else "none"
-  return "the default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+  return (
+    "the default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+  )
 
 
 def check_same_run(stored: dict, config: TrainConfig, out: str) -> None:
@@ -228,7 +305,10 @@ def check_same_run(stored: dict, config: TrainConfig, out: str) -> None:
     old = config_from_fields(stored)
   except TypeError:
     raise ckpt.CheckpointError("its stored configuration is not readable") from None
-  resolved = {"learning_rate": (old.lr, config.lr), "momentum": (old.momentum_value, config.momentum_value)}
+  resolved = {
+    "learning_rate": (old.lr, config.lr),
+    "momentum": (old.momentum_value, config.momentum_value),
+  }
   changed = []
   for field in dataclasses.fields(TrainConfig):
     if field.name in RESUMABLE_CHANGES:
@@ -239,6 +319,8 @@ def check_same_run(stored: dict, config: TrainConfig, out: str) -> None:
     if before != now:
       changed.append(f"{_flag(field.name)} {_shown(before)} -> {_shown(now)}")
   if changed:
-    raise ConfigError(f"--resume: this command changes settings of the run in {out}: {', '.join(changed)}; "
-                      "resume with the run's values, or train into another --out (or replace the run with "
-                      "--overwrite)")
+    raise ConfigError(
+      f"--resume: this command changes settings of the run in {out}: {', '.join(changed)}; "
+      "resume with the run's values, or train into another --out (or replace the run with "
+      "--overwrite)"
+    )

@@ -66,23 +66,48 @@ class Dataset:
     return tuple(self.x_train.shape[1:])
 
 
-_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_IDX_FILES = (
+  "train-images-idx3-ubyte.gz",
+  "train-labels-idx1-ubyte.gz",
+  "t10k-images-idx3-ubyte.gz",
+  "t10k-labels-idx1-ubyte.gz",
+)
 _SOURCES = {
-    "mnist": (
-        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
-        dict(zip(_IDX_FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-                              "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
+  "mnist": (
+    (
+      "https://ossci-datasets.s3.amazonaws.com/mnist/",
+      "https://storage.googleapis.com/cvdf-datasets/mnist/",
     ),
-    "fashion_mnist": (
-        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        dict(zip(_IDX_FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                              "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
+    dict(
+      zip(
+        _IDX_FILES,
+        (
+          "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+          "d53e105ee54ea40749a09fcbcd1e9432",
+          "9fb629c4189551a2d022fa330f9573f3",
+          "ec29112dd5afa0611ce80d1b7f02629c",
+        ),
+      )
     ),
-    "cifar10": (
-        ("https://www.cs.toronto.edu/~kriz/",),
-        {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+  ),
+  "fashion_mnist": (
+    ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    dict(
+      zip(
+        _IDX_FILES,
+        (
+          "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+          "25c81989df183df01b3e8a0aad5dffbe",
+          "bef4ecab320f06d8554ea6380940ec79",
+          "bb300cfdad3c16e7a12a480ee83cd310",
+        ),
+      )
     ),
+  ),
+  "cifar10": (
+    ("https://www.cs.toronto.edu/~kriz/",),
+    {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+  ),
 }
 OFFLINE = ("digits", "mnist_subset", "pydoc")
 TEXT = ("pydoc",)  # and text:PATH
@@ -93,7 +118,9 @@ NAMES = OFFLINE + DOWNLOADABLE
 
 
 def default_cache_dir() -> str:
-  return os.environ.get("RMDA_JAX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "rmda_jax"))
+  return os.environ.get(
+    "RMDA_JAX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "rmda_jax")
+  )
 
 
 def md5(path: str) -> str:
@@ -125,7 +152,10 @@ def _download(mirrors, filename, path, checksum, name):
   for mirror in mirrors:
     tmp = path + ".part"
     try:
-      with urllib.request.urlopen(mirror + filename, timeout=30) as response, open(tmp, "wb") as out:
+      with (
+        urllib.request.urlopen(mirror + filename, timeout=30) as response,
+        open(tmp, "wb") as out,
+      ):
         while chunk := response.read(1 << 20):
           out.write(chunk)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
@@ -138,8 +168,8 @@ def _download(mirrors, filename, path, checksum, name):
     os.replace(tmp, path)
     return
   raise DataError(
-      f"cannot download {name} ({filename}): {'; '.join(errors)}. Connect to the network once, "
-      f"or place the file in {os.path.dirname(path)}, or use an offline dataset ({', '.join(OFFLINE)})."
+    f"cannot download {name} ({filename}): {'; '.join(errors)}. Connect to the network once, "
+    f"or place the file in {os.path.dirname(path)}, or use an offline dataset ({', '.join(OFFLINE)})."
   )
 
 
@@ -147,7 +177,7 @@ def _read_idx(path: str) -> np.ndarray:
   with gzip.open(path, "rb") as f:
     raw = f.read()
   ndim = raw[3]
-  dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+  dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
   return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -156,8 +186,14 @@ def _mnist_like(name, images_train, y_train, images_test, y_test) -> Dataset:
     x = images.reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
     return (x - MNIST_MEAN) / MNIST_STD
 
-  return Dataset(name, prep(images_train), y_train.astype(np.int32), prep(images_test),
-                 y_test.astype(np.int32), 10)
+  return Dataset(
+    name,
+    prep(images_train),
+    y_train.astype(np.int32),
+    prep(images_test),
+    y_test.astype(np.int32),
+    10,
+  )
 
 
 def _load_idx(name, cache_dir, download) -> Dataset:
@@ -181,9 +217,14 @@ def _load_cifar10(cache_dir, download) -> Dataset:
     x = flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
     return (x - CIFAR_MEAN) / CIFAR_STD
 
-  return Dataset("cifar10", prep(np.concatenate([xs[k] for k in train])),
-                 np.concatenate([ys[k] for k in train]).astype(np.int32),
-                 prep(xs["test_batch"]), ys["test_batch"].astype(np.int32), 10)
+  return Dataset(
+    "cifar10",
+    prep(np.concatenate([xs[k] for k in train])),
+    np.concatenate([ys[k] for k in train]).astype(np.int32),
+    prep(xs["test_batch"]),
+    ys["test_batch"].astype(np.int32),
+    10,
+  )
 
 
 def _sklearn():
@@ -191,8 +232,10 @@ def _sklearn():
     import sklearn.datasets
     import sklearn.model_selection
   except ImportError as err:
-    raise DataError("digits, mnist_subset and the downloaded datasets need scikit-learn: "
-                    'pip install "rmda-jax[examples]"') from err
+    raise DataError(
+      "digits, mnist_subset and the downloaded datasets need scikit-learn: "
+      'pip install "rmda-jax[examples]"'
+    ) from err
   return sklearn
 
 
@@ -240,7 +283,7 @@ def _text_bytes(name: str) -> bytes:
 
     topics = pydoc_data.topics.topics
     return "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
-  path = name[len(TEXT_PREFIX):]
+  path = name[len(TEXT_PREFIX) :]
   if not os.path.isfile(path):
     raise DataError(f"--dataset {name}: {path} is not a file.")
   with open(path, "rb") as f:
@@ -263,10 +306,12 @@ def load_text(name: str, context: int) -> Dataset:
   for part in (data[:split], data[split:]):
     n = (len(part) - 1) // context
     if n < 1:
-      raise DataError(f"--dataset {name}: {len(data):,} bytes are too few for windows of {context} "
-                      f"(need more than {context / 0.1:,.0f}).")
-    x = part[:n * context].reshape(n, context).astype(np.int32)
-    y = part[1:n * context + 1].reshape(n, context).astype(np.int32)
+      raise DataError(
+        f"--dataset {name}: {len(data):,} bytes are too few for windows of {context} "
+        f"(need more than {context / 0.1:,.0f})."
+      )
+    x = part[: n * context].reshape(n, context).astype(np.int32)
+    y = part[1 : n * context + 1].reshape(n, context).astype(np.int32)
     parts.append((x, y))
   (x_train, y_train), (x_test, y_test) = parts
   return _read_only(Dataset(name, x_train, y_train, x_test, y_test, VOCAB))
@@ -280,7 +325,9 @@ def unigram_perplexity(dataset: Dataset) -> float:
   return float(np.exp(-np.mean(log_p[dataset.y_test.ravel()])))
 
 
-def load(name: str, cache_dir: Optional[str] = None, download: bool = True, context: int = 128) -> Dataset:
+def load(
+  name: str, cache_dir: Optional[str] = None, download: bool = True, context: int = 128
+) -> Dataset:
   """Load a dataset by name (see the module doc for the names; ``context``
   is the window length of text datasets)."""
   if is_text(name):
@@ -296,13 +343,14 @@ def load(name: str, cache_dir: Optional[str] = None, download: bool = True, cont
   raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}.")
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator,
-            drop_last: bool = True) -> Iterator[tuple]:
+def batches(
+  x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator, drop_last: bool = True
+) -> Iterator[tuple]:
   """One epoch of shuffled ``(x, y)`` batches (fixed batch shape when ``drop_last``)."""
   order = rng.permutation(len(x))
   stop = len(x) - (len(x) % batch_size if drop_last else 0)
   for start in range(0, stop, batch_size):
-    idx = order[start:start + batch_size]
+    idx = order[start : start + batch_size]
     yield x[idx], y[idx]
 
 

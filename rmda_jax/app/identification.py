@@ -84,9 +84,15 @@ class Optimum:
   margin: float
 
 
-def group_sparse_logistic(seed: int = 0, n: int = 400, copies: int = 5, informative: int = 10,
-                          noise_features: int = 10, classes: int = 4,
-                          noise: float = 0.3) -> Problem:
+def group_sparse_logistic(
+  seed: int = 0,
+  n: int = 400,
+  copies: int = 5,
+  informative: int = 10,
+  noise_features: int = 10,
+  classes: int = 4,
+  noise: float = 0.3,
+) -> Problem:
   """A random problem where only the first ``informative`` features matter.
 
   Args:
@@ -98,8 +104,13 @@ def group_sparse_logistic(seed: int = 0, n: int = 400, copies: int = 5, informat
     classes: number of classes (>= 2).
     noise: standard deviation of the copies' input noise (>= 0).
   """
-  for name, value, low in (("n", n, 1), ("copies", copies, 1), ("informative", informative, 1),
-                           ("noise_features", noise_features, 0), ("classes", classes, 2)):
+  for name, value, low in (
+    ("n", n, 1),
+    ("copies", copies, 1),
+    ("informative", informative, 1),
+    ("noise_features", noise_features, 0),
+    ("classes", classes, 2),
+  ):
     _check_count(value, name, low)
   if not noise >= 0:
     raise ValueError(f"noise must be >= 0, got {noise!r}.")
@@ -147,8 +158,9 @@ def solve_optimum(problem: Problem, strength: float, iters: int = 20000) -> Opti
   kernel = np.zeros((x.shape[1], problem.classes))
   extrapolated, t = kernel.copy(), 1.0
   for _ in range(iters):
-    new = _group_shrink(extrapolated - _softmax_grad(problem, extrapolated) / lipschitz,
-                        strength * weight / lipschitz)
+    new = _group_shrink(
+      extrapolated - _softmax_grad(problem, extrapolated) / lipschitz, strength * weight / lipschitz
+    )
     t_new = (1 + np.sqrt(1 + 4 * t * t)) / 2
     extrapolated = new + (t - 1) / t_new * (new - kernel)
     kernel, t = new, t_new
@@ -159,7 +171,7 @@ def solve_optimum(problem: Problem, strength: float, iters: int = 20000) -> Opti
   nonzero_part = np.where(support[:, None], grad + strength * weight * kernel / safe, 0)
   grad_norms = np.linalg.norm(grad, axis=1)
   zero_part = np.maximum(grad_norms - strength * weight, 0)[~support]
-  residual = float(np.sqrt(np.sum(nonzero_part ** 2) + np.sum(zero_part ** 2)))
+  residual = float(np.sqrt(np.sum(nonzero_part**2) + np.sum(zero_part**2)))
   margin = float(np.min(strength * weight - grad_norms[~support])) if (~support).any() else np.inf
   return Optimum(kernel, support, residual, margin)
 
@@ -179,17 +191,22 @@ def stagewise_methods(strength: float, steps: int) -> dict:
   reg = rmda_jax.group_lasso(strength)
   stages = rmda_jax.stagewise([steps // 2, 3 * steps // 4], gamma=0.1, momentum_ramp=False)
   return {
-      "rmda": rmda_jax.rmda(0.3, momentum=0.1, regularizer=reg, stages=stages),
-      "ramda": rmda_jax.ramda(0.05, momentum=0.1, regularizer=reg, stages=stages),
-      "prox_sgd": rmda_jax.prox_sgd(stages.learning_rate(0.5), momentum=0.1, regularizer=reg),
-      "prox_adamw": rmda_jax.prox_adamw(stages.learning_rate(0.01), regularizer=reg),
-      "prox_ssi": rmda_jax.prox_ssi(stages.learning_rate(0.01), regularizer=reg),
+    "rmda": rmda_jax.rmda(0.3, momentum=0.1, regularizer=reg, stages=stages),
+    "ramda": rmda_jax.ramda(0.05, momentum=0.1, regularizer=reg, stages=stages),
+    "prox_sgd": rmda_jax.prox_sgd(stages.learning_rate(0.5), momentum=0.1, regularizer=reg),
+    "prox_adamw": rmda_jax.prox_adamw(stages.learning_rate(0.01), regularizer=reg),
+    "prox_ssi": rmda_jax.prox_ssi(stages.learning_rate(0.01), regularizer=reg),
   }
 
 
-def track_supports(optimizer: optax.GradientTransformation, problem: Problem, steps: int,
-                   batch_size: int = 16, seed: int = 0,
-                   optimum: Optional[Optimum] = None) -> dict:
+def track_supports(
+  optimizer: optax.GradientTransformation,
+  problem: Problem,
+  steps: int,
+  batch_size: int = 16,
+  seed: int = 0,
+  optimum: Optional[Optimum] = None,
+) -> dict:
   """Train ``{"kernel": zeros(d, C)}`` by minibatch steps and record the structure.
 
   Args:
@@ -213,7 +230,9 @@ def track_supports(optimizer: optax.GradientTransformation, problem: Problem, st
   target = None if optimum is None else jnp.asarray(optimum.kernel, jnp.float32)
   params = {"kernel": jnp.zeros((x.shape[1], problem.classes), jnp.float32)}
 
-  step = training_steps.make_step(training_steps.softmax_cross_entropy(lambda p, xb: xb @ p["kernel"]), optimizer)
+  step = training_steps.make_step(
+    training_steps.softmax_cross_entropy(lambda p, xb: xb @ p["kernel"]), optimizer
+  )
 
   @jax.jit
   def run(params):
@@ -227,8 +246,11 @@ def track_supports(optimizer: optax.GradientTransformation, problem: Problem, st
     return supports, distances, rmda_jax.structured_params(s, p)["kernel"]
 
   supports, distances, structured = run(params)
-  return {"supports": np.asarray(supports), "structured": np.asarray(structured),
-          "distances": None if optimum is None else np.asarray(distances)}
+  return {
+    "supports": np.asarray(supports),
+    "structured": np.asarray(structured),
+    "distances": None if optimum is None else np.asarray(distances),
+  }
 
 
 def summarize(supports: np.ndarray, optimal: np.ndarray) -> dict:
@@ -255,8 +277,8 @@ def summarize(supports: np.ndarray, optimal: np.ndarray) -> dict:
     identified = int(mismatched[-1] + 1) if len(mismatched) else 0
   changes = np.any(supports[1:] != supports[:-1], axis=1)
   return {
-      "identified_at": identified,
-      "final_error": int(np.sum(supports[-1] != optimal)),
-      "changes_second_half": int(changes[len(match) // 2:].sum()),
-      "steps_on_optimal_support": float(match.mean()),
+    "identified_at": identified,
+    "final_error": int(np.sum(supports[-1] != optimal)),
+    "changes_second_half": int(changes[len(match) // 2 :].sum()),
+    "steps_on_optimal_support": float(match.mean()),
   }

@@ -40,14 +40,40 @@ from rmda_jax.app import models
 from rmda_jax.app import steps
 from rmda_jax.optim import structured_params
 from rmda_jax.app.builders import (
-    build_mesh, build_model, build_regularizer, global_batch, model_groups, param_shardings,
-    rigl_groups, training_optimizer)
+  build_mesh,
+  build_model,
+  build_regularizer,
+  global_batch,
+  model_groups,
+  param_shardings,
+  rigl_groups,
+  training_optimizer,
+)
 from rmda_jax.app.config import ConfigError, TrainConfig, check_same_run
 from rmda_jax.app.reporting import (
-    batched_mean, epoch_line, language_metrics, progress_factory, structure_metrics, summary_table)
+  batched_mean,
+  epoch_line,
+  language_metrics,
+  progress_factory,
+  structure_metrics,
+  summary_table,
+)
 from rmda_jax.app.runs import (
-    CHECKPOINT_FORMAT, KEEP_CHECKPOINTS, RUN_FILES, all_finite, existing_run, fallback_note, has_steps,
-    precheck_resume, prepare_out, remove_path, restore_newest, save_pause, unique_path, write_json)
+  CHECKPOINT_FORMAT,
+  KEEP_CHECKPOINTS,
+  RUN_FILES,
+  all_finite,
+  existing_run,
+  fallback_note,
+  has_steps,
+  precheck_resume,
+  prepare_out,
+  remove_path,
+  restore_newest,
+  save_pause,
+  unique_path,
+  write_json,
+)
 
 
 class Diverged(RuntimeError):
@@ -138,15 +164,21 @@ class _Signals:
 
 def _load_dataset(config: TrainConfig) -> datasets.Dataset:
   try:
-    dataset = datasets.load(config.dataset, config.data_dir, config.download, context=config.context)
+    dataset = datasets.load(
+      config.dataset, config.data_dir, config.download, context=config.context
+    )
   except OSError as err:
     cache = config.data_dir or datasets.default_cache_dir()
-    raise ConfigError(f"--data-dir {cache}: cannot use the dataset cache ({err.strerror or err}"
-                      f"{': ' + str(err.filename) if err.filename else ''})") from None
+    raise ConfigError(
+      f"--data-dir {cache}: cannot use the dataset cache ({err.strerror or err}"
+      f"{': ' + str(err.filename) if err.filename else ''})"
+    ) from None
   n = len(dataset.x_train)
   if config.batch_size > n:
-    raise ConfigError(f"--batch-size {config.batch_size} is larger than the training set ({n} examples of "
-                      f"{dataset.name}); use --batch-size {n} or less")
+    raise ConfigError(
+      f"--batch-size {config.batch_size} is larger than the training set ({n} examples of "
+      f"{dataset.name}); use --batch-size {n} or less"
+    )
   return dataset
 
 
@@ -163,7 +195,9 @@ class _Position:
     if self.checkpoint is None:
       return f"{where}, before the first checkpoint"
     step, epoch, mid = self.checkpoint
-    return f"{where}; the last checkpoint is step {step} ({'in' if mid else 'end of'} epoch {epoch})"
+    return (
+      f"{where}; the last checkpoint is step {step} ({'in' if mid else 'end of'} epoch {epoch})"
+    )
 
 
 def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
@@ -185,7 +219,9 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
       if config.resume or (position.owns_out and has_steps(checkpoint_dir)):
         err.restart_flag = "--resume"
       elif (config.overwrite or position.owns_out) and existing_run(config.out) is not None:
-        err.restart_flag = "--overwrite"  # what is there is this run's (or one the command replaces)
+        err.restart_flag = (
+          "--overwrite"  # what is there is this run's (or one the command replaces)
+        )
       err.where = position.describe()
       raise
 
@@ -211,10 +247,14 @@ class _Job:
     with self.signals.immediate():
       self.dataset = _load_dataset(config)
     self.model = build_model(config, self.dataset)
-    self.params = self.model.init(jax.random.PRNGKey(config.seed), self.dataset.x_train[:1])["params"]
+    self.params = self.model.init(jax.random.PRNGKey(config.seed), self.dataset.x_train[:1])[
+      "params"
+    ]
     self.regularizer = build_regularizer(config, self.model, self.params, self.dataset.x_train[:1])
     if config.model == "transformer":  # per-epoch reports of the LM, fixed for the run
-      self.lm_groups = model_groups(self.regularizer, self.model, self.params, self.dataset.x_train[:1])
+      self.lm_groups = model_groups(
+        self.regularizer, self.model, self.params, self.dataset.x_train[:1]
+      )
       self.unigram = datasets.unigram_perplexity(self.dataset)
     self.steps_per_epoch = datasets.steps_per_epoch(len(self.dataset.x_train), config.batch_size)
     self.batches_per_epoch = len(self.dataset.x_train) // config.batch_size
@@ -249,18 +289,27 @@ class _Job:
 
     shardings = param_shardings(self.mesh, self.params)
     self.params = jax.device_put(self.params, shardings)
-    self.opt_state = jax.device_put(self.opt_state, sharding.state_shardings(self.tx, self.params, shardings))
+    self.opt_state = jax.device_put(
+      self.opt_state, sharding.state_shardings(self.tx, self.params, shardings)
+    )
     self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
 
   def _resume(self) -> None:
     config, template = self.config, {"params": self.params, "opt_state": self.opt_state}
     step, tree, record, damaged = restore_newest(
-        self.steps, lambda stored: template, lambda fields: check_same_run(fields, config, config.out),
-        prefix="--resume: ")
+      self.steps,
+      lambda stored: template,
+      lambda fields: check_same_run(fields, config, config.out),
+      prefix="--resume: ",
+    )
     self.position.owns_out = True
     self.params, self.opt_state = tree["params"], tree["opt_state"]
     self._place()
-    self.epoch_done, self.step, self.epoch_pos = record["epoch"], record["step"], record["epoch_step"]
+    self.epoch_done, self.step, self.epoch_pos = (
+      record["epoch"],
+      record["step"],
+      record["epoch_step"],
+    )
     self.epoch_losses, self.epoch_skipped = list(record["epoch_losses"]), record["epoch_skipped"]
     self.epoch_seconds = record["epoch_seconds"]
     self.history, self.partial = list(record["history"]), record.get("partial")
@@ -273,9 +322,14 @@ class _Job:
       self.log(fallback_note(damaged, step, record, os.path.dirname(moved[0])))
     self._write_log()  # log.json follows the checkpoint (also when it was lost or damaged)
     self.signals.check()
-    within = (f" + {self.epoch_pos} of {self.batches_per_epoch} steps of epoch {self.epoch_done + 1}"
-              if self.epoch_pos else "")
-    self.log(f"resumed from {self.checkpoint_dir} at step {self.step} (epoch {self.epoch_done}{within})")
+    within = (
+      f" + {self.epoch_pos} of {self.batches_per_epoch} steps of epoch {self.epoch_done + 1}"
+      if self.epoch_pos
+      else ""
+    )
+    self.log(
+      f"resumed from {self.checkpoint_dir} at step {self.step} (epoch {self.epoch_done}{within})"
+    )
 
   def _mark_checkpoint(self) -> None:
     mid = bool(self.epoch_pos)
@@ -286,16 +340,24 @@ class _Job:
     return self.history + ([self.partial] if self.partial else [])
 
   def _write_log(self) -> None:
-    write_json(self.log_path, {"config": dataclasses.asdict(self.config), "epochs": self._records()})
+    write_json(
+      self.log_path, {"config": dataclasses.asdict(self.config), "epochs": self._records()}
+    )
 
   def _save(self) -> None:
     """Checkpoint the current state, then config.json and log.json (a signal waits until all are written)."""
     tree = {"params": self.params, "opt_state": self.opt_state}
     record = {
-        "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(self.config),
-        "epoch": self.epoch_done, "step": self.step, "epoch_step": self.epoch_pos,
-        "epoch_losses": self.epoch_losses, "epoch_skipped": self.epoch_skipped,
-        "epoch_seconds": self.epoch_seconds, "history": self.history, "partial": self.partial,
+      "format": CHECKPOINT_FORMAT,
+      "config": dataclasses.asdict(self.config),
+      "epoch": self.epoch_done,
+      "step": self.step,
+      "epoch_step": self.epoch_pos,
+      "epoch_losses": self.epoch_losses,
+      "epoch_skipped": self.epoch_skipped,
+      "epoch_seconds": self.epoch_seconds,
+      "history": self.history,
+      "partial": self.partial,
     }
     pause = save_pause()
     self.signals.saving = True
@@ -347,15 +409,21 @@ class _Job:
   def _diverged(self, what: str, step: int, epoch: int) -> Diverged:
     last = self.position.checkpoint
     kept = f"the last checkpoint is step {last[0]}" if last else "no checkpoint was written"
-    return Diverged(f"training diverged at step {step} (epoch {epoch}): {what}; nothing of this state was saved "
-                    f"({kept}); try a smaller --lr (now {self.config.lr:g})")
+    return Diverged(
+      f"training diverged at step {step} (epoch {epoch}): {what}; nothing of this state was saved "
+      f"({kept}); try a smaller --lr (now {self.config.lr:g})"
+    )
 
   def _check_step(self, step: int, epoch: int, loss, nonfinite_run) -> bool:
     """Whether the step was skipped; Diverged when too many in a row were, or its loss is not finite."""
     run_length = int(nonfinite_run)
     if run_length > self.config.skip_nonfinite:
-      raise self._diverged(f"{run_length} step{'s' if run_length > 1 else ''} in a row had a non-finite gradient "
-                           f"(more than --skip-nonfinite {self.config.skip_nonfinite})", step, epoch)
+      raise self._diverged(
+        f"{run_length} step{'s' if run_length > 1 else ''} in a row had a non-finite gradient "
+        f"(more than --skip-nonfinite {self.config.skip_nonfinite})",
+        step,
+        epoch,
+      )
     if run_length == 0 and not math.isfinite(float(loss)):
       raise self._diverged("the loss became non-finite", step, epoch)
     return run_length > 0
@@ -364,9 +432,11 @@ class _Job:
     config, dataset = self.config, self.dataset
     train_step, correct, summed_loss = self._compile()
     dual_averaging = config.optimizer in ("rmda", "ramda")
-    header = (f"{config.optimizer} on {config.model}/{dataset.name}: {models.num_params(self.params):,} params, "
-              f"{len(dataset.x_train)} train / {len(dataset.x_test)} validation examples, "
-              f"{self.steps_per_epoch} steps per epoch, regularizer {config.regularizer} ({config.strength:g})")
+    header = (
+      f"{config.optimizer} on {config.model}/{dataset.name}: {models.num_params(self.params):,} params, "
+      f"{len(dataset.x_train)} train / {len(dataset.x_test)} validation examples, "
+      f"{self.steps_per_epoch} steps per epoch, regularizer {config.regularizer} ({config.strength:g})"
+    )
     self.log(header)
     progress = progress_factory(config.progress)
 
@@ -377,25 +447,38 @@ class _Job:
       return config.max_steps is not None and self.step >= config.max_steps
 
     if self.epoch_done >= config.epochs or at_limit():
-      self.log(f"nothing to do: the run is at step {self.step} (epoch {self.epoch_done}), "
-               f"--epochs {config.epochs}" + (f", --max-steps {config.max_steps}" if config.max_steps else ""))
+      self.log(
+        f"nothing to do: the run is at step {self.step} (epoch {self.epoch_done}), "
+        f"--epochs {config.epochs}"
+        + (f", --max-steps {config.max_steps}" if config.max_steps else "")
+      )
     for epoch in range(self.epoch_done + 1, config.epochs + 1):
       if at_limit():
         break
-      batches = datasets.batches(dataset.x_train, dataset.y_train, config.batch_size,
-                                 np.random.default_rng([config.seed, epoch]))
-      if self.epoch_pos:  # resuming inside this epoch: the same order, without the steps already done
+      batches = datasets.batches(
+        dataset.x_train,
+        dataset.y_train,
+        config.batch_size,
+        np.random.default_rng([config.seed, epoch]),
+      )
+      if (
+        self.epoch_pos
+      ):  # resuming inside this epoch: the same order, without the steps already done
         batches = itertools.islice(batches, self.epoch_pos, None)
       else:
         self.epoch_losses, self.epoch_skipped, self.epoch_seconds = [], 0, 0.0
       self.position.epoch = epoch
       started = time.perf_counter()
-      bar = progress(total=self.batches_per_epoch, initial=self.epoch_pos, desc=f"epoch {epoch}/{config.epochs}")
+      bar = progress(
+        total=self.batches_per_epoch, initial=self.epoch_pos, desc=f"epoch {epoch}/{config.epochs}"
+      )
       pending = []
       for xb, yb in batches:
         if self.mesh is not None:
           xb, yb = global_batch(self.batch_sharding, xb), global_batch(self.batch_sharding, yb)
-        self.params, self.opt_state, loss, nonfinite_run = train_step(self.params, self.opt_state, xb, yb)
+        self.params, self.opt_state, loss, nonfinite_run = train_step(
+          self.params, self.opt_state, xb, yb
+        )
         self.step += 1
         self.epoch_pos += 1
         self.position.step = self.step
@@ -421,13 +504,15 @@ class _Job:
         raise self._diverged("every step of the epoch had a non-finite gradient", self.step, epoch)
       params = self.params
       record = {
-          "epoch": epoch, "step": self.step, "seconds": self.epoch_seconds,
-          "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
-          "train_accuracy": batched(correct, params, dataset.x_train, dataset.y_train),
-          "val_loss": batched(summed_loss, params, dataset.x_test, dataset.y_test),
-          "val_accuracy": batched(correct, params, dataset.x_test, dataset.y_test),
-          "skipped_steps": self.epoch_skipped,
-          **structure_metrics(params, self.regularizer, self.rigl_groups),
+        "epoch": epoch,
+        "step": self.step,
+        "seconds": self.epoch_seconds,
+        "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
+        "train_accuracy": batched(correct, params, dataset.x_train, dataset.y_train),
+        "val_loss": batched(summed_loss, params, dataset.x_test, dataset.y_test),
+        "val_accuracy": batched(correct, params, dataset.x_test, dataset.y_test),
+        "skipped_steps": self.epoch_skipped,
+        **structure_metrics(params, self.regularizer, self.rigl_groups),
       }
       if self.regularizer is not None and not isinstance(self.regularizer, discrete.DiscreteSet):
         # (an indicator's value is +inf off the set: on_set_fraction reports feasibility instead)
@@ -438,10 +523,14 @@ class _Job:
         record["structured_group_sparsity"] = z_structure["group_sparsity"]
         record["structured_weighted_group_sparsity"] = z_structure["weighted_group_sparsity"]
         if config.model == "transformer":
-          record["structured_val_perplexity"] = float(np.exp(batched(summed_loss, z, dataset.x_test, dataset.y_test)))
+          record["structured_val_perplexity"] = float(
+            np.exp(batched(summed_loss, z, dataset.x_test, dataset.y_test))
+          )
         record["structured_val_accuracy"] = batched(correct, z, dataset.x_test, dataset.y_test)
       if config.model == "transformer":
-        record.update(language_metrics(record, z if dual_averaging else params, self.lm_groups, self.unigram))
+        record.update(
+          language_metrics(record, z if dual_averaging else params, self.lm_groups, self.unigram)
+        )
       if complete:
         self.history.append(record)
         self.partial, self.epoch_done, self.epoch_pos = None, epoch, 0
@@ -461,11 +550,20 @@ class _Job:
       from rmda_jax.app import plots
 
       plots.curves(records, os.path.join(config.out, "curves.png"), title=header.split(":")[0])
-      drawn = self.regularizer if self.rigl_groups is None else regs.group_lasso(0.0, groups=self.rigl_groups)
-      plots.surviving_groups(self.params, drawn, dataset.input_shape,
-                             os.path.join(config.out, "groups.png"))
+      drawn = (
+        self.regularizer
+        if self.rigl_groups is None
+        else regs.group_lasso(0.0, groups=self.rigl_groups)
+      )
+      plots.surviving_groups(
+        self.params, drawn, dataset.input_shape, os.path.join(config.out, "groups.png")
+      )
       if config.model == "transformer":
-        plots.kept_heatmap(records, "heads_kept", os.path.join(config.out, "heads.png"),
-                           title="attention heads kept (structured point)")
+        plots.kept_heatmap(
+          records,
+          "heads_kept",
+          os.path.join(config.out, "heads.png"),
+          title="attention heads kept (structured point)",
+        )
     self.log(summary_table(records, config))
     return TrainResult(config, records, self.params, self.opt_state, self.regularizer, config.out)

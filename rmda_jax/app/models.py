@@ -58,7 +58,9 @@ class LowRank(nn.Module):
     if self.kernel_size is None:
       x = nn.Dense(self.rank, use_bias=False, name="down")(x)
     else:
-      x = nn.Conv(self.rank, tuple(self.kernel_size), padding=self.padding, use_bias=False, name="down")(x)
+      x = nn.Conv(
+        self.rank, tuple(self.kernel_size), padding=self.padding, use_bias=False, name="down"
+      )(x)
     return nn.Dense(self.features, name="up")(x)
 
 
@@ -95,7 +97,9 @@ def dense(features: int, name: str, rank: Optional[int] = None) -> nn.Module:
   return LowRank(features, rank, name=name)
 
 
-def conv(features: int, kernel_size, padding: str, name: str, rank: Optional[int] = None) -> nn.Module:
+def conv(
+  features: int, kernel_size, padding: str, name: str, rank: Optional[int] = None
+) -> nn.Module:
   if rank is None:
     return nn.Conv(features, tuple(kernel_size), padding=padding, name=name)
   return LowRank(features, rank, tuple(kernel_size), padding, name=name)
@@ -172,12 +176,14 @@ class LeNet5(nn.Module):
     channels = np.shape(params[f"Conv_{len(self.conv_features) - 1}"]["kernel"])[-1]
     side = math.isqrt(np.shape(params["Dense_0"]["kernel"])[0] // channels)
     for _ in self.conv_features:
-      side = 2 * side + 4   # undo max-pool 2 and the valid 5x5 conv
+      side = 2 * side + 4  # undo max-pool 2 and the valid 5x5 conv
     return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
 
   def with_widths_of(self, params) -> "LeNet5":
-    return self.clone(conv_features=tuple(_out(params, f"Conv_{i}") for i in range(len(self.conv_features))),
-                      dense_features=_out(params, "Dense_0"))
+    return self.clone(
+      conv_features=tuple(_out(params, f"Conv_{i}") for i in range(len(self.conv_features))),
+      dense_features=_out(params, "Dense_0"),
+    )
 
 
 class VGG(nn.Module):
@@ -212,7 +218,9 @@ class VGG(nn.Module):
   @classmethod
   def vgg16(cls, num_classes: int = 10) -> "VGG":
     """The VGG16 conv stack (about 14.7M parameters) with a linear head."""
-    return cls(((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)), num_classes)
+    return cls(
+      ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)), num_classes
+    )
 
 
 class TransformerBlock(nn.Module):
@@ -232,7 +240,9 @@ class TransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     h = nn.LayerNorm()(x)
-    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.qkv_features)(h, h)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.qkv_features)(
+      h, h
+    )
     h = nn.LayerNorm()(x)
     h = nn.Dense(self.mlp_features or self.dim * self.mlp_ratio)(h)
     return x + nn.Dense(self.dim)(nn.gelu(h))
@@ -245,12 +255,19 @@ class TransformerBlock(nn.Module):
 
   def compaction_groups(self, groups):
     """Heads and MLP units: the widths this class has (``head_dim`` is fixed)."""
-    return _only(groups, lambda f: (f.kind == "heads" and f.name.startswith("MultiHeadDotProductAttention"))
-                 or (f.kind == "units" and f.name == "Dense_0"))
+    return _only(
+      groups,
+      lambda f: (
+        (f.kind == "heads" and f.name.startswith("MultiHeadDotProductAttention"))
+        or (f.kind == "units" and f.name == "Dense_0")
+      ),
+    )
 
   def with_widths_of(self, params) -> "TransformerBlock":
     heads, head_dim = np.shape(params["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1:]
-    return self.clone(heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=_out(params, "Dense_0"))
+    return self.clone(
+      heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=_out(params, "Dense_0")
+    )
 
 
 class CausalSelfAttention(nn.Module):
@@ -279,10 +296,10 @@ def rotate(x):
   freqs = 1.0 / (10000 ** (jnp.arange(half) / half))
   angles = jnp.arange(time)[:, None] * freqs[None, :]
   cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
-  first, second = x[..., :half], x[..., half:2 * half]
+  first, second = x[..., :half], x[..., half : 2 * half]
   parts = [first * cos - second * sin, first * sin + second * cos]
   if x.shape[-1] % 2:
-    parts.append(x[..., 2 * half:])
+    parts.append(x[..., 2 * half :])
   return jnp.concatenate(parts, axis=-1)
 
 
@@ -333,30 +350,51 @@ class TransformerLM(nn.Module):
       x = x + table[: tokens.shape[1]]
     for i in range(self.layers):
       h = nn.LayerNorm(name=f"ln_attn_{i}")(x)
-      x = x + CausalSelfAttention(heads[i], head_dim, self.positions == "rotary", name=f"attn_{i}")(h)
+      x = x + CausalSelfAttention(heads[i], head_dim, self.positions == "rotary", name=f"attn_{i}")(
+        h
+      )
       h = nn.gelu(nn.Dense(mlp[i], name=f"mlp_in_{i}")(nn.LayerNorm(name=f"ln_mlp_{i}")(x)))
       x = x + nn.Dense(self.dim, name=f"mlp_out_{i}")(h)
     x = nn.LayerNorm(name="ln_out")(x)
     return embed.attend(x) if self.tied else nn.Dense(self.vocab, name="head")(x)
 
   def compaction_layers(self) -> list:
-    blocks = [f"{kind}_{i}" for i in range(self.layers)
-              for kind in ("ln_attn", "attn", "ln_mlp", "mlp_in", "mlp_out")]
-    return (["embed"] + (["positions"] if self.positions == "learned" else []) + blocks + ["ln_out"]
-            + ([] if self.tied else ["head"]))
+    blocks = [
+      f"{kind}_{i}"
+      for i in range(self.layers)
+      for kind in ("ln_attn", "attn", "ln_mlp", "mlp_in", "mlp_out")
+    ]
+    return (
+      ["embed"]
+      + (["positions"] if self.positions == "learned" else [])
+      + blocks
+      + ["ln_out"]
+      + ([] if self.tied else ["head"])
+    )
 
   def compaction_input(self, params):
     return jnp.zeros((2, min(4, self.context)), jnp.int32)
 
   def compaction_groups(self, groups):
     """Heads and MLP units per layer: the widths this class has (one ``head_dim`` for all layers)."""
-    return _only(groups, lambda f: (f.kind == "heads" and f.name.startswith("attn_"))
-                 or (f.kind == "units" and f.name.startswith("mlp_in_")))
+    return _only(
+      groups,
+      lambda f: (
+        (f.kind == "heads" and f.name.startswith("attn_"))
+        or (f.kind == "units" and f.name.startswith("mlp_in_"))
+      ),
+    )
 
   def with_widths_of(self, params) -> "TransformerLM":
-    heads = tuple(int(np.shape(params[f"attn_{i}"]["query"]["kernel"])[1]) for i in range(self.layers))
+    heads = tuple(
+      int(np.shape(params[f"attn_{i}"]["query"]["kernel"])[1]) for i in range(self.layers)
+    )
     head_dim = int(np.shape(params["attn_0"]["query"]["kernel"])[2])
-    return self.clone(heads=heads, head_dim=head_dim, mlp=tuple(_out(params, f"mlp_in_{i}") for i in range(self.layers)))
+    return self.clone(
+      heads=heads,
+      head_dim=head_dim,
+      mlp=tuple(_out(params, f"mlp_in_{i}") for i in range(self.layers)),
+    )
 
 
 def _only(groups, keep):
@@ -396,7 +434,7 @@ def generate(model, params, prompt, steps: int, temperature: float = 0.0, seed: 
   out = list(tokens)
   for _ in range(steps):
     recent = np.asarray(out[-context:], np.int32)
-    window[0, :len(recent)] = recent
+    window[0, : len(recent)] = recent
     logits = next_logits(params, window, len(recent))
     if temperature == 0:
       token = int(jnp.argmax(logits))

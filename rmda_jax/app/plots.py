@@ -53,11 +53,20 @@ def curves(history: list, path: Optional[str] = None, title: str = ""):
   acc.set_ylabel("accuracy")
   acc.legend()
   acc.grid(alpha=0.3)
-  for key, label in [("group_sparsity", "group sparsity"), ("weighted_group_sparsity", "weighted group sparsity"),
-                     ("unstructured_sparsity", "unstructured sparsity"), ("low_rank_level", "low-rank level"),
-                     ("structured_group_sparsity", "group sparsity (z)")]:
+  for key, label in [
+    ("group_sparsity", "group sparsity"),
+    ("weighted_group_sparsity", "weighted group sparsity"),
+    ("unstructured_sparsity", "unstructured sparsity"),
+    ("low_rank_level", "low-rank level"),
+    ("structured_group_sparsity", "group sparsity (z)"),
+  ]:
     if history and key in history[0]:
-      sp.plot(epochs, [r[key] for r in history], "--" if key.startswith("structured") else "-", label=label)
+      sp.plot(
+        epochs,
+        [r[key] for r in history],
+        "--" if key.startswith("structured") else "-",
+        label=label,
+      )
   sp.set_xlabel("epoch")
   sp.set_ylabel("sparsity")
   sp.set_ylim(-0.02, 1.02)
@@ -68,8 +77,9 @@ def curves(history: list, path: Optional[str] = None, title: str = ""):
   return _finish(plt, fig, path)
 
 
-def comparison(histories: dict, key: str, path: Optional[str] = None, ylabel: str = "",
-               title: str = ""):
+def comparison(
+  histories: dict, key: str, path: Optional[str] = None, ylabel: str = "", title: str = ""
+):
   """One curve per method (e.g. group sparsity vs epoch for every optimizer)."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -130,18 +140,24 @@ def surviving_groups(params, regularizer, input_shape, path: Optional[str] = Non
   return _finish(plt, fig, path)
 
 
-def kept_heatmap(history: list, key: str = "heads_kept", path: Optional[str] = None, title: str = ""):
+def kept_heatmap(
+  history: list, key: str = "heads_kept", path: Optional[str] = None, title: str = ""
+):
   """A heat map of the units kept per layer (rows) by epoch (columns).
 
   ``history[i][key]`` maps a layer name to the fraction of its units (heads,
   or hidden units with ``key="units_kept"``) that are not exactly zero.
   """
   plt = _pyplot()
-  layers = sorted({name for record in history for name in record.get(key, {})},
-                  key=lambda n: (len(n), n))
+  layers = sorted(
+    {name for record in history for name in record.get(key, {})}, key=lambda n: (len(n), n)
+  )
   epochs = [r["epoch"] for r in history]
-  grid = np.array([[r.get(key, {}).get(name, np.nan) for r in history] for name in layers]) if layers else \
-      np.zeros((1, max(len(history), 1)))
+  grid = (
+    np.array([[r.get(key, {}).get(name, np.nan) for r in history] for name in layers])
+    if layers
+    else np.zeros((1, max(len(history), 1)))
+  )
   fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(epochs) + 2), 0.5 * max(len(layers), 1) + 1.5))
   image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
   ax.set_yticks(range(len(layers)))

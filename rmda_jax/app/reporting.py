@@ -19,7 +19,7 @@ from rmda_jax.app.config import TrainConfig
 def batched_mean(fn, params, x, y, batch, between=None):
   total = 0.0
   for start in range(0, len(x), batch):
-    total += float(fn(params, x[start:start + batch], y[start:start + batch]))
+    total += float(fn(params, x[start : start + batch], y[start : start + batch]))
     if between is not None:
       between()
   return total / len(x)
@@ -43,9 +43,11 @@ def structure_metrics(params, regularizer, groups=None) -> dict:
 
 
 def epoch_line(r: dict, batches_per_epoch: Optional[int] = None) -> str:
-  line = (f"epoch {r['epoch']:4d}  loss {r['train_loss']:.4f}  train acc {r['train_accuracy']:.4f}  "
-          f"val acc {r['val_accuracy']:.4f}  sparsity {r['unstructured_sparsity']:.3f}  "
-          f"group {r['group_sparsity']:.3f}  weighted group {r['weighted_group_sparsity']:.3f}")
+  line = (
+    f"epoch {r['epoch']:4d}  loss {r['train_loss']:.4f}  train acc {r['train_accuracy']:.4f}  "
+    f"val acc {r['val_accuracy']:.4f}  sparsity {r['unstructured_sparsity']:.3f}  "
+    f"group {r['group_sparsity']:.3f}  weighted group {r['weighted_group_sparsity']:.3f}"
+  )
   if r.get("skipped_steps"):
     line += f"  skipped {r['skipped_steps']} non-finite"
   if "low_rank_level" in r:
@@ -59,8 +61,11 @@ def epoch_line(r: dict, batches_per_epoch: Optional[int] = None) -> str:
     units = ",".join(f"{v:.2f}" for v in r["units_kept"].values())
     line += f"  | val ppl {r['val_perplexity']:.2f}  heads kept {heads}  units kept {units}"
   if r.get("partial"):
-    line += " (partial epoch" + (f", {r['step'] % batches_per_epoch} of {batches_per_epoch} steps)"
-                                 if batches_per_epoch else ")")
+    line += " (partial epoch" + (
+      f", {r['step'] % batches_per_epoch} of {batches_per_epoch} steps)"
+      if batches_per_epoch
+      else ")"
+    )
   return line
 
 
@@ -69,17 +74,24 @@ def summary_table(history: list, config: TrainConfig) -> str:
     return "no epoch ran"
   last = history[-1]
   best = max(history, key=lambda r: r["val_accuracy"])
-  rows = [("final validation accuracy", f"{last['val_accuracy']:.4f}"),
-          ("best validation accuracy", f"{best['val_accuracy']:.4f} (epoch {best['epoch']})"),
-          ("unstructured sparsity", f"{last['unstructured_sparsity']:.4f}"),
-          ("group sparsity", f"{last['group_sparsity']:.4f}"),
-          ("weighted group sparsity", f"{last['weighted_group_sparsity']:.4f}"),
-          ("weight sparsity (kernels)", f"{last['weight_sparsity']:.4f}")]
+  rows = [
+    ("final validation accuracy", f"{last['val_accuracy']:.4f}"),
+    ("best validation accuracy", f"{best['val_accuracy']:.4f} (epoch {best['epoch']})"),
+    ("unstructured sparsity", f"{last['unstructured_sparsity']:.4f}"),
+    ("group sparsity", f"{last['group_sparsity']:.4f}"),
+    ("weighted group sparsity", f"{last['weighted_group_sparsity']:.4f}"),
+    ("weight sparsity (kernels)", f"{last['weight_sparsity']:.4f}"),
+  ]
   if "on_set_fraction" in last:
     rows.append(("weights on the discrete set", f"{last['on_set_fraction']:.4f}"))
   if "low_rank_level" in last:
     rows.append(("low-rank level", f"{last['low_rank_level']:.4f}"))
-  rows.append(("epochs / steps", f"{last['epoch']}{' (partial)' if last.get('partial') else ''} / {last['step']}"))
+  rows.append(
+    (
+      "epochs / steps",
+      f"{last['epoch']}{' (partial)' if last.get('partial') else ''} / {last['step']}",
+    )
+  )
   skipped = sum(r.get("skipped_steps", 0) for r in history)
   if skipped:
     rows.append(("skipped steps (non-finite)", f"{skipped}"))

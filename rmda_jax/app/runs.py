@@ -32,8 +32,15 @@ CHECKPOINT_FORMAT = 2
 
 
 # the files of a run in OUT (what --overwrite deletes)
-RUN_FILES = ("config.json", "log.json", "checkpoint", "checkpoint-damaged", "curves.png", "groups.png",
-             "heads.png")
+RUN_FILES = (
+  "config.json",
+  "log.json",
+  "checkpoint",
+  "checkpoint-damaged",
+  "curves.png",
+  "groups.png",
+  "heads.png",
+)
 
 
 # test hook: seconds to pause inside every checkpoint save window (exercises interrupts during saves)
@@ -55,26 +62,45 @@ def existing_run(out: str) -> Optional[str]:
 
 
 def _check_record(record: dict) -> None:
-  keys = ("config", "epoch", "step", "epoch_step", "epoch_losses", "epoch_skipped", "epoch_seconds", "history")
+  keys = (
+    "config",
+    "epoch",
+    "step",
+    "epoch_step",
+    "epoch_losses",
+    "epoch_skipped",
+    "epoch_seconds",
+    "history",
+  )
   if record.get("format") != CHECKPOINT_FORMAT or any(k not in record for k in keys):
     raise ckpt.CheckpointError("its record is not a training checkpoint of this rmda-jax version")
 
 
 @jax.jit
 def all_finite(tree):
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree_util.tree_leaves(tree)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def _no_checkpoint_message(checkpoint_dir: str) -> str:
   if os.path.isfile(os.path.join(checkpoint_dir, "_CHECKPOINT_METADATA")):
-    return (f"{checkpoint_dir} was written by an older rmda-jax (one unnumbered checkpoint), which cannot be "
-            "resumed; train again with --overwrite")
+    return (
+      f"{checkpoint_dir} was written by an older rmda-jax (one unnumbered checkpoint), which cannot be "
+      "resumed; train again with --overwrite"
+    )
   return f"no complete checkpoint in {checkpoint_dir}"
 
 
-def restore_newest(steps: ckpt.Steps, template_for: Callable, check_config: Callable = lambda fields: None,
-                    prefix: str = ""):
+def restore_newest(
+  steps: ckpt.Steps,
+  template_for: Callable,
+  check_config: Callable = lambda fields: None,
+  prefix: str = "",
+):
   """``(step, tree, record, damaged)`` of the newest step that restores and verifies.
 
   ``template_for(config)`` gives the tree to restore into for a stored config;
@@ -97,15 +123,19 @@ def restore_newest(steps: ckpt.Steps, template_for: Callable, check_config: Call
       damaged.append((step, str(err)))
       continue
     return step, tree, record, damaged
-  raise ConfigError(f"{prefix}no usable checkpoint in {steps.path}: "
-                    + "; ".join(f"step {step} is damaged ({why})" for step, why in damaged))
+  raise ConfigError(
+    f"{prefix}no usable checkpoint in {steps.path}: "
+    + "; ".join(f"step {step} is damaged ({why})" for step, why in damaged)
+  )
 
 
 def fallback_note(damaged, step, record, moved_to=None) -> str:
   newest, why = damaged[0]
   more = f" (and {len(damaged) - 1} more damaged step(s))" if len(damaged) > 1 else ""
-  note = (f"checkpoint step {newest} is damaged ({why}){more}; using step {step} "
-          f"(epoch {record['epoch']}{', mid-epoch' if record['epoch_step'] else ''})")
+  note = (
+    f"checkpoint step {newest} is damaged ({why}){more}; using step {step} "
+    f"(epoch {record['epoch']}{', mid-epoch' if record['epoch_step'] else ''})"
+  )
   if moved_to:
     note += f"; the damaged step was moved to {moved_to}"
   return note
@@ -124,8 +154,9 @@ def load_run(run_dir: str, log: Optional[Callable[[str], None]] = None):
     run_dir = os.path.dirname(run_dir)
   checkpoint_dir = os.path.join(run_dir, "checkpoint")
   if not os.path.isdir(checkpoint_dir):
-    raise ConfigError(f"{run_dir} is not a training run: it needs checkpoint/ "
-                      "(written by rmda-jax train --out DIR)")
+    raise ConfigError(
+      f"{run_dir} is not a training run: it needs checkpoint/ (written by rmda-jax train --out DIR)"
+    )
   built = {}
 
   def template_for(config):
@@ -136,9 +167,12 @@ def load_run(run_dir: str, log: Optional[Callable[[str], None]] = None):
     dataset = datasets.load(config.dataset, config.data_dir, download=False, context=config.context)
     model = build_model(config, dataset)
     params = model.init(jax.random.PRNGKey(config.seed), dataset.x_train[:1])["params"]
-    tx = training_optimizer(config, build_regularizer(config, model, params, dataset.x_train[:1]),
-                            datasets.steps_per_epoch(len(dataset.x_train), config.batch_size),
-                            rigl_groups(config, model, params, dataset.x_train[:1]))
+    tx = training_optimizer(
+      config,
+      build_regularizer(config, model, params, dataset.x_train[:1]),
+      datasets.steps_per_epoch(len(dataset.x_train), config.batch_size),
+      rigl_groups(config, model, params, dataset.x_train[:1]),
+    )
     built["config"], built["dataset"], built["model"] = config, dataset, model
     return {"params": params, "opt_state": tx.init(params)}
 
@@ -174,16 +208,24 @@ def prepare_out(config: TrainConfig) -> None:
   out = config.out
   if os.path.lexists(out) and not os.path.isdir(out):
     raise ConfigError(f"--out {out} is a file, not a directory")
-  if config.data_dir is not None and os.path.lexists(config.data_dir) and not os.path.isdir(config.data_dir):
+  if (
+    config.data_dir is not None
+    and os.path.lexists(config.data_dir)
+    and not os.path.isdir(config.data_dir)
+  ):
     raise ConfigError(f"--data-dir {config.data_dir} is a file, not a directory")
   if config.resume and not os.path.isdir(os.path.join(out, "checkpoint")):
-    raise ConfigError(f"--resume: no checkpoint in {os.path.join(out, 'checkpoint')} (nothing to resume; "
-                      "train without --resume)")
+    raise ConfigError(
+      f"--resume: no checkpoint in {os.path.join(out, 'checkpoint')} (nothing to resume; "
+      "train without --resume)"
+    )
   if not (config.resume or config.overwrite):
     found = existing_run(out)
     if found is not None:
-      raise ConfigError(f"--out {out} already holds a training run ({found}); add --resume to continue it "
-                        "or --overwrite to replace it")
+      raise ConfigError(
+        f"--out {out} already holds a training run ({found}); add --resume to continue it "
+        "or --overwrite to replace it"
+      )
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as err:

@@ -23,17 +23,59 @@ This module is the job's public face; the work is split by responsibility:
 from __future__ import annotations
 
 from rmda_jax.app import data as datasets
-from rmda_jax.app.builders import build_mesh, build_model, build_optimizer, build_regularizer, training_optimizer
+from rmda_jax.app.builders import (
+  build_mesh,
+  build_model,
+  build_optimizer,
+  build_regularizer,
+  training_optimizer,
+)
 from rmda_jax.app.config import (
-    DEFAULT_LR, DEFAULT_MOMENTUM, EPOCHS, GROUPINGS, LM_EPOCHS, LM_MILESTONES, MILESTONES, MODELS, OPTIMIZERS,
-    POSITIONS, REGULARIZERS, ConfigError, TrainConfig)
+  DEFAULT_LR,
+  DEFAULT_MOMENTUM,
+  EPOCHS,
+  GROUPINGS,
+  LM_EPOCHS,
+  LM_MILESTONES,
+  MILESTONES,
+  MODELS,
+  OPTIMIZERS,
+  POSITIONS,
+  REGULARIZERS,
+  ConfigError,
+  TrainConfig,
+)
 from rmda_jax.app.loop import Diverged, Interrupted, TrainResult, run
 from rmda_jax.app.reporting import structure_metrics
 from rmda_jax.app.runs import KEEP_CHECKPOINTS, SAVE_PAUSE_ENV, existing_run, load_run
 
 __all__ = [
-    "ConfigError", "DEFAULT_LR", "DEFAULT_MOMENTUM", "Diverged", "EPOCHS", "LM_EPOCHS", "LM_MILESTONES", "MILESTONES", "GROUPINGS", "Interrupted", "KEEP_CHECKPOINTS",
-    "MODELS", "OPTIMIZERS", "POSITIONS", "REGULARIZERS", "SAVE_PAUSE_ENV", "TrainConfig", "TrainResult",
-    "build_mesh", "build_model", "build_optimizer", "build_regularizer", "datasets", "existing_run", "load_run",
-    "run", "structure_metrics", "training_optimizer",
+  "ConfigError",
+  "DEFAULT_LR",
+  "DEFAULT_MOMENTUM",
+  "Diverged",
+  "EPOCHS",
+  "LM_EPOCHS",
+  "LM_MILESTONES",
+  "MILESTONES",
+  "GROUPINGS",
+  "Interrupted",
+  "KEEP_CHECKPOINTS",
+  "MODELS",
+  "OPTIMIZERS",
+  "POSITIONS",
+  "REGULARIZERS",
+  "SAVE_PAUSE_ENV",
+  "TrainConfig",
+  "TrainResult",
+  "build_mesh",
+  "build_model",
+  "build_optimizer",
+  "build_regularizer",
+  "datasets",
+  "existing_run",
+  "load_run",
+  "run",
+  "structure_metrics",
+  "training_optimizer",
 ]

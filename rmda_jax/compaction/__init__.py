@@ -18,11 +18,31 @@ from rmda_jax.compaction import cost, function, low_rank, modules, rebuild, remo
 from rmda_jax.compaction.cost import flops, latencies, num_params
 from rmda_jax.compaction.function import CompactFunction, compact_function
 from rmda_jax.compaction.low_rank import factorize
-from rmda_jax.compaction.modules import Compacted, compact, compact_linen, compact_nnx, follows_protocol
+from rmda_jax.compaction.modules import (
+  Compacted,
+  compact,
+  compact_linen,
+  compact_nnx,
+  follows_protocol,
+)
 from rmda_jax.compaction.rebuild import rebuild_linen
 from rmda_jax.compaction.removal import removable_units
 from rmda_jax.compaction.storage import load, save
 
-__all__ = ["CompactFunction", "Compacted", "compact", "compact_function", "compact_linen", "compact_nnx",
-           "factorize", "flops", "follows_protocol", "latencies", "load", "num_params", "rebuild_linen",
-           "removable_units", "save"]
+__all__ = [
+  "CompactFunction",
+  "Compacted",
+  "compact",
+  "compact_function",
+  "compact_linen",
+  "compact_nnx",
+  "factorize",
+  "flops",
+  "follows_protocol",
+  "latencies",
+  "load",
+  "num_params",
+  "rebuild_linen",
+  "removable_units",
+  "save",
+]

@@ -81,8 +81,14 @@ class CompactFunction:
     return self.fn(self.params, self.extras, *args)
 
 
-def compact_function(fn: Callable, params: Any, groups: Groups, *example_args: Any, extras: Any = None,
-                     keep_at_least: int = 1) -> CompactFunction:
+def compact_function(
+  fn: Callable,
+  params: Any,
+  groups: Groups,
+  *example_args: Any,
+  extras: Any = None,
+  keep_at_least: int = 1,
+) -> CompactFunction:
   """The smaller function computing ``fn(params, *args)``; see the module doc.
 
   Args:
@@ -104,12 +110,17 @@ def compact_function(fn: Callable, params: Any, groups: Groups, *example_args: A
   for family in groups.families:
     classes = {traced.class_of(m) for m in family.members}
     if len(classes) != 1:
-      raise ValueError(f"family {family.name!r}: its members are not one dimension of this computation.")
+      raise ValueError(
+        f"family {family.name!r}: its members are not one dimension of this computation."
+      )
     cls = next(iter(classes))
     producers = ()
     if traced.silent_when_produced_zero(cls):
-      producers = tuple(m for i, m in traced.class_slices(cls)
-                        if i < traced.n_params and m.path not in family.consumers)
+      producers = tuple(
+        m
+        for i, m in traced.class_slices(cls)
+        if i < traced.n_params and m.path not in family.consumers
+      )
     removable = removable_units(family, arrays, producers)
     keep = np.flatnonzero(~removable)
     if len(keep) < keep_at_least:
@@ -119,11 +130,17 @@ def compact_function(fn: Callable, params: Any, groups: Groups, *example_args: A
     if len(keep) < family.size:
       cut[cls] = keep
   reducer = _Reducer(traced, cut)
-  small = [reducer.slice(x, traced.axis_atoms(i)) for i, x in enumerate(param_leaves + extra_leaves)]
-  small_params = jax.tree_util.tree_unflatten(param_def, small[:traced.n_params])
-  small_extras = None if extras is None else jax.tree_util.tree_unflatten(extra_def, small[traced.n_params:])
-  consts = [reducer.slice(c, [reducer.atoms.leaves(a) for a in reducer.graph.axes(v)])
-            for v, c in zip(traced.jaxpr.jaxpr.constvars, traced.jaxpr.consts)]
+  small = [
+    reducer.slice(x, traced.axis_atoms(i)) for i, x in enumerate(param_leaves + extra_leaves)
+  ]
+  small_params = jax.tree_util.tree_unflatten(param_def, small[: traced.n_params])
+  small_extras = (
+    None if extras is None else jax.tree_util.tree_unflatten(extra_def, small[traced.n_params :])
+  )
+  consts = [
+    reducer.slice(c, [reducer.atoms.leaves(a) for a in reducer.graph.axes(v)])
+    for v, c in zip(traced.jaxpr.jaxpr.constvars, traced.jaxpr.consts)
+  ]
 
   def small_fn(p, *rest):
     if extras is not None:
@@ -164,8 +181,10 @@ class _Reducer:
   def shape(self, var, overrides: dict) -> tuple:
     traced = tuple(var.aval.shape)
     axes = self.graph.axes(var)
-    return tuple(math.prod(self.atom_size(a, overrides) for a in self.atoms.leaves(axis)) if axis else size
-                 for axis, size in zip(axes, traced))
+    return tuple(
+      math.prod(self.atom_size(a, overrides) for a in self.atoms.leaves(axis)) if axis else size
+      for axis, size in zip(axes, traced)
+    )
 
   # ---- arrays
   def slice(self, x, axis_atoms):
@@ -176,18 +195,22 @@ class _Reducer:
         continue
       sizes = [self.atoms.sizes[a] for a in atoms]
       shape = tuple(np.shape(x))
-      view = x.reshape(shape[:axis] + tuple(sizes) + shape[axis + 1:])
+      view = x.reshape(shape[:axis] + tuple(sizes) + shape[axis + 1 :])
       for k in hits:
         view = view.take(self.cut[self.atoms.find(atoms[k])], axis=axis + k)
-      x = view.reshape(shape[:axis] + (math.prod(view.shape[axis:axis + len(sizes)]),) + shape[axis + 1:])
+      x = view.reshape(
+        shape[:axis] + (math.prod(view.shape[axis : axis + len(sizes)]),) + shape[axis + 1 :]
+      )
     return x
 
   # ---- evaluation
   def run(self, jaxpr, consts, inputs, overrides: Optional[dict] = None):
     if overrides is None:
       overrides = {}
-      for var, value in zip(jaxpr.invars[self.traced.n_params + self.traced.n_extras:],
-                            inputs[self.traced.n_params + self.traced.n_extras:]):
+      for var, value in zip(
+        jaxpr.invars[self.traced.n_params + self.traced.n_extras :],
+        inputs[self.traced.n_params + self.traced.n_extras :],
+      ):
         self._bind_input_sizes(var, np.shape(value), overrides)
     env = {}
 
@@ -205,9 +228,14 @@ class _Reducer:
         closed = inner if isinstance(inner, jcore.ClosedJaxpr) else None
         body = closed.jaxpr if closed is not None else inner
         self.graph.scope = self.graph.scope + (id(eqn),)
-        inner_consts = [] if closed is None else [
+        inner_consts = (
+          []
+          if closed is None
+          else [
             self.slice(c, [self.atoms.leaves(a) for a in self.graph.axes(v)])
-            for v, c in zip(body.constvars, closed.consts)]
+            for v, c in zip(body.constvars, closed.consts)
+          ]
+        )
         outvals = self.run(body, inner_consts, invals, overrides)
         self.graph.scope = self.graph.scope[:-1]
       else:
@@ -226,15 +254,19 @@ class _Reducer:
     if tuple(shape) == traced:
       return
     if len(shape) != len(traced):
-      raise ValueError(f"an input has shape {tuple(shape)}, the traced example {traced} (rank differs).")
+      raise ValueError(
+        f"an input has shape {tuple(shape)}, the traced example {traced} (rank differs)."
+      )
     for axis, (new, old) in enumerate(zip(shape, traced)):
       if new == old:
         continue
       atoms = self.atoms.leaves(self.graph.axes(var)[axis])
       if len(atoms) != 1 or old <= 1:
-        raise ValueError(f"input axis {axis} has size {new}, traced with {old}; this axis cannot change size "
-                         "in the compacted function (trace with an example of the size you need; an axis "
-                         "traced with size 1, e.g. a batch of 1, is fixed).")
+        raise ValueError(
+          f"input axis {axis} has size {new}, traced with {old}; this axis cannot change size "
+          "in the compacted function (trace with an example of the size you need; an axis "
+          "traced with size 1, e.g. a batch of 1, is fixed)."
+        )
       overrides[self.atoms.find(atoms[0])] = new
 
   def _params(self, eqn, in_shapes, out_shapes) -> dict:
@@ -243,7 +275,9 @@ class _Reducer:
     if name == "reshape":
       params["new_sizes"] = tuple(out_shapes[0])
       params["dimensions"] = None
-    elif name in ("broadcast_in_dim", "iota", "rng_bit_generator", "random_bits") and "shape" in params:
+    elif (
+      name in ("broadcast_in_dim", "iota", "rng_bit_generator", "random_bits") and "shape" in params
+    ):
       params["shape"] = tuple(out_shapes[0] if name != "rng_bit_generator" else out_shapes[1])
     elif name == "split":
       params["sizes"] = tuple(s[params["axis"]] for s in out_shapes)

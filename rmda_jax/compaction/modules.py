@@ -92,14 +92,17 @@ class Compacted:
   params: Any
   kept: dict
   ranks: dict
-  collections: dict = dataclasses.field(default_factory=dict)  # the other variables (batch_stats, ...)
+  collections: dict = dataclasses.field(
+    default_factory=dict
+  )  # the other variables (batch_stats, ...)
 
   def apply(self, *args, **kwargs):
     return self.model.apply({"params": self.params, **self.collections}, *args, **kwargs)
 
 
-def compact_linen(model, variables, *example_args, groups=None, keep_at_least: int = 1, method=None,
-                  **kwargs) -> Compacted:
+def compact_linen(
+  model, variables, *example_args, groups=None, keep_at_least: int = 1, method=None, **kwargs
+) -> Compacted:
   """A smaller linen module of the same class computing the same function.
 
   Every removable unit (see the module doc) is cut from every variable it
@@ -143,7 +146,9 @@ def compact_linen(model, variables, *example_args, groups=None, keep_at_least: i
   params = variables.pop("params") if "params" in variables else variables
   collections = {} if params is variables else variables
   if not example_args:
-    raise TypeError("compact_linen needs an example input (any batch size): compact_linen(model, variables, x).")
+    raise TypeError(
+      "compact_linen needs an example input (any batch size): compact_linen(model, variables, x)."
+    )
   kept = {}
   current = model
   while True:
@@ -151,10 +156,16 @@ def compact_linen(model, variables, *example_args, groups=None, keep_at_least: i
       apply = lambda p, c, *a, m=current: m.apply({"params": p, **c}, *a, method=method, **kwargs)
     else:
       apply = lambda p, *a, m=current: m.apply({"params": p}, *a, method=method, **kwargs)
-    found = groups if groups is not None else discover_linen(
-        current, params, *example_args, variables=collections, method=method, **kwargs)
-    small = compact_function(apply, params, found, *example_args,
-                                       extras=collections or None, keep_at_least=keep_at_least)
+    found = (
+      groups
+      if groups is not None
+      else discover_linen(
+        current, params, *example_args, variables=collections, method=method, **kwargs
+      )
+    )
+    small = compact_function(
+      apply, params, found, *example_args, extras=collections or None, keep_at_least=keep_at_least
+    )
     for name, keep in small.kept.items():
       kept[name] = kept[name][keep] if name in kept else keep
     changed = any(len(k) < f.size for f, k in zip(found.families, small.kept.values()))
@@ -164,7 +175,9 @@ def compact_linen(model, variables, *example_args, groups=None, keep_at_least: i
     target = {"params": params, **collections}
     if changed:
       resized = {(f.size, len(k)) for f, k in zip(found.families, small.kept.values())}
-      current = rebuild_linen(current, target, *example_args, resized=resized, method=method, **kwargs)
+      current = rebuild_linen(
+        current, target, *example_args, resized=resized, method=method, **kwargs
+      )
     if not changed or groups is not None:  # given groups fit the original shapes only: one round
       break
   return Compacted(current, params, kept, {}, dict(collections))
@@ -193,27 +206,31 @@ def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
   if not follows_protocol(model):
     if not example_args:
       raise TypeError(
-          f"{type(model).__name__} does not say how it is rebuilt from its params (the compaction protocol: "
-          f"{', '.join(PROTOCOL)}); give an example input: compaction.compact(model, params, x) or "
-          "compaction.compact_linen(model, variables, x) (linen), compaction.compact_nnx(model, groups, x) (NNX), "
-          "or rmda_jax.compact_function(apply_fn, params, groups, x) for any function.")
+        f"{type(model).__name__} does not say how it is rebuilt from its params (the compaction protocol: "
+        f"{', '.join(PROTOCOL)}); give an example input: compaction.compact(model, params, x) or "
+        "compaction.compact_linen(model, variables, x) (linen), compaction.compact_nnx(model, groups, x) (NNX), "
+        "or rmda_jax.compact_function(apply_fn, params, groups, x) for any function."
+      )
     if low_rank:
       raise ValueError(f"low_rank: {type(model).__name__} has no factorized layers (ranks).")
     return compact_linen(model, params, *example_args)
   if getattr(model, "ranks", None) is not None and any(r is not None for r in model.ranks):
     raise ValueError("the model is already factorized (ranks is set); compact the full model.")
   names = model.compaction_layers()
-  if set(params) != set(names) or any("kernel" not in params[n] for n in names
-                                      if n.startswith(("Dense", "Conv", "mlp", "head"))):
-    raise ValueError(f"params do not match the {type(model).__name__}: expected layers {names}, "
-                     f"got {sorted(params)}.")
+  if set(params) != set(names) or any(
+    "kernel" not in params[n] for n in names if n.startswith(("Dense", "Conv", "mlp", "head"))
+  ):
+    raise ValueError(
+      f"params do not match the {type(model).__name__}: expected layers {names}, "
+      f"got {sorted(params)}."
+    )
   x = example_args[0] if example_args else model.compaction_input(params)
   kept = {}
   current = model
   while True:  # a removal can make another unit dead (a consumer's remaining rows all zero...)
     apply = lambda p, x, m=current: m.apply({"params": p}, x)
     groups = discover_groups(apply, params, x)
-    if callable(getattr(model, "compaction_groups", None)):   # the widths the class can express
+    if callable(getattr(model, "compaction_groups", None)):  # the widths the class can express
       groups = model.compaction_groups(groups)
     small = compact_function(apply, params, groups, x)
     for name, keep in small.kept.items():
@@ -223,15 +240,19 @@ def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
     current = model.with_widths_of(params)
     if not changed:
       break
-  params = {name: dict(layer) if isinstance(layer, dict) else layer for name, layer in params.items()}
+  params = {
+    name: dict(layer) if isinstance(layer, dict) else layer for name, layer in params.items()
+  }
   for name in names:
     if name.startswith(("Dense", "Conv")) and name not in kept:
       kept[name] = np.arange(np.shape(params[name]["kernel"])[-1])
   compact_model = model.with_widths_of(params)
   expected = jax.eval_shape(lambda: compact_model.init(jax.random.PRNGKey(0), x))["params"]
   if jax.tree_util.tree_map(np.shape, expected) != jax.tree_util.tree_map(np.shape, params):
-    raise ValueError(f"{type(model).__name__}.with_widths_of does not express the compacted widths (its "
-                     "compaction_groups should leave out the families it cannot resize).")
+    raise ValueError(
+      f"{type(model).__name__}.with_widths_of does not express the compacted widths (its "
+      "compaction_groups should leave out the families it cannot resize)."
+    )
   ranks = {}
   if low_rank and not hasattr(model, "ranks"):
     raise ValueError(f"low_rank: {type(model).__name__} has no factorized layers (ranks).")
@@ -245,7 +266,10 @@ def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
       down, up = factorize(kernel)
       r = np.shape(up)[0]
       if r * (m + n) < m * n:
-        params[name] = {"down": {"kernel": down}, "up": {"kernel": up, "bias": params[name]["bias"]}}
+        params[name] = {
+          "down": {"kernel": down},
+          "up": {"kernel": up, "bias": params[name]["bias"]},
+        }
         ranks[name] = r
       layer_ranks.append(ranks.get(name))
     if ranks:
@@ -287,7 +311,9 @@ def compact_nnx(model, groups, *example_args, in_place: bool = False, keep_at_le
     model = nnx.clone(model)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   fn = lambda p, r, *args: nnx.merge(graphdef, p, r)(*args)
-  small = compact_function(fn, params, groups, *example_args, extras=rest, keep_at_least=keep_at_least)
+  small = compact_function(
+    fn, params, groups, *example_args, extras=rest, keep_at_least=keep_at_least
+  )
   nnx.update(model, small.params, small.extras)
   for _, module in nnx.iter_modules(model):
     _set_nnx_sizes(module, nnx)

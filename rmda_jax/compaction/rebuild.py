@@ -43,18 +43,23 @@ import numpy as np
 
 # width attributes of the standard layers, for the error message
 WIDTH_ATTRIBUTES = {
-    "Dense": ("features",), "DenseGeneral": ("features",), "Conv": ("features",),
-    "ConvTranspose": ("features",), "Embed": ("features", "num_embeddings"),
-    "MultiHeadDotProductAttention": ("num_heads", "qkv_features", "out_features"),
-    "MultiHeadAttention": ("num_heads", "qkv_features", "out_features"),
-    "SelfAttention": ("num_heads", "qkv_features", "out_features"),
+  "Dense": ("features",),
+  "DenseGeneral": ("features",),
+  "Conv": ("features",),
+  "ConvTranspose": ("features",),
+  "Embed": ("features", "num_embeddings"),
+  "MultiHeadDotProductAttention": ("num_heads", "qkv_features", "out_features"),
+  "MultiHeadAttention": ("num_heads", "qkv_features", "out_features"),
+  "SelfAttention": ("num_heads", "qkv_features", "out_features"),
 }
 
 
 def _shapes(tree) -> dict:
   keyed = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp): tuple(np.shape(x))
-          for kp, x in keyed}
+  return {
+    "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp): tuple(np.shape(x))
+    for kp, x in keyed
+  }
 
 
 def _init_shapes(model, example_args, kwargs) -> tuple[dict, dict]:
@@ -85,8 +90,11 @@ def _int_fields(model) -> list:
       continue
     if isinstance(value, int):
       out.append((f.name, None, value))
-    elif isinstance(value, (tuple, list)) and value and all(isinstance(v, int) and not isinstance(v, bool)
-                                                            for v in value):
+    elif (
+      isinstance(value, (tuple, list))
+      and value
+      and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
       out.extend((f.name, i, v) for i, v in enumerate(value))
   return out
 
@@ -123,8 +131,10 @@ def rebuild_linen(model, target: Any, *example_args, resized=(), **kwargs):
     ValueError: no choice of the module's fields gives the target shapes;
       the message names the layer and its width attribute.
   """
-  target = {p: tuple(s) if isinstance(s, (tuple, list)) else tuple(np.shape(s))
-            for p, s in _shapes_or_tuples(target).items()}
+  target = {
+    p: tuple(s) if isinstance(s, (tuple, list)) else tuple(np.shape(s))
+    for p, s in _shapes_or_tuples(target).items()
+  }
   shapes, layers = _init_shapes(model, example_args, kwargs)
   wrong = _mismatched(shapes, target)
   if not wrong:
@@ -160,7 +170,9 @@ def rebuild_linen(model, target: Any, *example_args, resized=(), **kwargs):
         break
   if wrong:
     # name a layer whose own output width changed (a producer), not one that only follows its input
-    producer_first = sorted(wrong, key=lambda p: (not _output_changed(shapes.get(p), target.get(p)), p))
+    producer_first = sorted(
+      wrong, key=lambda p: (not _output_changed(shapes.get(p), target.get(p)), p)
+    )
     raise ValueError(_explain(model, producer_first, shapes, target, layers))
   return current
 
@@ -196,10 +208,17 @@ def _explain(model, wrong, shapes, target, layers) -> str:
       break
   kind = type(layer).__name__ if layer is not None else "layer"
   attributes = [a for a in WIDTH_ATTRIBUTES.get(kind, ()) if getattr(layer, a, None) is not None]
-  where = (", ".join(f"{layer_path}.{a} ({getattr(layer, a)})" for a in attributes)
-           if attributes else f"the width of {layer_path} ({kind})")
-  fields = ", ".join(f"{n}{'' if i is None else f'[{i}]'}={v}" for n, i, v in _int_fields(model)) or "none"
-  return (f"cannot rebuild {type(model).__name__} smaller: {path} must become {target.get(path)} "
-          f"(it is {shapes.get(path)}), but {where} is set inside {type(model).__name__}'s code, not by one of its "
-          f"integer fields ({fields}). Make that width a field of {type(model).__name__}, or use "
-          "rmda_jax.compact_function (any function) or compaction.compact_nnx (NNX).")
+  where = (
+    ", ".join(f"{layer_path}.{a} ({getattr(layer, a)})" for a in attributes)
+    if attributes
+    else f"the width of {layer_path} ({kind})"
+  )
+  fields = (
+    ", ".join(f"{n}{'' if i is None else f'[{i}]'}={v}" for n, i, v in _int_fields(model)) or "none"
+  )
+  return (
+    f"cannot rebuild {type(model).__name__} smaller: {path} must become {target.get(path)} "
+    f"(it is {shapes.get(path)}), but {where} is set inside {type(model).__name__}'s code, not by one of its "
+    f"integer fields ({fields}). Make that width a field of {type(model).__name__}, or use "
+    "rmda_jax.compact_function (any function) or compaction.compact_nnx (NNX)."
+  )

@@ -33,8 +33,10 @@ def removable_units(family: Family, leaves: dict, producers: Sequence = ()) -> n
   def zero(members):
     if not members:
       return np.zeros(family.size, bool)
-    layout = GroupLayout.of_family(Family(family.name, family.kind, family.size, members),
-                            [np.shape(leaves[m.path]) for m in members])
+    layout = GroupLayout.of_family(
+      Family(family.name, family.kind, family.size, members),
+      [np.shape(leaves[m.path]) for m in members],
+    )
     return ~np.asarray(layout.nonzero([np.asarray(leaves[m.path], np.float32) for m in members]))
 
   removable = zero(family.members)

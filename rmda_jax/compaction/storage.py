@@ -27,18 +27,30 @@ def save(path: str, compacted: Compacted) -> None:
   original: ``path/model.json`` (class and fields) and ``path/params`` (orbax)."""
   ocp = optional_import("orbax.checkpoint", "saving a compact model")
   model = compacted.model
-  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-            if f.name not in ("parent", "name") and not f.name.startswith("_")}
+  fields = {
+    f.name: getattr(model, f.name)
+    for f in dataclasses.fields(model)
+    if f.name not in ("parent", "name") and not f.name.startswith("_")
+  }
   os.makedirs(path, exist_ok=True)
   with ocp.StandardCheckpointer() as writer:
     writer.save(os.path.join(os.path.abspath(path), "params"), compacted.params, force=True)
     if compacted.collections:
-      writer.save(os.path.join(os.path.abspath(path), "collections"), compacted.collections, force=True)
+      writer.save(
+        os.path.join(os.path.abspath(path), "collections"), compacted.collections, force=True
+      )
     writer.wait_until_finished()
   with open(os.path.join(path, "model.json"), "w") as f:
-    json.dump({"class": type(model).__name__, "fields": fields,
-               "kept": {k: np.asarray(v).tolist() for k, v in compacted.kept.items()},
-               "ranks": compacted.ranks}, f, indent=2)
+    json.dump(
+      {
+        "class": type(model).__name__,
+        "fields": fields,
+        "kept": {k: np.asarray(v).tolist() for k, v in compacted.kept.items()},
+        "ranks": compacted.ranks,
+      },
+      f,
+      indent=2,
+    )
 
 
 def load(path: str, classes: tuple = ()) -> Compacted:
@@ -48,15 +60,19 @@ def load(path: str, classes: tuple = ()) -> Compacted:
   for a run of ``rmda-jax compact``, or a module class of your own."""
   config = os.path.join(path, "model.json")
   if not os.path.isfile(config):
-    raise ValueError(f"{path} holds no compact model (no model.json; write one with rmda-jax compact RUN --out DIR).")
+    raise ValueError(
+      f"{path} holds no compact model (no model.json; write one with rmda-jax compact RUN --out DIR)."
+    )
   with open(config) as f:
     spec = json.load(f)
   known = {c.__name__: c for c in classes}
   cls = known.get(spec.get("class"))
   if cls is None:
-    raise ValueError(f"{config}: model class {spec.get('class')!r} is not among classes= "
-                     f"({', '.join(known) or 'none given'}); pass it, e.g. classes=rmda_jax.app.models.ZOO or "
-                     "classes=(MyModule,).")
+    raise ValueError(
+      f"{config}: model class {spec.get('class')!r} is not among classes= "
+      f"({', '.join(known) or 'none given'}); pass it, e.g. classes=rmda_jax.app.models.ZOO or "
+      "classes=(MyModule,)."
+    )
   model = cls(**{k: _to_tuple(v) for k, v in spec["fields"].items()})
   ocp = optional_import("orbax.checkpoint", "loading a compact model")
   with ocp.StandardCheckpointer() as reader:  # the saved shapes are the compact ones: no template

@@ -23,5 +23,14 @@ from rmda_jax.core.groups import Family, Groups, Slice, Unprunable
 from rmda_jax.core.layout import GroupLayout
 from rmda_jax.core.rules import Elementwise, GroupRule, Matrix, by_path
 
-__all__ = ["Elementwise", "Family", "GroupLayout", "GroupRule", "Groups", "Matrix", "Slice", "Unprunable",
-           "by_path"]
+__all__ = [
+  "Elementwise",
+  "Family",
+  "GroupLayout",
+  "GroupRule",
+  "Groups",
+  "Matrix",
+  "Slice",
+  "Unprunable",
+  "by_path",
+]

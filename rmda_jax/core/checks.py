@@ -58,9 +58,17 @@ def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str
   return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
-def check_scalar(value: Any, argname: str, low: float = -math.inf, high: float = math.inf,
-                 low_open: bool = False, high_open: bool = False, schedule: bool = False,
-                 concrete: bool = False, note: str = "") -> None:
+def check_scalar(
+  value: Any,
+  argname: str,
+  low: float = -math.inf,
+  high: float = math.inf,
+  low_open: bool = False,
+  high_open: bool = False,
+  schedule: bool = False,
+  concrete: bool = False,
+  note: str = "",
+) -> None:
   """Validate a scalar hyperparameter.
 
   ``value`` is a real number (not a bool) or a real scalar array; with
@@ -83,31 +91,43 @@ def check_scalar(value: Any, argname: str, low: float = -math.inf, high: float =
     TypeError: not a number, scalar array (or schedule); traced with ``concrete``.
     ValueError: out of range, non-finite, or an array that is not a scalar.
   """
-  accepted = "a number, a scalar array or an optax schedule" if schedule else "a number or a scalar array"
+  accepted = (
+    "a number, a scalar array or an optax schedule" if schedule else "a number or a scalar array"
+  )
   if schedule and callable(value) and not _is_array(value):
     return
   if is_tracer(value):
     if concrete:
-      raise TypeError(f"{argname} must be a concrete number, got a traced value ({value!r}); "
-                      "it is used in Python when the optimizer is built.")
+      raise TypeError(
+        f"{argname} must be a concrete number, got a traced value ({value!r}); "
+        "it is used in Python when the optimizer is built."
+      )
     return
   if is_number(value):
     number = float(value)
   elif _is_array(value):
     dtype = np.result_type(value.dtype)
-    if dtype == np.bool_ or not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-      raise TypeError(f"{argname} must be {accepted} (of an integer or floating dtype), "
-                      f"got an array of dtype {dtype}.")
+    if dtype == np.bool_ or not (
+      jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    ):
+      raise TypeError(
+        f"{argname} must be {accepted} (of an integer or floating dtype), "
+        f"got an array of dtype {dtype}."
+      )
     if np.ndim(value) != 0:
-      raise ValueError(f"{argname} must be a scalar ({_range_text(low, high, low_open, high_open)}), "
-                       f"got an array of shape {np.shape(value)}.")
+      raise ValueError(
+        f"{argname} must be a scalar ({_range_text(low, high, low_open, high_open)}), "
+        f"got an array of shape {np.shape(value)}."
+      )
     number = float(np.asarray(value))
   else:
     raise TypeError(f"{argname} must be {accepted}, got {type(value).__name__} ({value!r:.60}).")
   ok_low = number > low if low_open else number >= low
   ok_high = number < high if high_open else number <= high
   if not (math.isfinite(number) and ok_low and ok_high):
-    raise ValueError(f"{argname} must be {_range_text(low, high, low_open, high_open)}{note}, got {value!r}.")
+    raise ValueError(
+      f"{argname} must be {_range_text(low, high, low_open, high_open)}{note}, got {value!r}."
+    )
 
 
 def check_learning_rate(value: Any, argname: str = "learning_rate") -> None:
@@ -117,8 +137,15 @@ def check_learning_rate(value: Any, argname: str = "learning_rate") -> None:
 
 def check_momentum(value: Any, argname: str = "momentum") -> None:
   """The papers' momentum: the weight c in (0, 1] of the new point (1 = none)."""
-  check_scalar(value, argname, 0.0, 1.0, low_open=True, schedule=True,
-               note=" (the weight of the new point: x <- (1-c) x + c z; 1 means no momentum)")
+  check_scalar(
+    value,
+    argname,
+    0.0,
+    1.0,
+    low_open=True,
+    schedule=True,
+    note=" (the weight of the new point: x <- (1-c) x + c z; 1 means no momentum)",
+  )
 
 
 def check_nonnegative(value: Any, argname: str) -> None:
@@ -126,8 +153,15 @@ def check_nonnegative(value: Any, argname: str) -> None:
   check_scalar(value, argname, low=0.0)
 
 
-def check_in_range(value: Any, argname: str, low: float, high: float, low_open: bool = False,
-                   high_open: bool = True, concrete: bool = False) -> None:
+def check_in_range(
+  value: Any,
+  argname: str,
+  low: float,
+  high: float,
+  low_open: bool = False,
+  high_open: bool = True,
+  concrete: bool = False,
+) -> None:
   """A number or scalar array in ``[low, high)`` (ends as told); see :func:`check_scalar`."""
   check_scalar(value, argname, low, high, low_open=low_open, high_open=high_open, concrete=concrete)
 
@@ -140,7 +174,9 @@ def check_integer(value: Any, argname: str, low: int = 1) -> int:
     ValueError: below ``low``.
   """
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{argname} must be an integer >= {low}, got {type(value).__name__} ({value!r:.60}).")
+    raise TypeError(
+      f"{argname} must be an integer >= {low}, got {type(value).__name__} ({value!r:.60})."
+    )
   if value < low:
     raise ValueError(f"{argname} must be an integer >= {low}, got {value!r}.")
   return int(value)
@@ -157,10 +193,14 @@ def check_axes(axes: Any, argname: str) -> tuple[int, ...]:
   try:
     items = tuple(axes)
   except TypeError:
-    raise TypeError(f"{argname} must be a tuple of integer axes, e.g. (0,), got {axes!r}.") from None
+    raise TypeError(
+      f"{argname} must be a tuple of integer axes, e.g. (0,), got {axes!r}."
+    ) from None
   out = []
   for a in items:
-    is_bool = isinstance(a, (bool, np.bool_)) or (_is_array(a) and np.result_type(a.dtype) == np.bool_)
+    is_bool = isinstance(a, (bool, np.bool_)) or (
+      _is_array(a) and np.result_type(a.dtype) == np.bool_
+    )
     try:
       index = None if is_bool else operator.index(a)
     except TypeError:
@@ -188,5 +228,6 @@ def check_skip_nonfinite(value: Any) -> int | None:
       raise ValueError(f"skip_nonfinite must be a bool or an integer >= 0, got {value!r}.")
     return int(value) or None
   raise TypeError(
-      f"skip_nonfinite must be a bool or an integer >= 0 (a Python value; under "
-      f"optax.inject_hyperparams list it in static_args), got {type(value).__name__}.")
+    f"skip_nonfinite must be a bool or an integer >= 0 (a Python value; under "
+    f"optax.inject_hyperparams list it in static_args), got {type(value).__name__}."
+  )

@@ -27,4 +27,4 @@ def optional_import(module: str, purpose: str, extra: str = "examples") -> Modul
     return importlib.import_module(module)
   except ImportError as err:
     package = module.split(".")[0].replace("_", "-")
-    raise ImportError(f"{purpose} needs {package}: pip install \"rmda-jax[{extra}]\"") from err
+    raise ImportError(f'{purpose} needs {package}: pip install "rmda-jax[{extra}]"') from err

@@ -68,7 +68,9 @@ class Slice:
     if self.axis < 0:
       raise ValueError(f"Slice {self.path!r}: axis must be >= 0, got {self.axis}.")
     if self.split and not 0 <= self.position < len(self.split):
-      raise ValueError(f"Slice {self.path!r}: position {self.position} out of range for split {self.split}.")
+      raise ValueError(
+        f"Slice {self.path!r}: position {self.position} out of range for split {self.split}."
+      )
     if not self.split and self.position != 0:
       raise ValueError(f"Slice {self.path!r}: position must be 0 without a split.")
 
@@ -76,7 +78,7 @@ class Slice:
     """``shape`` with ``axis`` replaced by ``split``."""
     shape = tuple(shape)
     inner = self.split or (shape[self.axis],)
-    return shape[:self.axis] + inner + shape[self.axis + 1:]
+    return shape[: self.axis] + inner + shape[self.axis + 1 :]
 
   def group_axis(self) -> int:
     """The group index's axis in :meth:`expanded_shape`."""
@@ -135,7 +137,9 @@ class Family:
     if len(set(paths)) != len(paths):
       raise ValueError(f"Family {self.name!r}: a leaf appears twice in {paths}.")
     if self.weight is not None and not (self.weight >= 0 and math.isfinite(self.weight)):
-      raise ValueError(f"Family {self.name!r}: weight must be a finite number >= 0, got {self.weight!r}.")
+      raise ValueError(
+        f"Family {self.name!r}: weight must be a finite number >= 0, got {self.weight!r}."
+      )
 
   @property
   def paths(self) -> tuple:
@@ -185,8 +189,10 @@ class Groups:
     for family in self.families:
       for path in family.paths:
         if path in owner:
-          raise ValueError(f"groups: leaf {path!r} is in two families ({owner[path]!r} and {family.name!r}); "
-                           "families must be disjoint.")
+          raise ValueError(
+            f"groups: leaf {path!r} is in two families ({owner[path]!r} and {family.name!r}); "
+            "families must be disjoint."
+          )
         owner[path] = family.name
 
   @property
@@ -216,7 +222,10 @@ class Groups:
       lines.append(f"not prunable ({len(self.unprunable)} dimensions):")
       lines.extend("  " + u.describe() for u in self.unprunable)
     if self.unknown_primitives:
-      lines.append("unknown primitives (their dimensions were kept whole): " + ", ".join(self.unknown_primitives))
+      lines.append(
+        "unknown primitives (their dimensions were kept whole): "
+        + ", ".join(self.unknown_primitives)
+      )
     return "\n".join(lines)
 
   def __str__(self) -> str:

@@ -64,7 +64,9 @@ class GroupLayout:
   spread_shapes: tuple[Optional[Shape], ...]
 
   @classmethod
-  def of_rule(cls, shape: Sequence[int], rule: GroupRule, weight: Optional[float] = None) -> GroupLayout:
+  def of_rule(
+    cls, shape: Sequence[int], rule: GroupRule, weight: Optional[float] = None
+  ) -> GroupLayout:
     """One leaf of ``shape`` under ``rule``; ``weight`` defaults to the rule's ``w_g``."""
     shape = tuple(shape)
     group_shape = tuple(1 if a in rule.reduce_axes else s for a, s in enumerate(shape))
@@ -84,7 +86,9 @@ class GroupLayout:
       spread.append(tuple(s if a == axis else 1 for a, s in enumerate(view)))
     size = sum(math.prod(s) for s in shapes) // max(family.size, 1)
     weight = family.weight if family.weight is not None else math.sqrt(size)
-    return cls(shapes, tuple(views), tuple(reduce_axes), (family.size,), float(weight), tuple(spread))
+    return cls(
+      shapes, tuple(views), tuple(reduce_axes), (family.size,), float(weight), tuple(spread)
+    )
 
   @property
   def coupled(self) -> bool:
@@ -100,8 +104,12 @@ class GroupLayout:
     """Entries in one group (over all members)."""
     return sum(math.prod(s) for s in self.shapes) // max(self.num_groups, 1)
 
-  def _reduce(self, op: Callable[..., jax.Array], combine: Callable[[jax.Array, jax.Array], jax.Array],
-              arrays: Sequence[jax.Array]) -> jax.Array:
+  def _reduce(
+    self,
+    op: Callable[..., jax.Array],
+    combine: Callable[[jax.Array, jax.Array], jax.Array],
+    arrays: Sequence[jax.Array],
+  ) -> jax.Array:
     total = None
     for m, x in enumerate(arrays):
       view = self.views[m]
@@ -164,10 +172,13 @@ class GroupLayout:
       xs = [jnp.broadcast_to(x, self.shapes[m]).reshape(shape) for x in xs]
       dtype = jnp.result_type(*xs)
       xs = [x.astype(dtype) for x in xs]
-      reduced = jax.lax.reduce(tuple(xs), tuple(init(op, dtype) for op in ops), computation,
-                               tuple(self.reduce_axes[m]))
+      reduced = jax.lax.reduce(
+        tuple(xs), tuple(init(op, dtype) for op in ops), computation, tuple(self.reduce_axes[m])
+      )
       reduced = [r.reshape(self.group_shape) for r in reduced]
-      totals = reduced if totals is None else [combine[op](t, r) for op, t, r in zip(ops, totals, reduced)]
+      totals = (
+        reduced if totals is None else [combine[op](t, r) for op, t, r in zip(ops, totals, reduced)]
+      )
     assert totals is not None, "a layout has at least one member"
     return totals
 

@@ -48,7 +48,9 @@ def norm_from_squares(squared: Array) -> Array:
 
 def shrink_factor(norm: Array, threshold: Array) -> Array:
   """``max(0, 1 - threshold / norm)`` without 0/0; NaN where ``norm`` is NaN."""
-  return jnp.where(norm > threshold, 1 - safe_divide(threshold, norm), jnp.where(norm <= threshold, 0, norm))
+  return jnp.where(
+    norm > threshold, 1 - safe_divide(threshold, norm), jnp.where(norm <= threshold, 0, norm)
+  )
 
 
 def soft_threshold(x: Array, threshold: Array) -> Array:

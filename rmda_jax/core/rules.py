@@ -84,7 +84,9 @@ class GroupRule:
   weight: Optional[float] = None
 
   def __post_init__(self):
-    object.__setattr__(self, "reduce_axes", checks.check_axes(self.reduce_axes, "GroupRule.reduce_axes"))
+    object.__setattr__(
+      self, "reduce_axes", checks.check_axes(self.reduce_axes, "GroupRule.reduce_axes")
+    )
     if self.weight is not None:
       checks.check_scalar(self.weight, "GroupRule.weight", low=0.0, concrete=True)
       object.__setattr__(self, "weight", float(self.weight))
@@ -121,9 +123,9 @@ def head_rule(path: str, ndim: int) -> Optional[GroupRule]:
     return None
   name = module_name(path)
   if name in ATTENTION_INPUTS:
-    return GroupRule((0, 2))   # (in, heads, head_dim)
+    return GroupRule((0, 2))  # (in, heads, head_dim)
   if name == ATTENTION_OUTPUT:
-    return GroupRule((1, 2))   # (heads, head_dim, out)
+    return GroupRule((1, 2))  # (heads, head_dim, out)
   return None
 
 
@@ -196,7 +198,7 @@ def _is_rule_leaf(x) -> bool:
 
 
 def resolve_rules(
-    spec: RuleSpec, params, default: RuleFn, expected: type, argname: str = "rules"
+  spec: RuleSpec, params, default: RuleFn, expected: type, argname: str = "rules"
 ) -> tuple[list[str], list[Any], list[Optional[Rule]], Any]:
   """Rules for every leaf of ``params``, validated against the leaves' shapes.
 
@@ -217,8 +219,9 @@ def resolve_rules(
     unmatched = spec.unmatched(paths) if isinstance(spec, PathRules) else []
     if unmatched:
       raise ValueError(
-          f"{argname}: the pattern(s) {unmatched} match no leaf of the params "
-          f"(leaves: {', '.join(paths[:8])}{', ...' if len(paths) > 8 else ''}).")
+        f"{argname}: the pattern(s) {unmatched} match no leaf of the params "
+        f"(leaves: {', '.join(paths[:8])}{', ...' if len(paths) > 8 else ''})."
+      )
   else:
     # matched by path, so a plain dict of rules fits an nnx.State (or a
     # FrozenDict) holding the same leaves
@@ -229,15 +232,21 @@ def resolve_rules(
     bad = [r for r in by_path_str.values() if not _is_rule_leaf(r)]
     if missing or extra or bad or len(by_path_str) != len(keyed_rules):
       raise ValueError(
-          f"{argname}: the rule tree does not match the params tree"
-          + (f"; no rule for {missing[:4]}" if missing else "")
-          + (f"; rules for leaves the params do not have: {extra[:4]}" if extra else "")
-          + (f"; not rules: {bad[:2]}" if bad else "") + ".\n"
-          f"  params structure: {treedef}\n"
-          "Give one rule (or None) per params leaf, or a callable (path, leaf) -> rule."
+        f"{argname}: the rule tree does not match the params tree"
+        + (f"; no rule for {missing[:4]}" if missing else "")
+        + (f"; rules for leaves the params do not have: {extra[:4]}" if extra else "")
+        + (f"; not rules: {bad[:2]}" if bad else "")
+        + ".\n"
+        f"  params structure: {treedef}\n"
+        "Give one rule (or None) per params leaf, or a callable (path, leaf) -> rule."
       )
     rules = [by_path_str[p] for p in paths]
-  return paths, leaves, [_check_rule(r, p, x, expected, argname) for r, p, x in zip(rules, paths, leaves)], treedef
+  return (
+    paths,
+    leaves,
+    [_check_rule(r, p, x, expected, argname) for r, p, x in zip(rules, paths, leaves)],
+    treedef,
+  )
 
 
 def _check_rule(rule, path, leaf, expected, argname):
@@ -247,8 +256,8 @@ def _check_rule(rule, path, leaf, expected, argname):
     return None
   if not isinstance(rule, expected):
     raise ValueError(
-        f"{argname}: leaf {path!r} got a rule of type {type(rule).__name__}; "
-        f"this regularizer takes {expected.__name__} or None."
+      f"{argname}: leaf {path!r} got a rule of type {type(rule).__name__}; "
+      f"this regularizer takes {expected.__name__} or None."
     )
   shape = jax.numpy.shape(leaf)
   ndim = len(shape)
@@ -257,8 +266,8 @@ def _check_rule(rule, path, leaf, expected, argname):
     for a in rule.reduce_axes:
       if not -ndim <= a < ndim:
         raise ValueError(
-            f"{argname}: reduce axis {a} of leaf {path!r} is out of range for its "
-            f"shape {shape} (accepted: {-ndim} .. {ndim - 1})."
+          f"{argname}: reduce axis {a} of leaf {path!r} is out of range for its "
+          f"shape {shape} (accepted: {-ndim} .. {ndim - 1})."
         )
       axes.append(a % ndim)
     if len(set(axes)) != len(axes):
@@ -266,7 +275,7 @@ def _check_rule(rule, path, leaf, expected, argname):
     rule = GroupRule(tuple(sorted(axes)), rule.weight)
   if isinstance(rule, Matrix) and ndim < 2:
     raise ValueError(
-        f"{argname}: the nuclear norm needs a leaf with ndim >= 2, but {path!r} has shape {shape}."
+      f"{argname}: the nuclear norm needs a leaf with ndim >= 2, but {path!r} has shape {shape}."
     )
   if math.prod(shape) == 0:
     return None

@@ -63,7 +63,9 @@ def _clip(text: str, limit: int = 1200) -> str:
   return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def check_like_params(tree: chex.ArrayTree, params: chex.ArrayTree, argname: str, hint: str = "") -> None:
+def check_like_params(
+  tree: chex.ArrayTree, params: chex.ArrayTree, argname: str, hint: str = ""
+) -> None:
   """``tree`` has the params' tree structure and leaf shapes.
 
   Static: costs nothing under jit.
@@ -75,29 +77,39 @@ def check_like_params(tree: chex.ArrayTree, params: chex.ArrayTree, argname: str
   tree_def = jax.tree_util.tree_structure(tree)
   params_def = jax.tree_util.tree_structure(params)
   if tree_def != params_def:
-    tree_paths = [jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    param_paths = [jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    tree_paths = [
+      jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+    param_paths = [
+      jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
     tree_set, param_set = set(tree_paths), set(param_paths)
     only_tree = [p for p in tree_paths if p not in param_set]
     only_params = [p for p in param_paths if p not in tree_set]
     detail = ""
     for where, names in ((argname, only_tree), ("params", only_params)):
       if names:
-        detail += f"\n  leaves only in {where}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+        detail += (
+          f"\n  leaves only in {where}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+        )
     raise ValueError(
-        f"{argname} must have the params' tree structure{hint}.{detail}\n"
-        f"  {argname}: {_clip(str(tree_def))}\n  params: {_clip(str(params_def))}")
-  for (kp, leaf), param in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree_util.tree_leaves(params)):
+      f"{argname} must have the params' tree structure{hint}.{detail}\n"
+      f"  {argname}: {_clip(str(tree_def))}\n  params: {_clip(str(params_def))}"
+    )
+  for (kp, leaf), param in zip(
+    jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree_util.tree_leaves(params)
+  ):
     if jnp.shape(leaf) != jnp.shape(param):
       raise ValueError(
-          f"{argname} must have the params' shapes{hint}: leaf {jax.tree_util.keystr(kp)} has shape "
-          f"{jnp.shape(leaf)}, the param {jnp.shape(param)}.")
+        f"{argname} must have the params' shapes{hint}: leaf {jax.tree_util.keystr(kp)} has shape "
+        f"{jnp.shape(leaf)}, the param {jnp.shape(param)}."
+      )
 
 
 def to_float32(tree: chex.ArrayTree) -> chex.ArrayTree:
   """Accumulator copy of a tree: float32 at least, whatever the params' dtype."""
   return jax.tree_util.tree_map(
-      lambda x: jnp.asarray(x, jnp.promote_types(jnp.result_type(x), jnp.float32)), tree
+    lambda x: jnp.asarray(x, jnp.promote_types(jnp.result_type(x), jnp.float32)), tree
   )
 
 
@@ -107,6 +119,7 @@ def fresh_copy(tree: chex.ArrayTree, accumulator: bool = False) -> chex.ArrayTre
   It never aliases the input: an optimizer state built from the params must
   survive ``jax.jit(..., donate_argnums=...)`` donating both.
   """
+
   def copy(x):
     dtype = jnp.result_type(x)
     if accumulator:
@@ -119,7 +132,7 @@ def fresh_copy(tree: chex.ArrayTree, accumulator: bool = False) -> chex.ArrayTre
 def zeros_float32(tree: chex.ArrayTree) -> chex.ArrayTree:
   """Zeros shaped like ``tree``, float32 at least."""
   return jax.tree_util.tree_map(
-      lambda x: jnp.zeros(jnp.shape(x), jnp.promote_types(jnp.result_type(x), jnp.float32)), tree
+    lambda x: jnp.zeros(jnp.shape(x), jnp.promote_types(jnp.result_type(x), jnp.float32)), tree
   )
 
 
@@ -129,7 +142,7 @@ def updates_to(new_params: chex.ArrayTree, params: chex.ArrayTree) -> chex.Array
   ``optax.apply_updates`` then lands on ``new``, exactly on every zero of it.
   """
   return jax.tree_util.tree_map(
-      lambda new, x: (jnp.asarray(new).astype(jnp.result_type(x)) - x), new_params, params
+    lambda new, x: jnp.asarray(new).astype(jnp.result_type(x)) - x, new_params, params
   )
 
 

@@ -102,7 +102,9 @@ def keep_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
   try:
     size = operator.index(max_block_bytes)
   except TypeError:
-    raise TypeError(f"max_block_bytes must be an int, got {type(max_block_bytes).__name__}.") from None
+    raise TypeError(
+      f"max_block_bytes must be an int, got {type(max_block_bytes).__name__}."
+    ) from None
   if not 1 <= size <= _INT_MAX:
     raise ValueError(f"max_block_bytes must be in [1, 2**31 - 1], got {size}.")
   libc = _glibc()

@@ -51,25 +51,29 @@ import jax
 import numpy as np
 
 _REASSOCIATE_SUMS = {
-    "xla_cpu_enable_fast_math": True,
-    "xla_cpu_fast_math_honor_nans": True,
-    "xla_cpu_fast_math_honor_infs": True,
-    "xla_cpu_fast_math_honor_division": True,
-    "xla_cpu_fast_math_honor_functions": True,
-    "xla_cpu_enable_fast_min_max": False,
+  "xla_cpu_enable_fast_math": True,
+  "xla_cpu_fast_math_honor_nans": True,
+  "xla_cpu_fast_math_honor_infs": True,
+  "xla_cpu_fast_math_honor_division": True,
+  "xla_cpu_fast_math_honor_functions": True,
+  "xla_cpu_enable_fast_min_max": False,
 }
 
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 # XLA:CPU's default fusion types less INDIVIDUAL_CONVOLUTION (a per-jit option
 # takes the whole list; the "+"/"-" edits of XLA_FLAGS are not accepted here).
-_CONVOLUTIONS_BY_XLA = {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+_CONVOLUTIONS_BY_XLA = {
+  YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
 
 
 @functools.cache
 def _xla_accepts(options: tuple) -> bool:
   """Whether this jaxlib's XLA compiles a trivial function with ``options`` (name, value pairs)."""
   try:
-    x = jax.device_put(np.zeros(2, np.float32), jax.devices("cpu")[0])  # RuntimeError where JAX_PLATFORMS has no cpu
+    x = jax.device_put(
+      np.zeros(2, np.float32), jax.devices("cpu")[0]
+    )  # RuntimeError where JAX_PLATFORMS has no cpu
     jax.jit(lambda v: v + 1, compiler_options=dict(options)).lower(x).compile()
   except (jax.errors.JaxRuntimeError, RuntimeError, ValueError):
     return False

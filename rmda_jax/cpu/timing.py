@@ -25,17 +25,23 @@ import jax
 
 def block(tree):
   """Wait for every array of ``tree`` (dispatch is asynchronous); returns it."""
-  return jax.tree_util.tree_map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
+  return jax.tree_util.tree_map(
+    lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree
+  )
 
 
-def interleaved_medians(runners: Mapping[str, Callable[[], object]], rounds: int, steps_per_round: int) -> dict:
+def interleaved_medians(
+  runners: Mapping[str, Callable[[], object]], rounds: int, steps_per_round: int
+) -> dict:
   """Median seconds per step of each runner, measured in alternation.
 
   ``runners[name]()`` runs ``steps_per_round`` steps and blocks (e.g. ends
   with :func:`block`).
   """
   if rounds < 1 or steps_per_round < 1:
-    raise ValueError(f"rounds and steps_per_round must be >= 1, got {rounds} and {steps_per_round}.")
+    raise ValueError(
+      f"rounds and steps_per_round must be >= 1, got {rounds} and {steps_per_round}."
+    )
   samples = {name: [] for name in runners}
   for _ in range(rounds):
     for name, run in runners.items():

@@ -47,45 +47,89 @@ It imports :mod:`rmda_jax.prox` and :mod:`rmda_jax.core`.
 """
 
 from rmda_jax.optim import (
-    accumulators,
-    baselines,
-    chain,
-    dual_averaging,
-    moments,
-    preconditioners,
-    proximal,
-    pruning,
-    schedules,
-    sharding,
-    structured,
-    subproblems,
-    updates,
+  accumulators,
+  baselines,
+  chain,
+  dual_averaging,
+  moments,
+  preconditioners,
+  proximal,
+  pruning,
+  schedules,
+  sharding,
+  structured,
+  subproblems,
+  updates,
 )
 from rmda_jax.optim.accumulators import (
-    DualAverage,
-    DualAveragingCenterState,
-    DualAveragingSumsState,
-    accumulate_dual_averaging,
-    dual_averaging_center,
+  DualAverage,
+  DualAveragingCenterState,
+  DualAveragingSumsState,
+  accumulate_dual_averaging,
+  dual_averaging_center,
 )
 from rmda_jax.optim.baselines import ProxAdamState, ProxSGDState, prox_adamw, prox_sgd, prox_ssi
 from rmda_jax.optim.chain import CountState, named_chain
 from rmda_jax.optim.dual_averaging import DualAveragingState, ramda, rmda
-from rmda_jax.optim.moments import AdamMoments, DampenedMomentumState, adam_moments, dampened_momentum
-from rmda_jax.optim.preconditioners import AdamMetricState, adam_metric, cube_root_metric, sqrt_k_metric
+from rmda_jax.optim.moments import (
+  AdamMoments,
+  DampenedMomentumState,
+  adam_moments,
+  dampened_momentum,
+)
+from rmda_jax.optim.preconditioners import (
+  AdamMetricState,
+  adam_metric,
+  cube_root_metric,
+  sqrt_k_metric,
+)
 from rmda_jax.optim.proximal import ProximalStepState, Subproblem, proximal_step, twin_of
 from rmda_jax.optim.pruning import RigLState, rigl
 from rmda_jax.optim.schedules import Stagewise, stagewise
 from rmda_jax.optim.structured import structured_params
-from rmda_jax.optim.subproblems import prox_ssi_subproblem, proxgen_subproblem, proximal_gradient_subproblem
+from rmda_jax.optim.subproblems import (
+  prox_ssi_subproblem,
+  proxgen_subproblem,
+  proximal_gradient_subproblem,
+)
 from rmda_jax.optim.updates import momentum_average, to_updates
 
 __all__ = [
-    "AdamMetricState", "AdamMoments", "CountState", "DampenedMomentumState", "DualAverage",
-    "DualAveragingCenterState", "DualAveragingState", "DualAveragingSumsState", "ProxAdamState", "ProxSGDState",
-    "ProximalStepState", "RigLState", "Stagewise", "Subproblem", "accumulate_dual_averaging", "adam_metric",
-    "adam_moments", "cube_root_metric", "dampened_momentum", "dual_averaging_center", "momentum_average",
-    "named_chain", "prox_adamw", "prox_sgd", "prox_ssi", "prox_ssi_subproblem", "proxgen_subproblem",
-    "proximal_gradient_subproblem", "proximal_step", "ramda", "rigl", "rmda", "sqrt_k_metric", "stagewise",
-    "structured_params", "to_updates", "twin_of",
+  "AdamMetricState",
+  "AdamMoments",
+  "CountState",
+  "DampenedMomentumState",
+  "DualAverage",
+  "DualAveragingCenterState",
+  "DualAveragingState",
+  "DualAveragingSumsState",
+  "ProxAdamState",
+  "ProxSGDState",
+  "ProximalStepState",
+  "RigLState",
+  "Stagewise",
+  "Subproblem",
+  "accumulate_dual_averaging",
+  "adam_metric",
+  "adam_moments",
+  "cube_root_metric",
+  "dampened_momentum",
+  "dual_averaging_center",
+  "momentum_average",
+  "named_chain",
+  "prox_adamw",
+  "prox_sgd",
+  "prox_ssi",
+  "prox_ssi_subproblem",
+  "proxgen_subproblem",
+  "proximal_gradient_subproblem",
+  "proximal_step",
+  "ramda",
+  "rigl",
+  "rmda",
+  "sqrt_k_metric",
+  "stagewise",
+  "structured_params",
+  "to_updates",
+  "twin_of",
 ]

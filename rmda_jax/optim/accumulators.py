@@ -123,30 +123,41 @@ class DualAveragingCenterState(NamedTuple):
 
 def _new_stage_state(state_type, params, **accumulators):
   """A dual-averaging state at the start: counters 0, the params as the anchor."""
-  return state_type(count=chain.zero_count(), stage_count=chain.zero_count(), alpha=jnp.zeros((), jnp.float32),
-                    anchor=trees.fresh_copy(params, accumulator=True), **accumulators)
+  return state_type(
+    count=chain.zero_count(),
+    stage_count=chain.zero_count(),
+    alpha=jnp.zeros((), jnp.float32),
+    anchor=trees.fresh_copy(params, accumulator=True),
+    **accumulators,
+  )
 
 
 def _restart(state, params, **accumulators):
   """The state at a restart: ``k`` and ``alpha`` 0, the current params as the anchor."""
-  return state._replace(stage_count=jnp.zeros_like(state.stage_count), alpha=jnp.zeros_like(state.alpha),
-                        anchor=trees.to_float32(params), **accumulators)
+  return state._replace(
+    stage_count=jnp.zeros_like(state.stage_count),
+    alpha=jnp.zeros_like(state.alpha),
+    anchor=trees.to_float32(params),
+    **accumulators,
+  )
 
 
 def _begin_step(learning_rate, stages, reset, updates, state, params, name):
   """Checks, the restart at a milestone; returns ``(state, eta_k, k)`` for this step."""
   chain.check_update_args(updates, state.anchor, params, name)
   if stages is not None and bool(stages.milestones) and stages.restart:
-    state = jax.lax.cond(stages.is_restart(state.count), lambda s: reset(s, params), lambda s: s, state)
+    state = jax.lax.cond(
+      stages.is_restart(state.count), lambda s: reset(s, params), lambda s: s, state
+    )
   lr = value_at(learning_rate, state.count) * decay(stages, state.count)
   return state, lr, state.stage_count + 1
 
 
 def accumulate_dual_averaging(
-    learning_rate: optax.ScalarOrSchedule,
-    stages: Optional[Stagewise] = None,
-    sq_grads: bool = False,
-    grads: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  stages: Optional[Stagewise] = None,
+  sq_grads: bool = False,
+  grads: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The dual-averaging accumulator with stage-wise restarts.
 
@@ -190,27 +201,39 @@ def accumulate_dual_averaging(
   check_stages(stages)
 
   def init_fn(params):
-    return _new_stage_state(DualAveragingSumsState, params, grad_sum=trees.zeros_float32(params),
-                            sq_grad_sum=trees.zeros_float32(params) if sq_grads else optax.EmptyState())
+    return _new_stage_state(
+      DualAveragingSumsState,
+      params,
+      grad_sum=trees.zeros_float32(params),
+      sq_grad_sum=trees.zeros_float32(params) if sq_grads else optax.EmptyState(),
+    )
 
   def reset(state, params):
     zeros = trees.zeros_float32(params)
-    return _restart(state, params, grad_sum=zeros, sq_grad_sum=zeros if sq_grads else state.sq_grad_sum)
+    return _restart(
+      state, params, grad_sum=zeros, sq_grad_sum=zeros if sq_grads else state.sq_grad_sum
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    state, lr, k = _begin_step(learning_rate, stages, reset, updates, state, params, "accumulate_dual_averaging")
+    state, lr, k = _begin_step(
+      learning_rate, stages, reset, updates, state, params, "accumulate_dual_averaging"
+    )
     s = lr * jnp.sqrt(k.astype(jnp.float32))
-    grad_sum = jax.tree_util.tree_map(lambda v, g: v + s * g.astype(v.dtype), state.grad_sum, updates)
+    grad_sum = jax.tree_util.tree_map(
+      lambda v, g: v + s * g.astype(v.dtype), state.grad_sum, updates
+    )
     sq_grad_sum = state.sq_grad_sum
     if sq_grads:
       sq_grad_sum = jax.tree_util.tree_map(
-          lambda u, g: u + s * jnp.square(g.astype(u.dtype)), sq_grad_sum, updates
+        lambda u, g: u + s * jnp.square(g.astype(u.dtype)), sq_grad_sum, updates
       )
     alpha = state.alpha + s
-    out = DualAverage(state.count, k, alpha, state.anchor, grad_sum, sq_grad_sum, updates if grads else None)
+    out = DualAverage(
+      state.count, k, alpha, state.anchor, grad_sum, sq_grad_sum, updates if grads else None
+    )
     new_state = DualAveragingSumsState(
-        optax.safe_int32_increment(state.count), k, alpha, state.anchor, grad_sum, sq_grad_sum
+      optax.safe_int32_increment(state.count), k, alpha, state.anchor, grad_sum, sq_grad_sum
     )
     return out, new_state
 
@@ -218,8 +241,8 @@ def accumulate_dual_averaging(
 
 
 def dual_averaging_center(
-    learning_rate: optax.ScalarOrSchedule,
-    stages: Optional[Stagewise] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  stages: Optional[Stagewise] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RMDA's accumulator kept as its prox center ``y_k = x0 - V_k / sqrt(k)``.
 
@@ -273,23 +296,33 @@ def dual_averaging_center(
   check_stages(stages)
 
   def init_fn(params):
-    return _new_stage_state(DualAveragingCenterState, params, center=trees.fresh_copy(params, accumulator=True))
+    return _new_stage_state(
+      DualAveragingCenterState, params, center=trees.fresh_copy(params, accumulator=True)
+    )
 
   def reset(state, params):
     return _restart(state, params, center=trees.to_float32(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    state, lr, k = _begin_step(learning_rate, stages, reset, updates, state, params, "dual_averaging_center")
+    state, lr, k = _begin_step(
+      learning_rate, stages, reset, updates, state, params, "dual_averaging_center"
+    )
     k_float = k.astype(jnp.float32)
     sqrt_k = jnp.sqrt(k_float)
     # w_k: 1 at the first step of a stage, where y_0 = x0
     pull = (1 / k_float) / (1 + jnp.sqrt(state.stage_count.astype(jnp.float32)) / sqrt_k)
     center = jax.tree_util.tree_map(
-        lambda x0, y, g: y + (pull * (x0 - y) - lr * g.astype(y.dtype)), state.anchor, state.center, updates)
+      lambda x0, y, g: y + (pull * (x0 - y) - lr * g.astype(y.dtype)),
+      state.anchor,
+      state.center,
+      updates,
+    )
     alpha = state.alpha + lr * sqrt_k
     out = DualAverage(state.count, k, alpha, state.anchor, None, optax.EmptyState(), None, center)
-    new_state = DualAveragingCenterState(optax.safe_int32_increment(state.count), k, alpha, state.anchor, center)
+    new_state = DualAveragingCenterState(
+      optax.safe_int32_increment(state.count), k, alpha, state.anchor, center
+    )
     return out, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -26,7 +26,11 @@ from rmda_jax.core import checks
 from rmda_jax.optim import chain
 from rmda_jax.optim.moments import DampenedMomentumState, adam_moments, dampened_momentum
 from rmda_jax.optim.proximal import ProximalStepState, proximal_step
-from rmda_jax.optim.subproblems import proximal_gradient_subproblem, prox_ssi_subproblem, proxgen_subproblem
+from rmda_jax.optim.subproblems import (
+  proximal_gradient_subproblem,
+  prox_ssi_subproblem,
+  proxgen_subproblem,
+)
 from rmda_jax.optim.updates import to_updates
 from rmda_jax.prox.regularizer import Regularizer, check_regularizer
 from rmda_jax.prox.solvers import Solver
@@ -85,19 +89,21 @@ class ProxAdamState(NamedTuple):
 def _check(learning_rate, regularizer, skip_nonfinite):
   """Validate the shared arguments; returns ``max_consecutive_errors`` (None: no skipping)."""
   if isinstance(learning_rate, Regularizer):
-    raise TypeError(f"learning_rate must be a number, a scalar array or an optax schedule, got a "
-                    f"regularizer ({type(learning_rate).__name__}): pass it as regularizer=...")
+    raise TypeError(
+      f"learning_rate must be a number, a scalar array or an optax schedule, got a "
+      f"regularizer ({type(learning_rate).__name__}): pass it as regularizer=..."
+    )
   checks.check_learning_rate(learning_rate)
   check_regularizer(regularizer)
   return checks.check_skip_nonfinite(skip_nonfinite)
 
 
 def prox_sgd(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: optax.ScalarOrSchedule = 0.1,
-    regularizer: Optional[Regularizer] = None,
-    skip_nonfinite: Union[bool, int] = False,
-    strength: Optional[optax.ScalarOrSchedule] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: optax.ScalarOrSchedule = 0.1,
+  regularizer: Optional[Regularizer] = None,
+  skip_nonfinite: Union[bool, int] = False,
+  strength: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Proximal SGD with the reference's dampened momentum (ProxSGD).
 
@@ -143,12 +149,12 @@ def prox_sgd(
   max_errors = _check(learning_rate, regularizer, skip_nonfinite)
   checks.check_momentum(momentum)
   tx = chain.named_chain(
-      ProxSGDState,
-      dampened_momentum(momentum),
-      proximal_gradient_subproblem(learning_rate),
-      proximal_step(regularizer, solver=None, keep_point=False, strength=strength),
-      to_updates(),
-      check=_checker("prox_sgd", lambda state: state.momentum),
+    ProxSGDState,
+    dampened_momentum(momentum),
+    proximal_gradient_subproblem(learning_rate),
+    proximal_step(regularizer, solver=None, keep_point=False, strength=strength),
+    to_updates(),
+    check=_checker("prox_sgd", lambda state: state.momentum),
   )
   return chain.skipping_nonfinite(tx, max_errors)
 
@@ -163,26 +169,26 @@ def _checker(name, state_tree):
 def _prox_adam(name, subproblem, b1, b2, regularizer, solver, max_errors, strength=None):
   """``adam_moments -> subproblem -> proximal_step -> to_updates`` with a :class:`ProxAdamState`."""
   tx = chain.named_chain(
-      ProxAdamState,
-      adam_moments(b1, b2),
-      subproblem,
-      proximal_step(regularizer, solver, keep_point=False, strength=strength),
-      to_updates(),
-      check=_checker(name, lambda state: state.mu),
+    ProxAdamState,
+    adam_moments(b1, b2),
+    subproblem,
+    proximal_step(regularizer, solver, keep_point=False, strength=strength),
+    to_updates(),
+    check=_checker(name, lambda state: state.mu),
   )
   return chain.skipping_nonfinite(tx, max_errors)
 
 
 def prox_adamw(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    regularizer: Optional[Regularizer] = None,
-    solver: Union[str, Solver] = "auto",
-    skip_nonfinite: Union[bool, int] = False,
-    strength: Optional[optax.ScalarOrSchedule] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  regularizer: Optional[Regularizer] = None,
+  solver: Union[str, Solver] = "auto",
+  skip_nonfinite: Union[bool, int] = False,
+  strength: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ProxGen with an AdamW base: a preconditioned proximal step.
 
@@ -234,16 +240,16 @@ def prox_adamw(
 
 
 def prox_ssi(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
-    weight_decay: float = 0.0,
-    regularizer: Optional[Regularizer] = None,
-    solver: Union[str, Solver] = "auto",
-    skip_nonfinite: Union[bool, int] = False,
-    bias_correction: bool = False,
-    strength: Optional[optax.ScalarOrSchedule] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-6,
+  weight_decay: float = 0.0,
+  regularizer: Optional[Regularizer] = None,
+  solver: Union[str, Solver] = "auto",
+  skip_nonfinite: Union[bool, int] = False,
+  bias_correction: bool = False,
+  strength: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ProxSSI: an Adam step, then the prox in Adam's metric (Deleu & Bengio).
 

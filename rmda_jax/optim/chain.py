@@ -47,12 +47,13 @@ def require_params(params: Optional[optax.Params], name: str) -> None:
   """
   if params is None:
     raise ValueError(
-        f"{name}.update needs the current params: call tx.update(grads, state, params)."
+      f"{name}.update needs the current params: call tx.update(grads, state, params)."
     )
 
 
-def check_update_args(grads: optax.Updates, state_tree: chex.ArrayTree, params: Optional[optax.Params],
-                      name: str) -> None:
+def check_update_args(
+  grads: optax.Updates, state_tree: chex.ArrayTree, params: Optional[optax.Params], name: str
+) -> None:
   """``update``'s checks: params given, grads and the state's params-shaped ``state_tree`` shaped like them.
 
   Static: costs nothing under jit.
@@ -62,12 +63,16 @@ def check_update_args(grads: optax.Updates, state_tree: chex.ArrayTree, params: 
   """
   require_params(params, name)
   check_like_params(grads, params, "grads")
-  check_like_params(state_tree, params, f"the {name} state",
-                    hint=" (was it made by tx.init with other params?)")
+  check_like_params(
+    state_tree, params, f"the {name} state", hint=" (was it made by tx.init with other params?)"
+  )
 
 
-def named_chain(state_type: type, *transforms: optax.GradientTransformation,
-                check: Optional[Callable[[Any, Any, Any], None]] = None) -> optax.GradientTransformationExtraArgs:
+def named_chain(
+  state_type: type,
+  *transforms: optax.GradientTransformation,
+  check: Optional[Callable[[Any, Any, Any], None]] = None,
+) -> optax.GradientTransformationExtraArgs:
   """``optax.chain(*transforms)`` whose state is ``state_type(*states)`` instead of a tuple.
 
   Args:
@@ -85,8 +90,9 @@ def named_chain(state_type: type, *transforms: optax.GradientTransformation,
   def init_fn(params: optax.Params) -> Any:
     return state_type(*chained.init(params))
 
-  def update_fn(updates: optax.Updates, state: Any, params: Optional[optax.Params] = None,
-                **extra_args: Any) -> tuple[optax.Updates, Any]:
+  def update_fn(
+    updates: optax.Updates, state: Any, params: Optional[optax.Params] = None, **extra_args: Any
+  ) -> tuple[optax.Updates, Any]:
     if check is not None:
       check(updates, state, params)
     updates, new_state = chained.update(updates, tuple(state), params, **extra_args)
@@ -95,8 +101,9 @@ def named_chain(state_type: type, *transforms: optax.GradientTransformation,
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def skipping_nonfinite(tx: optax.GradientTransformation,
-                       max_consecutive_errors: Optional[int]) -> optax.GradientTransformation:
+def skipping_nonfinite(
+  tx: optax.GradientTransformation, max_consecutive_errors: Optional[int]
+) -> optax.GradientTransformation:
   """``tx`` wrapped in ``optax.apply_if_finite`` (``tx`` itself for None).
 
   ``max_consecutive_errors`` comes from

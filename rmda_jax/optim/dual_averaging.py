@@ -37,10 +37,10 @@ import optax
 from rmda_jax.core import checks
 from rmda_jax.optim import chain
 from rmda_jax.optim.accumulators import (
-    DualAveragingCenterState,
-    DualAveragingSumsState,
-    accumulate_dual_averaging,
-    dual_averaging_center,
+  DualAveragingCenterState,
+  DualAveragingSumsState,
+  accumulate_dual_averaging,
+  dual_averaging_center,
 )
 from rmda_jax.optim.preconditioners import cube_root_metric, sqrt_k_metric
 from rmda_jax.optim.proximal import ProximalStepState, proximal_step
@@ -104,13 +104,17 @@ def _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite):
   """Validate the shared arguments; returns ``max_consecutive_errors`` (None: no skipping)."""
   for value, argname in ((learning_rate, "learning_rate"), (momentum, "momentum")):
     if isinstance(value, Regularizer):
-      raise TypeError(f"{argname} must be a number, a scalar array or an optax schedule, got a "
-                      f"regularizer ({type(value).__name__}): pass it as regularizer=...")
+      raise TypeError(
+        f"{argname} must be a number, a scalar array or an optax schedule, got a "
+        f"regularizer ({type(value).__name__}): pass it as regularizer=..."
+      )
   checks.check_learning_rate(learning_rate)
   checks.check_momentum(momentum)
   check_regularizer(regularizer)
   if stages is not None and not isinstance(stages, Stagewise):
-    raise TypeError(f"stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, got {type(stages).__name__}.")
+    raise TypeError(
+      f"stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, got {type(stages).__name__}."
+    )
   return checks.check_skip_nonfinite(skip_nonfinite)
 
 
@@ -122,13 +126,13 @@ def _checker(name):
 
 
 def rmda(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: optax.ScalarOrSchedule = 0.1,
-    regularizer: Optional[Regularizer] = None,
-    stages: Optional[Stagewise] = None,
-    skip_nonfinite: Union[bool, int] = False,
-    strength: Optional[optax.ScalarOrSchedule] = None,
-    keep_point: bool = True,
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: optax.ScalarOrSchedule = 0.1,
+  regularizer: Optional[Regularizer] = None,
+  stages: Optional[Stagewise] = None,
+  skip_nonfinite: Union[bool, int] = False,
+  strength: Optional[optax.ScalarOrSchedule] = None,
+  keep_point: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized Modernized Dual Averaging (RMDA).
 
@@ -207,25 +211,25 @@ def rmda(
   """
   max_errors = _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite)
   tx = chain.named_chain(
-      DualAveragingState,
-      dual_averaging_center(learning_rate, stages),
-      sqrt_k_metric(),
-      proximal_step(regularizer, solver=None, keep_point=keep_point, strength=strength),
-      momentum_average(momentum, stages),
-      check=_checker("rmda"),
+    DualAveragingState,
+    dual_averaging_center(learning_rate, stages),
+    sqrt_k_metric(),
+    proximal_step(regularizer, solver=None, keep_point=keep_point, strength=strength),
+    momentum_average(momentum, stages),
+    check=_checker("rmda"),
   )
   return chain.skipping_nonfinite(tx, max_errors)
 
 
 def ramda(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: optax.ScalarOrSchedule = 0.1,
-    regularizer: Optional[Regularizer] = None,
-    eps: float = 1e-6,
-    solver: Union[str, Solver] = "auto",
-    stages: Optional[Stagewise] = None,
-    skip_nonfinite: Union[bool, int] = False,
-    strength: Optional[optax.ScalarOrSchedule] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: optax.ScalarOrSchedule = 0.1,
+  regularizer: Optional[Regularizer] = None,
+  eps: float = 1e-6,
+  solver: Union[str, Solver] = "auto",
+  stages: Optional[Stagewise] = None,
+  skip_nonfinite: Union[bool, int] = False,
+  strength: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Regularized Adaptive Momentum Dual Averaging (RAMDA).
 
@@ -285,11 +289,11 @@ def ramda(
   """
   max_errors = _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite)
   tx = chain.named_chain(
-      DualAveragingState,
-      accumulate_dual_averaging(learning_rate, stages, sq_grads=True),
-      cube_root_metric(eps, stages),
-      proximal_step(regularizer, solver, strength=strength),
-      momentum_average(momentum, stages),
-      check=_checker("ramda"),
+    DualAveragingState,
+    accumulate_dual_averaging(learning_rate, stages, sq_grads=True),
+    cube_root_metric(eps, stages),
+    proximal_step(regularizer, solver, strength=strength),
+    momentum_average(momentum, stages),
+    check=_checker("ramda"),
   )
   return chain.skipping_nonfinite(tx, max_errors)

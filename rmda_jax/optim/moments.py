@@ -58,7 +58,9 @@ class DampenedMomentumState(NamedTuple):
   momentum: optax.Params
 
 
-def dampened_momentum(momentum: optax.ScalarOrSchedule = 0.1) -> optax.GradientTransformationExtraArgs:
+def dampened_momentum(
+  momentum: optax.ScalarOrSchedule = 0.1,
+) -> optax.GradientTransformationExtraArgs:
   r"""ProxSGD's dampened momentum ``m_t = (1 - c) m_{t-1} + c g_t`` (``m_0 = 0``).
 
   Args:
@@ -84,14 +86,17 @@ def dampened_momentum(momentum: optax.ScalarOrSchedule = 0.1) -> optax.GradientT
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     c = value_at(momentum, state.count)
-    m = jax.tree_util.tree_map(lambda m, g: (1 - c) * m + c * g.astype(m.dtype), state.momentum, updates)
+    m = jax.tree_util.tree_map(
+      lambda m, g: (1 - c) * m + c * g.astype(m.dtype), state.momentum, updates
+    )
     return m, DampenedMomentumState(optax.safe_int32_increment(state.count), m)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def adam_moments(b1: jax.typing.ArrayLike = 0.9,
-                 b2: jax.typing.ArrayLike = 0.999) -> optax.GradientTransformationExtraArgs:
+def adam_moments(
+  b1: jax.typing.ArrayLike = 0.9, b2: jax.typing.ArrayLike = 0.999
+) -> optax.GradientTransformationExtraArgs:
   r"""Adam's moments, kept in float32, passed on without bias correction.
 
   .. math::
@@ -122,14 +127,20 @@ def adam_moments(b1: jax.typing.ArrayLike = 0.9,
   checks.check_in_range(b2, "b2", 0.0, 1.0)
 
   def init_fn(params):
-    return optax.ScaleByAdamState(chain.zero_count(), trees.zeros_float32(params), trees.zeros_float32(params))
+    return optax.ScaleByAdamState(
+      chain.zero_count(), trees.zeros_float32(params), trees.zeros_float32(params)
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g.astype(m.dtype), state.mu, updates)
-    nu = jax.tree_util.tree_map(
-        lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(v.dtype)), state.nu, updates
+    mu = jax.tree_util.tree_map(
+      lambda m, g: b1 * m + (1 - b1) * g.astype(m.dtype), state.mu, updates
     )
-    return AdamMoments(state.count, mu, nu), optax.ScaleByAdamState(optax.safe_int32_increment(state.count), mu, nu)
+    nu = jax.tree_util.tree_map(
+      lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(v.dtype)), state.nu, updates
+    )
+    return AdamMoments(state.count, mu, nu), optax.ScaleByAdamState(
+      optax.safe_int32_increment(state.count), mu, nu
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

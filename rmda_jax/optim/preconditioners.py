@@ -80,14 +80,20 @@ def sqrt_k_metric() -> optax.GradientTransformationExtraArgs:
     sqrt_k = jnp.sqrt(updates.stage_count.astype(jnp.float32))
     if updates.center is not None:
       # kept by the accumulator, in a buffer of the state that every reader shares
-      return Subproblem(updates.center, None, updates.alpha / sqrt_k, None, updates.anchor, updates.count), state
+      return Subproblem(
+        updates.center, None, updates.alpha / sqrt_k, None, updates.anchor, updates.count
+      ), state
     # a product, not a division, per entry: XLA recomputes cheap elementwise
     # expressions in each consumer but stores an "expensive" division's result
     inv_sqrt_k = 1 / sqrt_k
-    center = lambda anchor, grad_sum: jax.tree_util.tree_map(lambda x0, v: x0 - v * inv_sqrt_k, anchor, grad_sum)
+    center = lambda anchor, grad_sum: jax.tree_util.tree_map(
+      lambda x0, v: x0 - v * inv_sqrt_k, anchor, grad_sum
+    )
     y = center(updates.anchor, updates.grad_sum)
     twin = twin_of(center, updates.anchor, updates.grad_sum)
-    return Subproblem(y, None, updates.alpha / sqrt_k, None, updates.anchor, updates.count, twin), state
+    return Subproblem(
+      y, None, updates.alpha / sqrt_k, None, updates.anchor, updates.count, twin
+    ), state
 
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
@@ -119,7 +125,9 @@ def cube_root(u: jax.Array) -> jax.Array:
   # "expensive" op that XLA would store instead of fusing); the rounding
   # is far below the start's own error, which Newton removes.
   bits = jax.lax.bitcast_convert_type(safe, jnp.int32).astype(jnp.float32)
-  y = jax.lax.bitcast_convert_type(jnp.int32(0x54A2FA8C) - (bits * (1 / 3)).astype(jnp.int32), jnp.float32)
+  y = jax.lax.bitcast_convert_type(
+    jnp.int32(0x54A2FA8C) - (bits * (1 / 3)).astype(jnp.int32), jnp.float32
+  )
   for _ in range(3):
     y = y * (4 - safe * y * y * y) * (1 / 3)
   root = jnp.where(jnp.isinf(safe), safe, safe * y * y)
@@ -137,8 +145,9 @@ def _diagonal_subproblem(dual: DualAverage, metric) -> Subproblem:
   return Subproblem(b, metric, dual.alpha, None, dual.anchor, dual.count)
 
 
-def cube_root_metric(eps: jax.typing.ArrayLike = 1e-6,
-                     stages: Optional[Stagewise] = None) -> optax.GradientTransformationExtraArgs:
+def cube_root_metric(
+  eps: jax.typing.ArrayLike = 1e-6, stages: Optional[Stagewise] = None
+) -> optax.GradientTransformationExtraArgs:
   r"""RAMDA's metric: a :class:`DualAverage` (with ``U_k``) to its :class:`Subproblem`.
 
   .. math::
@@ -175,16 +184,19 @@ def cube_root_metric(eps: jax.typing.ArrayLike = 1e-6,
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     if isinstance(updates.sq_grad_sum, optax.EmptyState):
-      raise ValueError("cube_root_metric needs the squared-gradient sum: "
-                       "use accumulate_dual_averaging(..., sq_grads=True).")
+      raise ValueError(
+        "cube_root_metric needs the squared-gradient sum: "
+        "use accumulate_dual_averaging(..., sq_grads=True)."
+      )
     precond = cube_root_preconditioner(updates.sq_grad_sum, eps * decay(stages, updates.count))
     return _diagonal_subproblem(updates, precond), state
 
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
-def adam_metric(b2: jax.typing.ArrayLike = 0.999,
-                eps: jax.typing.ArrayLike = 1e-8) -> optax.GradientTransformationExtraArgs:
+def adam_metric(
+  b2: jax.typing.ArrayLike = 0.999, eps: jax.typing.ArrayLike = 1e-8
+) -> optax.GradientTransformationExtraArgs:
   r"""Adam's second moment as a dual-averaging metric (a variant, not in the papers).
 
   .. math::
@@ -214,9 +226,11 @@ def adam_metric(b2: jax.typing.ArrayLike = 0.999,
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     if updates.grads is None:
-      raise ValueError("adam_metric needs the gradients: use accumulate_dual_averaging(..., grads=True).")
+      raise ValueError(
+        "adam_metric needs the gradients: use accumulate_dual_averaging(..., grads=True)."
+      )
     nu = jax.tree_util.tree_map(
-        lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(v.dtype)), state.nu, updates.grads
+      lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(v.dtype)), state.nu, updates.grads
     )
     t = optax.safe_int32_increment(state.count)
     bias = 1 - b2 ** t.astype(jnp.float32)

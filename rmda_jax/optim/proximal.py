@@ -119,15 +119,17 @@ def check_strength(strength, regularizer) -> None:
   if strength is None:
     return
   if regularizer is None:
-    raise ValueError("strength is given but there is no regularizer to scale: pass regularizer=... too.")
+    raise ValueError(
+      "strength is given but there is no regularizer to scale: pass regularizer=... too."
+    )
   checks.check_scalar(strength, "strength", low=0.0, schedule=True)
 
 
 def proximal_step(
-    regularizer: Optional[Regularizer] = None,
-    solver: Union[None, str, solvers.Solver] = "auto",
-    keep_point: bool = True,
-    strength: Optional[optax.ScalarOrSchedule] = None,
+  regularizer: Optional[Regularizer] = None,
+  solver: Union[None, str, solvers.Solver] = "auto",
+  keep_point: bool = True,
+  strength: Optional[optax.ScalarOrSchedule] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Solve a :class:`Subproblem`: the prox step, exact where it can be.
 
@@ -186,8 +188,8 @@ def proximal_step(
     if regularizer is not None:
       regularizer.check(params)
     return ProximalStepState(
-        structured=trees.fresh_copy(params) if keep_point else optax.EmptyState(),
-        solver_info=optax.EmptyState() if solver is None else empty_info(),
+      structured=trees.fresh_copy(params) if keep_point else optax.EmptyState(),
+      solver_info=optax.EmptyState() if solver is None else empty_info(),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -204,7 +206,8 @@ def proximal_step(
         # leaf's b at once, a temporary page-faulted at every call, and so
         # would a leaf of TWIN_MIN_ENTRIES or more: those keep reading the twin.
         statistics = jax.tree_util.tree_map(
-            lambda b, twin: b if b.size < TWIN_MIN_ENTRIES else twin, problem.b, statistics)
+          lambda b, twin: b if b.size < TWIN_MIN_ENTRIES else twin, problem.b, statistics
+        )
       z = problem.b if reg is None else reg.prox(problem.b, problem.scale, statistics=statistics)
       info = state.solver_info if solver is None else empty_info()
     else:
@@ -213,8 +216,16 @@ def proximal_step(
       init = problem.init
       if init is None and keep_point:
         init = trees.to_float32(state.structured)
-      z, info = solvers.solve(reg, problem.b, problem.metric, problem.scale, init=init,
-                              solver=solver, count=problem.count, anchor=problem.anchor)
+      z, info = solvers.solve(
+        reg,
+        problem.b,
+        problem.metric,
+        problem.scale,
+        init=init,
+        solver=solver,
+        count=problem.count,
+        anchor=problem.anchor,
+      )
     structured = state.structured
     if keep_point:
       chain.require_params(params, "proximal_step")

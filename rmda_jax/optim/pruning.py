@@ -83,7 +83,9 @@ def erk_densities(shapes: Sequence[tuple], sparsity: float, power_scale: float =
   dense = set()
   while True:
     # kept = eps * sum_free raw * size + sum_dense size = (1 - sparsity) * total
-    budget = sum((1 - sparsity) * n if i not in dense else -sparsity * n for i, n in enumerate(sizes))
+    budget = sum(
+      (1 - sparsity) * n if i not in dense else -sparsity * n for i, n in enumerate(sizes)
+    )
     divisor = sum(raw[i] * sizes[i] for i in range(len(sizes)) if i not in dense)
     if divisor == 0:
       return [1.0] * len(sizes)
@@ -95,14 +97,17 @@ def erk_densities(shapes: Sequence[tuple], sparsity: float, power_scale: float =
     dense.update(i for i in free if raw[i] == largest)
 
 
-def active_counts(shapes: Sequence[tuple], sparsity: float, distribution: str = "erk",
-                  power_scale: float = 1.0) -> list:
+def active_counts(
+  shapes: Sequence[tuple], sparsity: float, distribution: str = "erk", power_scale: float = 1.0
+) -> list:
   """Number of active weights per sparse leaf (at least 1, at most its size)."""
   if distribution == "erk":
     densities = erk_densities(shapes, sparsity, power_scale)
   else:
     densities = [1 - sparsity] * len(shapes)
-  return [int(min(max(round(d * math.prod(s)), 1), math.prod(s))) for d, s in zip(densities, shapes)]
+  return [
+    int(min(max(round(d * math.prod(s)), 1), math.prod(s))) for d, s in zip(densities, shapes)
+  ]
 
 
 def drop_fraction_at(count, drop_fraction: float, end_step: int) -> jax.Array:
@@ -117,8 +122,9 @@ def _ranks(scores: jax.Array) -> jax.Array:
   return jnp.zeros(scores.shape, jnp.int32).at[order].set(jnp.arange(scores.size, dtype=jnp.int32))
 
 
-def drop_and_grow(weights: jax.Array, grads: jax.Array, mask: jax.Array,
-                  num_swap: jax.Array) -> tuple[jax.Array, jax.Array]:
+def drop_and_grow(
+  weights: jax.Array, grads: jax.Array, mask: jax.Array, num_swap: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """One RigL mask update of a leaf; returns ``(new_mask, new_connections)``.
 
   Keeps the ``active - num_swap`` active weights of largest magnitude, then
@@ -136,17 +142,17 @@ def drop_and_grow(weights: jax.Array, grads: jax.Array, mask: jax.Array,
 
 
 def rigl(
-    optimizer: optax.GradientTransformation,
-    sparsity: float,
-    end_step: int,
-    update_every: int = 100,
-    drop_fraction: float = 0.3,
-    distribution: str = "erk",
-    rules=None,
-    erk_power_scale: float = 1.0,
-    seed: int = 0,
-    skip_nonfinite: Union[bool, int] = False,
-    groups: Optional[Groups] = None,
+  optimizer: optax.GradientTransformation,
+  sparsity: float,
+  end_step: int,
+  update_every: int = 100,
+  drop_fraction: float = 0.3,
+  distribution: str = "erk",
+  rules=None,
+  erk_power_scale: float = 1.0,
+  seed: int = 0,
+  skip_nonfinite: Union[bool, int] = False,
+  groups: Optional[Groups] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RigL sparse training around ``optimizer`` (any optax transformation).
 
@@ -220,20 +226,30 @@ def rigl(
   checks.check_in_range(sparsity, "sparsity", 0, 1, concrete=True)
   checks.check_in_range(drop_fraction, "drop_fraction", 0, 1, high_open=False, concrete=True)
   checks.check_in_range(erk_power_scale, "erk_power_scale", 0, math.inf, concrete=True)
-  sparsity, drop_fraction, erk_power_scale = float(sparsity), float(drop_fraction), float(erk_power_scale)
+  sparsity, drop_fraction, erk_power_scale = (
+    float(sparsity),
+    float(drop_fraction),
+    float(erk_power_scale),
+  )
   end_step = checks.check_integer(end_step, "end_step")
   update_every = checks.check_integer(update_every, "update_every")
   max_errors = checks.check_skip_nonfinite(skip_nonfinite)
   if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}.")
   if not isinstance(optimizer, optax.GradientTransformation):
-    raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
+    raise TypeError(
+      f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}."
+    )
   if groups is not None:
     if rules is not None:
-      raise ValueError("rigl: give rules= (unstructured masks) or groups= (masks of coupled groups), not both.")
+      raise ValueError(
+        "rigl: give rules= (unstructured masks) or groups= (masks of coupled groups), not both."
+      )
     if not isinstance(groups, Groups):
-      raise TypeError(f"groups must be a rmda_jax.Groups (e.g. from rmda_jax.discover_groups), "
-                      f"got {type(groups).__name__}.")
+      raise TypeError(
+        f"groups must be a rmda_jax.Groups (e.g. from rmda_jax.discover_groups), "
+        f"got {type(groups).__name__}."
+      )
     masks: _MaskRule = _GroupMasks(groups, sparsity, distribution, erk_power_scale, seed)
   else:
     masks = _EntryMasks(rules, sparsity, distribution, erk_power_scale, seed)
@@ -248,21 +264,33 @@ class _MaskRule(Protocol):
     """The random initial masks, a boolean tree like ``params``."""
     ...
 
-  def drop_and_grow(self, weights: optax.Params, grads: optax.Updates, masks: optax.Params, count: jax.Array,
-                    fraction: jax.Array) -> tuple[optax.Params, optax.Params]:
+  def drop_and_grow(
+    self,
+    weights: optax.Params,
+    grads: optax.Updates,
+    masks: optax.Params,
+    count: jax.Array,
+    fraction: jax.Array,
+  ) -> tuple[optax.Params, optax.Params]:
     """One mask update: ``(new weights, new masks)``."""
     ...
 
 
-def _drop_and_grow_training(optimizer: optax.GradientTransformation, masks: _MaskRule, end_step: int,
-                            update_every: int, drop_fraction: float) -> optax.GradientTransformationExtraArgs:
+def _drop_and_grow_training(
+  optimizer: optax.GradientTransformation,
+  masks: _MaskRule,
+  end_step: int,
+  update_every: int,
+  drop_fraction: float,
+) -> optax.GradientTransformationExtraArgs:
   """``optimizer`` on masked gradients, masked weights, and a mask update every ``update_every`` steps."""
 
   def init_fn(params: optax.Params) -> RigLState:
     return RigLState(chain.zero_count(), masks.initial(params), optimizer.init(params))
 
-  def update_fn(grads: optax.Updates, state: RigLState, params: Optional[optax.Params] = None,
-                **extra_args: Any) -> tuple[optax.Updates, RigLState]:
+  def update_fn(
+    grads: optax.Updates, state: RigLState, params: Optional[optax.Params] = None, **extra_args: Any
+  ) -> tuple[optax.Updates, RigLState]:
     chain.check_update_args(grads, state.masks, params, "rigl")
     masked_grads = apply_masks(grads, state.masks)
     updates, inner_state = optimizer.update(masked_grads, state.inner_state, params, **extra_args)
@@ -275,14 +303,17 @@ def _drop_and_grow_training(optimizer: optax.GradientTransformation, masks: _Mas
       new_params, inner_state = operand
       weights, new_masks = masks.drop_and_grow(new_params, grads, state.masks, count, fraction)
       inner_state = optax.tree_map_params(
-          optimizer, lambda s, m: jnp.where(m, s, jnp.zeros((), s.dtype)), inner_state, new_masks)
+        optimizer, lambda s, m: jnp.where(m, s, jnp.zeros((), s.dtype)), inner_state, new_masks
+      )
       return weights, inner_state, new_masks
 
     def keep(operand: tuple[Any, Any]) -> tuple[Any, Any, Any]:
       new_params, inner_state = operand
       return new_params, inner_state, state.masks
 
-    new_params, inner_state, new_masks = jax.lax.cond(is_event, mask_update, keep, (new_params, inner_state))
+    new_params, inner_state, new_masks = jax.lax.cond(
+      is_event, mask_update, keep, (new_params, inner_state)
+    )
     new_state = RigLState(optax.safe_int32_increment(count), new_masks, inner_state)
     return trees.updates_to(new_params, params), new_state
 
@@ -301,7 +332,8 @@ class _EntryMasks:
 
   def sparse_leaves(self, params: optax.Params) -> tuple[list[Any], list[bool], Any]:
     _, leaves, leaf_rules, treedef = rules_lib.resolve_rules(
-        self.rules, params, rules_lib.default_elementwise_rule, rules_lib.Elementwise, "rigl rules")
+      self.rules, params, rules_lib.default_elementwise_rule, rules_lib.Elementwise, "rigl rules"
+    )
     return leaves, [r is not None for r in leaf_rules], treedef
 
   def initial(self, params: optax.Params) -> optax.Params:
@@ -316,11 +348,19 @@ class _EntryMasks:
         continue
       size = math.prod(jnp.shape(x))
       order = jax.random.permutation(next(keys), size)
-      masks.append((jnp.zeros(size, bool).at[order[:next(counts)]].set(True)).reshape(jnp.shape(x)))
+      masks.append(
+        (jnp.zeros(size, bool).at[order[: next(counts)]].set(True)).reshape(jnp.shape(x))
+      )
     return jax.tree_util.tree_unflatten(treedef, masks)
 
-  def drop_and_grow(self, weights: optax.Params, grads: optax.Updates, masks: optax.Params, count: jax.Array,
-                    fraction: jax.Array) -> tuple[optax.Params, optax.Params]:
+  def drop_and_grow(
+    self,
+    weights: optax.Params,
+    grads: optax.Updates,
+    masks: optax.Params,
+    count: jax.Array,
+    fraction: jax.Array,
+  ) -> tuple[optax.Params, optax.Params]:
     flat_w, sparse, treedef = self.sparse_leaves(weights)
     flat_g = jax.tree_util.tree_leaves(grads)
     flat_m = jax.tree_util.tree_leaves(masks)
@@ -335,7 +375,9 @@ class _EntryMasks:
       new_mask, new_connections = drop_and_grow(w, g, m, num_swap)
       new_masks.append(new_mask)
       new_weights.append(jnp.where(new_connections | ~new_mask, jnp.zeros((), w.dtype), w))
-    return jax.tree_util.tree_unflatten(treedef, new_weights), jax.tree_util.tree_unflatten(treedef, new_masks)
+    return jax.tree_util.tree_unflatten(treedef, new_weights), jax.tree_util.tree_unflatten(
+      treedef, new_masks
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,8 +404,11 @@ class _GroupMasks:
     placement, _ = self.terms(params)
     layouts: list[GroupLayout] = [t.rule for t in placement.terms]
     shapes = [(layout.num_groups, layout.group_size) for layout in layouts]
-    densities = (erk_densities(shapes, self.sparsity, self.power_scale) if self.distribution == "erk"
-                 else [1 - self.sparsity] * len(shapes))
+    densities = (
+      erk_densities(shapes, self.sparsity, self.power_scale)
+      if self.distribution == "erk"
+      else [1 - self.sparsity] * len(shapes)
+    )
     counts = [min(max(round(d * n), 1), n) for d, (n, _) in zip(densities, shapes)]
     keys = jax.random.split(jax.random.PRNGKey(self.seed), max(len(layouts), 1))
     masks = [jnp.ones(jnp.shape(x), bool) for x in placement.leaves]
@@ -374,8 +419,14 @@ class _GroupMasks:
         masks[i] = jnp.broadcast_to(layout.spread(kept, member), jnp.shape(placement.leaves[i]))
     return placement.unflatten(masks)
 
-  def drop_and_grow(self, weights: optax.Params, grads: optax.Updates, masks: optax.Params, count: jax.Array,
-                    fraction: jax.Array) -> tuple[optax.Params, optax.Params]:
+  def drop_and_grow(
+    self,
+    weights: optax.Params,
+    grads: optax.Updates,
+    masks: optax.Params,
+    count: jax.Array,
+    fraction: jax.Array,
+  ) -> tuple[optax.Params, optax.Params]:
     placement, consumer_flags = self.terms(weights)
     flat_g = jax.tree_util.tree_leaves(grads)
     new_masks = list(jax.tree_util.tree_leaves(masks))
@@ -391,8 +442,9 @@ class _GroupMasks:
       # a zero group of a ReLU/GELU unit has a zero gradient: equal scores go to a random group
       grow = _group_scores([flat_g[i] for i in index], layout)
       grow = jnp.where(grow > 0, grow, -jax.random.uniform(tie_key, grow.shape))
-      new_kept, fresh = drop_and_grow(_group_scores([new_weights[i] for i in index], layout), grow, kept,
-                                      num_swap)
+      new_kept, fresh = drop_and_grow(
+        _group_scores([new_weights[i] for i in index], layout), grow, kept, num_swap
+      )
       regrow = any(is_consumer)
       for member, i in enumerate(index):
         mask = jnp.broadcast_to(layout.spread(new_kept, member), jnp.shape(new_weights[i]))
@@ -426,7 +478,8 @@ def _group_mask(masks: list[jax.Array], index: Sequence[int], layout: GroupLayou
 def apply_masks(tree, masks):
   """``tree`` with its masked entries set to exactly zero (dtypes kept)."""
   return jax.tree_util.tree_map(
-      lambda x, m: jnp.where(m, x, jnp.zeros((), jnp.result_type(x))), tree, masks)
+    lambda x, m: jnp.where(m, x, jnp.zeros((), jnp.result_type(x))), tree, masks
+  )
 
 
 def masks_of(state) -> Optional[Any]:

@@ -73,13 +73,13 @@ class Stagewise:
     milestones = tuple(int(m) for m in self.milestones)
     if any(m <= 0 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
       raise ValueError(
-          f"milestones must be strictly increasing step counts > 0, got {self.milestones!r}."
+        f"milestones must be strictly increasing step counts > 0, got {self.milestones!r}."
       )
     object.__setattr__(self, "milestones", milestones)
     if not (isinstance(self.gamma, numbers.Real) and 0 < self.gamma <= 1):
       raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}.")
     if self.ramp_start is not None and not (
-        isinstance(self.ramp_start, numbers.Integral) and self.ramp_start >= 0
+      isinstance(self.ramp_start, numbers.Integral) and self.ramp_start >= 0
     ):
       raise ValueError(f"ramp_start must be an integer >= 0 or None, got {self.ramp_start!r}.")
 
@@ -128,15 +128,22 @@ class Stagewise:
     return optax.piecewise_constant_schedule(base, {m: self.gamma for m in self.milestones})
 
 
-def stagewise(milestones: Sequence[int] = (), gamma: float = 0.1, momentum_ramp: bool = True,
-              ramp_start: Optional[int] = None, restart: bool = True) -> Stagewise:
+def stagewise(
+  milestones: Sequence[int] = (),
+  gamma: float = 0.1,
+  momentum_ramp: bool = True,
+  ramp_start: Optional[int] = None,
+  restart: bool = True,
+) -> Stagewise:
   """Build a :class:`Stagewise` schedule (milestones in steps); see the module doc."""
   return Stagewise(tuple(milestones), gamma, momentum_ramp, ramp_start, restart)
 
 
 def value_at(hyperparameter: optax.ScalarOrSchedule, count: chex.Numeric) -> jax.Array:
   """A hyperparameter (a number, a scalar array or a schedule) at step ``count``, as a float32 scalar."""
-  return jnp.asarray(hyperparameter(count) if callable(hyperparameter) else hyperparameter, jnp.float32)
+  return jnp.asarray(
+    hyperparameter(count) if callable(hyperparameter) else hyperparameter, jnp.float32
+  )
 
 
 def check_stages(stages: Any) -> None:
@@ -146,7 +153,9 @@ def check_stages(stages: Any) -> None:
     TypeError: anything else.
   """
   if stages is not None and not isinstance(stages, Stagewise):
-    raise TypeError(f"stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, got {type(stages).__name__}.")
+    raise TypeError(
+      f"stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, got {type(stages).__name__}."
+    )
 
 
 def decay(stages: Optional[Stagewise], count: chex.Numeric) -> jax.Array:

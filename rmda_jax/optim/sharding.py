@@ -52,8 +52,11 @@ def state_shardings(tx: optax.GradientTransformation, params, param_shardings=No
   replicated = _replicated_like(param_shardings)
   abstract = jax.eval_shape(tx.init, params)
   return optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract, param_shardings,
-      transform_non_params=lambda _: replicated,
+    tx,
+    lambda _, sharding: sharding,
+    abstract,
+    param_shardings,
+    transform_non_params=lambda _: replicated,
   )
 
 

@@ -48,8 +48,9 @@ def _find_states(state, types) -> list:
   return found
 
 
-def recompute_point(sums: Union[DualAveragingCenterState, DualAveragingSumsState],
-                    regularizer) -> optax.Params:
+def recompute_point(
+  sums: Union[DualAveragingCenterState, DualAveragingSumsState], regularizer
+) -> optax.Params:
   """RMDA's ``z_k = prox_{(alpha_k/sqrt(k)) lambda psi}(x0 - V_k/sqrt(k))`` from its sums (float32).
 
   The point :func:`rmda` computes at step ``k`` (the anchor before the first
@@ -101,17 +102,22 @@ def structured_params(state, params=None, regularizer=None):
     return found[0].structured
   if len(found) > 1:
     raise ValueError(f"the state holds {len(found)} rmda/ramda states; pass the one you mean.")
-  pointless = [s for s in candidates if isinstance(s, DualAveragingState)
-               and isinstance(s.sq_grad_sum, optax.EmptyState)]
+  pointless = [
+    s
+    for s in candidates
+    if isinstance(s, DualAveragingState) and isinstance(s.sq_grad_sum, optax.EmptyState)
+  ]
   if len(pointless) == 1:
     if regularizer is None:
-      raise ValueError("this rmda state does not keep its point (keep_point=False): pass the regularizer "
-                       "it uses, structured_params(state, regularizer=...), to recompute it.")
+      raise ValueError(
+        "this rmda state does not keep its point (keep_point=False): pass the regularizer "
+        "it uses, structured_params(state, regularizer=...), to recompute it."
+      )
     z = recompute_point(pointless[0].sums, regularizer)
     return z if params is None else trees.cast_like(z, params)
   if params is not None and _find_states(state, (ProxSGDState, ProxAdamState)):
     return params
   raise ValueError(
-      "no rmda/ramda state found in this optimizer state (for prox_sgd / prox_adamw / "
-      "prox_ssi, the params themselves are structured: pass params=...)."
+    "no rmda/ramda state found in this optimizer state (for prox_sgd / prox_adamw / "
+    "prox_ssi, the params themselves are structured: pass params=...)."
   )

@@ -42,7 +42,9 @@ def _check_adam_step(learning_rate, b1, b2, eps, weight_decay):
   checks.check_nonnegative(weight_decay, "weight_decay")
 
 
-def proximal_gradient_subproblem(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
+def proximal_gradient_subproblem(
+  learning_rate: optax.ScalarOrSchedule,
+) -> optax.GradientTransformationExtraArgs:
   r"""A direction ``m`` to the proximal-gradient subproblem ``z = prox_{eta lambda psi}(x - eta m)``.
 
   Args:
@@ -67,21 +69,27 @@ def proximal_gradient_subproblem(learning_rate: optax.ScalarOrSchedule) -> optax
     del extra_args
     chain.require_params(params, "proximal_gradient_subproblem")
     lr = value_at(learning_rate, state.count)
-    center = lambda params, m: jax.tree_util.tree_map(lambda x, m: x.astype(m.dtype) - lr * m, params, m)
+    center = lambda params, m: jax.tree_util.tree_map(
+      lambda x, m: x.astype(m.dtype) - lr * m, params, m
+    )
     y = center(params, updates)
     twin = twin_of(center, params, updates)
-    return (Subproblem(y, None, lr, None, None, state.count, twin),
-            chain.CountState(optax.safe_int32_increment(state.count)))
+    return (
+      Subproblem(y, None, lr, None, None, state.count, twin),
+      chain.CountState(optax.safe_int32_increment(state.count)),
+    )
 
-  return optax.GradientTransformationExtraArgs(lambda params: chain.CountState(chain.zero_count()), update_fn)
+  return optax.GradientTransformationExtraArgs(
+    lambda params: chain.CountState(chain.zero_count()), update_fn
+  )
 
 
 def proxgen_subproblem(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
-    eps: jax.typing.ArrayLike = 1e-8,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: jax.typing.ArrayLike = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ProxGen's AdamW subproblem from :class:`AdamMoments`.
 
@@ -119,7 +127,9 @@ def proxgen_subproblem(
     chain.require_params(params, "proxgen_subproblem")
     lr = value_at(learning_rate, updates.count)
     tf = optax.safe_int32_increment(updates.count).astype(jnp.float32)
-    x = jax.tree_util.tree_map(lambda p, m: (1 - lr * weight_decay) * p.astype(m.dtype), params, updates.mu)
+    x = jax.tree_util.tree_map(
+      lambda p, m: (1 - lr * weight_decay) * p.astype(m.dtype), params, updates.mu
+    )
     bias2 = jnp.sqrt(1 - b2**tf)
     a = lr / (1 - b1**tf)
     # sqrt(v) / bias2 + eps ending in the division: XLA does not duplicate a
@@ -133,12 +143,12 @@ def proxgen_subproblem(
 
 
 def prox_ssi_subproblem(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
-    eps: jax.typing.ArrayLike = 1e-6,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    bias_correction: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-6,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  bias_correction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ProxSSI's subproblem: an Adam step, then the prox in Adam's metric.
 
@@ -180,8 +190,12 @@ def prox_ssi_subproblem(
   if not isinstance(bias_correction, bool):
     raise TypeError(f"bias_correction must be True or False, got {bias_correction!r}.")
 
-  def update_fn(updates: AdamMoments, state: optax.EmptyState, params: Optional[optax.Params] = None,
-                **extra_args: Any) -> tuple[Subproblem, optax.EmptyState]:
+  def update_fn(
+    updates: AdamMoments,
+    state: optax.EmptyState,
+    params: Optional[optax.Params] = None,
+    **extra_args: Any,
+  ) -> tuple[Subproblem, optax.EmptyState]:
     del extra_args
     chain.require_params(params, "prox_ssi_subproblem")
     lr = value_at(learning_rate, updates.count)
@@ -194,7 +208,9 @@ def prox_ssi_subproblem(
       diag = jax.tree_util.tree_map(lambda v: jnp.sqrt(v) + eps, updates.nu)
       scale = lr * jnp.sqrt(1 - b2**tf) / (1 - b1**tf)
       step = lambda m, d: scale * numerics.safe_divide(m, d)
-    y = jax.tree_util.tree_map(lambda p, m, d: p.astype(d.dtype) - step(m, d), params, updates.mu, diag)
+    y = jax.tree_util.tree_map(
+      lambda p, m, d: p.astype(d.dtype) - step(m, d), params, updates.mu, diag
+    )
     y = jax.tree_util.tree_map(lambda yy: yy - lr * weight_decay * yy, y)
     b = jax.tree_util.tree_map(lambda d, yy: d * yy, diag, y)
     return Subproblem(b, diag, lr, params, y, updates.count), state

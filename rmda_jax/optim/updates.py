@@ -34,8 +34,9 @@ def _average(params, z, c):
   return jax.tree_util.tree_map(lambda x, zz: (1 - c) * x.astype(zz.dtype) + c * zz, params, z)
 
 
-def momentum_average(momentum: optax.ScalarOrSchedule = 0.1,
-                     stages: Optional[Stagewise] = None) -> optax.GradientTransformationExtraArgs:
+def momentum_average(
+  momentum: optax.ScalarOrSchedule = 0.1, stages: Optional[Stagewise] = None
+) -> optax.GradientTransformationExtraArgs:
   r"""The papers' momentum: move the params towards the new point ``z``.
 
   .. math::
@@ -76,7 +77,9 @@ def momentum_average(momentum: optax.ScalarOrSchedule = 0.1,
     new = trees.updates_to(_average(params, updates, c), params)
     return new, chain.CountState(optax.safe_int32_increment(state.count))
 
-  return optax.GradientTransformationExtraArgs(lambda params: chain.CountState(chain.zero_count()), update_fn)
+  return optax.GradientTransformationExtraArgs(
+    lambda params: chain.CountState(chain.zero_count()), update_fn
+  )
 
 
 def to_updates() -> optax.GradientTransformationExtraArgs:

@@ -19,30 +19,61 @@ It imports :mod:`rmda_jax.core` only.
 """
 
 from rmda_jax.prox import (
-    discrete,
-    entrywise,
-    exact,
-    group_norms,
-    inexact,
-    regularizer,
-    secular,
-    solvers,
-    spectral,
-    subproblem,
+  discrete,
+  entrywise,
+  exact,
+  group_norms,
+  inexact,
+  regularizer,
+  secular,
+  solvers,
+  spectral,
+  subproblem,
 )
-from rmda_jax.prox.discrete import DiscretePenalty, DiscreteSet, DiscreteValues, discrete_penalty, discrete_set
+from rmda_jax.prox.discrete import (
+  DiscretePenalty,
+  DiscreteSet,
+  DiscreteValues,
+  discrete_penalty,
+  discrete_set,
+)
 from rmda_jax.prox.entrywise import ElasticNet, elastic_net, l1
 from rmda_jax.prox.exact import Exact
 from rmda_jax.prox.group_norms import GroupLasso, group_lasso
 from rmda_jax.prox.inexact import ProximalGradient
-from rmda_jax.prox.regularizer import LeafRegularizer, Placement, Regularizer, Term, check_regularizer
+from rmda_jax.prox.regularizer import (
+  LeafRegularizer,
+  Placement,
+  Regularizer,
+  Term,
+  check_regularizer,
+)
 from rmda_jax.prox.solvers import Solver, make_solver, solve
 from rmda_jax.prox.spectral import NuclearNorm, nuclear_norm
 from rmda_jax.prox.subproblem import SolverInfo
 
 __all__ = [
-    "DiscretePenalty", "DiscreteSet", "DiscreteValues", "ElasticNet", "Exact", "GroupLasso", "LeafRegularizer",
-    "NuclearNorm", "Placement", "ProximalGradient", "Regularizer", "Solver", "SolverInfo", "Term",
-    "check_regularizer", "discrete_penalty", "discrete_set", "elastic_net", "group_lasso", "l1", "make_solver",
-    "nuclear_norm", "solve",
+  "DiscretePenalty",
+  "DiscreteSet",
+  "DiscreteValues",
+  "ElasticNet",
+  "Exact",
+  "GroupLasso",
+  "LeafRegularizer",
+  "NuclearNorm",
+  "Placement",
+  "ProximalGradient",
+  "Regularizer",
+  "Solver",
+  "SolverInfo",
+  "Term",
+  "check_regularizer",
+  "discrete_penalty",
+  "discrete_set",
+  "elastic_net",
+  "group_lasso",
+  "l1",
+  "make_solver",
+  "nuclear_norm",
+  "solve",
 ]

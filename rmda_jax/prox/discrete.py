@@ -175,7 +175,9 @@ def discrete_set(values, rules=None, scale: Optional[str] = None) -> DiscreteSet
   return DiscreteSet(strength=1.0, rules=rules, values=values, scale=scale)
 
 
-def discrete_penalty(strength: float, values, rules=None, scale: Optional[str] = None) -> DiscretePenalty:
+def discrete_penalty(
+  strength: float, values, rules=None, scale: Optional[str] = None
+) -> DiscretePenalty:
   """``strength * sum_i dist(x_i, values)``: a pull of every weight towards the set.
 
   Args:

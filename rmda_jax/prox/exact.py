@@ -59,10 +59,17 @@ class Exact:
       checks.check_scalar(self.rtol, "Exact.rtol", low=0.0, low_open=True)
 
 
-def solve_exact(regularizer: Regularizer, b: chex.ArrayTree, diag: chex.ArrayTree, scale: Any,
-                max_iters: int = 50, rtol: Optional[float] = None, anchor: Optional[chex.ArrayTree] = None,
-                certify: bool = False,
-                init: Optional[chex.ArrayTree] = None) -> tuple[chex.ArrayTree, SolverInfo]:
+def solve_exact(
+  regularizer: Regularizer,
+  b: chex.ArrayTree,
+  diag: chex.ArrayTree,
+  scale: Any,
+  max_iters: int = 50,
+  rtol: Optional[float] = None,
+  anchor: Optional[chex.ArrayTree] = None,
+  certify: bool = False,
+  init: Optional[chex.ArrayTree] = None,
+) -> tuple[chex.ArrayTree, SolverInfo]:
   """Exact solve: closed forms, or the secular equation for group-LASSO.
 
   Args:
@@ -87,15 +94,21 @@ def solve_exact(regularizer: Regularizer, b: chex.ArrayTree, diag: chex.ArrayTre
     init_leaves = placement.flatten(init)
     inits = [[jnp.asarray(init_leaves[i]) for i in term.leaves] for term in placement.terms]
   term_zs, iterations, residual = regularizer.terms_prox_diag(
-      [placement.gather(placement.leaves, t) for t in placement.terms],
-      [placement.gather(diags, t) for t in placement.terms],
-      thresholds, [t.rule for t in placement.terms], max_iters=max_iters, rtol=rtol, inits=inits,
+    [placement.gather(placement.leaves, t) for t in placement.terms],
+    [placement.gather(diags, t) for t in placement.terms],
+    thresholds,
+    [t.rule for t in placement.terms],
+    max_iters=max_iters,
+    rtol=rtol,
+    inits=inits,
   )
   zs = {i: z for term, z_term in zip(placement.terms, term_zs) for i, z in zip(term.leaves, z_term)}
   if certify:
     etas, d_maxs = inexact.step_sizes(regularizer, placement, diags)
     masks = inexact.screening_masks(regularizer, placement, thresholds)
-    zs, residual = inexact.prox_gradient_step(regularizer, placement, diags, thresholds, zs, etas, d_maxs, masks)
+    zs, residual = inexact.prox_gradient_step(
+      regularizer, placement, diags, thresholds, zs, etas, d_maxs, masks
+    )
   for i, z in zs.items():
     out[i] = z
   return placement.unflatten(out), SolverInfo(iterations, residual.astype(jnp.float32))

@@ -81,10 +81,14 @@ class GroupLasso(Regularizer):
       raise ValueError(f"grouping must be one of {leaf_rules.GROUPINGS}, got {self.grouping!r}.")
     if self.groups is not None:
       if not isinstance(self.groups, Groups):
-        raise TypeError(f"groups must be a rmda_jax.Groups (e.g. from rmda_jax.discover_groups), "
-                        f"got {type(self.groups).__name__}.")
+        raise TypeError(
+          f"groups must be a rmda_jax.Groups (e.g. from rmda_jax.discover_groups), "
+          f"got {type(self.groups).__name__}."
+        )
       if self.rules is not None:
-        raise ValueError("group_lasso: give rules= (per-leaf groups) or groups= (coupled groups), not both.")
+        raise ValueError(
+          "group_lasso: give rules= (per-leaf groups) or groups= (coupled groups), not both."
+        )
 
   def default_rule(self, path: str, leaf: Any) -> Optional[leaf_rules.GroupRule]:
     return leaf_rules.default_group_rule(self.grouping)(path, leaf)
@@ -98,40 +102,53 @@ class GroupLasso(Regularizer):
     """
     if self.groups is None:
       placement = super().place(params)
-      terms = [Term(t.leaves, GroupLayout.of_rule(jnp.shape(placement.leaves[t.leaves[0]]), t.rule))
-               for t in placement.terms]
+      terms = [
+        Term(t.leaves, GroupLayout.of_rule(jnp.shape(placement.leaves[t.leaves[0]]), t.rule))
+        for t in placement.terms
+      ]
       return dataclasses.replace(placement, terms=terms)
     keyed, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [path_to_str(kp) for kp, _ in keyed]
     leaves = [leaf for _, leaf in keyed]
     terms: list[Term] = []
-    if not leaves:  # a tree without arrays (optax.tree_map_params' placeholder): nothing to lay groups on
+    if (
+      not leaves
+    ):  # a tree without arrays (optax.tree_map_params' placeholder): nothing to lay groups on
       return Placement(paths, leaves, [], treedef, terms)
     where = {p: i for i, p in enumerate(paths)}
     for family in self.groups.families:
       index = []
       for member in family.members:
         if member.path not in where:
-          raise ValueError(f"groups: family {family.name!r} spans {member.path!r}, which is not a leaf of the "
-                           f"params (leaves: {', '.join(paths[:6])}{', ...' if len(paths) > 6 else ''}).")
+          raise ValueError(
+            f"groups: family {family.name!r} spans {member.path!r}, which is not a leaf of the "
+            f"params (leaves: {', '.join(paths[:6])}{', ...' if len(paths) > 6 else ''})."
+          )
         i = where[member.path]
         shape = jnp.shape(leaves[i])
         problem = member.check(shape)
         if problem is None and member.num_groups(shape) != family.size:
           problem = f"it holds {member.num_groups(shape)} groups, the family {family.size}"
         if problem:
-          raise ValueError(f"groups: family {family.name!r} does not fit leaf {member.path!r}: {problem}.")
+          raise ValueError(
+            f"groups: family {family.name!r} does not fit leaf {member.path!r}: {problem}."
+          )
         index.append(i)
       if family.size and all(math.prod(jnp.shape(leaves[i])) for i in index):
-        terms.append(Term(tuple(index), GroupLayout.of_family(family, [jnp.shape(leaves[i]) for i in index])))
+        terms.append(
+          Term(tuple(index), GroupLayout.of_family(family, [jnp.shape(leaves[i]) for i in index]))
+        )
     return Placement(paths, leaves, [None] * len(leaves), treedef, terms)
 
   def term_value(self, xs: list[Array], rule: GroupLayout) -> Array:
     return rule.weight * jnp.sum(group_norms(xs, rule))
 
-  def term_prox(self, xs: list[Array], threshold: Array, rule: GroupLayout,
-                stats: Optional[list[Array]] = None) -> list[Array]:
-    factor = shrink_factor(group_norms(xs if stats is None else stats, rule), threshold * rule.weight)
+  def term_prox(
+    self, xs: list[Array], threshold: Array, rule: GroupLayout, stats: Optional[list[Array]] = None
+  ) -> list[Array]:
+    factor = shrink_factor(
+      group_norms(xs if stats is None else stats, rule), threshold * rule.weight
+    )
     return [x * rule.spread(factor, m) for m, x in enumerate(xs)]
 
   def term_support(self, xs: list[Array], rule: GroupLayout) -> Array:
@@ -146,15 +163,31 @@ class GroupLasso(Regularizer):
     d_max = rule.max(diags)
     return d_max, [rule.spread(d_max, m) for m in range(len(diags))]
 
-  def terms_prox_diag(self, bs: list[list[Array]], diags: list[list[Array]], thresholds: list[Array],
-                      rules: list[Any], inits: Optional[list[Any]] = None,
-                      **options: Any) -> tuple[list[list[Array]], Array, Array]:
+  def terms_prox_diag(
+    self,
+    bs: list[list[Array]],
+    diags: list[list[Array]],
+    thresholds: list[Array],
+    rules: list[Any],
+    inits: Optional[list[Any]] = None,
+    **options: Any,
+  ) -> tuple[list[list[Array]], Array, Array]:
     return secular.group_lasso_secular(
-        bs, diags, [t * layout.weight for t, layout in zip(thresholds, rules)], rules, inits=inits, **options)
+      bs,
+      diags,
+      [t * layout.weight for t, layout in zip(thresholds, rules)],
+      rules,
+      inits=inits,
+      **options,
+    )
 
 
-def group_lasso(strength: chex.Numeric, rules: Any = None, grouping: str = "input",
-                groups: Optional[Groups] = None) -> GroupLasso:
+def group_lasso(
+  strength: chex.Numeric,
+  rules: Any = None,
+  grouping: str = "input",
+  groups: Optional[Groups] = None,
+) -> GroupLasso:
   """Group-LASSO ``lambda * sum_g sqrt(|g|) ||x_g||_2`` (channel / neuron / head sparsity).
 
   Args:

@@ -76,8 +76,9 @@ class ProximalGradient:
     return jnp.asarray(self.tol(count) if callable(self.tol) else self.tol, jnp.float32)
 
 
-def step_sizes(regularizer: Regularizer, placement: Placement,
-               diags: list[Any]) -> tuple[list[tuple[Array, list[Array]]], dict[int, Array]]:
+def step_sizes(
+  regularizer: Regularizer, placement: Placement, diags: list[Any]
+) -> tuple[list[tuple[Array, list[Array]]], dict[int, Array]]:
   """Per term ``(eta per group, [eta per member])``, and per regularized leaf ``max D`` of its block."""
   etas, d_maxs = [], {}
   for term in placement.terms:
@@ -89,8 +90,9 @@ def step_sizes(regularizer: Regularizer, placement: Placement,
   return etas, d_maxs
 
 
-def screening_masks(regularizer: Regularizer, placement: Placement,
-                    thresholds: list[Array]) -> dict[int, Optional[Array]]:
+def screening_masks(
+  regularizer: Regularizer, placement: Placement, thresholds: list[Array]
+) -> dict[int, Optional[Array]]:
   """Per regularized leaf, the mask of entries that may be nonzero at the optimum (None: unknown)."""
   masks: dict[int, Optional[Array]] = {i: None for t in placement.terms for i in t.leaves}
   for term, tau in zip(placement.terms, thresholds):
@@ -101,10 +103,16 @@ def screening_masks(regularizer: Regularizer, placement: Placement,
   return masks
 
 
-def prox_gradient_step(regularizer: Regularizer, placement: Placement, diags: list[Any],
-                       thresholds: list[Array], zs: dict[int, Array],
-                       etas: list[tuple[Array, list[Array]]], d_maxs: dict[int, Array],
-                       masks: dict[int, Optional[Array]]) -> tuple[dict[int, Array], Array]:
+def prox_gradient_step(
+  regularizer: Regularizer,
+  placement: Placement,
+  diags: list[Any],
+  thresholds: list[Array],
+  zs: dict[int, Array],
+  etas: list[tuple[Array, list[Array]]],
+  d_maxs: dict[int, Array],
+  masks: dict[int, Optional[Array]],
+) -> tuple[dict[int, Array], Array]:
   """One step ``z+ = prox(z - eta (D z - b))`` on every term, and its certificate ``||xi||``."""
   new_zs, sq = dict(zs), jnp.zeros((), jnp.float32)
   bs = placement.leaves
@@ -121,9 +129,16 @@ def prox_gradient_step(regularizer: Regularizer, placement: Placement, diags: li
   return new_zs, jnp.sqrt(sq)
 
 
-def solve_proximal_gradient(regularizer: Regularizer, b: chex.ArrayTree, diag: chex.ArrayTree, scale: Any,
-                            init: chex.ArrayTree, solver: ProximalGradient, count: Optional[Array] = None,
-                            anchor: Optional[chex.ArrayTree] = None) -> tuple[chex.ArrayTree, SolverInfo]:
+def solve_proximal_gradient(
+  regularizer: Regularizer,
+  b: chex.ArrayTree,
+  diag: chex.ArrayTree,
+  scale: Any,
+  init: chex.ArrayTree,
+  solver: ProximalGradient,
+  count: Optional[Array] = None,
+  anchor: Optional[chex.ArrayTree] = None,
+) -> tuple[chex.ArrayTree, SolverInfo]:
   """The inexact solver: ONE ``lax.while_loop`` over every regularized leaf.
 
   Args:
@@ -157,7 +172,9 @@ def solve_proximal_gradient(regularizer: Regularizer, b: chex.ArrayTree, diag: c
 
   def body(carry: tuple[dict[int, Array], Array, Array]) -> tuple[dict[int, Array], Array, Array]:
     zs, it, _ = carry
-    zs, residual = prox_gradient_step(regularizer, placement, diags, thresholds, zs, etas, d_maxs, masks)
+    zs, residual = prox_gradient_step(
+      regularizer, placement, diags, thresholds, zs, etas, d_maxs, masks
+    )
     return zs, it + 1, residual
 
   carry = (zs0, jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, jnp.float32))

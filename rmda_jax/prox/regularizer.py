@@ -134,8 +134,8 @@ class Regularizer(abc.ABC):
     checks.check_nonnegative(self.strength, f"{type(self).__name__} strength")
     if isinstance(self.rules, (GroupRule, Elementwise, Matrix)):
       raise ValueError(
-          "rules: give a callable (path, leaf) -> rule, or a tree of rules matching the "
-          "params, not a single rule."
+        "rules: give a callable (path, leaf) -> rule, or a tree of rules matching the "
+        "params, not a single rule."
       )
 
   # ----------------------------------------------------------- hooks of a term
@@ -148,8 +148,9 @@ class Regularizer(abc.ABC):
     """``psi`` of one term (its leaves ``xs``), without the strength."""
 
   @abc.abstractmethod
-  def term_prox(self, xs: list[Array], threshold: Array, rule: Any,
-                stats: Optional[list[Array]] = None) -> list[Array]:
+  def term_prox(
+    self, xs: list[Array], threshold: Array, rule: Any, stats: Optional[list[Array]] = None
+  ) -> list[Array]:
     """``argmin_z 1/2||z - x||^2 + threshold * psi(z)`` over the term's leaves.
 
     ``stats`` (see :meth:`prox`'s ``statistics``) holds the same values as
@@ -175,9 +176,15 @@ class Regularizer(abc.ABC):
     """
     return None
 
-  def terms_prox_diag(self, bs: list[list[Array]], diags: list[list[Array]], thresholds: list[Array],
-                      rules: list[Any], inits: Optional[list[Any]] = None,
-                      **options: Any) -> tuple[list[list[Array]], Array, Array]:
+  def terms_prox_diag(
+    self,
+    bs: list[list[Array]],
+    diags: list[list[Array]],
+    thresholds: list[Array],
+    rules: list[Any],
+    inits: Optional[list[Any]] = None,
+    **options: Any,
+  ) -> tuple[list[list[Array]], Array, Array]:
     """Exact ``argmin_z 1/2 z^T D z - b^T z + threshold * psi(z)`` of several terms.
 
     Returns the solutions, the largest iteration count and the largest
@@ -195,7 +202,7 @@ class Regularizer(abc.ABC):
       ValueError: the rules do not match ``params``.
     """
     paths, leaves, rules, treedef = resolve_rules(
-        self.rules, params, self.default_rule, self.rule_type, f"{type(self).__name__} rules"
+      self.rules, params, self.default_rule, self.rule_type, f"{type(self).__name__} rules"
     )
     terms = [Term((i,), r) for i, r in enumerate(rules) if r is not None]
     return Placement(paths, leaves, rules, treedef, terms)
@@ -210,13 +217,15 @@ class Regularizer(abc.ABC):
     Raises:
       ValueError: ``scale`` is neither a scalar nor shaped like the tree.
     """
-    if jax.tree_util.tree_structure(scale) == placement.treedef and placement.treedef.num_leaves != 1:
+    if (
+      jax.tree_util.tree_structure(scale) == placement.treedef and placement.treedef.num_leaves != 1
+    ):
       return jax.tree_util.tree_leaves(scale)
     if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(scale)):
       return [scale] * len(placement.leaves)
     raise ValueError(
-        "scale must be a scalar or a pytree of scalars with the params' structure, got "
-        f"{jax.tree_util.tree_structure(scale)}."
+      "scale must be a scalar or a pytree of scalars with the params' structure, got "
+      f"{jax.tree_util.tree_structure(scale)}."
     )
 
   def value(self, params: chex.ArrayTree) -> Array:
@@ -228,8 +237,9 @@ class Regularizer(abc.ABC):
       total = total + self.term_value(xs, term.rule)
     return self.strength * total
 
-  def prox(self, params: chex.ArrayTree, scale: Any = 1.0,
-           statistics: Optional[chex.ArrayTree] = None) -> chex.ArrayTree:
+  def prox(
+    self, params: chex.ArrayTree, scale: Any = 1.0, statistics: Optional[chex.ArrayTree] = None
+  ) -> chex.ArrayTree:
     """``argmin_z 1/2||z - params||^2 + scale * strength * psi(z)``, term by term.
 
     Unregularized leaves come back unchanged; the others keep their dtype
@@ -251,7 +261,11 @@ class Regularizer(abc.ABC):
     for term in placement.terms:
       xs = [as_compute_dtype(x) for x in placement.gather(placement.leaves, term)]
       threshold = jnp.asarray(scales[term.leaves[0]], xs[0].dtype) * self.strength
-      stats = None if stat_leaves is None else [as_compute_dtype(x) for x in placement.gather(stat_leaves, term)]
+      stats = (
+        None
+        if stat_leaves is None
+        else [as_compute_dtype(x) for x in placement.gather(stat_leaves, term)]
+      )
       zs = self.term_prox(xs, threshold, term.rule, stats=stats)
       for i, z in zip(term.leaves, zs):
         out[i] = z.astype(jnp.result_type(placement.leaves[i]))
@@ -272,8 +286,10 @@ class Regularizer(abc.ABC):
     A non-finite entry counts as nonzero.
     """
     placement = self.place(params)
-    return [self.term_support([jnp.asarray(x) for x in placement.gather(placement.leaves, t)], t.rule)
-            for t in placement.terms]
+    return [
+      self.term_support([jnp.asarray(x) for x in placement.gather(placement.leaves, t)], t.rule)
+      for t in placement.terms
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,8 +334,9 @@ class LeafRegularizer(Regularizer):
   def term_value(self, xs: list[Array], rule: Any) -> Array:
     return self.leaf_value(xs[0], rule)
 
-  def term_prox(self, xs: list[Array], threshold: Array, rule: Any,
-                stats: Optional[list[Array]] = None) -> list[Array]:
+  def term_prox(
+    self, xs: list[Array], threshold: Array, rule: Any, stats: Optional[list[Array]] = None
+  ) -> list[Array]:
     return [self.leaf_prox(xs[0], threshold, rule)]
 
   def term_support(self, xs: list[Array], rule: Any) -> Array:
@@ -334,11 +351,19 @@ class LeafRegularizer(Regularizer):
     d_max = jnp.max(d, axis=self.block_axes(rule, d.ndim), keepdims=True)
     return d_max, [d_max]
 
-  def terms_prox_diag(self, bs: list[list[Array]], diags: list[list[Array]], thresholds: list[Array],
-                      rules: list[Any], inits: Optional[list[Any]] = None,
-                      **options: Any) -> tuple[list[list[Array]], Array, Array]:
+  def terms_prox_diag(
+    self,
+    bs: list[list[Array]],
+    diags: list[list[Array]],
+    thresholds: list[Array],
+    rules: list[Any],
+    inits: Optional[list[Any]] = None,
+    **options: Any,
+  ) -> tuple[list[list[Array]], Array, Array]:
     del inits, options  # closed forms need no start
-    zs = [[self.leaf_prox_diag(b[0], d[0], t, r)] for b, d, t, r in zip(bs, diags, thresholds, rules)]
+    zs = [
+      [self.leaf_prox_diag(b[0], d[0], t, r)] for b, d, t, r in zip(bs, diags, thresholds, rules)
+    ]
     return zs, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
 
 
@@ -351,6 +376,6 @@ def check_regularizer(obj: Any, argname: str = "regularizer") -> Optional[Regula
   if obj is None or isinstance(obj, Regularizer):
     return obj
   raise TypeError(
-      f"{argname} must be a rmda_jax regularizer (l1, group_lasso, nuclear_norm, "
-      f"elastic_net, ...) or None, got {type(obj).__name__}."
+    f"{argname} must be a rmda_jax regularizer (l1, group_lasso, nuclear_norm, "
+    f"elastic_net, ...) or None, got {type(obj).__name__}."
   )

@@ -41,9 +41,15 @@ from rmda_jax.core.layout import GroupLayout
 Array = jax.Array
 
 
-def group_lasso_secular(bs: list[list[Array]], diags: list[list[Array]], thresholds: list[Any],
-                        layouts: list[GroupLayout], max_iters: int = 50, rtol: Optional[float] = None,
-                        inits: Optional[list[Any]] = None) -> tuple[list[list[Array]], Array, Array]:
+def group_lasso_secular(
+  bs: list[list[Array]],
+  diags: list[list[Array]],
+  thresholds: list[Any],
+  layouts: list[GroupLayout],
+  max_iters: int = 50,
+  rtol: Optional[float] = None,
+  inits: Optional[list[Any]] = None,
+) -> tuple[list[list[Array]], Array, Array]:
   """Exact ``argmin_z 1/2 z^T D z - b^T z + tau_g ||z_g||`` for every group of every layout.
 
   A layout (:class:`~rmda_jax.core.layout.GroupLayout`) is a leaf under a
@@ -118,10 +124,16 @@ def group_lasso_secular(bs: list[list[Array]], diags: list[list[Array]], thresho
 
   def secular_sums(r, b, d, tau, layout, active, spread):
     """``f(r)^2 = sum b^2 inv^2`` and ``sum b^2 D inv^3``, ``inv = 1/(D r + tau)``, in one pass."""
-    r_m, tau_m, act_m = spread(jnp.where(active, r, 0)), spread(jnp.where(active, tau, 1)), spread(active)
+    r_m, tau_m, act_m = (
+      spread(jnp.where(active, r, 0)),
+      spread(jnp.where(active, tau, 1)),
+      spread(active),
+    )
     invs = [1 / jnp.where(a, dm * rm + tm, 1) for dm, rm, tm, a in zip(d, r_m, tau_m, act_m)]
     terms = [jnp.square(x * inv) for x, inv in zip(b, invs)]
-    return layout.reduce_many(["sum", "sum"], [terms, [t * dm * inv for t, dm, inv in zip(terms, d, invs)]])
+    return layout.reduce_many(
+      ["sum", "sum"], [terms, [t * dm * inv for t, dm, inv in zip(terms, d, invs)]]
+    )
 
   def newton(r, prep):
     # The Newton step on 1/f - 1 is f^2 (f - 1) / sum(b^2 D inv^3).
@@ -145,13 +157,15 @@ def group_lasso_secular(bs: list[list[Array]], diags: list[list[Array]], thresho
   # a layout that converges early takes no more passes over its entries.
   rs, iterations, residual = [], jnp.zeros((), jnp.int32), jnp.zeros((), dtype)
   for start, prep in zip(starts, prepared):
+
     def body(carry, prep=prep):
       r, it, _, _ = carry
       r, done, misfit = newton(r, prep)
       return r, it + 1, done, misfit
 
     r, its, _, misfit = jax.lax.while_loop(
-        cond, body, (start, jnp.zeros((), jnp.int32), jnp.zeros((), bool), jnp.zeros((), dtype)))
+      cond, body, (start, jnp.zeros((), jnp.int32), jnp.zeros((), bool), jnp.zeros((), dtype))
+    )
     rs.append(r)
     iterations = jnp.maximum(iterations, its)
     residual = jnp.maximum(residual, misfit)
@@ -161,8 +175,16 @@ def group_lasso_secular(bs: list[list[Array]], diags: list[list[Array]], thresho
     # tau = 0 (unregularized group): z = b / D, the same formula with any r > 0
     free = tau <= 0
     r = jnp.where(free, 1, r)
-    keep, r_m, tau_m, bad = spread(active | free), spread(r), spread(jnp.where(free, 0, tau)), spread(nonfinite)
-    z = [_scaled_entries(x, dm * rm + tm, rm, k, bad_m) for x, dm, k, rm, tm, bad_m in zip(b, d, keep, r_m, tau_m, bad)]
+    keep, r_m, tau_m, bad = (
+      spread(active | free),
+      spread(r),
+      spread(jnp.where(free, 0, tau)),
+      spread(nonfinite),
+    )
+    z = [
+      _scaled_entries(x, dm * rm + tm, rm, k, bad_m)
+      for x, dm, k, rm, tm, bad_m in zip(b, d, keep, r_m, tau_m, bad)
+    ]
     zs.append(z)
   return zs, iterations, residual
 

@@ -65,21 +65,27 @@ def make_solver(spec: Union[str, Solver], regularizer: Optional[Regularizer]) ->
     solver = ProximalGradient()
   else:
     raise ValueError(
-        f"solver must be 'auto', 'exact', 'pgd', rmda_jax.prox.Exact(...) or "
-        f"rmda_jax.prox.ProximalGradient(...), got {spec!r}."
+      f"solver must be 'auto', 'exact', 'pgd', rmda_jax.prox.Exact(...) or "
+      f"rmda_jax.prox.ProximalGradient(...), got {spec!r}."
     )
   if isinstance(solver, Exact) and regularizer is not None and not regularizer.has_exact_diag_prox:
     raise ValueError(
-        f"solver: {type(regularizer).__name__} has no exact diagonal-metric prox; "
-        "use solver='pgd' (or 'auto')."
+      f"solver: {type(regularizer).__name__} has no exact diagonal-metric prox; "
+      "use solver='pgd' (or 'auto')."
     )
   return solver
 
 
-def solve(regularizer: Optional[Regularizer], b: chex.ArrayTree, diag: chex.ArrayTree, scale: Any,
-          init: Optional[chex.ArrayTree] = None, solver: Optional[Solver] = None,
-          count: Optional[jax.Array] = None,
-          anchor: Optional[chex.ArrayTree] = None) -> tuple[chex.ArrayTree, SolverInfo]:
+def solve(
+  regularizer: Optional[Regularizer],
+  b: chex.ArrayTree,
+  diag: chex.ArrayTree,
+  scale: Any,
+  init: Optional[chex.ArrayTree] = None,
+  solver: Optional[Solver] = None,
+  count: Optional[jax.Array] = None,
+  anchor: Optional[chex.ArrayTree] = None,
+) -> tuple[chex.ArrayTree, SolverInfo]:
   """Solve ``min_z 1/2 z^T D z - b^T z + scale * lambda * psi(z)`` over a pytree.
 
   Args:
@@ -112,8 +118,9 @@ def solve(regularizer: Optional[Regularizer], b: chex.ArrayTree, diag: chex.Arra
     return jax.tree_util.tree_map(unregularized_solution, b, diag, anchor), empty_info()
   solver = make_solver("auto", regularizer) if solver is None else solver
   if isinstance(solver, Exact):
-    return solve_exact(regularizer, b, diag, scale, solver.max_iters, solver.rtol, anchor, solver.certify,
-                       init)
+    return solve_exact(
+      regularizer, b, diag, scale, solver.max_iters, solver.rtol, anchor, solver.certify, init
+    )
   if init is None:
     init = jax.tree_util.tree_map(numerics.safe_divide, b, diag)
   return solve_proximal_gradient(regularizer, b, diag, scale, init, solver, count, anchor)

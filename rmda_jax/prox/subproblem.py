@@ -73,8 +73,13 @@ def unregularized_solution(b: Array, diag: Array, anchor: Optional[Array] = None
   return jnp.where(diag > 0, numerics.safe_divide(b, diag), anchor)
 
 
-def lay_out(regularizer: Regularizer, b: chex.ArrayTree, diag: chex.ArrayTree, scale: Any,
-            anchor: Optional[chex.ArrayTree] = None) -> tuple[Placement, list[Any], list[Array], list[Array]]:
+def lay_out(
+  regularizer: Regularizer,
+  b: chex.ArrayTree,
+  diag: chex.ArrayTree,
+  scale: Any,
+  anchor: Optional[chex.ArrayTree] = None,
+) -> tuple[Placement, list[Any], list[Array], list[Array]]:
   """The subproblem on the regularizer's terms.
 
   Returns:
@@ -88,6 +93,8 @@ def lay_out(regularizer: Regularizer, b: chex.ArrayTree, diag: chex.ArrayTree, s
   anchors = [None] * len(diags) if anchor is None else placement.flatten(anchor)
   scales = regularizer.leaf_scales(scale, placement)
   solution = [unregularized_solution(*args) for args in zip(placement.leaves, diags, anchors)]
-  thresholds = [jnp.asarray(scales[t.leaves[0]], placement.leaves[t.leaves[0]].dtype) * regularizer.strength
-                for t in placement.terms]
+  thresholds = [
+    jnp.asarray(scales[t.leaves[0]], placement.leaves[t.leaves[0]].dtype) * regularizer.strength
+    for t in placement.terms
+  ]
   return placement, diags, thresholds, solution

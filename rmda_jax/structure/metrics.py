@@ -44,7 +44,13 @@ from rmda_jax.prox.discrete import DiscreteSet, DiscreteValues
 from rmda_jax.prox.entrywise import ElasticNet
 from rmda_jax.prox.group_norms import GroupLasso, group_lasso
 from rmda_jax.prox.regularizer import Placement, Regularizer, check_regularizer
-from rmda_jax.prox.spectral import NuclearNorm, as_matrix, nuclear_norm, rank_tolerance, singular_values
+from rmda_jax.prox.spectral import (
+  NuclearNorm,
+  as_matrix,
+  nuclear_norm,
+  rank_tolerance,
+  singular_values,
+)
 
 
 def _ratio(num: chex.Numeric, den: chex.Numeric) -> jax.Array:
@@ -80,7 +86,9 @@ def counted_groups(params: chex.ArrayTree, regularizer: Optional[Regularizer] = 
   else:
     rules = defaults.rules
     if regularizer is not None:
-      rules = [r if own is not None else None for r, own in zip(rules, regularizer.place(params).rules)]
+      rules = [
+        r if own is not None else None for r, own in zip(rules, regularizer.place(params).rules)
+      ]
   chosen = dict(zip(defaults.paths, rules))
   return GroupLasso(0.0, rules=lambda path, leaf: chosen[path]).place(params)
 
@@ -91,7 +99,9 @@ def nonzero_groups(xs: list[Any], layout: GroupLayout) -> jax.Array:
   return layout.nonzero([as_compute_dtype(x) for x in xs])
 
 
-def group_supports(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None) -> list[jax.Array]:
+def group_supports(
+  params: chex.ArrayTree, regularizer: Optional[Regularizer] = None
+) -> list[jax.Array]:
   """Per counted term, a boolean array of nonzero groups (a leaf's with its
   reduced axes kept, a family's of shape ``(n,)``)."""
   placement = counted_groups(params, regularizer)
@@ -102,17 +112,29 @@ def group_sparsity(params: chex.ArrayTree, regularizer: Optional[Regularizer] = 
   """Fraction of the regularized groups that are exactly zero."""
   placement = counted_groups(params, regularizer)
   total = sum(t.rule.num_groups for t in placement.terms)
-  nonzero = sum((jnp.sum(nonzero_groups(placement.gather(placement.leaves, t), t.rule)) for t in placement.terms),
-                jnp.zeros((), jnp.int32))
+  nonzero = sum(
+    (
+      jnp.sum(nonzero_groups(placement.gather(placement.leaves, t), t.rule))
+      for t in placement.terms
+    ),
+    jnp.zeros((), jnp.int32),
+  )
   return _ratio(nonzero, total)
 
 
-def weighted_group_sparsity(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None) -> jax.Array:
+def weighted_group_sparsity(
+  params: chex.ArrayTree, regularizer: Optional[Regularizer] = None
+) -> jax.Array:
   """Fraction of the regularized weights that lie in all-zero groups."""
   placement = counted_groups(params, regularizer)
   total = sum(t.rule.num_groups * t.rule.group_size for t in placement.terms)
-  kept = sum((jnp.sum(nonzero_groups(placement.gather(placement.leaves, t), t.rule)) * t.rule.group_size
-              for t in placement.terms), jnp.zeros((), jnp.int32))
+  kept = sum(
+    (
+      jnp.sum(nonzero_groups(placement.gather(placement.leaves, t), t.rule)) * t.rule.group_size
+      for t in placement.terms
+    ),
+    jnp.zeros((), jnp.int32),
+  )
   return _ratio(kept, total)
 
 
@@ -155,7 +177,9 @@ def on_set_fraction(params: chex.ArrayTree, regularizer: DiscreteValues) -> jax.
     0.75
   """
   if not isinstance(regularizer, DiscreteValues):
-    raise TypeError(f"regularizer must be a discrete_set or discrete_penalty, got {type(regularizer).__name__}.")
+    raise TypeError(
+      f"regularizer must be a discrete_set or discrete_penalty, got {type(regularizer).__name__}."
+    )
   placement = regularizer.place(params)
   on, total = jnp.zeros((), jnp.int32), 0
   for term in placement.terms:
@@ -173,8 +197,9 @@ def weight_sparsity(params: chex.ArrayTree) -> jax.Array:
   return weighted_group_sparsity(params, ElasticNet(0.0, l1_ratio=1.0))
 
 
-def summary(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None,
-            groups: Optional[Groups] = None) -> dict[str, jax.Array]:
+def summary(
+  params: chex.ArrayTree, regularizer: Optional[Regularizer] = None, groups: Optional[Groups] = None
+) -> dict[str, jax.Array]:
   """Every structure measure of a point, in one dict of float32 scalars.
 
   ``unstructured_sparsity``, ``group_sparsity``, ``weighted_group_sparsity``
@@ -192,14 +217,14 @@ def summary(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None,
   if groups is not None:
     counted: Optional[Regularizer] = group_lasso(0.0, groups=groups)
   elif isinstance(regularizer, DiscreteValues):
-    counted = None   # a discrete set has no groups: count the default ones
+    counted = None  # a discrete set has no groups: count the default ones
   else:
     counted = regularizer
   out = {
-      "unstructured_sparsity": unstructured_sparsity(params),
-      "group_sparsity": group_sparsity(params, counted),
-      "weighted_group_sparsity": weighted_group_sparsity(params, counted),
-      "weight_sparsity": weight_sparsity(params),
+    "unstructured_sparsity": unstructured_sparsity(params),
+    "group_sparsity": group_sparsity(params, counted),
+    "weighted_group_sparsity": weighted_group_sparsity(params, counted),
+    "weight_sparsity": weight_sparsity(params),
   }
   if isinstance(regularizer, NuclearNorm):
     out["low_rank_level"] = low_rank_level(params, regularizer)
@@ -255,7 +280,9 @@ class StructureTracker:
     if self.kind not in ("group", "unstructured", "regularizer"):
       raise ValueError(f"kind must be 'group', 'unstructured' or 'regularizer', got {self.kind!r}.")
     if self.kind == "regularizer" and self.regularizer is None:
-      raise ValueError("kind='regularizer' follows a regularizer's own support: give the regularizer.")
+      raise ValueError(
+        "kind='regularizer' follows a regularizer's own support: give the regularizer."
+      )
 
   def support(self, params: chex.ArrayTree) -> tuple[jax.Array, ...]:
     """The support this tracker follows, per counted term (or per leaf, ``"unstructured"``)."""
@@ -264,8 +291,12 @@ class StructureTracker:
       return tuple(self.regularizer.support(params))
     placement = counted_groups(params, self.regularizer)
     if self.kind == "unstructured":
-      return tuple(jnp.asarray(x) != 0 for t in placement.terms for x in placement.gather(placement.leaves, t))
-    return tuple(nonzero_groups(placement.gather(placement.leaves, t), t.rule) for t in placement.terms)
+      return tuple(
+        jnp.asarray(x) != 0 for t in placement.terms for x in placement.gather(placement.leaves, t)
+      )
+    return tuple(
+      nonzero_groups(placement.gather(placement.leaves, t), t.rule) for t in placement.terms
+    )
 
   def init(self, params) -> TrackerState:
     zero = jnp.zeros((), jnp.int32)
@@ -278,14 +309,16 @@ class StructureTracker:
       changed = changed | jnp.any(old != new)
     step = state.step + 1
     return TrackerState(
-        support,
-        step,
-        jnp.where(changed, step, state.last_change),
-        state.num_changes + changed.astype(jnp.int32),
+      support,
+      step,
+      jnp.where(changed, step, state.last_change),
+      state.num_changes + changed.astype(jnp.int32),
     )
 
 
-def family_kept(params: chex.ArrayTree, groups: Union[Groups, GroupLasso]) -> dict[str, tuple[int, int]]:
+def family_kept(
+  params: chex.ArrayTree, groups: Union[Groups, GroupLasso]
+) -> dict[str, tuple[int, int]]:
   """Per family of coupled groups, ``(units kept, units)``.
 
   The heads and hidden units of every layer that are not exactly zero.

@@ -14,8 +14,9 @@ from rmda_jax.app import identification
 
 @pytest.fixture(scope="module")
 def small_problem():
-  problem = identification.group_sparse_logistic(seed=1, n=60, copies=2, informative=3,
-                                                 noise_features=3, classes=3)
+  problem = identification.group_sparse_logistic(
+    seed=1, n=60, copies=2, informative=3, noise_features=3, classes=3
+  )
   return problem, identification.solve_optimum(problem, strength=0.05, iters=5000)
 
 
@@ -29,8 +30,11 @@ def test_optimum_satisfies_kkt_with_autodiff_gradient(small_problem):
     return np.mean(-np.sum(onehot * (logits - np.log(np.sum(np.exp(logits), 1, keepdims=True))), 1))
 
   with jax.enable_x64(True):
-    grad = np.asarray(jax.grad(lambda w: jnp.mean(
-        -jnp.sum(onehot * jax.nn.log_softmax(x @ w), 1)))(jnp.asarray(opt.kernel)))
+    grad = np.asarray(
+      jax.grad(lambda w: jnp.mean(-jnp.sum(onehot * jax.nn.log_softmax(x @ w), 1)))(
+        jnp.asarray(opt.kernel)
+      )
+    )
   threshold = 0.05 * np.sqrt(problem.classes)
   norms = np.linalg.norm(opt.kernel, axis=1)
   assert opt.support.any() and not opt.support.all()
@@ -40,8 +44,9 @@ def test_optimum_satisfies_kkt_with_autodiff_gradient(small_problem):
     else:  # the subgradient ball contains -grad
       assert np.linalg.norm(grad[j]) <= threshold + 1e-9
   assert opt.kkt_residual < 1e-7
-  np.testing.assert_allclose(opt.margin, threshold - np.linalg.norm(grad[~opt.support], axis=1).max(),
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    opt.margin, threshold - np.linalg.norm(grad[~opt.support], axis=1).max(), atol=1e-7
+  )
   # and a global check: no random nearby point has a lower objective
   rng = np.random.default_rng(0)
   objective = lambda w: smooth(w) + threshold * np.linalg.norm(w, axis=1).sum()
@@ -69,10 +74,12 @@ def test_track_supports_records_the_structured_point(small_problem):
   run = identification.track_supports(tx, problem, steps=50, batch_size=8, seed=0, optimum=opt)
   assert run["supports"].shape == (50, problem.features.shape[1])
   np.testing.assert_array_equal(run["supports"][-1], np.any(run["structured"] != 0, axis=1))
-  np.testing.assert_allclose(run["distances"][-1], np.linalg.norm(run["structured"] - opt.kernel),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    run["distances"][-1], np.linalg.norm(run["structured"] - opt.kernel), rtol=1e-5
+  )
   baseline = identification.track_supports(
-      rmda_jax.prox_sgd(0.1, regularizer=rmda_jax.group_lasso(0.05)), problem, 5, 8)
+    rmda_jax.prox_sgd(0.1, regularizer=rmda_jax.group_lasso(0.05)), problem, 5, 8
+  )
   assert baseline["distances"] is None and baseline["supports"].shape == (5, 6)
 
 

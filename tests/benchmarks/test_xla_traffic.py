@@ -6,7 +6,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "benchmarks", "_xla_traffic.py")
+_PATH = os.path.join(
+  os.path.dirname(__file__), os.pardir, os.pardir, "benchmarks", "_xla_traffic.py"
+)
 _spec = importlib.util.spec_from_file_location("_xla_traffic", _PATH)
 xla_traffic = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(xla_traffic)

@@ -30,16 +30,16 @@ def assert_same_function(model, params, small, x):
 
 
 CASES = {
-    "mlp": (models.MLP(hidden=(12, 9, 7), num_classes=4), (6, 10)),
-    "lenet5": (models.LeNet5(num_classes=5, conv_features=(6, 8), dense_features=16), (3, 28, 28, 1)),
-    "vgg": (models.VGG(stages=((6,), (8, 8)), num_classes=3), (2, 16, 16, 3)),
+  "mlp": (models.MLP(hidden=(12, 9, 7), num_classes=4), (6, 10)),
+  "lenet5": (models.LeNet5(num_classes=5, conv_features=(6, 8), dense_features=16), (3, 28, 28, 1)),
+  "vgg": (models.VGG(stages=((6,), (8, 8)), num_classes=3), (2, 16, 16, 3)),
 }
 # (producer, consumer, positions): consumer input p * C + c reads producer channel c
 LINKS = {
-    "mlp": [("Dense_0", "Dense_1", 1), ("Dense_1", "Dense_2", 1), ("Dense_2", "Dense_3", 1)],
-    # 28 -> conv5 24 -> pool 12 -> conv5 8 -> pool 4: 4 x 4 positions per channel after flattening
-    "lenet5": [("Conv_0", "Conv_1", 1), ("Conv_1", "Dense_0", 16), ("Dense_0", "Dense_1", 1)],
-    "vgg": [("Conv_0", "Conv_1", 1), ("Conv_1", "Conv_2", 1), ("Conv_2", "Dense_0", 1)],
+  "mlp": [("Dense_0", "Dense_1", 1), ("Dense_1", "Dense_2", 1), ("Dense_2", "Dense_3", 1)],
+  # 28 -> conv5 24 -> pool 12 -> conv5 8 -> pool 4: 4 x 4 positions per channel after flattening
+  "lenet5": [("Conv_0", "Conv_1", 1), ("Conv_1", "Dense_0", 16), ("Dense_0", "Dense_1", 1)],
+  "vgg": [("Conv_0", "Conv_1", 1), ("Conv_1", "Conv_2", 1), ("Conv_2", "Dense_0", 1)],
 }
 
 
@@ -82,8 +82,9 @@ def test_compact_model_computes_the_same_function(name, pattern):
 
 def low_rank_kernel(rng, shape, rank):
   m = int(np.prod(shape[:-1]))
-  return jnp.asarray((rng.normal(size=(m, rank)) @ rng.normal(size=(rank, shape[-1]))).reshape(shape),
-                     jnp.float32)
+  return jnp.asarray(
+    (rng.normal(size=(m, rank)) @ rng.normal(size=(rank, shape[-1]))).reshape(shape), jnp.float32
+  )
 
 
 def test_factorize_reproduces_the_kernel_at_its_rank():
@@ -93,8 +94,11 @@ def test_factorize_reproduces_the_kernel_at_its_rank():
     down, up = compaction.factorize(kernel)
     assert up.shape == (rank, shape[-1]) and down.shape == shape[:-1] + (rank,)
     rebuilt = np.asarray(down).reshape(-1, rank) @ np.asarray(up)
-    np.testing.assert_allclose(rebuilt, np.asarray(kernel).reshape(-1, shape[-1]),
-                               atol=1e-4 * float(jnp.max(jnp.abs(kernel))))
+    np.testing.assert_allclose(
+      rebuilt,
+      np.asarray(kernel).reshape(-1, shape[-1]),
+      atol=1e-4 * float(jnp.max(jnp.abs(kernel))),
+    )
     assert np.linalg.matrix_rank(rebuilt) == rank
 
 
@@ -118,6 +122,7 @@ def test_unsupported_and_mismatched():
   class Custom(models.MLP.__bases__[0]):  # a user linen module
     def __call__(self, x):
       return x
+
   with pytest.raises(TypeError, match="Custom"):
     compaction.compact(Custom(), {})
   model, shape = CASES["mlp"]
@@ -130,13 +135,36 @@ def test_compact_command_on_a_training_run(tmp_path, capsys):
   from rmda_jax.app import cli
 
   out = str(tmp_path / "run")
-  assert cli.main(["train", "--out", out, "--epochs", "1", "--max-steps", "5", "--hidden", "16,16",
-                   "--strength", "2", "--no-progress", "--no-plots", "--milestones", "none"]) == 0
+  assert (
+    cli.main(
+      [
+        "train",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--max-steps",
+        "5",
+        "--hidden",
+        "16,16",
+        "--strength",
+        "2",
+        "--no-progress",
+        "--no-plots",
+        "--milestones",
+        "none",
+      ]
+    )
+    == 0
+  )
   capsys.readouterr()
   assert cli.main(["compact", out, "--out", str(tmp_path / "small"), "--low-rank"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  table = {line[:24].strip(): line[24:].split() for line in lines if line[:24].strip() in
-           ("parameters", "FLOPs per example", "validation accuracy")}
+  table = {
+    line[:24].strip(): line[24:].split()
+    for line in lines
+    if line[:24].strip() in ("parameters", "FLOPs per example", "validation accuracy")
+  }
   before, after, ratio = table["parameters"]
   assert int(after.replace(",", "")) < int(before.replace(",", ""))
   assert table["validation accuracy"][0] == table["validation accuracy"][1]

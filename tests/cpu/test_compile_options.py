@@ -48,7 +48,9 @@ def test_nan_inf_and_min_max_stay_ieee_under_the_options():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
 def test_exact_group_lasso_solve_under_the_options_matches_bisection():
   rng = np.random.default_rng(0)
-  b = rng.normal(size=(64, 48)) * np.where(np.arange(64) % 3 == 0, 0.2, 1.0)[:, None]  # some groups screened
+  b = (
+    rng.normal(size=(64, 48)) * np.where(np.arange(64) % 3 == 0, 0.2, 1.0)[:, None]
+  )  # some groups screened
   P = np.exp(rng.uniform(np.log(1e-2), np.log(1e2), size=b.shape))
   thr = 0.3
   want = ref.diag_prox_group_bisect(b, P, thr, (1,))
@@ -67,7 +69,9 @@ def test_exact_group_lasso_solve_under_the_options_matches_bisection():
   # a NaN entry makes its own group NaN and leaves the others as they were
   z_bad = np.asarray(solve(jnp.asarray(b_bad, jnp.float32), jnp.asarray(P, jnp.float32)))
   assert np.isnan(z_bad[5]).all() and np.isfinite(np.delete(z_bad, 5, axis=0)).all()
-  np.testing.assert_allclose(np.delete(z_bad, 5, axis=0), np.delete(z, 5, axis=0), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    np.delete(z_bad, 5, axis=0), np.delete(z, 5, axis=0), rtol=1e-5, atol=1e-7
+  )
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
@@ -96,12 +100,14 @@ def _numpy_conv_same(x, w):
   out = np.zeros(x.shape[:3] + (w.shape[3],))
   for i in range(kh):
     for j in range(kw):
-      out += np.einsum("nhwc,co->nhwo", xp[:, i:i + x.shape[1], j:j + x.shape[2]], w[i, j])
+      out += np.einsum("nhwc,co->nhwo", xp[:, i : i + x.shape[1], j : j + x.shape[2]], w[i, j])
   return out
 
 
 def _conv(x, w):
-  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
@@ -109,13 +115,21 @@ def test_convolution_and_its_gradients_under_the_options_match_numpy():
   rng = np.random.default_rng(1)
   x, w = rng.normal(size=(16, 12, 12, 20)), rng.normal(size=(5, 5, 20, 24)) / 10
   r = rng.normal(size=(16, 12, 12, 24))  # cotangent: d/dx and d/dw of <conv(x, w), r>
-  out, grads = jax.jit(lambda x, w: jax.value_and_grad(lambda x, w: jnp.sum(_conv(x, w) * r), (0, 1))(x, w),
-                       compiler_options=OPTIONS)(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+  out, grads = jax.jit(
+    lambda x, w: jax.value_and_grad(lambda x, w: jnp.sum(_conv(x, w) * r), (0, 1))(x, w),
+    compiler_options=OPTIONS,
+  )(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
   np.testing.assert_allclose(float(out), np.sum(_numpy_conv_same(x, w) * r), rtol=1e-4)
   xp = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
-  want_dw = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xp[:, i:i + 12, j:j + 12], r) for j in range(5)])
-                      for i in range(5)])
-  want_dx = _numpy_conv_same(r, np.flip(w, (0, 1)).transpose(0, 1, 3, 2))  # the adjoint: flipped, in/out swapped
+  want_dw = np.stack(
+    [
+      np.stack([np.einsum("nhwc,nhwo->co", xp[:, i : i + 12, j : j + 12], r) for j in range(5)])
+      for i in range(5)
+    ]
+  )
+  want_dx = _numpy_conv_same(
+    r, np.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+  )  # the adjoint: flipped, in/out swapped
   for got, want in ((grads[1], want_dw), (grads[0], want_dx)):
     np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-5 * np.abs(want).max())
 
@@ -129,20 +143,32 @@ def test_convolutions_leave_ynnpack_where_this_xla_accepts_the_setting(tmp_path)
   conv(x, w).block_until_ready()
   with jax.profiler.trace(str(tmp_path)):
     conv(x, w).block_until_ready()
-  events = json.load(gzip.open(glob.glob(str(tmp_path / "**" / "*.trace.json.gz"), recursive=True)[0]))
+  events = json.load(
+    gzip.open(glob.glob(str(tmp_path / "**" / "*.trace.json.gz"), recursive=True)[0])
+  )
   events = events["traceEvents"] if isinstance(events, dict) else events
-  ops = {e["args"]["hlo_op"] for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})}
+  ops = {
+    e["args"]["hlo_op"] for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})
+  }
   assert any(op.startswith("conv") for op in ops) and not any("ynn" in op for op in ops), ops
 
 
 def test_the_convolution_setting_is_left_out_where_rejected_or_set_by_the_user(monkeypatch):
-  monkeypatch.setattr(compile_options, "_CONVOLUTIONS_BY_XLA",
-                      {compile_options.YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_NOT_A_TYPE"})
+  monkeypatch.setattr(
+    compile_options,
+    "_CONVOLUTIONS_BY_XLA",
+    {compile_options.YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_NOT_A_TYPE"},
+  )
   rejected = rmda_jax.cpu.compiler_options("cpu")
-  assert compile_options.YNN_FUSION_TYPE not in rejected and rejected["xla_cpu_enable_fast_math"] is True
+  assert (
+    compile_options.YNN_FUSION_TYPE not in rejected and rejected["xla_cpu_enable_fast_math"] is True
+  )
   monkeypatch.undo()
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_thunk_runtime=true")
+  monkeypatch.setenv(
+    "XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_thunk_runtime=true"
+  )
   assert compile_options.YNN_FUSION_TYPE not in rmda_jax.cpu.compiler_options("cpu")
   monkeypatch.delenv("XLA_FLAGS")
-  assert (compile_options.YNN_FUSION_TYPE in rmda_jax.cpu.compiler_options("cpu")) == compile_options._xla_accepts(
-      tuple(compile_options._CONVOLUTIONS_BY_XLA.items()))
+  assert (
+    compile_options.YNN_FUSION_TYPE in rmda_jax.cpu.compiler_options("cpu")
+  ) == compile_options._xla_accepts(tuple(compile_options._CONVOLUTIONS_BY_XLA.items()))

@@ -52,9 +52,16 @@ def _has_mallinfo2() -> bool:
 
 def _probe(mode, max_block_bytes=1 << 30):
   # glibc's defaults, whatever this process was started with
-  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-  out = subprocess.run([sys.executable, "-c", PROBE, mode, str(max_block_bytes)], capture_output=True,
-                       text=True, check=True, env=env)
+  env = {
+    k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+  }
+  out = subprocess.run(
+    [sys.executable, "-c", PROBE, mode, str(max_block_bytes)],
+    capture_output=True,
+    text=True,
+    check=True,
+    env=env,
+  )
   applied, mapped_mb, free_heap_mb = out.stdout.split()
   return applied, int(mapped_mb), int(free_heap_mb)
 
@@ -62,10 +69,10 @@ def _probe(mode, max_block_bytes=1 << 30):
 @pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
 def test_a_freed_large_block_stays_in_the_process_only_after_keep_freed_memory():
   applied, mapped_mb, free_heap_mb = _probe("default")
-  assert mapped_mb >= BLOCK_MB and free_heap_mb < BLOCK_MB   # mapped, and unmapped at free
+  assert mapped_mb >= BLOCK_MB and free_heap_mb < BLOCK_MB  # mapped, and unmapped at free
   applied, mapped_mb, free_heap_mb = _probe("keep")
   assert applied == "True"
-  assert mapped_mb < BLOCK_MB and free_heap_mb >= BLOCK_MB   # from the heap, and kept there
+  assert mapped_mb < BLOCK_MB and free_heap_mb >= BLOCK_MB  # from the heap, and kept there
 
 
 @pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
@@ -90,7 +97,7 @@ def test_a_refused_threshold_changes_nothing_else(monkeypatch):
   libc = _RefusingLibc()
   monkeypatch.setattr(cpu_memory, "_glibc", lambda: libc)
   assert rmda_jax.cpu.keep_freed_memory(1 << 30) is False
-  assert libc.calls == [(-3, 1 << 30)]   # no trim threshold, no arena limit after the refusal
+  assert libc.calls == [(-3, 1 << 30)]  # no trim threshold, no arena limit after the refusal
 
 
 @pytest.mark.parametrize("bad", [1.5, "1024", True, None])
@@ -110,11 +117,20 @@ def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
   assert rmda_jax.cpu.keep_freed_memory() is False
 
 
-@pytest.mark.parametrize("process, platforms, called", [
-    (True, None, True), (True, "cpu", True), (True, "cuda,cpu", True), (True, "cuda", False),
-    (True, "tpu", False), (False, None, False)])
-def test_the_train_command_keeps_freed_memory_as_the_whole_process_on_cpu(process, platforms, called,
-                                                                          monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+  "process, platforms, called",
+  [
+    (True, None, True),
+    (True, "cpu", True),
+    (True, "cuda,cpu", True),
+    (True, "cuda", False),
+    (True, "tpu", False),
+    (False, None, False),
+  ],
+)
+def test_the_train_command_keeps_freed_memory_as_the_whole_process_on_cpu(
+  process, platforms, called, monkeypatch, tmp_path
+):
   import jax
 
   from rmda_jax.app import cli
@@ -124,6 +140,8 @@ def test_the_train_command_keeps_freed_memory_as_the_whole_process_on_cpu(proces
   monkeypatch.setattr(cli, "_ignore_exit_signals", lambda: None)
   monkeypatch.setattr(cli, "_train", lambda args: 0)
   # the value main() reads; jax.config.update would re-select the platform of a running backend
-  monkeypatch.setattr(type(jax.config), "jax_platforms", property(lambda self: platforms), raising=False)
+  monkeypatch.setattr(
+    type(jax.config), "jax_platforms", property(lambda self: platforms), raising=False
+  )
   assert cli.main(["train", "--out", str(tmp_path)], process=process) == 0
   assert calls == ([()] if called else [])

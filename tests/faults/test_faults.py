@@ -41,7 +41,10 @@ def assert_same_run(out, reference):
   assert records(out) == records(reference)
   _, _, _, params, state = train.load_run(out)
   _, _, _, ref_params, ref_state = train.load_run(reference)
-  leaves, ref_leaves = jax.tree_util.tree_leaves((params, state)), jax.tree_util.tree_leaves((ref_params, ref_state))
+  leaves, ref_leaves = (
+    jax.tree_util.tree_leaves((params, state)),
+    jax.tree_util.tree_leaves((ref_params, ref_state)),
+  )
   assert len(leaves) == len(ref_leaves)
   for a, b in zip(leaves, ref_leaves):
     a, b = np.asarray(a), np.asarray(b)
@@ -63,8 +66,11 @@ def _environment(tmp_path):
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   env[train.SAVE_PAUSE_ENV] = str(SAVE_PAUSE)
   # compiled programs cached between the processes of the test (the same programs, only faster)
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.update(
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   return env
 
 
@@ -75,8 +81,13 @@ def _launch(args, env, fault, rng):
   before compilation and training); "save": when the process enters a checkpoint save window (test
   hook), and for SIGKILL 0-0.1 s after orbax starts writing the step. Returns (exit code, output lines).
   """
-  proc = subprocess.Popen([sys.executable, "-m", "rmda_jax", "train", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "rmda_jax", "train", *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=env,
+  )
   lines = queue.Queue()
 
   def read():
@@ -100,9 +111,15 @@ def _launch(args, env, fault, rng):
     if timer is None and signals:
       if moment == "random":
         timer = threading.Timer(rng.uniform(0.0, 1.0), send)
-      elif moment == "save" and line.startswith("checkpoint save window") and signals != (signal.SIGKILL,):
+      elif (
+        moment == "save"
+        and line.startswith("checkpoint save window")
+        and signals != (signal.SIGKILL,)
+      ):
         timer = threading.Timer(0.0, send)
-      elif moment == "save" and line.startswith("checkpoint write"):  # SIGKILL: inside orbax's write, or just after
+      elif moment == "save" and line.startswith(
+        "checkpoint write"
+      ):  # SIGKILL: inside orbax's write, or just after
         timer = threading.Timer(rng.uniform(0.0, 0.1), send)
       if timer is not None:
         timer.start()
@@ -118,18 +135,28 @@ def _module_command(message_command):
   return words[2:]
 
 
-def test_interrupted_at_random_moments_and_during_saves_then_resumed_equals_an_uninterrupted_run(tmp_path):
+def test_interrupted_at_random_moments_and_during_saves_then_resumed_equals_an_uninterrupted_run(
+  tmp_path,
+):
   env = _environment(tmp_path)
   rng = np.random.default_rng(14)
   args = [*SMALL, "--epochs", "4", "--checkpoint-every", "1"]
   reference = str(tmp_path / "reference")
-  code, output = _launch([*args, "--out", reference], dict(env, **{train.SAVE_PAUSE_ENV: "0"}), None, rng)
+  code, output = _launch(
+    [*args, "--out", reference], dict(env, **{train.SAVE_PAUSE_ENV: "0"}), None, rng
+  )
   assert code == 0, output
 
   out = str(tmp_path / "run")
   # the save-window faults first: each completes at most one epoch, so all four find a save to hit
-  faults = [((signal.SIGINT,), "save"), ((signal.SIGINT, signal.SIGINT), "save"), ((signal.SIGTERM,), "save"),
-            ((signal.SIGKILL,), "save"), ((signal.SIGINT,), "random"), ((signal.SIGKILL,), "random")]
+  faults = [
+    ((signal.SIGINT,), "save"),
+    ((signal.SIGINT, signal.SIGINT), "save"),
+    ((signal.SIGTERM,), "save"),
+    ((signal.SIGKILL,), "save"),
+    ((signal.SIGINT,), "random"),
+    ((signal.SIGKILL,), "random"),
+  ]
   command = [*args, "--out", out]
   seen = []
   for fault in faults + [None]:
@@ -149,13 +176,20 @@ def test_interrupted_at_random_moments_and_during_saves_then_resumed_equals_an_u
     # SIGINT -> 130, SIGTERM -> 143, and one line that says how to go on
     assert code == 128 + fault[0][0], text
     message = output[-1]
-    assert message.startswith(f"rmda-jax train: interrupted by {signal.Signals(fault[0][0]).name}"), text
+    assert message.startswith(
+      f"rmda-jax train: interrupted by {signal.Signals(fault[0][0]).name}"
+    ), text
     assert ("resume with: " in message) or ("start again with: " in message), message
     command = _module_command(message.split(" with: ", 1)[1])
   assert code == 0, text
-  assert len(seen) >= 4, seen  # the run was really interrupted (each process needs seconds to start)
+  assert len(seen) >= 4, (
+    seen
+  )  # the run was really interrupted (each process needs seconds to start)
   assert_same_run(out, reference)
-  assert sorted(os.listdir(os.path.join(out, "checkpoint"))) == ["126", "168"]  # the newest 2, no leftovers
+  assert sorted(os.listdir(os.path.join(out, "checkpoint"))) == [
+    "126",
+    "168",
+  ]  # the newest 2, no leftovers
 
 
 # --- mid-epoch stop and resume ---------------------------------------------------------------------------------
@@ -194,7 +228,9 @@ def _copy(finished, tmp_path, name="run"):
 
 
 def _largest_array_file(out, step):
-  files = glob.glob(os.path.join(out, "checkpoint", str(step), "state", "**", "d", "*"), recursive=True)
+  files = glob.glob(
+    os.path.join(out, "checkpoint", str(step), "state", "**", "d", "*"), recursive=True
+  )
   return max(files, key=os.path.getsize)
 
 
@@ -213,15 +249,23 @@ def _truncate(path):
     f.truncate(os.path.getsize(path) // 2)
 
 
-@pytest.mark.parametrize("damage, manifest", [(_flip_bytes, True), (_truncate, True), (_flip_bytes, False)])
-def test_damaged_newest_checkpoint_falls_back_to_the_older_step(damage, manifest, finished, tmp_path, capsys):
+@pytest.mark.parametrize(
+  "damage, manifest", [(_flip_bytes, True), (_truncate, True), (_flip_bytes, False)]
+)
+def test_damaged_newest_checkpoint_falls_back_to_the_older_step(
+  damage, manifest, finished, tmp_path, capsys
+):
   out = _copy(finished, tmp_path)
   damage(_largest_array_file(out, 84))
-  if not manifest:  # as if killed before the file checksums were written: the per-array checksums catch it
+  if (
+    not manifest
+  ):  # as if killed before the file checksums were written: the per-array checksums catch it
     os.remove(os.path.join(out, "checkpoint", "84", ckpt.MANIFEST))
   assert cli.main(["compact", out]) == 0  # compact uses the older step and says so
   note = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-  assert len(note) == 1 and "checkpoint step 84 is damaged" in note[0] and "using step 42" in note[0], note
+  assert (
+    len(note) == 1 and "checkpoint step 84 is damaged" in note[0] and "using step 42" in note[0]
+  ), note
   # The flipped bytes land in an array's values (caught by the per-array checksums) or, depending on where
   # OCDBT placed the arrays in the file, in its index (orbax cannot read the step): caught either way.
   assert "does not match its checksum" in note[0] or "its arrays are unreadable" in note[0], note
@@ -232,7 +276,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_step(damage, manifest
   assert_same_run(out, finished)
 
 
-def test_every_checkpoint_damaged_is_a_one_line_error_never_silent_weights(finished, tmp_path, capsys):
+def test_every_checkpoint_damaged_is_a_one_line_error_never_silent_weights(
+  finished, tmp_path, capsys
+):
   out = _copy(finished, tmp_path)
   _flip_bytes(_largest_array_file(out, 84))
   _truncate(_largest_array_file(out, 42))
@@ -250,7 +296,11 @@ def test_non_finite_params_in_a_checkpoint_are_refused(finished, tmp_path, capsy
   with ckpt.Steps(os.path.join(out, "checkpoint")) as steps:
     record = steps.read_record(84)
     poisoned = jax.tree_util.tree_map(lambda x: x * np.nan, params)
-    steps.save(85, {"params": poisoned, "opt_state": state}, {k: v for k, v in record.items() if k != "checksums"})
+    steps.save(
+      85,
+      {"params": poisoned, "opt_state": state},
+      {k: v for k, v in record.items() if k != "checksums"},
+    )
   assert cli.main(["train", *SMALL, "--epochs", "2", "--out", out, "--resume"]) == 0
   out_lines = capsys.readouterr().out
   assert "checkpoint step 85 is damaged (its params are not finite); using step 84" in out_lines
@@ -292,20 +342,31 @@ def test_existing_run_needs_resume_or_overwrite_and_resume_keeps_the_settings(tm
   one_line_error(capsys, f"--out {out} already holds a training run", "--resume", "--overwrite")
   with open(os.path.join(out, "config.json")) as f:
     assert f.read() == config_before
-  for changed, fragment in [(["--hidden", "32"], "--hidden 16 -> 32"), (["--lr", "0.2"], "--lr 0.1 -> 0.2"),
-                            (["--seed", "3"], "--seed 0 -> 3"), (["--regularizer", "l1"], "--regularizer group_lasso -> l1"),
-                            (["--optimizer", "ramda"], "--optimizer rmda -> ramda"),
-                            (["--batch-size", "16"], "--batch-size 32 -> 16")]:
+  for changed, fragment in [
+    (["--hidden", "32"], "--hidden 16 -> 32"),
+    (["--lr", "0.2"], "--lr 0.1 -> 0.2"),
+    (["--seed", "3"], "--seed 0 -> 3"),
+    (["--regularizer", "l1"], "--regularizer group_lasso -> l1"),
+    (["--optimizer", "ramda"], "--optimizer rmda -> ramda"),
+    (["--batch-size", "16"], "--batch-size 32 -> 16"),
+  ]:
     assert cli.main(["train", *tiny, "--out", out, "--resume", *changed]) == 2
     one_line_error(capsys, "--resume: this command changes settings", fragment)
   assert cli.main(["train", *tiny, "--out", out, "--resume", "--overwrite"]) == 2
   one_line_error(capsys, "--resume and --overwrite")
   # allowed changes: epochs, max steps, checkpointing and output options
-  assert cli.main(["train", *tiny, "--max-steps", "7", "--checkpoint-every", "3", "--out", out, "--resume"]) == 0
+  assert (
+    cli.main(
+      ["train", *tiny, "--max-steps", "7", "--checkpoint-every", "3", "--out", out, "--resume"]
+    )
+    == 0
+  )
   assert [r["step"] for r in records(out)] == [7]
   # --overwrite starts from scratch: only the new run's checkpoint is left
   assert cli.main(["train", *tiny, "--max-steps", "3", "--out", out, "--overwrite"]) == 0
-  assert os.listdir(os.path.join(out, "checkpoint")) == ["3"] and [r["step"] for r in records(out)] == [3]
+  assert os.listdir(os.path.join(out, "checkpoint")) == ["3"] and [
+    r["step"] for r in records(out)
+  ] == [3]
 
 
 def test_bad_paths_are_one_line_errors(tmp_path, capsys):
@@ -326,7 +387,10 @@ def test_bad_paths_are_one_line_errors(tmp_path, capsys):
 
 def test_huge_learning_rate_stops_with_one_line_and_no_checkpoint(tmp_path, capsys):
   out = str(tmp_path / "run")
-  assert cli.main(["train", "--lr", "1e6", "--epochs", "2", "--no-progress", "--no-plots", "--out", out]) == 1
+  assert (
+    cli.main(["train", "--lr", "1e6", "--epochs", "2", "--no-progress", "--no-plots", "--out", out])
+    == 1
+  )
   one_line_error(capsys, "training diverged", "non-finite", "--lr")
   assert train.existing_run(out) is None  # nothing of the diverged state was written
   assert not any(name.isdigit() for name in os.listdir(os.path.join(out, "checkpoint")))
@@ -346,7 +410,9 @@ def digits_with_a_nan_image(monkeypatch):
   monkeypatch.setattr(train.datasets, "load", load)
 
 
-def test_steps_with_a_non_finite_gradient_are_skipped_and_counted(digits_with_a_nan_image, tmp_path, capsys):
+def test_steps_with_a_non_finite_gradient_are_skipped_and_counted(
+  digits_with_a_nan_image, tmp_path, capsys
+):
   out = str(tmp_path / "run")
   assert cli.main(["train", *SMALL, "--epochs", "2", "--out", out]) == 0
   log = records(out)
@@ -355,11 +421,18 @@ def test_steps_with_a_non_finite_gradient_are_skipped_and_counted(digits_with_a_
   expected = []
   for epoch in (1, 2):
     order = np.random.default_rng([0, epoch]).permutation(1347)
-    expected.append(int(0 in order[:42 * 32]))
+    expected.append(int(0 in order[: 42 * 32]))
   assert [r["skipped_steps"] for r in log] == expected and sum(expected) >= 1
   assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in log)
   assert "skipped 1 non-finite" in capsys.readouterr().out
   _, _, _, params, _ = train.load_run(out)
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(params))
-  assert cli.main(["train", *SMALL, "--epochs", "2", "--skip-nonfinite", "0", "--out", str(tmp_path / "strict")]) == 1
-  one_line_error(capsys, "training diverged", "1 step in a row had a non-finite gradient", "--skip-nonfinite 0")
+  assert (
+    cli.main(
+      ["train", *SMALL, "--epochs", "2", "--skip-nonfinite", "0", "--out", str(tmp_path / "strict")]
+    )
+    == 1
+  )
+  one_line_error(
+    capsys, "training diverged", "1 step in a row had a non-finite gradient", "--skip-nonfinite 0"
+  )

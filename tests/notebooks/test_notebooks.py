@@ -35,8 +35,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   monkeypatch.setenv("RMDA_JAX_NOTEBOOK_SIZE", "test")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = nbformat.read(path, as_version=4)
-  NotebookClient(nb, timeout=300, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  NotebookClient(
+    nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  ).execute()
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == "error"]
   figures = [o for o in outputs if "image/png" in o.get("data", {})]

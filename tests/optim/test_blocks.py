@@ -12,12 +12,18 @@ from rmda_jax import optim
 
 def _params():
   rng = np.random.default_rng(0)
-  return {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
+  return {
+    "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+    "b": jnp.asarray(rng.normal(size=3), jnp.float32),
+  }
 
 
 def _grads(t):
   rng = np.random.default_rng(100 + t)
-  return {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
+  return {
+    "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+    "b": jnp.asarray(rng.normal(size=3), jnp.float32),
+  }
 
 
 def test_one_state_type_for_both_methods():
@@ -26,7 +32,9 @@ def test_one_state_type_for_both_methods():
   s_ramda = rmda_jax.ramda(0.1).init(params)
   assert type(s_rmda) is type(s_ramda) is rmda_jax.DualAveragingState
   assert s_rmda._fields == s_ramda._fields
-  assert isinstance(s_rmda.sq_grad_sum, optax.EmptyState) and isinstance(s_rmda.solver_info, optax.EmptyState)
+  assert isinstance(s_rmda.sq_grad_sum, optax.EmptyState) and isinstance(
+    s_rmda.solver_info, optax.EmptyState
+  )
   assert s_ramda.sq_grad_sum["w"].dtype == jnp.float32 and int(s_ramda.solver_info.iterations) == 0
   # the same params-shaped leaves in the same places, besides U
   assert len(jax.tree_util.tree_leaves(s_ramda)) == len(jax.tree_util.tree_leaves(s_rmda)) + 2 + 2
@@ -40,7 +48,9 @@ def test_adam_moments_match_optax_scale_by_adam():
     out, s1 = ours.update(_grads(t), s1, params)
     _, s2 = theirs.update(_grads(t), s2, params)
     assert int(out.count) == t
-    for a, b in zip(jax.tree_util.tree_leaves((s1.mu, s1.nu)), jax.tree_util.tree_leaves((s2.mu, s2.nu))):
+    for a, b in zip(
+      jax.tree_util.tree_leaves((s1.mu, s1.nu)), jax.tree_util.tree_leaves((s2.mu, s2.nu))
+    ):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert int(s1.count) == int(s2.count) == 5
 
@@ -49,8 +59,12 @@ def test_adam_metric_variant_against_numpy():
   """Dual averaging with Adam's second moment: z = x0 - V / P, P = sqrt(k) (sqrt(v / (1 - b2^t)) + eps)."""
   params = _params()
   b2, eps, lr = 0.9, 1e-3, 0.05
-  tx = optax.chain(optim.accumulate_dual_averaging(lr, grads=True), optim.adam_metric(b2, eps),
-                   optim.proximal_step(None), optim.momentum_average(1.0))
+  tx = optax.chain(
+    optim.accumulate_dual_averaging(lr, grads=True),
+    optim.adam_metric(b2, eps),
+    optim.proximal_step(None),
+    optim.momentum_average(1.0),
+  )
   state = tx.init(params)
   x0 = {n: np.asarray(p, np.float64) for n, p in params.items()}
   v_sum = {n: np.zeros_like(p) for n, p in x0.items()}
@@ -66,7 +80,9 @@ def test_adam_metric_variant_against_numpy():
       nu[n] = b2 * nu[n] + (1 - b2) * gn**2
       metric = np.sqrt(k) * (np.sqrt(nu[n] / (1 - b2**k)) + eps)
       np.testing.assert_allclose(np.asarray(x[n]), x0[n] - v_sum[n] / metric, rtol=2e-5, atol=1e-6)
-  np.testing.assert_array_equal(np.asarray(rmda_jax.structured_params(state)["w"]), np.asarray(x["w"]))
+  np.testing.assert_array_equal(
+    np.asarray(rmda_jax.structured_params(state)["w"]), np.asarray(x["w"])
+  )
 
 
 def test_a_chain_of_blocks_under_apply_if_finite_and_inject_hyperparams():
@@ -74,9 +90,12 @@ def test_a_chain_of_blocks_under_apply_if_finite_and_inject_hyperparams():
   reg = rmda_jax.group_lasso(0.5)
 
   def make(learning_rate, momentum):
-    return optax.chain(optim.accumulate_dual_averaging(learning_rate, sq_grads=True),
-                       optim.cube_root_metric(1e-6), optim.proximal_step(reg),
-                       optim.momentum_average(momentum))
+    return optax.chain(
+      optim.accumulate_dual_averaging(learning_rate, sq_grads=True),
+      optim.cube_root_metric(1e-6),
+      optim.proximal_step(reg),
+      optim.momentum_average(momentum),
+    )
 
   tx = optax.apply_if_finite(optax.inject_hyperparams(make)(learning_rate=0.1, momentum=0.5), 3)
   ref = rmda_jax.ramda(0.1, momentum=0.5, regularizer=reg)
@@ -90,7 +109,9 @@ def test_a_chain_of_blocks_under_apply_if_finite_and_inject_hyperparams():
   for a, b in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(ref_x)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   z = rmda_jax.structured_params(state)
-  assert np.any(np.all(np.asarray(z["w"]) == 0, axis=0)) or np.any(np.all(np.asarray(z["w"]) == 0, axis=1))
+  assert np.any(np.all(np.asarray(z["w"]) == 0, axis=0)) or np.any(
+    np.all(np.asarray(z["w"]) == 0, axis=1)
+  )
   shardings = rmda_jax.optim.sharding.state_shardings(tx, params)
   assert jax.tree_util.tree_structure(shardings) == jax.tree_util.tree_structure(state)
 
@@ -104,8 +125,11 @@ def test_misassembled_chains_say_what_is_missing():
     tx = optax.chain(optim.accumulate_dual_averaging(0.1), optim.adam_metric())
     tx.update(_grads(0), tx.init(params), params)
   with pytest.raises(ValueError, match="metric=None"):
-    tx = optax.chain(optim.accumulate_dual_averaging(0.1, sq_grads=True), optim.cube_root_metric(),
-                     optim.proximal_step(None, solver=None))
+    tx = optax.chain(
+      optim.accumulate_dual_averaging(0.1, sq_grads=True),
+      optim.cube_root_metric(),
+      optim.proximal_step(None, solver=None),
+    )
     tx.update(_grads(0), tx.init(params), params)
   with pytest.raises(ValueError, match="needs the current params"):
     optim.momentum_average(0.5).update(params, optim.momentum_average(0.5).init(params))
@@ -132,8 +156,12 @@ def test_dual_averaging_center_against_numpy_sums():
     alpha += s
     for n in x0:
       v_sum[n] += s * np.asarray(_grads(k)[n], np.float64)
-      np.testing.assert_allclose(np.asarray(out.center[n]), x0[n] - v_sum[n] / np.sqrt(k), rtol=0, atol=2e-6)
-      np.testing.assert_allclose(np.asarray(state.grad_sum[n]), v_sum[n], rtol=0, atol=2e-5 * np.sqrt(k))
+      np.testing.assert_allclose(
+        np.asarray(out.center[n]), x0[n] - v_sum[n] / np.sqrt(k), rtol=0, atol=2e-6
+      )
+      np.testing.assert_allclose(
+        np.asarray(state.grad_sum[n]), v_sum[n], rtol=0, atol=2e-5 * np.sqrt(k)
+      )
     assert out.grad_sum is None and int(out.stage_count) == k
     np.testing.assert_allclose(float(out.alpha), alpha, rtol=1e-6)
   assert state.center["w"].dtype == jnp.float32 and isinstance(state.sq_grad_sum, optax.EmptyState)
@@ -141,8 +169,10 @@ def test_dual_averaging_center_against_numpy_sums():
 
 def test_the_center_only_accumulator_refuses_a_diagonal_metric():
   params = _params()
-  for metric, message in ((optim.cube_root_metric(), "squared-gradient sum"),
-                          (optim.adam_metric(), "needs the gradients")):
+  for metric, message in (
+    (optim.cube_root_metric(), "squared-gradient sum"),
+    (optim.adam_metric(), "needs the gradients"),
+  ):
     tx = optax.chain(optim.dual_averaging_center(0.1), metric)
     with pytest.raises(ValueError, match=message):
       tx.update(_grads(0), tx.init(params), params)
@@ -155,12 +185,16 @@ def test_rmda_state_reads_the_center_of_both_accumulators():
   sums = optim.accumulate_dual_averaging(0.2)
   s1, s2 = kept.init(params), sums.init(params)
   for n in params:
-    np.testing.assert_array_equal(np.asarray(s1.center[n]), np.asarray(s2.center[n]))  # the anchor at k = 0
+    np.testing.assert_array_equal(
+      np.asarray(s1.center[n]), np.asarray(s2.center[n])
+    )  # the anchor at k = 0
   for t in range(5):
     _, s1 = kept.update(_grads(t), s1, params)
     _, s2 = sums.update(_grads(t), s2, params)
   for n in params:
-    np.testing.assert_allclose(np.asarray(s1.center[n]), np.asarray(s2.center[n]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(s1.center[n]), np.asarray(s2.center[n]), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("lr, mean", [(0.1, 0.01), (0.01, 0.0)])

@@ -11,15 +11,22 @@ import pytest
 
 import rmda_jax
 
-PARAMS = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32), "b": jnp.zeros(3)}
-GRADS = [jax.tree_util.tree_map(lambda x, k=k: jnp.asarray(np.random.default_rng(k).normal(size=x.shape),
-                                                               jnp.float32), PARAMS) for k in range(3)]
+PARAMS = {
+  "w": jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32),
+  "b": jnp.zeros(3),
+}
+GRADS = [
+  jax.tree_util.tree_map(
+    lambda x, k=k: jnp.asarray(np.random.default_rng(k).normal(size=x.shape), jnp.float32), PARAMS
+  )
+  for k in range(3)
+]
 CASES = {
-    "rmda": dict(learning_rate=0.1, momentum=0.5),
-    "ramda": dict(learning_rate=1e-2, momentum=0.5, eps=1e-6),
-    "prox_sgd": dict(learning_rate=0.1, momentum=0.5),
-    "prox_adamw": dict(learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-8, weight_decay=1e-3),
-    "prox_ssi": dict(learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-6, weight_decay=1e-3),
+  "rmda": dict(learning_rate=0.1, momentum=0.5),
+  "ramda": dict(learning_rate=1e-2, momentum=0.5, eps=1e-6),
+  "prox_sgd": dict(learning_rate=0.1, momentum=0.5),
+  "prox_adamw": dict(learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-8, weight_decay=1e-3),
+  "prox_ssi": dict(learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-6, weight_decay=1e-3),
 }
 
 
@@ -39,9 +46,14 @@ def test_injected_equals_plain_with_a_regularizer(name):
   injected = optax.inject_hyperparams(factory)(regularizer=reg, **CASES[name])
   got, state = _run(injected)
   want, _ = _run(factory(regularizer=reg, **CASES[name]))
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
-                         got, want)
-  assert set(state.hyperparams) == set(CASES[name])   # every numeric one injected, the regularizer not
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
+    got,
+    want,
+  )
+  assert set(state.hyperparams) == set(
+    CASES[name]
+  )  # every numeric one injected, the regularizer not
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -62,7 +74,10 @@ def test_a_regularizer_is_not_callable():
 def test_python_dash_m_runs_the_command_line():
   import subprocess
   import sys
-  proc = subprocess.run([sys.executable, "-m", "rmda_jax", "--help"], capture_output=True, text=True)
+
+  proc = subprocess.run(
+    [sys.executable, "-m", "rmda_jax", "--help"], capture_output=True, text=True
+  )
   assert proc.returncode == 0 and "train" in proc.stdout and "compact" in proc.stdout
 
 
@@ -97,18 +112,26 @@ STRENGTH = list(CASES)
 @pytest.mark.parametrize("name", STRENGTH)
 def test_the_strength_is_a_hyperparameter_injected_and_scheduled(name):
   factory = getattr(rmda_jax, name)
-  injected = optax.inject_hyperparams(factory)(regularizer=rmda_jax.group_lasso(123.0), strength=0.3,
-                                               **CASES[name])
+  injected = optax.inject_hyperparams(factory)(
+    regularizer=rmda_jax.group_lasso(123.0), strength=0.3, **CASES[name]
+  )
   got, state = _run(injected)
   want, _ = _run(factory(regularizer=rmda_jax.group_lasso(0.3), **CASES[name]))
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
-                         got, want)
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
+    got,
+    want,
+  )
   assert "strength" in state.hyperparams
   # a schedule: lambda_t = 0.3 at every step equals the constant
-  scheduled, _ = _run(factory(regularizer=rmda_jax.group_lasso(123.0), strength=lambda t: 0.3 + 0 * t,
-                              **CASES[name]))
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6),
-                         scheduled, want)
+  scheduled, _ = _run(
+    factory(regularizer=rmda_jax.group_lasso(123.0), strength=lambda t: 0.3 + 0 * t, **CASES[name])
+  )
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6),
+    scheduled,
+    want,
+  )
   # raised in the state, it zeroes every group (lambda far above the gradients' scale)
   state = injected.init(PARAMS)
   state.hyperparams["strength"] = jnp.asarray(1e6)

@@ -21,7 +21,9 @@ class TinyLM(nnx.Module):
   def __init__(self, rngs, vocab=11, d=8, heads=2):
     self.emb = nnx.Embed(vocab, d, rngs=rngs)
     self.ln1 = nnx.LayerNorm(d, rngs=rngs)
-    self.attn = nnx.MultiHeadAttention(num_heads=heads, in_features=d, qkv_features=d, decode=False, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(
+      num_heads=heads, in_features=d, qkv_features=d, decode=False, rngs=rngs
+    )
     self.ln2 = nnx.LayerNorm(d, rngs=rngs)
     self.l1 = nnx.Linear(d, 16, rngs=rngs)
     self.l2 = nnx.Linear(16, d, rngs=rngs)
@@ -63,8 +65,16 @@ def _default_rules(tree):
 def test_default_rules_skip_biases_scales_embeddings_and_give_heads():
   state, _ = _state_and_dict()
   rules = _default_rules(state)
-  for path in ("emb/embedding", "attn/query/bias", "attn/key/bias", "attn/value/bias", "attn/out/bias",
-               "ln1/scale", "ln1/bias", "l1/bias"):
+  for path in (
+    "emb/embedding",
+    "attn/query/bias",
+    "attn/key/bias",
+    "attn/value/bias",
+    "attn/out/bias",
+    "ln1/scale",
+    "ln1/bias",
+    "l1/bias",
+  ):
     assert rules[path] is None, path
   # (in, heads, head_dim): one group per head; out (heads, head_dim, out) too
   for name in ("query", "key", "value"):
@@ -73,26 +83,42 @@ def test_default_rules_skip_biases_scales_embeddings_and_give_heads():
   assert rules["l1/kernel"] == leaf_rules.GroupRule((1,))
 
 
-@pytest.mark.parametrize("reg", [rmda_jax.group_lasso(0.1), rmda_jax.l1(0.1), rmda_jax.nuclear_norm(0.1),
-                                 rmda_jax.group_lasso(0.1, rules=leaf_rules.by_path(
-                                     {"l2/kernel": None}, leaf_rules.default_group_rule()))],
-                         ids=["group_lasso", "l1", "nuclear", "by_path"])
+@pytest.mark.parametrize(
+  "reg",
+  [
+    rmda_jax.group_lasso(0.1),
+    rmda_jax.l1(0.1),
+    rmda_jax.nuclear_norm(0.1),
+    rmda_jax.group_lasso(
+      0.1, rules=leaf_rules.by_path({"l2/kernel": None}, leaf_rules.default_group_rule())
+    ),
+  ],
+  ids=["group_lasso", "l1", "nuclear", "by_path"],
+)
 def test_value_prox_and_metrics_equal_on_state_and_dict(reg):
   state, plain = _state_and_dict()
   assert float(reg.value(state)) == pytest.approx(float(reg.value(plain)), rel=1e-6)
   assert float(metrics.group_sparsity(reg.prox(state, 3.0), reg)) == pytest.approx(
-      float(metrics.group_sparsity(reg.prox(plain, 3.0), reg)))
-  prox_state = nnx.to_pure_dict(reg.prox(state, 3.0)) if isinstance(reg.prox(state, 3.0), nnx.State) \
-      else reg.prox(state, 3.0)
+    float(metrics.group_sparsity(reg.prox(plain, 3.0), reg))
+  )
+  prox_state = (
+    nnx.to_pure_dict(reg.prox(state, 3.0))
+    if isinstance(reg.prox(state, 3.0), nnx.State)
+    else reg.prox(state, 3.0)
+  )
   jax.tree_util.tree_map(np.testing.assert_array_equal, prox_state, reg.prox(plain, 3.0))
 
 
 def test_by_path_exclusion_applies_and_a_typo_is_an_error():
   state, plain = _state_and_dict()
-  excluded = rmda_jax.group_lasso(1.0, rules=leaf_rules.by_path({"l2/kernel": None}, leaf_rules.default_group_rule()))
+  excluded = rmda_jax.group_lasso(
+    1.0, rules=leaf_rules.by_path({"l2/kernel": None}, leaf_rules.default_group_rule())
+  )
   assert dict(zip(excluded.place(state).paths, excluded.place(state).rules))["l2/kernel"] is None
   assert float(excluded.value(state)) < float(rmda_jax.group_lasso(1.0).value(state))
-  typo = rmda_jax.group_lasso(1.0, rules=leaf_rules.by_path({"l3/kernel": None}, leaf_rules.default_group_rule()))
+  typo = rmda_jax.group_lasso(
+    1.0, rules=leaf_rules.by_path({"l3/kernel": None}, leaf_rules.default_group_rule())
+  )
   with pytest.raises(ValueError, match=r"l3/kernel.*match no leaf"):
     typo.value(plain)
   with pytest.raises(ValueError, match="match no leaf"):
@@ -101,7 +127,9 @@ def test_by_path_exclusion_applies_and_a_typo_is_an_error():
 
 def test_a_tree_of_rules_fits_a_state_and_a_dict():
   state, plain = _state_and_dict()
-  rule_tree = jax.tree_util.tree_map(lambda x: leaf_rules.GroupRule((x.ndim - 1,)) if x.ndim == 2 else None, plain)
+  rule_tree = jax.tree_util.tree_map(
+    lambda x: leaf_rules.GroupRule((x.ndim - 1,)) if x.ndim == 2 else None, plain
+  )
   reg = rmda_jax.group_lasso(0.5, rules=rule_tree)
   assert float(reg.value(state)) == pytest.approx(float(reg.value(plain)), rel=1e-6)
   tx = rmda_jax.rmda(0.1, regularizer=reg)
@@ -113,12 +141,12 @@ def test_a_tree_of_rules_fits_a_state_and_a_dict():
 
 
 OPTIMIZERS = {
-    "rmda": lambda reg: rmda_jax.rmda(0.1, regularizer=reg),
-    "ramda": lambda reg: rmda_jax.ramda(1e-2, regularizer=reg),
-    "prox_sgd": lambda reg: rmda_jax.prox_sgd(0.1, regularizer=reg),
-    "prox_adamw": lambda reg: rmda_jax.prox_adamw(1e-3, regularizer=reg),
-    "prox_ssi": lambda reg: rmda_jax.prox_ssi(1e-3, regularizer=reg),
-    "rigl": lambda reg: rmda_jax.rigl(optax.sgd(0.1), 0.8, end_step=10, update_every=1),
+  "rmda": lambda reg: rmda_jax.rmda(0.1, regularizer=reg),
+  "ramda": lambda reg: rmda_jax.ramda(1e-2, regularizer=reg),
+  "prox_sgd": lambda reg: rmda_jax.prox_sgd(0.1, regularizer=reg),
+  "prox_adamw": lambda reg: rmda_jax.prox_adamw(1e-3, regularizer=reg),
+  "prox_ssi": lambda reg: rmda_jax.prox_ssi(1e-3, regularizer=reg),
+  "rigl": lambda reg: rmda_jax.rigl(optax.sgd(0.1), 0.8, end_step=10, update_every=1),
 }
 
 
@@ -149,6 +177,7 @@ def test_every_optimizer_under_nnx_optimizer_equals_the_plain_dict_run(name):
       state = nnx.clone(params)
       nnx.replace_by_pure_dict(state, p)
       return _loss(nnx.merge(graphdef, state, rest), TOKENS)
+
     updates, s = tx.update(jax.grad(loss)(p), s, p)
     return optax.apply_updates(p, updates), s
 
@@ -156,13 +185,16 @@ def test_every_optimizer_under_nnx_optimizer_equals_the_plain_dict_run(name):
     nnx_step(model, optimizer)
     plain, opt_state = dict_step(plain, opt_state)
   got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
-                         got, plain)
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), got, plain
+  )
   if name == "rigl":  # the embedding is not a sparse leaf (as in linen)
     assert np.count_nonzero(np.asarray(got["emb"]["embedding"])) == got["emb"]["embedding"].size
     paths, masks = _paths_and_leaves(rmda_jax.optim.pruning.masks_of(opt_state))
     kernels = [np.asarray(m) for p, m in zip(paths, masks) if p.endswith("kernel")]
-    assert sum(int(k.sum()) for k in kernels) / sum(k.size for k in kernels) == pytest.approx(0.2, abs=0.01)
+    assert sum(int(k.sum()) for k in kernels) / sum(k.size for k in kernels) == pytest.approx(
+      0.2, abs=0.01
+    )
     assert all(np.asarray(m).all() for p, m in zip(paths, masks) if not p.endswith("kernel"))
 
 
@@ -187,14 +219,16 @@ def test_discovered_groups_train_under_nnx_optimizer():
   state = nnx.state(model, nnx.Param)
   assert float(metrics.group_sparsity(state, reg)) > 0
   assert float(metrics.group_sparsity(state, reg)) == pytest.approx(
-      float(metrics.group_sparsity(nnx.to_pure_dict(state), reg)))
+    float(metrics.group_sparsity(nnx.to_pure_dict(state), reg))
+  )
 
 
 def test_structured_rigl_under_nnx_optimizer_drops_whole_heads_and_units():
   model = _model()
   found = rmda_jax.discover_nnx(model, TOKENS)
-  tx = rmda_jax.rigl(optax.sgd(0.1), sparsity=0.5, end_step=8, update_every=2, groups=found,
-                     distribution="uniform")
+  tx = rmda_jax.rigl(
+    optax.sgd(0.1), sparsity=0.5, end_step=8, update_every=2, groups=found, distribution="uniform"
+  )
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   @nnx.jit
@@ -205,12 +239,23 @@ def test_structured_rigl_under_nnx_optimizer_drops_whole_heads_and_units():
     step(model, optimizer)
   p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   attn = p["attn"]
-  heads = [[np.asarray(attn[n]["kernel"])[:, h] for n in ("query", "key", "value")]
-           + [np.asarray(attn[n]["bias"])[h] for n in ("query", "key", "value")]
-           + [np.asarray(attn["out"]["kernel"])[h]] for h in range(2)]
-  units = [[np.asarray(p["l1"]["kernel"])[:, j], np.asarray(p["l1"]["bias"])[j:j + 1],
-            np.asarray(p["l2"]["kernel"])[j]] for j in range(16)]
+  heads = [
+    [np.asarray(attn[n]["kernel"])[:, h] for n in ("query", "key", "value")]
+    + [np.asarray(attn[n]["bias"])[h] for n in ("query", "key", "value")]
+    + [np.asarray(attn["out"]["kernel"])[h]]
+    for h in range(2)
+  ]
+  units = [
+    [
+      np.asarray(p["l1"]["kernel"])[:, j],
+      np.asarray(p["l1"]["bias"])[j : j + 1],
+      np.asarray(p["l2"]["kernel"])[j],
+    ]
+    for j in range(16)
+  ]
   for slices, expected in ((heads, 1), (units, 8)):
     zero = [all(not s.any() for s in group) for group in slices]
     assert sum(zero) == expected
-    assert all(all(s.all() for s in group) for group, z in zip(slices, zero) if not z)  # kept = dense
+    assert all(
+      all(s.all() for s in group) for group, z in zip(slices, zero) if not z
+    )  # kept = dense

@@ -58,34 +58,49 @@ def _reference(x, grads, strength, regularizer, bias_correction):
 
 def _run(x, grads, strength, regularizer, bias_correction):
   reg = rmda_jax.group_lasso(strength) if regularizer == "group_lasso" else rmda_jax.l1(strength)
-  tx = rmda_jax.prox_ssi(LR, b1=B1, b2=B2, eps=EPS, regularizer=reg, bias_correction=bias_correction)
+  tx = rmda_jax.prox_ssi(
+    LR, b1=B1, b2=B2, eps=EPS, regularizer=reg, bias_correction=bias_correction
+  )
   params = {k: jnp.asarray(v, jnp.float32) for k, v in x.items()}
   state = tx.init(params)
   for g in grads:
-    updates, state = tx.update({k: jnp.asarray(v, jnp.float32) for k, v in g.items()}, state, params)
+    updates, state = tx.update(
+      {k: jnp.asarray(v, jnp.float32) for k, v in g.items()}, state, params
+    )
     params = optax.apply_updates(params, updates)
   return {k: np.asarray(v, np.float64) for k, v in params.items()}
 
 
 def _problem(seed=0):
   rng = np.random.default_rng(seed)
-  x = {"kernel": rng.normal(size=(5, 4)) * np.array([[1.0], [0.05], [1.0], [0.02], [0.5]]),
-       "bias": rng.normal(size=(4,))}
+  x = {
+    "kernel": rng.normal(size=(5, 4)) * np.array([[1.0], [0.05], [1.0], [0.02], [0.5]]),
+    "bias": rng.normal(size=(4,)),
+  }
   grads = [{k: rng.normal(size=v.shape) for k, v in x.items()} for _ in range(2)]
   return x, grads
 
 
 # strengths that remove some groups / entries and keep others (the faithful metric's threshold is
 # ~30x larger in the first steps, hence its smaller strengths)
-@pytest.mark.parametrize("regularizer,strength,bias_correction", [
-    ("group_lasso", 1.5, True), ("group_lasso", 0.05, False), ("l1", 1.0, True), ("l1", 0.03, False)])
+@pytest.mark.parametrize(
+  "regularizer,strength,bias_correction",
+  [
+    ("group_lasso", 1.5, True),
+    ("group_lasso", 0.05, False),
+    ("l1", 1.0, True),
+    ("l1", 0.03, False),
+  ],
+)
 def test_two_steps_match_numpy(regularizer, strength, bias_correction):
   x, grads = _problem()
   for steps in (1, 2):
     want = _reference(x, grads[:steps], strength, regularizer, bias_correction)
     got = _run(x, grads[:steps], strength, regularizer, bias_correction)
     for k in want:
-      np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"{k} after {steps} step(s)")
+      np.testing.assert_allclose(
+        got[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"{k} after {steps} step(s)"
+      )
       np.testing.assert_array_equal(got[k] == 0, want[k] == 0)
   # the case is not vacuous: some groups (rows) / entries are removed, others kept
   kernel = np.abs(_reference(x, grads, strength, regularizer, bias_correction)["kernel"])
@@ -107,9 +122,16 @@ def test_default_is_the_faithful_metric():
   x, grads = _problem(2)
   reg = rmda_jax.group_lasso(0.3)
   params = {k: jnp.asarray(v, jnp.float32) for k, v in x.items()}
-  a, b = rmda_jax.prox_ssi(LR, regularizer=reg), rmda_jax.prox_ssi(LR, regularizer=reg, bias_correction=False)
-  ua, _ = a.update({k: jnp.asarray(v, jnp.float32) for k, v in grads[0].items()}, a.init(params), params)
-  ub, _ = b.update({k: jnp.asarray(v, jnp.float32) for k, v in grads[0].items()}, b.init(params), params)
+  a, b = (
+    rmda_jax.prox_ssi(LR, regularizer=reg),
+    rmda_jax.prox_ssi(LR, regularizer=reg, bias_correction=False),
+  )
+  ua, _ = a.update(
+    {k: jnp.asarray(v, jnp.float32) for k, v in grads[0].items()}, a.init(params), params
+  )
+  ub, _ = b.update(
+    {k: jnp.asarray(v, jnp.float32) for k, v in grads[0].items()}, b.init(params), params
+  )
   for k in ua:
     np.testing.assert_array_equal(np.asarray(ua[k]), np.asarray(ub[k]))
 

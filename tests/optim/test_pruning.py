@@ -16,14 +16,19 @@ LR, BETA, STEPS, EVERY, END, FRACTION = 0.05, 0.9, 40, 5, 30, 0.4
 
 
 def make_tree(arrays):
-  return {"conv": {"kernel": jnp.asarray(arrays["conv"])},
-          "dense": {"kernel": jnp.asarray(arrays["dense"])},
-          "bias": jnp.asarray(arrays["bias"])}
+  return {
+    "conv": {"kernel": jnp.asarray(arrays["conv"])},
+    "dense": {"kernel": jnp.asarray(arrays["dense"])},
+    "bias": jnp.asarray(arrays["bias"]),
+  }
 
 
 def flat(tree):
-  return {"conv": np.asarray(tree["conv"]["kernel"]), "dense": np.asarray(tree["dense"]["kernel"]),
-          "bias": np.asarray(tree["bias"])}
+  return {
+    "conv": np.asarray(tree["conv"]["kernel"]),
+    "dense": np.asarray(tree["dense"]["kernel"]),
+    "bias": np.asarray(tree["bias"]),
+  }
 
 
 def numpy_rigl(w0, masks0, target, noise):
@@ -65,8 +70,10 @@ def problem():
   rng = np.random.default_rng(0)
   w0 = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
   target = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-  noise = [{k: (rng.normal(size=s) * 0.5).astype(np.float32) for k, s in SHAPES.items()}
-           for _ in range(STEPS)]
+  noise = [
+    {k: (rng.normal(size=s) * 0.5).astype(np.float32) for k, s in SHAPES.items()}
+    for _ in range(STEPS)
+  ]
   return w0, target, noise
 
 
@@ -94,8 +101,14 @@ def run_jax(tx, w0, target, noise):
 
 def test_rigl_matches_numpy_reference(problem):
   w0, target, noise = problem
-  tx = rmda_jax.rigl(optax.sgd(LR, momentum=BETA), sparsity=0.8, end_step=END, update_every=EVERY,
-                     drop_fraction=FRACTION, distribution="erk")
+  tx = rmda_jax.rigl(
+    optax.sgd(LR, momentum=BETA),
+    sparsity=0.8,
+    end_step=END,
+    update_every=EVERY,
+    drop_fraction=FRACTION,
+    distribution="erk",
+  )
   masks0, (ps, ms, moms) = run_jax(tx, w0, target, noise)
   reference = numpy_rigl(w0, {k: masks0[k].astype(np.float32) for k in masks0}, target, noise)
   changed_events = 0
@@ -118,12 +131,23 @@ def test_active_counts_constant_and_on_target(problem):
   w0, target, noise = problem
   sparse_shapes = [SHAPES["conv"], SHAPES["dense"]]
   for distribution in ("erk", "uniform"):
-    tx = rmda_jax.rigl(optax.sgd(LR, momentum=BETA), sparsity=0.8, end_step=END,
-                       update_every=EVERY, drop_fraction=FRACTION, distribution=distribution)
+    tx = rmda_jax.rigl(
+      optax.sgd(LR, momentum=BETA),
+      sparsity=0.8,
+      end_step=END,
+      update_every=EVERY,
+      drop_fraction=FRACTION,
+      distribution=distribution,
+    )
     masks0, (_, ms, _) = run_jax(tx, w0, target, noise)
     expected = pruning.active_counts(sparse_shapes, 0.8, distribution)
-    counts = np.stack([np.asarray(ms["conv"]["kernel"]).reshape(STEPS, -1).sum(1),
-                       np.asarray(ms["dense"]["kernel"]).reshape(STEPS, -1).sum(1)], 1)
+    counts = np.stack(
+      [
+        np.asarray(ms["conv"]["kernel"]).reshape(STEPS, -1).sum(1),
+        np.asarray(ms["dense"]["kernel"]).reshape(STEPS, -1).sum(1),
+      ],
+      1,
+    )
     assert (counts == np.asarray(expected)).all()
     assert np.asarray(ms["bias"]).all()  # unregularized leaves stay dense
     assert [int(masks0["conv"].sum()), int(masks0["dense"].sum())] == expected
@@ -176,11 +200,17 @@ def test_rigl_with_adam_masks_its_moments(problem):
   assert pruning.masks_of(optax.chain(optax.identity(), tx).init(params)) is not None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"),
-    ({"end_step": 0}, "end_step"), ({"update_every": 0}, "update_every"),
-    ({"drop_fraction": 1.5}, "drop_fraction"), ({"distribution": "er"}, "distribution"),
-])
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    ({"sparsity": 1.0}, "sparsity"),
+    ({"sparsity": -0.1}, "sparsity"),
+    ({"end_step": 0}, "end_step"),
+    ({"update_every": 0}, "update_every"),
+    ({"drop_fraction": 1.5}, "drop_fraction"),
+    ({"distribution": "er"}, "distribution"),
+  ],
+)
 def test_rigl_rejects_bad_arguments(kwargs, match):
   args = dict(sparsity=0.9, end_step=100)
   args.update(kwargs)

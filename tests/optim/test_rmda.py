@@ -11,7 +11,11 @@ import rmda_jax
 import reference as ref
 from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax, single_trace_step
 
-REGS = {"group_lasso": lambda lam: rmda_jax.group_lasso(lam), "l1": lambda lam: rmda_jax.l1(lam), None: None}
+REGS = {
+  "group_lasso": lambda lam: rmda_jax.group_lasso(lam),
+  "l1": lambda lam: rmda_jax.l1(lam),
+  None: None,
+}
 
 
 @pytest.mark.parametrize("kind,lam", [("group_lasso", 0.15), ("l1", 0.05), (None, 0.0)])
@@ -21,7 +25,9 @@ def test_rmda_matches_numpy_reference(kind, lam, c):
   x, target, scale, noise = make_problem(steps=steps)
   x_np, zs_np = ref.rmda_run(x, numpy_grad(target, scale, noise), steps, lr, c, lam, kind, GROUPS)
   reg = None if kind is None else REGS[kind](lam)
-  params, state = run_jax(rmda_jax.rmda(lr, momentum=c, regularizer=reg), x, target, scale, noise, steps)
+  params, state = run_jax(
+    rmda_jax.rmda(lr, momentum=c, regularizer=reg), x, target, scale, noise, steps
+  )
   got = from_tree(params)
   z = from_tree(rmda_jax.structured_params(state))
   for n in SHAPES:
@@ -41,7 +47,9 @@ def _logistic_data(n=600, informative=6, noise_features=6, classes=3, seed=0):
   w_true[:informative] = 2.0 * rows / np.linalg.norm(rows, axis=1, keepdims=True)
   X = rng.normal(size=(n, d))
   logits = X @ w_true
-  y = np.array([rng.choice(classes, p=np.exp(l - l.max()) / np.exp(l - l.max()).sum()) for l in logits])
+  y = np.array(
+    [rng.choice(classes, p=np.exp(l - l.max()) / np.exp(l - l.max()).sum()) for l in logits]
+  )
   return X, y
 
 
@@ -49,11 +57,14 @@ def _optimal_support_numpy(X, y, lam, classes, iters=20000):
   """Full-batch FISTA in float64 for mean CE + lam * sum_j sqrt(C) ||W_j||."""
   n, d = X.shape
   Y = np.eye(classes)[y]
-  W = np.zeros((d, classes)); V = W.copy(); t = 1.0
+  W = np.zeros((d, classes))
+  V = W.copy()
+  t = 1.0
   L = np.linalg.norm(X, 2) ** 2 / n
   for _ in range(iters):
     logits = X @ V
-    p = np.exp(logits - logits.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
     G = X.T @ (p - Y) / n
     W_new = ref.prox_group_lasso(V - G / L, lam / L, (1,))
     t_new = (1 + np.sqrt(1 + 4 * t * t)) / 2
@@ -89,7 +100,9 @@ def test_rmda_identifies_the_optimal_group_support():
     supports = []
     for s in range(steps):
       params, state = step(params, state, idx[s])
-      supports.append(np.linalg.norm(np.asarray(rmda_jax.structured_params(state, params)["kernel"]), axis=1) > 0)
+      supports.append(
+        np.linalg.norm(np.asarray(rmda_jax.structured_params(state, params)["kernel"]), axis=1) > 0
+      )
     return np.array(supports)
 
   rmda_supports = run(rmda_jax.rmda(0.1, momentum=0.1, regularizer=reg))
@@ -99,9 +112,12 @@ def test_rmda_identifies_the_optimal_group_support():
 
 def test_jit_compiles_once_and_composes_with_chain():
   params = {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   rmda_jax.rmda(optax.linear_schedule(0.1, 0.01, 10), momentum=0.5,
-                                 regularizer=rmda_jax.group_lasso(1e-2)))
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    rmda_jax.rmda(
+      optax.linear_schedule(0.1, 0.01, 10), momentum=0.5, regularizer=rmda_jax.group_lasso(1e-2)
+    ),
+  )
   state = tx.init(params)
 
   step = single_trace_step(tx)
@@ -112,9 +128,12 @@ def test_jit_compiles_once_and_composes_with_chain():
   # the clip ran before rmda: the accumulated sum uses the clipped gradient
   da = state[1]
   clipped = 5.0 / np.sqrt(15 * 25.0)
-  assert np.isclose(float(da.grad_sum["Dense_0"]["bias"][0]),
-                    clipped * sum(lr * np.sqrt(k) for k, lr in
-                                  zip(range(1, 6), [0.1 - 0.009 * i for i in range(5)])), rtol=1e-5)
+  assert np.isclose(
+    float(da.grad_sum["Dense_0"]["bias"][0]),
+    clipped
+    * sum(lr * np.sqrt(k) for k, lr in zip(range(1, 6), [0.1 - 0.009 * i for i in range(5)])),
+    rtol=1e-5,
+  )
   assert int(da.count) == 5
 
 
@@ -129,14 +148,17 @@ def test_state_dtypes_for_low_precision_params():
   assert np.all(np.asarray(new["kernel"], np.float32) == 0)
 
 
-@pytest.mark.parametrize("make, match", [
+@pytest.mark.parametrize(
+  "make, match",
+  [
     (lambda: rmda_jax.rmda(-0.1), "learning_rate"),
     (lambda: rmda_jax.rmda(0.1, momentum=0.0), "momentum"),
     (lambda: rmda_jax.rmda(0.1, momentum=1.5), "momentum"),
     (lambda: rmda_jax.ramda(0.1, eps=-1.0), "eps"),
     (lambda: rmda_jax.prox_sgd(0.1, momentum=2.0), "momentum"),
     (lambda: rmda_jax.prox_adamw(0.1, b1=1.0), "b1"),
-])
+  ],
+)
 def test_bad_optimizer_arguments(make, match):
   with pytest.raises(ValueError, match=match):
     make()
@@ -149,7 +171,9 @@ def test_bad_regularizer_type_and_missing_params():
   state = tx.init({"w": jnp.ones(2)})
   with pytest.raises(ValueError, match="params"):
     tx.update({"w": jnp.ones(2)}, state)
-  tx = rmda_jax.rmda(0.1, regularizer=rmda_jax.group_lasso(1.0, rules={"w": rmda_jax.core.rules.GroupRule((3,))}))
+  tx = rmda_jax.rmda(
+    0.1, regularizer=rmda_jax.group_lasso(1.0, rules={"w": rmda_jax.core.rules.GroupRule((3,))})
+  )
   with pytest.raises(ValueError, match="reduce axis 3"):
     tx.init({"w": jnp.ones((2, 2))})
 
@@ -165,8 +189,13 @@ def test_structured_params_accessor():
   chex.assert_trees_all_equal(rmda_jax.structured_params(state), params)
 
 
-@pytest.mark.parametrize("make", [lambda r: rmda_jax.rmda(0.1, momentum=1.0, regularizer=r),
-                                  lambda r: rmda_jax.ramda(0.05, momentum=1.0, regularizer=r)])
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda r: rmda_jax.rmda(0.1, momentum=1.0, regularizer=r),
+    lambda r: rmda_jax.ramda(0.05, momentum=1.0, regularizer=r),
+  ],
+)
 def test_drops_into_nnx_optimizer_and_train_state(make):
   from flax import nnx
   from flax.training import train_state
@@ -195,9 +224,13 @@ def test_drops_into_nnx_optimizer_and_train_state(make):
   assert losses[-1] < losses[0]
   params = nnx.state(model, nnx.Param)
   z = rmda_jax.structured_params(opt.opt_state)
-  assert jax.tree_util.tree_structure(nnx.to_pure_dict(z)) == jax.tree_util.tree_structure(nnx.to_pure_dict(params))
+  assert jax.tree_util.tree_structure(nnx.to_pure_dict(z)) == jax.tree_util.tree_structure(
+    nnx.to_pure_dict(params)
+  )
   # input-wise groups of both Linear kernels are counted (6 + 4)
-  sizes = [r.reduce_axes for r in rmda_jax.metrics.counted_groups(params, reg).rules if r is not None]
+  sizes = [
+    r.reduce_axes for r in rmda_jax.metrics.counted_groups(params, reg).rules if r is not None
+  ]
   assert sizes == [(1,), (1,)]
 
   dense = nn.Dense(3)

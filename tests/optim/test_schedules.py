@@ -28,14 +28,28 @@ def _run_steps(tx, x, target, scale, noise, steps):
   return history
 
 
-@pytest.mark.parametrize("method,kind,lam", [("rmda", "group_lasso", 0.15), ("ramda", "group_lasso", 0.05),
-                                             ("ramda", None, 0.0)])
+@pytest.mark.parametrize(
+  "method,kind,lam",
+  [("rmda", "group_lasso", 0.15), ("ramda", "group_lasso", 0.05), ("ramda", None, 0.0)],
+)
 def test_restart_lr_eps_and_ramp_match_the_reference_scheduler(method, kind, lam):
   steps = EPOCHS * SPE
   lr, c0, gamma = 0.05, 0.5, 0.5
   x, target, scale, noise = make_problem(steps=steps)
-  xs, zs, cs = ref.stagewise_run(method, x, numpy_grad(target, scale, noise), EPOCHS, SPE, MILESTONES,
-                                 gamma, lr, c0, lam, kind, GROUPS)
+  xs, zs, cs = ref.stagewise_run(
+    method,
+    x,
+    numpy_grad(target, scale, noise),
+    EPOCHS,
+    SPE,
+    MILESTONES,
+    gamma,
+    lr,
+    c0,
+    lam,
+    kind,
+    GROUPS,
+  )
   stages = rmda_jax.Stagewise.from_epochs(MILESTONES, SPE, gamma=gamma)
   reg = None if kind is None else rmda_jax.group_lasso(lam)
   if method == "rmda":
@@ -75,13 +89,18 @@ def test_stagewise_validation_and_lr_schedule():
   with pytest.raises(TypeError, match="stages"):
     rmda_jax.rmda(0.1, stages=[10, 20])
   sched = rmda_jax.stagewise([3, 6], gamma=0.1).learning_rate(1.0)
-  np.testing.assert_allclose([float(sched(t)) for t in range(8)], [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+  np.testing.assert_allclose(
+    [float(sched(t)) for t in range(8)], [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6
+  )
 
 
 def test_tracker_reports_the_identification_step():
   tracker = rmda_jax.metrics.StructureTracker(rmda_jax.group_lasso(1.0))
   rows = [[1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 1, 1], [1, 0, 0, 1], [1, 0, 0, 1], [1, 0, 0, 1]]
-  seq = [{"kernel": jnp.asarray(np.array(r, np.float32)[:, None] * np.ones((4, 3), np.float32))} for r in rows]
+  seq = [
+    {"kernel": jnp.asarray(np.array(r, np.float32)[:, None] * np.ones((4, 3), np.float32))}
+    for r in rows
+  ]
   state = tracker.init(seq[0])
   update = jax.jit(tracker.update)
   last = []
@@ -133,12 +152,20 @@ RESUME_SCRIPT = textwrap.dedent("""
 def test_resume_is_bit_exact_in_a_fresh_process(method, tmp_path):
   pytest.importorskip("orbax.checkpoint")
   script = tmp_path / "resume.py"
-  script.write_text(RESUME_SCRIPT.format(tests=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support")))
+  script.write_text(
+    RESUME_SCRIPT.format(
+      tests=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support")
+    )
+  )
   ckpt, k, n = str(tmp_path / "ckpt"), 7, 14
 
   def run(mode, out):
-    subprocess.run([sys.executable, str(script), method, mode, ckpt, str(out), str(k), str(n)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+      [sys.executable, str(script), method, mode, ckpt, str(out), str(k), str(n)],
+      check=True,
+      capture_output=True,
+      text=True,
+    )
     data = np.load(out)
     return [data[f"arr_{i}"] for i in range(len(data.files))]
 
@@ -148,5 +175,3 @@ def test_resume_is_bit_exact_in_a_fresh_process(method, tmp_path):
   assert len(straight) == len(resumed)
   for a, b in zip(straight, resumed):
     np.testing.assert_array_equal(a, b)
-
-

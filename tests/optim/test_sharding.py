@@ -19,8 +19,13 @@ from rmda_jax.testing import assert_no_host_transfers, host_transfers
 @pytest.fixture(scope="module")
 def sharded_results():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "support", "sharded_run.py")],
-                        capture_output=True, text=True, env=env, timeout=900)
+  proc = subprocess.run(
+    [sys.executable, os.path.join(os.path.dirname(__file__), "..", "support", "sharded_run.py")],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -43,6 +48,7 @@ def test_host_transfer_detector_sees_callbacks():
   def with_callback(x):
     jax.debug.callback(lambda v: None, x)
     return x + 1
+
   found = host_transfers(jax.jit(with_callback).lower(jnp.ones(3)).compile().as_text())
   assert found
   with pytest.raises(AssertionError, match="host"):
@@ -50,11 +56,11 @@ def test_host_transfer_detector_sees_callbacks():
 
 
 OPTIMIZERS = {
-    "rmda": lambda r: rmda_jax.rmda(0.1, momentum=1.0, regularizer=r),
-    "ramda": lambda r: rmda_jax.ramda(0.05, momentum=1.0, regularizer=r),
-    "prox_sgd": lambda r: rmda_jax.prox_sgd(0.1, regularizer=r),
-    "prox_adamw": lambda r: rmda_jax.prox_adamw(0.02, regularizer=r),
-    "prox_ssi": lambda r: rmda_jax.prox_ssi(0.02, regularizer=r),
+  "rmda": lambda r: rmda_jax.rmda(0.1, momentum=1.0, regularizer=r),
+  "ramda": lambda r: rmda_jax.ramda(0.05, momentum=1.0, regularizer=r),
+  "prox_sgd": lambda r: rmda_jax.prox_sgd(0.1, regularizer=r),
+  "prox_adamw": lambda r: rmda_jax.prox_adamw(0.02, regularizer=r),
+  "prox_ssi": lambda r: rmda_jax.prox_ssi(0.02, regularizer=r),
 }
 
 
@@ -73,7 +79,10 @@ def test_low_precision_params(name, dtype):
   state = tx.init(params)
   for leaf in jax.tree_util.tree_leaves(state):
     if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.ndim > 0:
-      assert leaf.dtype in (jnp.float32, dtype)  # accumulators float32; only z keeps the params' dtype
+      assert leaf.dtype in (
+        jnp.float32,
+        dtype,
+      )  # accumulators float32; only z keeps the params' dtype
 
   def loss(p):
     logits = jnp.asarray(x, dtype) @ p["kernel"] + p["bias"]
@@ -90,7 +99,9 @@ def test_low_precision_params(name, dtype):
     params, state, l = step(params, state)
     losses.append(float(l))
   kernel = np.asarray(params["kernel"], np.float32)
-  assert params["kernel"].dtype == dtype and np.all(np.isfinite(kernel)) and np.all(np.isfinite(losses))
+  assert (
+    params["kernel"].dtype == dtype and np.all(np.isfinite(kernel)) and np.all(np.isfinite(losses))
+  )
   assert losses[-1] < 0.8 * losses[0]
   z = np.asarray(rmda_jax.structured_params(state, params)["kernel"], np.float32)
   zero_rows = np.linalg.norm(z, axis=1) == 0

@@ -20,8 +20,10 @@ import reference as ref
 # family on one leaf.
 SHAPES = {"a": (3, 4), "b": (24,), "c": (20, 2), "d": (6, 5)}
 FAMILIES = (
-    Family("mixed", "units", 4, (Slice("a", 1), Slice("b", 0, (3, 4, 2), 1), Slice("c", 0, (4, 5), 0))),
-    Family("single", "units", 5, (Slice("d", 1),)),
+  Family(
+    "mixed", "units", 4, (Slice("a", 1), Slice("b", 0, (3, 4, 2), 1), Slice("c", 0, (4, 5), 0))
+  ),
+  Family("single", "units", 5, (Slice("d", 1),)),
 )
 GROUPS = Groups(FAMILIES)
 
@@ -29,7 +31,7 @@ GROUPS = Groups(FAMILIES)
 def group_index(shape, member):
   """For every entry of a leaf, the group it belongs to (NumPy, from the Slice's definition)."""
   split = member.split or (shape[member.axis],)
-  expanded = shape[:member.axis] + tuple(split) + shape[member.axis + 1:]
+  expanded = shape[: member.axis] + tuple(split) + shape[member.axis + 1 :]
   return np.indices(expanded)[member.axis + member.position].reshape(shape)
 
 
@@ -53,7 +55,7 @@ def numpy_scatter(matrix, arrays, family):
     for m in family.members:
       idx = group_index(arrays[m.path].shape, m)
       count = int(np.sum(idx == j))
-      out[m.path][idx == j] = matrix[j, offset:offset + count]
+      out[m.path][idx == j] = matrix[j, offset : offset + count]
       offset += count
   return out
 
@@ -90,8 +92,13 @@ def test_value_and_prox_against_numpy():
   support = np.concatenate([np.asarray(s).ravel() for s in reg.support(got)])
   assert support.any() and not support.all()
   zero = numpy_groups({k: np.asarray(v) for k, v in got.items()}, FAMILIES[0])
-  assert np.all((np.abs(zero).sum(1) == 0) == (np.linalg.norm(numpy_groups(arrays, FAMILIES[0]), axis=1)
-                                              <= 1.3 * 0.7 * np.sqrt(zero.shape[1])))
+  assert np.all(
+    (np.abs(zero).sum(1) == 0)
+    == (
+      np.linalg.norm(numpy_groups(arrays, FAMILIES[0]), axis=1)
+      <= 1.3 * 0.7 * np.sqrt(zero.shape[1])
+    )
+  )
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -124,8 +131,14 @@ def test_inexact_solver_and_screening_on_coupled_groups():
   diag = {k: rng.uniform(0.5, 2.0, size=s) for k, s in SHAPES.items()}
   reg = rmda_jax.group_lasso(1.0, groups=GROUPS)
   exact, _ = prox.solve(reg, as_jax(b), as_jax(diag), 0.5)
-  approx, info = prox.solve(reg, as_jax(b), as_jax(diag), 0.5, init=as_jax(b),
-                               solver=prox.ProximalGradient(max_iters=3000, tol=1e-6))
+  approx, info = prox.solve(
+    reg,
+    as_jax(b),
+    as_jax(diag),
+    0.5,
+    init=as_jax(b),
+    solver=prox.ProximalGradient(max_iters=3000, tol=1e-6),
+  )
   for k in SHAPES:
     np.testing.assert_allclose(np.asarray(approx[k]), np.asarray(exact[k]), atol=1e-4)
     np.testing.assert_array_equal(np.asarray(approx[k]) == 0, np.asarray(exact[k]) == 0)
@@ -133,14 +146,17 @@ def test_inexact_solver_and_screening_on_coupled_groups():
 
 
 def test_metrics_count_coupled_groups():
-  arrays = random_tree(1, zero_groups=[(m.path, m, 2) for m in FAMILIES[0].members]
-                      + [("a", FAMILIES[0].members[0], 0)])
+  arrays = random_tree(
+    1,
+    zero_groups=[(m.path, m, 2) for m in FAMILIES[0].members] + [("a", FAMILIES[0].members[0], 0)],
+  )
   reg = rmda_jax.group_lasso(1.0, groups=GROUPS)
   # group 2 of "mixed" is zero in every leaf; group 0 only in "a": a partial group is not a zero group
   assert float(metrics.group_sparsity(as_jax(arrays), reg)) == pytest.approx(1 / 9)
   sizes = [numpy_groups(arrays, f).shape[1] for f in FAMILIES]
   assert float(metrics.weighted_group_sparsity(as_jax(arrays), reg)) == pytest.approx(
-      sizes[0] / (4 * sizes[0] + 5 * sizes[1]))
+    sizes[0] / (4 * sizes[0] + 5 * sizes[1])
+  )
   tracker = metrics.StructureTracker(reg)
   state = tracker.update(tracker.init(as_jax(random_tree(1))), as_jax(arrays))
   assert int(state.last_change) == 1
@@ -149,28 +165,41 @@ def test_metrics_count_coupled_groups():
 def test_groups_that_do_not_fit_the_params_are_errors():
   params = as_jax(random_tree(0))
   with pytest.raises(ValueError, match="not a leaf"):
-    rmda_jax.group_lasso(1.0, groups=Groups((Family("x", "units", 4, (Slice("nope", 0),)),))).value(params)
+    rmda_jax.group_lasso(1.0, groups=Groups((Family("x", "units", 4, (Slice("nope", 0),)),))).value(
+      params
+    )
   with pytest.raises(ValueError, match="does not fit leaf 'b'"):
-    rmda_jax.group_lasso(1.0, groups=Groups((Family("x", "units", 4, (Slice("b", 0, (5, 5), 0),)),))).value(params)
+    rmda_jax.group_lasso(
+      1.0, groups=Groups((Family("x", "units", 4, (Slice("b", 0, (5, 5), 0),)),))
+    ).value(params)
   with pytest.raises(ValueError, match="holds 3 groups"):
-    rmda_jax.group_lasso(1.0, groups=Groups((Family("x", "units", 4, (Slice("a", 0),)),))).value(params)
+    rmda_jax.group_lasso(1.0, groups=Groups((Family("x", "units", 4, (Slice("a", 0),)),))).value(
+      params
+    )
   with pytest.raises(ValueError, match="not both"):
     rmda_jax.group_lasso(1.0, rules=lambda p, x: None, groups=GROUPS)
   with pytest.raises(ValueError, match="two families"):
     Groups((FAMILIES[1], Family("again", "units", 6, (Slice("d", 0),))))
   with pytest.raises(TypeError, match="rmda_jax.Groups"):
     rmda_jax.group_lasso(1.0, groups=[FAMILIES[0]])
-  tx = rmda_jax.rmda(0.1, regularizer=rmda_jax.group_lasso(1.0, groups=Groups((Family("x", "units", 4,
-                                                                                       (Slice("a", 0),)),))))
+  tx = rmda_jax.rmda(
+    0.1,
+    regularizer=rmda_jax.group_lasso(
+      1.0, groups=Groups((Family("x", "units", 4, (Slice("a", 0),)),))
+    ),
+  )
   with pytest.raises(ValueError, match="holds 3 groups"):
     tx.init(params)
 
 
-@pytest.mark.parametrize("reg", [rmda_jax.group_lasso(0.3), rmda_jax.group_lasso(0.3, groups=GROUPS)],
-                         ids=["per-leaf", "coupled"])
+@pytest.mark.parametrize(
+  "reg",
+  [rmda_jax.group_lasso(0.3), rmda_jax.group_lasso(0.3, groups=GROUPS)],
+  ids=["per-leaf", "coupled"],
+)
 def test_a_nan_group_stays_nan_and_counts_as_nonzero(reg):
   arrays = random_tree(2)
-  arrays["a"][0, 1] = np.nan   # group 1 of "mixed" (and row 0 of "a" for per-leaf groups)
+  arrays["a"][0, 1] = np.nan  # group 1 of "mixed" (and row 0 of "a" for per-leaf groups)
   x = as_jax(arrays)
   z = reg.prox(x, 1.0)
   assert np.isnan(np.asarray(z["a"][0, 1]))
@@ -182,7 +211,9 @@ def test_a_nan_group_stays_nan_and_counts_as_nonzero(reg):
   clean["a"] = np.where(np.isnan(arrays["a"]), 0.0, arrays["a"])
   z_clean, _ = prox.solve(reg, as_jax(clean), diag, 1.0)
   finite = np.isfinite(np.asarray(z_diag["d"]))
-  np.testing.assert_allclose(np.asarray(z_diag["d"])[finite], np.asarray(z_clean["d"])[finite], rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(z_diag["d"])[finite], np.asarray(z_clean["d"])[finite], rtol=1e-5
+  )
   nan_kernel = {k: jnp.full(s, jnp.nan) for k, s in SHAPES.items()}
   assert float(metrics.group_sparsity(nan_kernel, reg)) == 0.0
   assert float(metrics.weighted_group_sparsity(nan_kernel, reg)) == 0.0
@@ -202,14 +233,19 @@ class Block(nn.Module):
 
 def _head_slices(params, h):
   attn = params["attn"]
-  return ([np.asarray(attn[n]["kernel"])[:, h, :] for n in ("query", "key", "value")]
-          + [np.asarray(attn[n]["bias"])[h, :] for n in ("query", "key", "value")]
-          + [np.asarray(attn["out"]["kernel"])[h, :, :]])
+  return (
+    [np.asarray(attn[n]["kernel"])[:, h, :] for n in ("query", "key", "value")]
+    + [np.asarray(attn[n]["bias"])[h, :] for n in ("query", "key", "value")]
+    + [np.asarray(attn["out"]["kernel"])[h, :, :]]
+  )
 
 
 def _unit_slices(params, j):
-  return [np.asarray(params["fc1"]["kernel"])[:, j], np.asarray(params["fc1"]["bias"])[j],
-          np.asarray(params["fc2"]["kernel"])[j, :]]
+  return [
+    np.asarray(params["fc1"]["kernel"])[:, j],
+    np.asarray(params["fc1"]["bias"])[j],
+    np.asarray(params["fc2"]["kernel"])[j, :],
+  ]
 
 
 @pytest.mark.parametrize("method", ["rmda", "ramda"])
@@ -238,13 +274,15 @@ def test_training_a_transformer_block_removes_whole_heads_and_units(method):
     params, state = step(params, state)
   z = jax.tree_util.tree_map(np.asarray, rmda_jax.structured_params(state))
   head_zero = [all(np.all(s == 0) for s in _head_slices(z, h)) for h in range(4)]
-  head_touched = [any(np.any(s == 0) and not np.all(s == 0) for s in _head_slices(z, h)) for h in range(4)]
+  head_touched = [
+    any(np.any(s == 0) and not np.all(s == 0) for s in _head_slices(z, h)) for h in range(4)
+  ]
   unit_zero = [all(np.all(s == 0) for s in _unit_slices(z, j)) for j in range(32)]
   unit_any_zero = [any(np.all(s == 0) for s in _unit_slices(z, j)) for j in range(32)]
   assert 0 < sum(head_zero) < 4, head_zero
   assert 0 < sum(unit_zero) < 32, unit_zero
-  assert not any(head_touched)             # no partial head: a head is zero everywhere or nowhere
-  assert unit_zero == unit_any_zero        # a unit's slices are zero together
+  assert not any(head_touched)  # no partial head: a head is zero everywhere or nowhere
+  assert unit_zero == unit_any_zero  # a unit's slices are zero together
   assert float(metrics.weighted_group_sparsity(z, reg)) > 0
 
 
@@ -256,8 +294,10 @@ def _numpy_event(weights, grads, kept, fraction, family):
   active = int(kept.sum())
   swap = int(np.round(np.float32(fraction) * active))
   order = sorted(np.flatnonzero(kept), key=lambda j: (-w_norm[j], j))
-  keep = set(order[:active - swap])
-  grow_order = sorted([j for j in range(family.size) if j not in keep], key=lambda j: (-g_norm[j], j))
+  keep = set(order[: active - swap])
+  grow_order = sorted(
+    [j for j in range(family.size) if j not in keep], key=lambda j: (-g_norm[j], j)
+  )
   grown = set(grow_order[:swap])
   return np.array([j in keep or j in grown for j in range(family.size)]), grown
 
@@ -265,8 +305,15 @@ def _numpy_event(weights, grads, kept, fraction, family):
 def test_structured_rigl_keeps_and_drops_whole_groups():
   arrays = random_tree(3)
   params = as_jax(arrays)
-  tx = rmda_jax.rigl(optax.sgd(0.0), sparsity=0.5, end_step=10, update_every=1, distribution="uniform",
-                     drop_fraction=0.5, groups=GROUPS)
+  tx = rmda_jax.rigl(
+    optax.sgd(0.0),
+    sparsity=0.5,
+    end_step=10,
+    update_every=1,
+    distribution="uniform",
+    drop_fraction=0.5,
+    groups=GROUPS,
+  )
   state = tx.init(params)
   masks = {k: np.asarray(v) for k, v in state.masks.items()}
   for family in FAMILIES:
@@ -275,7 +322,7 @@ def test_structured_rigl_keeps_and_drops_whole_groups():
     assert int(rows[:, 0].sum()) == round(0.5 * family.size)
   # an event at step 1 (lr 0: the weights are the masked initial ones)
   grads = random_tree(4)
-  _, state0 = tx.update(as_jax(grads), state, params)       # step 0: no event, masks the params
+  _, state0 = tx.update(as_jax(grads), state, params)  # step 0: no event, masks the params
   masked = {k: np.where(masks[k], arrays[k], 0).astype(np.float32) for k in arrays}
   _, state1 = tx.update(as_jax(grads), state0, params)
   fraction = 0.5 / 2 * (1 + np.cos(np.pi * np.float32(1) / 10))
@@ -293,8 +340,14 @@ def test_structured_rigl_trains_a_transformer_block_to_compactable_heads_and_uni
   target = jax.random.normal(jax.random.PRNGKey(2), (8, 6, 16))
   params = model.init(jax.random.PRNGKey(0), x)["params"]
   groups = rmda_jax.discover_linen(model, params, x)
-  tx = rmda_jax.rigl(optax.adam(1e-2), sparsity=0.5, end_step=40, update_every=5, groups=groups,
-                     distribution="uniform")
+  tx = rmda_jax.rigl(
+    optax.adam(1e-2),
+    sparsity=0.5,
+    end_step=40,
+    update_every=5,
+    groups=groups,
+    distribution="uniform",
+  )
   state = tx.init(params)
 
   @jax.jit
@@ -309,8 +362,13 @@ def test_structured_rigl_trains_a_transformer_block_to_compactable_heads_and_uni
   head_zero = [all(np.all(s == 0) for s in _head_slices(p, h)) for h in range(4)]
   unit_zero = [all(np.all(s == 0) for s in _unit_slices(p, j)) for j in range(32)]
   assert sum(head_zero) == 2 and sum(unit_zero) == 16, (head_zero, unit_zero)
-  assert not any(any(np.any(s == 0) and not np.all(s == 0) for s in _head_slices(p, h))
-                 for h in range(4) if not head_zero[h])
+  assert not any(
+    any(np.any(s == 0) and not np.all(s == 0) for s in _head_slices(p, h))
+    for h in range(4)
+    if not head_zero[h]
+  )
   small = rmda_jax.compact_function(lambda q, x: model.apply({"params": q}, x), params, groups, x)
   assert sorted(len(k) for k in small.kept.values()) == [2, 16]
-  np.testing.assert_allclose(small.fn(small.params, x), model.apply({"params": params}, x), atol=1e-5)
+  np.testing.assert_allclose(
+    small.fn(small.params, x), model.apply({"params": params}, x), atol=1e-5
+  )

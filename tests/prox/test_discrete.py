@@ -13,8 +13,9 @@ import rmda_jax
 from rmda_jax import metrics
 from rmda_jax.prox import discrete
 
-value_sets = st.lists(st.floats(-3, 3, allow_nan=False, width=32), min_size=1, max_size=4,
-                      unique=True).filter(lambda v: min(np.diff(sorted(v)), default=1) > 1e-2)
+value_sets = st.lists(
+  st.floats(-3, 3, allow_nan=False, width=32), min_size=1, max_size=4, unique=True
+).filter(lambda v: min(np.diff(sorted(v)), default=1) > 1e-2)
 points = st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=1, max_size=12)
 
 
@@ -63,7 +64,9 @@ def test_diagonal_metric_prox_matches_brute_force():
   for bi, di, zi in zip(b.ravel(), d.ravel(), z.ravel()):
     best, objective = brute_force_prox(float(bi / di), t, np.asarray(values), diag=float(di))
     assert objective(np.array([float(zi)]))[0] <= objective(np.array([best]))[0] + 1e-5
-  proj = np.asarray(rmda_jax.discrete_set(values).prox_diag({"w": jnp.asarray(b)}, {"w": jnp.asarray(d)})["w"])
+  proj = np.asarray(
+    rmda_jax.discrete_set(values).prox_diag({"w": jnp.asarray(b)}, {"w": jnp.asarray(d)})["w"]
+  )
   nearest = np.asarray(values)[np.abs((b / d)[..., None] - np.asarray(values)).argmin(-1)]
   np.testing.assert_array_equal(proj, nearest.astype(np.float32))
 
@@ -73,12 +76,14 @@ def test_values_value_and_metric():
   params = {"Dense_0": {"kernel": jnp.full((16, 3), 0.3), "bias": jnp.ones(3)}}
   z = reg.prox(params)
   np.testing.assert_array_equal(np.asarray(z["Dense_0"]["kernel"]), 0.25)  # 1/sqrt(16)
-  np.testing.assert_array_equal(np.asarray(z["Dense_0"]["bias"]), 1.0)   # unregularized
+  np.testing.assert_array_equal(np.asarray(z["Dense_0"]["bias"]), 1.0)  # unregularized
   assert float(reg.value(z)) == 0.0 and np.isinf(float(reg.value(params)))
   assert float(metrics.on_set_fraction(z, reg)) == 1.0
   assert float(metrics.on_set_fraction(params, reg)) == 0.0
   pen = rmda_jax.discrete_penalty(2.0, (-1.0, 1.0))
-  np.testing.assert_allclose(float(pen.value({"w": jnp.array([[0.5, -2.0, 1.0]])})), 2.0 * (0.5 + 1.0))
+  np.testing.assert_allclose(
+    float(pen.value({"w": jnp.array([[0.5, -2.0, 1.0]])})), 2.0 * (0.5 + 1.0)
+  )
 
 
 def test_rmda_trains_onto_the_set_with_the_momentum_ramp():
@@ -87,9 +92,10 @@ def test_rmda_trains_onto_the_set_with_the_momentum_ramp():
   reg = rmda_jax.discrete_set((-1.0, 0.0, 1.0))
   loss = lambda w: 0.5 * float(jnp.sum((w - target) ** 2))
   for name, tx in {
-      "rmda": rmda_jax.rmda(0.1, momentum=0.1, regularizer=reg, stages=rmda_jax.stagewise([60])),
-      "ramda": rmda_jax.ramda(0.05, momentum=0.1, regularizer=reg, stages=rmda_jax.stagewise([60])),
+    "rmda": rmda_jax.rmda(0.1, momentum=0.1, regularizer=reg, stages=rmda_jax.stagewise([60])),
+    "ramda": rmda_jax.ramda(0.05, momentum=0.1, regularizer=reg, stages=rmda_jax.stagewise([60])),
   }.items():
+
     def body(carry, _):
       params, state = carry
       updates, state = tx.update({"w": params["w"] - target}, state, params)
@@ -103,10 +109,16 @@ def test_rmda_trains_onto_the_set_with_the_momentum_ramp():
     assert (w != 0).any() and loss(w) < 0.6 * loss(jnp.zeros_like(target)), name
 
 
-@pytest.mark.parametrize("make", [lambda: rmda_jax.discrete_set(()), lambda: rmda_jax.discrete_set((1, 1)),
-                                  lambda: rmda_jax.discrete_set((0, float("inf"))),
-                                  lambda: rmda_jax.discrete_set((0, 1), scale="fan_out"),
-                                  lambda: rmda_jax.discrete_penalty(-1.0, (0, 1))])
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: rmda_jax.discrete_set(()),
+    lambda: rmda_jax.discrete_set((1, 1)),
+    lambda: rmda_jax.discrete_set((0, float("inf"))),
+    lambda: rmda_jax.discrete_set((0, 1), scale="fan_out"),
+    lambda: rmda_jax.discrete_penalty(-1.0, (0, 1)),
+  ],
+)
 def test_bad_arguments(make):
   with pytest.raises(ValueError, match="values|scale|strength"):
     make()

@@ -18,7 +18,11 @@ SETTINGS = settings(max_examples=60, deadline=None)
 
 
 @SETTINGS
-@given(x=hnp.arrays(np.float32, SHAPES, elements=FLOATS), thr=st.floats(0, 5), axis=st.sampled_from([0, 1]))
+@given(
+  x=hnp.arrays(np.float32, SHAPES, elements=FLOATS),
+  thr=st.floats(0, 5),
+  axis=st.sampled_from([0, 1]),
+)
 def test_group_lasso_prox_optimality(x, thr, axis):
   rule = leaf_rules.GroupRule((axis,))
   reg = rmda_jax.group_lasso(1.0, rules={"w": rule})
@@ -48,9 +52,13 @@ def test_l1_prox_optimality(x, thr):
 
 
 @SETTINGS
-@given(x=hnp.arrays(np.float32, SHAPES, elements=FLOATS), thr=st.floats(0, 3), ratio=st.floats(0, 1))
+@given(
+  x=hnp.arrays(np.float32, SHAPES, elements=FLOATS), thr=st.floats(0, 3), ratio=st.floats(0, 1)
+)
 def test_elastic_net_prox_optimality(x, thr, ratio):
-  z = np.asarray(rmda_jax.elastic_net(1.0, l1_ratio=ratio).prox({"w": jnp.asarray(x)}, thr)["w"], np.float64)
+  z = np.asarray(
+    rmda_jax.elastic_net(1.0, l1_ratio=ratio).prox({"w": jnp.asarray(x)}, thr)["w"], np.float64
+  )
   x = x.astype(np.float64)
   nz = z != 0
   assert np.all(np.abs(x[~nz]) <= thr * ratio * (1 + 1e-6) + 1e-6)
@@ -59,11 +67,15 @@ def test_elastic_net_prox_optimality(x, thr, ratio):
 
 
 @SETTINGS
-@given(x=hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 5)), elements=FLOATS),
-       thr=st.floats(0, 5))
+@given(
+  x=hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 5)), elements=FLOATS),
+  thr=st.floats(0, 5),
+)
 def test_nuclear_prox_matches_numpy_svd(x, thr):
   z = np.asarray(rmda_jax.nuclear_norm(1.0).prox({"w": jnp.asarray(x)}, thr)["w"])
-  np.testing.assert_allclose(z, ref.prox_nuclear(x.astype(np.float64), thr), atol=1e-4 * (1 + np.abs(x).max()))
+  np.testing.assert_allclose(
+    z, ref.prox_nuclear(x.astype(np.float64), thr), atol=1e-4 * (1 + np.abs(x).max())
+  )
 
 
 def test_nuclear_prox_on_conv_kernel_is_reshaped_matrix():
@@ -86,25 +98,35 @@ def test_zero_group_with_zero_threshold_stays_zero_no_nan():
 
 def test_value_matches_numpy():
   rng = np.random.default_rng(1)
-  params = {"Conv_0": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=4)},
-            "Dense_0": {"kernel": rng.normal(size=(6, 5)), "bias": rng.normal(size=5)}}
+  params = {
+    "Conv_0": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=4)},
+    "Dense_0": {"kernel": rng.normal(size=(6, 5)), "bias": rng.normal(size=5)},
+  }
   jparams = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
   conv, dense = params["Conv_0"]["kernel"], params["Dense_0"]["kernel"]
-  expected = 0.3 * (np.sqrt(36) * np.linalg.norm(conv.transpose(2, 0, 1, 3).reshape(2, -1), axis=1).sum()
-                    + np.sqrt(5) * np.linalg.norm(dense, axis=1).sum())
+  expected = 0.3 * (
+    np.sqrt(36) * np.linalg.norm(conv.transpose(2, 0, 1, 3).reshape(2, -1), axis=1).sum()
+    + np.sqrt(5) * np.linalg.norm(dense, axis=1).sum()
+  )
   np.testing.assert_allclose(float(rmda_jax.group_lasso(0.3).value(jparams)), expected, rtol=1e-5)
   expected_l1 = 0.3 * (np.abs(conv).sum() + np.abs(dense).sum())
   np.testing.assert_allclose(float(rmda_jax.l1(0.3).value(jparams)), expected_l1, rtol=1e-5)
-  expected_nuc = 0.3 * (np.linalg.svd(conv.reshape(-1, 4), compute_uv=False).sum()
-                        + np.linalg.svd(dense, compute_uv=False).sum())
-  np.testing.assert_allclose(float(rmda_jax.nuclear_norm(0.3).value(jparams)), expected_nuc, rtol=1e-5)
+  expected_nuc = 0.3 * (
+    np.linalg.svd(conv.reshape(-1, 4), compute_uv=False).sum()
+    + np.linalg.svd(dense, compute_uv=False).sum()
+  )
+  np.testing.assert_allclose(
+    float(rmda_jax.nuclear_norm(0.3).value(jparams)), expected_nuc, rtol=1e-5
+  )
 
 
 def test_default_flax_rules():
-  params = {"Conv_0": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones(8)},
-            "Dense_0": {"kernel": jnp.ones((5, 7)), "bias": jnp.ones(7)},
-            "LayerNorm_0": {"scale": jnp.ones(7)},
-            "Embed_0": {"embedding": jnp.ones((10, 4))}}
+  params = {
+    "Conv_0": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones(8)},
+    "Dense_0": {"kernel": jnp.ones((5, 7)), "bias": jnp.ones(7)},
+    "LayerNorm_0": {"scale": jnp.ones(7)},
+    "Embed_0": {"embedding": jnp.ones((10, 4))},
+  }
   resolved = rmda_jax.group_lasso(1.0).place(params)
   rules = dict(zip(resolved.paths, resolved.rules))
   assert rules["Conv_0/kernel"] == leaf_rules.GroupRule((0, 1, 3))
@@ -113,7 +135,9 @@ def test_default_flax_rules():
   assert rules["Embed_0/embedding"] is None
   out = rmda_jax.group_lasso(1.0, grouping="output").place(params)
   assert dict(zip(out.paths, out.rules))["Conv_0/kernel"] == leaf_rules.GroupRule((0, 1, 2))
-  assert leaf_rules.group_weight((3, 3, 4, 8), leaf_rules.GroupRule((0, 1, 3))) == pytest.approx(np.sqrt(72))
+  assert leaf_rules.group_weight((3, 3, 4, 8), leaf_rules.GroupRule((0, 1, 3))) == pytest.approx(
+    np.sqrt(72)
+  )
 
 
 def test_per_leaf_override_and_scale():
@@ -136,12 +160,15 @@ def test_rule_tree():
   np.testing.assert_allclose(float(reg.value(params)), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("make, match", [
+@pytest.mark.parametrize(
+  "make, match",
+  [
     (lambda: rmda_jax.group_lasso(-1.0), "strength"),
     (lambda: rmda_jax.l1(float("nan")), "strength"),
     (lambda: rmda_jax.elastic_net(1.0, l1_ratio=1.5), "l1_ratio"),
     (lambda: rmda_jax.group_lasso(1.0, grouping="rows"), "grouping"),
-])
+  ],
+)
 def test_bad_regularizer_arguments(make, match):
   with pytest.raises(ValueError, match=match):
     make()

@@ -56,18 +56,25 @@ def test_exact_group_lasso_root_finder_matches_bisection(seed, p_range):
     b[0, :2] = 0.0
   want = ref.diag_prox_group_bisect(b, P, thr, (1,))
   reg = rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))})
-  z = np.asarray(reg.prox_diag({"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}, thr)["w"])
+  z = np.asarray(
+    reg.prox_diag({"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}, thr)["w"]
+  )
   assert np.all(np.isfinite(z))
   np.testing.assert_array_equal(np.linalg.norm(z, axis=1) == 0, np.linalg.norm(want, axis=1) == 0)
   err = np.linalg.norm(z - want, axis=1)
-  assert np.all(err <= 1e-4 * (np.linalg.norm(want, axis=1) + 1e-12)), (err, np.linalg.norm(want, axis=1))
+  assert np.all(err <= 1e-4 * (np.linalg.norm(want, axis=1) + 1e-12)), (
+    err,
+    np.linalg.norm(want, axis=1),
+  )
 
 
 def test_exact_root_finder_in_float64_is_exact():
   b, P = _random_problem(0, p_range=(1e-3, 1e3))
   want = ref.diag_prox_group_bisect(b, P, 0.3, (1,))
   with jax.enable_x64(True):
-    zs, iterations, _ = per_leaf_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.3 * np.sqrt(5)], [(1,)])
+    zs, iterations, _ = per_leaf_secular(
+      [jnp.asarray(b)], [jnp.asarray(P)], [0.3 * np.sqrt(5)], [(1,)]
+    )
     z = np.asarray(zs[0])
   np.testing.assert_allclose(z, want, atol=1e-12, rtol=1e-10)
   assert int(iterations) < 50
@@ -78,7 +85,9 @@ def test_root_finder_is_one_newton_step_for_constant_metric():
   P = np.full_like(b, 2.5)
   zs, iterations, residual = per_leaf_secular([jnp.asarray(b)], [jnp.asarray(P)], [0.5], [(1,)])
   # isotropic metric: z = prox of b/P with threshold 0.5/P
-  np.testing.assert_allclose(np.asarray(zs[0]), ref.prox_group_lasso(b / 2.5, 0.5 / 2.5 / 2.0, (1,)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(zs[0]), ref.prox_group_lasso(b / 2.5, 0.5 / 2.5 / 2.0, (1,)), atol=1e-6
+  )
   assert int(iterations) <= 2
 
 
@@ -89,8 +98,14 @@ def test_inexact_residual_bounds_the_subgradient_distance_group_lasso(seed, max_
   b, P = _random_problem(seed, p_range=(0.1, 10.0), thr=thr)
   reg = rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))})
   solver = prox.ProximalGradient(max_iters=max_iters, tol=1e-30)
-  z, info = prox.solve(reg, {"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}, thr,
-                          init={"w": jnp.zeros(b.shape)}, solver=solver)
+  z, info = prox.solve(
+    reg,
+    {"w": jnp.asarray(b, jnp.float32)},
+    {"w": jnp.asarray(P, jnp.float32)},
+    thr,
+    init={"w": jnp.zeros(b.shape)},
+    solver=solver,
+  )
   z = np.asarray(z["w"], np.float64)
   dist = _group_dist_to_optimality(z, b, P, thr, 1)
   residual = float(info.residual)
@@ -105,8 +120,14 @@ def test_inexact_residual_bounds_the_subgradient_distance_nuclear(max_iters):
   P = rng.uniform(0.5, 2.0, size=(6, 4))
   thr = 1.0
   solver = prox.ProximalGradient(max_iters=max_iters, tol=1e-30)
-  z, info = prox.solve(rmda_jax.nuclear_norm(1.0), {"w": jnp.asarray(b, jnp.float32)},
-                          {"w": jnp.asarray(P, jnp.float32)}, thr, init={"w": jnp.zeros((6, 4))}, solver=solver)
+  z, info = prox.solve(
+    rmda_jax.nuclear_norm(1.0),
+    {"w": jnp.asarray(b, jnp.float32)},
+    {"w": jnp.asarray(P, jnp.float32)},
+    thr,
+    init={"w": jnp.zeros((6, 4))},
+    solver=solver,
+  )
   dist = _nuclear_dist_to_optimality(np.asarray(z["w"], np.float64), b, P, thr)
   assert dist <= float(info.residual) * (1 + 1e-3) + 1e-4, (dist, float(info.residual))
 
@@ -120,18 +141,32 @@ def test_screening_never_zeroes_a_group_that_is_nonzero_at_the_optimum(seed):
   jb, jP = {"w": jnp.asarray(b, jnp.float32)}, {"w": jnp.asarray(P, jnp.float32)}
   placement = reg.place(jb)
   term = placement.terms[0]
-  mask = np.asarray(reg.term_screen(placement.gather(placement.leaves, term), jnp.float32(thr), term.rule)[0]).ravel()
+  mask = np.asarray(
+    reg.term_screen(placement.gather(placement.leaves, term), jnp.float32(thr), term.rule)[0]
+  ).ravel()
   optimal_nonzero = np.linalg.norm(want, axis=1) > 0
-  assert np.all(mask[optimal_nonzero])           # never drops a needed group
-  assert not np.all(mask)                          # and does screen something here
-  z, info = prox.solve(reg, jb, jP, thr, init={"w": jnp.ones(b.shape)},
-                          solver=prox.ProximalGradient(max_iters=5000, tol=1e-6))
+  assert np.all(mask[optimal_nonzero])  # never drops a needed group
+  assert not np.all(mask)  # and does screen something here
+  z, info = prox.solve(
+    reg,
+    jb,
+    jP,
+    thr,
+    init={"w": jnp.ones(b.shape)},
+    solver=prox.ProximalGradient(max_iters=5000, tol=1e-6),
+  )
   np.testing.assert_array_equal(np.linalg.norm(np.asarray(z["w"]), axis=1) > 0, optimal_nonzero)
   np.testing.assert_allclose(np.asarray(z["w"]), want, atol=1e-4)
 
 
-@pytest.mark.parametrize("reg", [rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))}),
-                                 rmda_jax.l1(1.0), rmda_jax.nuclear_norm(1.0)])
+@pytest.mark.parametrize(
+  "reg",
+  [
+    rmda_jax.group_lasso(1.0, rules={"w": leaf_rules.GroupRule((1,))}),
+    rmda_jax.l1(1.0),
+    rmda_jax.nuclear_norm(1.0),
+  ],
+)
 def test_inexact_solver_stops_early_when_warm_started_at_the_solution(reg):
   rng = np.random.default_rng(2)
   b = rng.normal(size=(6, 4)).astype(np.float32)
@@ -157,7 +192,10 @@ def test_tolerance_schedule_and_exact_solver_residual():
   assert int(late.iterations) > int(early.iterations)
   z, exact = prox.solve(reg, jb, jP, 0.3, solver=prox.Exact(certify=True))
   assert float(exact.residual) <= 1e-4 * np.abs(b).max()
-  assert _group_dist_to_optimality(np.asarray(z["w"], np.float64), b, P, 0.3, 1) <= float(exact.residual) + 1e-5
+  assert (
+    _group_dist_to_optimality(np.asarray(z["w"], np.float64), b, P, 0.3, 1)
+    <= float(exact.residual) + 1e-5
+  )
   z, secular = prox.solve(reg, jb, jP, 0.3, solver=prox.Exact())
   assert 0 <= float(secular.residual) <= 1e-4 and int(secular.iterations) >= 1
 
@@ -172,7 +210,8 @@ def test_exact_solver_residual_bounds_the_misfit_at_the_returned_point(seed, max
   b, P = _random_problem(seed, shape=(40, 5), p_range=(1e-3, 1e3))
   tau = 0.3 * np.sqrt(5)
   zs, iterations, residual = per_leaf_secular(
-      [jnp.asarray(b, jnp.float32)], [jnp.asarray(P, jnp.float32)], [tau], [(1,)], max_iters=max_iters)
+    [jnp.asarray(b, jnp.float32)], [jnp.asarray(P, jnp.float32)], [tau], [(1,)], max_iters=max_iters
+  )
   z = np.asarray(zs[0], np.float64)
   r = np.linalg.norm(z, axis=1, keepdims=True)
   active = r[:, 0] > 0
@@ -198,8 +237,11 @@ def test_solver_argument_validation():
 
 
 def test_ramda_reports_solver_info_in_state():
-  tx = rmda_jax.ramda(1e-2, regularizer=rmda_jax.nuclear_norm(1e-2),
-                      solver=prox.ProximalGradient(max_iters=7, tol=1e-30))
+  tx = rmda_jax.ramda(
+    1e-2,
+    regularizer=rmda_jax.nuclear_norm(1e-2),
+    solver=prox.ProximalGradient(max_iters=7, tol=1e-30),
+  )
   params = {"kernel": jnp.ones((4, 3))}
   state = tx.init(params)
   grads = {"kernel": jnp.arange(12.0).reshape(4, 3) / 10}  # a non-constant metric
@@ -215,8 +257,13 @@ def test_newton_stops_when_the_secular_equation_is_solved_to_rounding(seed):
   b, P = _random_problem(seed, shape=(40, 64), p_range=(1e-3, 1e3))
   want = ref.diag_prox_group_bisect(b, P, 0.3, (1,))
   zs, iterations, residual = per_leaf_secular(
-      [jnp.asarray(b, jnp.float32)], [jnp.asarray(P, jnp.float32)], [0.3 * np.sqrt(64)], [(1,)],
-      max_iters=200, rtol=1e-12)
+    [jnp.asarray(b, jnp.float32)],
+    [jnp.asarray(P, jnp.float32)],
+    [0.3 * np.sqrt(64)],
+    [(1,)],
+    max_iters=200,
+    rtol=1e-12,
+  )
   assert int(iterations) < 50
   assert float(residual) <= 1e-5
   np.testing.assert_allclose(np.asarray(zs[0]), want, atol=1e-5 * np.abs(want).max(), rtol=1e-4)

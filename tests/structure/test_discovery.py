@@ -28,6 +28,7 @@ FULL_KINDS = ("units", "heads", "inputs")
 
 def discovery():
   from rmda_jax.structure import discovery as module
+
   return module
 
 
@@ -159,7 +160,9 @@ def random_input(shape, seed=1):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def linen_case(model, x, expected, kinds=None, exclude=(), stats=None, unprunable=(), check_x=None, **kwargs):
+def linen_case(
+  model, x, expected, kinds=None, exclude=(), stats=None, unprunable=(), check_x=None, **kwargs
+):
   """A linen model; ``stats``: randomized ``batch_stats``; ``check_x``: a larger batch for the checks."""
   variables = model.init(jax.random.PRNGKey(0), jnp.asarray(x), **kwargs)
   params = jitter(flatten(dict(variables["params"])), 2)
@@ -167,8 +170,12 @@ def linen_case(model, x, expected, kinds=None, exclude=(), stats=None, unprunabl
   if stats is not None:
     rng = np.random.default_rng(3)
     flat = flatten(dict(variables["batch_stats"]))
-    flat = {k: (rng.uniform(0.5, 1.5, v.shape) if k.endswith("var") else rng.normal(size=v.shape)).astype(np.float32)
-            for k, v in flat.items()}
+    flat = {
+      k: (rng.uniform(0.5, 1.5, v.shape) if k.endswith("var") else rng.normal(size=v.shape)).astype(
+        np.float32
+      )
+      for k, v in flat.items()
+    }
     extra = {"batch_stats": unflatten(flat)}
 
   def apply(arrays):
@@ -187,7 +194,9 @@ def linen_case(model, x, expected, kinds=None, exclude=(), stats=None, unprunabl
       options["kinds"] = kinds
     return discovery().discover_groups(fn, tree, jnp.asarray(x), **options)
 
-  return Case(apply, {**params, INPUT: x if check_x is None else check_x}, expected, discover, unprunable)
+  return Case(
+    apply, {**params, INPUT: x if check_x is None else check_x}, expected, discover, unprunable
+  )
 
 
 def nnx_case(model, x, expected, kinds=None, unprunable=()):
@@ -283,7 +292,9 @@ class LinenTransformer(nn.Module):
 class NnxTransformer(nnx.Module):
   def __init__(self, rngs):
     self.ln1 = nnx.LayerNorm(8, rngs=rngs)
-    self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(
+      num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=rngs
+    )
     self.ln2 = nnx.LayerNorm(8, rngs=rngs)
     self.fc1 = nnx.Linear(8, 32, rngs=rngs)
     self.fc2 = nnx.Linear(32, 8, rngs=rngs)
@@ -336,12 +347,27 @@ def mlp_expected(names, inputs=False, exclude=False):
 def lenet_expected():
   """LeNet5 on 28x28x1: the input channel has size 1 and gives no group."""
   return [
-      Expected("units", 20, (Slice("Conv_1/kernel", 2),), (Slice("Conv_0/kernel", 3), Slice("Conv_0/bias", 0))),
-      # conv 50 -> pool -> 4 x 4 x 50 flattened: channel c is the minor factor
-      Expected("units", 50, (Slice("Dense_0/kernel", 0, (16, 50), 1),), (Slice("Conv_1/bias", 0),),
-               (Slice("Conv_1/kernel", 3),)),
-      Expected("units", 500, (Slice("Dense_1/kernel", 0),), (Slice("Dense_0/bias", 0),),
-               (Slice("Dense_0/kernel", 1),)),
+    Expected(
+      "units",
+      20,
+      (Slice("Conv_1/kernel", 2),),
+      (Slice("Conv_0/kernel", 3), Slice("Conv_0/bias", 0)),
+    ),
+    # conv 50 -> pool -> 4 x 4 x 50 flattened: channel c is the minor factor
+    Expected(
+      "units",
+      50,
+      (Slice("Dense_0/kernel", 0, (16, 50), 1),),
+      (Slice("Conv_1/bias", 0),),
+      (Slice("Conv_1/kernel", 3),),
+    ),
+    Expected(
+      "units",
+      500,
+      (Slice("Dense_1/kernel", 0),),
+      (Slice("Dense_0/bias", 0),),
+      (Slice("Dense_0/kernel", 1),),
+    ),
   ]
 
 
@@ -350,7 +376,9 @@ def vgg_expected(inputs=False):
   widths = (32, 64, 128, 128)
   families = []
   for i, n in enumerate(widths):
-    consumer = Slice(f"Conv_{i + 1}/kernel", 2) if i + 1 < len(widths) else Slice("Dense_0/kernel", 0)
+    consumer = (
+      Slice(f"Conv_{i + 1}/kernel", 2) if i + 1 < len(widths) else Slice("Dense_0/kernel", 0)
+    )
     kernel = Slice(f"Conv_{i}/kernel", 3)
     if i == 0 and not inputs:
       families.append(Expected("units", n, (consumer,), (kernel, Slice(f"Conv_{i}/bias", 0))))
@@ -363,19 +391,37 @@ def vgg_expected(inputs=False):
 
 def conv_bn_expected():
   return [
-      Expected("units", 8, (Slice("Conv_1/kernel", 2),),
-               (Slice("Conv_0/kernel", 3), Slice("Conv_0/bias", 0), Slice("BatchNorm_0/scale", 0),
-                Slice("BatchNorm_0/bias", 0))),
-      Expected("units", 4, (Slice("Dense_0/kernel", 0),),
-               (Slice("Conv_1/bias", 0), Slice("BatchNorm_1/scale", 0), Slice("BatchNorm_1/bias", 0)),
-               (Slice("Conv_1/kernel", 3),)),
+    Expected(
+      "units",
+      8,
+      (Slice("Conv_1/kernel", 2),),
+      (
+        Slice("Conv_0/kernel", 3),
+        Slice("Conv_0/bias", 0),
+        Slice("BatchNorm_0/scale", 0),
+        Slice("BatchNorm_0/bias", 0),
+      ),
+    ),
+    Expected(
+      "units",
+      4,
+      (Slice("Dense_0/kernel", 0),),
+      (Slice("Conv_1/bias", 0), Slice("BatchNorm_1/scale", 0), Slice("BatchNorm_1/bias", 0)),
+      (Slice("Conv_1/kernel", 3),),
+    ),
   ]
 
 
 def residual_expected(conv0, bn0, conv1):
   """Only the internal channels (6); the 4-channel stream is the block's output."""
-  return [Expected("units", 6, (Slice(f"{conv1}/kernel", 2),),
-                   (Slice(f"{conv0}/kernel", 3), Slice(f"{bn0}/scale", 0), Slice(f"{bn0}/bias", 0)))]
+  return [
+    Expected(
+      "units",
+      6,
+      (Slice(f"{conv1}/kernel", 2),),
+      (Slice(f"{conv0}/kernel", 3), Slice(f"{bn0}/scale", 0), Slice(f"{bn0}/bias", 0)),
+    )
+  ]
 
 
 def transformer_expected(attn, fc1, fc2, heads=True, units=True, value_dim=False):
@@ -387,25 +433,56 @@ def transformer_expected(attn, fc1, fc2, heads=True, units=True, value_dim=False
   """
   families = []
   if heads:
-    families.append(Expected(
-        "heads", 2, (Slice(f"{attn}/out/kernel", 0),),
+    families.append(
+      Expected(
+        "heads",
+        2,
+        (Slice(f"{attn}/out/kernel", 0),),
         tuple(Slice(f"{attn}/{n}/kernel", 1) for n in ("query", "key", "value"))
-        + tuple(Slice(f"{attn}/{n}/bias", 0) for n in ("query", "key", "value"))))
+        + tuple(Slice(f"{attn}/{n}/bias", 0) for n in ("query", "key", "value")),
+      )
+    )
   if units:
-    families.append(Expected("units", 32, (Slice(f"{fc2}/kernel", 0),),
-                             (Slice(f"{fc1}/kernel", 1), Slice(f"{fc1}/bias", 0))))
+    families.append(
+      Expected(
+        "units",
+        32,
+        (Slice(f"{fc2}/kernel", 0),),
+        (Slice(f"{fc1}/kernel", 1), Slice(f"{fc1}/bias", 0)),
+      )
+    )
   if value_dim:
-    families.append(Expected("units", 4, (Slice(f"{attn}/out/kernel", 1),),
-                             (Slice(f"{attn}/value/kernel", 2), Slice(f"{attn}/value/bias", 1))))
-    families.append(Expected("units", 4, (), tuple(Slice(f"{attn}/{n}/kernel", 2) for n in ("query", "key"))
-                             + tuple(Slice(f"{attn}/{n}/bias", 1) for n in ("query", "key")), whole=True))
+    families.append(
+      Expected(
+        "units",
+        4,
+        (Slice(f"{attn}/out/kernel", 1),),
+        (Slice(f"{attn}/value/kernel", 2), Slice(f"{attn}/value/bias", 1)),
+      )
+    )
+    families.append(
+      Expected(
+        "units",
+        4,
+        (),
+        tuple(Slice(f"{attn}/{n}/kernel", 2) for n in ("query", "key"))
+        + tuple(Slice(f"{attn}/{n}/bias", 1) for n in ("query", "key")),
+        whole=True,
+      )
+    )
   return families
 
 
 def fused_expected():
   """Head h: Dense_0 (8, 24) columns as (3, 2, 4) factor 1; Dense_1 (8, 8) rows as (2, 4) factor 0."""
-  return [Expected("heads", 2, (Slice("Dense_1/kernel", 0, (2, 4), 0),),
-                   (Slice("Dense_0/kernel", 1, (3, 2, 4), 1), Slice("Dense_0/bias", 0, (3, 2, 4), 1)))]
+  return [
+    Expected(
+      "heads",
+      2,
+      (Slice("Dense_1/kernel", 0, (2, 4), 0),),
+      (Slice("Dense_0/kernel", 1, (3, 2, 4), 1), Slice("Dense_0/bias", 0, (3, 2, 4), 1)),
+    )
+  ]
 
 
 # ----------------------------------------------------------------------------
@@ -416,37 +493,68 @@ SEQ_X = (2, 5, 8)
 
 
 def _mlp_linen(inputs=False, exclude=False):
-  return linen_case(LinenMLP(), random_input(MLP_X),
-                    mlp_expected(("Dense_0", "Dense_1", "Dense_2"), inputs, exclude),
-                    kinds=FULL_KINDS if inputs else None, exclude=("*Dense_1*",) if exclude else (),
-                    unprunable=("Dense_2/bias",))
+  return linen_case(
+    LinenMLP(),
+    random_input(MLP_X),
+    mlp_expected(("Dense_0", "Dense_1", "Dense_2"), inputs, exclude),
+    kinds=FULL_KINDS if inputs else None,
+    exclude=("*Dense_1*",) if exclude else (),
+    unprunable=("Dense_2/bias",),
+  )
 
 
 def _mlp_nnx(inputs=False):
-  return nnx_case(NnxMLP(nnx.Rngs(0)), random_input(MLP_X), mlp_expected(("fc0", "fc1", "fc2"), inputs),
-                  kinds=FULL_KINDS if inputs else None, unprunable=("fc2/bias",))
+  return nnx_case(
+    NnxMLP(nnx.Rngs(0)),
+    random_input(MLP_X),
+    mlp_expected(("fc0", "fc1", "fc2"), inputs),
+    kinds=FULL_KINDS if inputs else None,
+    unprunable=("fc2/bias",),
+  )
 
 
 def _lenet(inputs=False):
-  return linen_case(models.LeNet5(), random_input((1, 28, 28, 1)), lenet_expected(),
-                    kinds=FULL_KINDS if inputs else None, unprunable=("Dense_1/bias",),
-                    check_x=random_input((8, 28, 28, 1)))
+  return linen_case(
+    models.LeNet5(),
+    random_input((1, 28, 28, 1)),
+    lenet_expected(),
+    kinds=FULL_KINDS if inputs else None,
+    unprunable=("Dense_1/bias",),
+    check_x=random_input((8, 28, 28, 1)),
+  )
 
 
 def _vgg(inputs=False):
-  return linen_case(models.VGG(), random_input((2, 16, 16, 3)), vgg_expected(inputs),
-                    kinds=FULL_KINDS if inputs else None, unprunable=("Dense_0/bias",))
+  return linen_case(
+    models.VGG(),
+    random_input((2, 16, 16, 3)),
+    vgg_expected(inputs),
+    kinds=FULL_KINDS if inputs else None,
+    unprunable=("Dense_0/bias",),
+  )
 
 
 def _conv_bn():
-  return linen_case(ConvBN(), random_input((2, 6, 6, 3)), conv_bn_expected(), stats=True,
-                    unprunable=("Dense_0/bias",), train=False)
+  return linen_case(
+    ConvBN(),
+    random_input((2, 6, 6, 3)),
+    conv_bn_expected(),
+    stats=True,
+    unprunable=("Dense_0/bias",),
+    train=False,
+  )
 
 
 def _residual_linen(inputs=False):
-  return linen_case(LinenResidual(), random_input((2, 6, 6, 4)),
-                    residual_expected("Conv_0", "BatchNorm_0", "Conv_1"), stats=True,
-                    kinds=FULL_KINDS if inputs else None, unprunable=("BatchNorm_1/scale",), train=False)
+  return linen_case(
+    LinenResidual(),
+    random_input((2, 6, 6, 4)),
+    residual_expected("Conv_0", "BatchNorm_0", "Conv_1"),
+    stats=True,
+    kinds=FULL_KINDS if inputs else None,
+    unprunable=("BatchNorm_1/scale",),
+    train=False,
+  )
 
 
 def _residual_nnx():
@@ -457,62 +565,99 @@ def _residual_nnx():
     bn.mean[...] = jnp.asarray(rng.normal(size=n), jnp.float32)
     bn.var[...] = jnp.asarray(rng.uniform(0.5, 1.5, n), jnp.float32)
   model.eval()
-  return nnx_case(model, random_input((2, 6, 6, 4)), residual_expected("conv0", "bn0", "conv1"),
-                  unprunable=("bn1/scale",))
+  return nnx_case(
+    model,
+    random_input((2, 6, 6, 4)),
+    residual_expected("conv0", "bn0", "conv1"),
+    unprunable=("bn1/scale",),
+  )
 
 
 def _transformer_linen(kinds=None, exclude=()):
   asked = kinds or ("units", "heads")
-  return linen_case(LinenTransformer(), random_input(SEQ_X),
-                    transformer_expected("MultiHeadDotProductAttention_0", "Dense_0", "Dense_1",
-                                         heads="heads" in asked, units="units" in asked and not exclude,
-                                         value_dim="heads" not in asked),
-                    kinds=kinds, exclude=exclude, unprunable=("LayerNorm_0/scale",))
+  return linen_case(
+    LinenTransformer(),
+    random_input(SEQ_X),
+    transformer_expected(
+      "MultiHeadDotProductAttention_0",
+      "Dense_0",
+      "Dense_1",
+      heads="heads" in asked,
+      units="units" in asked and not exclude,
+      value_dim="heads" not in asked,
+    ),
+    kinds=kinds,
+    exclude=exclude,
+    unprunable=("LayerNorm_0/scale",),
+  )
 
 
 def _transformer_nnx():
-  return nnx_case(NnxTransformer(nnx.Rngs(0)), random_input(SEQ_X), transformer_expected("attn", "fc1", "fc2"),
-                  unprunable=("ln1/scale",))
+  return nnx_case(
+    NnxTransformer(nnx.Rngs(0)),
+    random_input(SEQ_X),
+    transformer_expected("attn", "fc1", "fc2"),
+    unprunable=("ln1/scale",),
+  )
 
 
 def _fused(split=False, kinds=None):
   """Without heads, the head_dim shared by q, k and v is one family: q.k contracts it
   between activations, so it is exact only with all of its slices zero."""
-  head_dim = [Expected("units", 4, (Slice("Dense_1/kernel", 0, (2, 4), 1),),
-                       (Slice("Dense_0/kernel", 1, (6, 4), 1), Slice("Dense_0/bias", 0, (6, 4), 1)), whole=True)]
-  return linen_case(FusedAttention(split=split), random_input(SEQ_X), fused_expected() if kinds is None else head_dim,
-                    kinds=kinds, unprunable=("LayerNorm_0/scale",))
+  head_dim = [
+    Expected(
+      "units",
+      4,
+      (Slice("Dense_1/kernel", 0, (2, 4), 1),),
+      (Slice("Dense_0/kernel", 1, (6, 4), 1), Slice("Dense_0/bias", 0, (6, 4), 1)),
+      whole=True,
+    )
+  ]
+  return linen_case(
+    FusedAttention(split=split),
+    random_input(SEQ_X),
+    fused_expected() if kinds is None else head_dim,
+    kinds=kinds,
+    unprunable=("LayerNorm_0/scale",),
+  )
 
 
 CASES = {
-    "mlp_linen": _mlp_linen,
-    "mlp_linen_inputs": functools.partial(_mlp_linen, inputs=True),
-    "mlp_nnx": _mlp_nnx,
-    "mlp_nnx_inputs": functools.partial(_mlp_nnx, inputs=True),
-    "lenet5": _lenet,
-    "lenet5_inputs": functools.partial(_lenet, inputs=True),
-    "vgg": _vgg,
-    "vgg_inputs": functools.partial(_vgg, inputs=True),
-    "conv_bn_linen": _conv_bn,
-    "residual_linen": _residual_linen,
-    "residual_linen_inputs": functools.partial(_residual_linen, inputs=True),
-    "residual_nnx": _residual_nnx,
-    "transformer_linen": _transformer_linen,
-    "transformer_nnx": _transformer_nnx,
-    "fused_qkv_index": _fused,
-    "fused_qkv_split": functools.partial(_fused, split=True),
-    # options
-    "transformer_linen_heads_only": functools.partial(_transformer_linen, kinds=("heads",)),
-    "transformer_linen_units_only": functools.partial(_transformer_linen, kinds=("units",)),
-    "fused_qkv_units_only": functools.partial(_fused, kinds=("units",)),
-    "transformer_linen_exclude": functools.partial(_transformer_linen, exclude=("*Dense_1*",)),
-    "mlp_linen_exclude": functools.partial(_mlp_linen, exclude=True),
-    "mlp_linen_inputs_exclude": functools.partial(_mlp_linen, inputs=True, exclude=True),
+  "mlp_linen": _mlp_linen,
+  "mlp_linen_inputs": functools.partial(_mlp_linen, inputs=True),
+  "mlp_nnx": _mlp_nnx,
+  "mlp_nnx_inputs": functools.partial(_mlp_nnx, inputs=True),
+  "lenet5": _lenet,
+  "lenet5_inputs": functools.partial(_lenet, inputs=True),
+  "vgg": _vgg,
+  "vgg_inputs": functools.partial(_vgg, inputs=True),
+  "conv_bn_linen": _conv_bn,
+  "residual_linen": _residual_linen,
+  "residual_linen_inputs": functools.partial(_residual_linen, inputs=True),
+  "residual_nnx": _residual_nnx,
+  "transformer_linen": _transformer_linen,
+  "transformer_nnx": _transformer_nnx,
+  "fused_qkv_index": _fused,
+  "fused_qkv_split": functools.partial(_fused, split=True),
+  # options
+  "transformer_linen_heads_only": functools.partial(_transformer_linen, kinds=("heads",)),
+  "transformer_linen_units_only": functools.partial(_transformer_linen, kinds=("units",)),
+  "fused_qkv_units_only": functools.partial(_fused, kinds=("units",)),
+  "transformer_linen_exclude": functools.partial(_transformer_linen, exclude=("*Dense_1*",)),
+  "mlp_linen_exclude": functools.partial(_mlp_linen, exclude=True),
+  "mlp_linen_inputs_exclude": functools.partial(_mlp_linen, inputs=True, exclude=True),
 }
 # Cases whose expected families another case already checks on the function.
-SAME_FAMILIES = ("lenet5_inputs", "residual_linen_inputs", "fused_qkv_split", "transformer_linen_heads_only",
-                 "fused_qkv_units_only", "transformer_linen_exclude", "mlp_linen_exclude",
-                 "mlp_linen_inputs_exclude")
+SAME_FAMILIES = (
+  "lenet5_inputs",
+  "residual_linen_inputs",
+  "fused_qkv_split",
+  "transformer_linen_heads_only",
+  "fused_qkv_units_only",
+  "transformer_linen_exclude",
+  "mlp_linen_exclude",
+  "mlp_linen_inputs_exclude",
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -546,7 +691,8 @@ def test_discovered_families(name):
   missing = [k for k in want if k not in got]
   extra = [k for k in got if k not in want]
   assert not missing and not extra and len(got) == len(want), (
-      f"missing: {missing}\nextra: {extra}\n{groups}")
+    f"missing: {missing}\nextra: {extra}\n{groups}"
+  )
   unprunable = {m.path for u in groups.unprunable for m in u.members}
   for path in c.unprunable:
     assert path in unprunable, f"{path} not among the unprunable dimensions:\n{groups}"
@@ -584,21 +730,27 @@ def _nested_mlp(params, x):
 
 def test_nested_jaxprs_are_followed():
   rng = np.random.default_rng(0)
-  params = {"w0": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32), "b0": jnp.zeros(7),
-            "w1": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)}
+  params = {
+    "w0": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
+    "b0": jnp.zeros(7),
+    "w1": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32),
+  }
   groups = discovery().discover_groups(_nested_mlp, params, jnp.ones((2, 5)))
   assert [family_key(f) for f in groups.families] == [
-      ("units", 7, frozenset({("w0", 1, (), 0), ("b0", 0, (), 0), ("w1", 0, (), 0)}))]
+    ("units", 7, frozenset({("w0", 1, (), 0), ("b0", 0, (), 0), ("w1", 0, (), 0)}))
+  ]
   assert not groups.unknown_primitives
 
 
 def test_an_unknown_primitive_keeps_its_dimensions_whole_and_is_named():
   rng = np.random.default_rng(0)
-  params = {"w0": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
-            "w1": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)}
+  params = {
+    "w0": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
+    "w1": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32),
+  }
 
   def fn(p, x):
-    hidden = jnp.sort(x @ p["w0"], axis=-1)   # sorts across the hidden units
+    hidden = jnp.sort(x @ p["w0"], axis=-1)  # sorts across the hidden units
     return hidden @ p["w1"]
 
   groups = discovery().discover_groups(fn, params, jnp.ones((2, 5)))

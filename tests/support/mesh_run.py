@@ -8,7 +8,9 @@ import sys
 
 
 def main():
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  )
   import jax
   import numpy as np
 
@@ -16,12 +18,42 @@ def main():
 
   out, model = sys.argv[1], sys.argv[2]
   if model == "transformer":
-    args = ["--model", "transformer", "--dataset", "pydoc", "--context", "16", "--width", "32", "--heads", "4",
-            "--layers", "1", "--mlp", "32", "--optimizer", "ramda", "--strength", "1e-3"]
+    args = [
+      "--model",
+      "transformer",
+      "--dataset",
+      "pydoc",
+      "--context",
+      "16",
+      "--width",
+      "32",
+      "--heads",
+      "4",
+      "--layers",
+      "1",
+      "--mlp",
+      "32",
+      "--optimizer",
+      "ramda",
+      "--strength",
+      "1e-3",
+    ]
   else:
     args = ["--model", "mlp", "--hidden", "16", "--optimizer", "rmda"]
-  common = ["train", *args, "--batch-size", "16", "--epochs", "1", "--max-steps", "6", "--milestones", "none",
-            "--no-progress", "--no-plots"]
+  common = [
+    "train",
+    *args,
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--max-steps",
+    "6",
+    "--milestones",
+    "none",
+    "--no-progress",
+    "--no-plots",
+  ]
   runs = {}
   for name, mesh in [("one", "data=1"), ("data", "data=8"), ("fsdp", "data=2,model=4")]:
     assert cli.main(common + ["--mesh", mesh, "--out", os.path.join(out, name)]) == 0
@@ -35,8 +67,10 @@ def main():
     record, leaves = runs[name]
     base_record, base_leaves = runs["one"]
     result[name] = {
-        "loss": max(abs(record[k] - base_record[k]) for k in ("train_loss", "val_loss")),
-        "params": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(leaves, base_leaves)),
+      "loss": max(abs(record[k] - base_record[k]) for k in ("train_loss", "val_loss")),
+      "params": max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(leaves, base_leaves)
+      ),
     }
   print(json.dumps(result))
 

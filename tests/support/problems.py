@@ -35,15 +35,19 @@ def numpy_grad(target, scale, noise):
 
 
 def to_tree(d, dtype=jnp.float32):
-  return {"conv": {"kernel": jnp.asarray(d["conv"], dtype)},
-          "dense": {"kernel": jnp.asarray(d["dense"], dtype)},
-          "bias": jnp.asarray(d["bias"], dtype)}
+  return {
+    "conv": {"kernel": jnp.asarray(d["conv"], dtype)},
+    "dense": {"kernel": jnp.asarray(d["dense"], dtype)},
+    "bias": jnp.asarray(d["bias"], dtype),
+  }
 
 
 def from_tree(t):
-  return {"conv": np.asarray(t["conv"]["kernel"], np.float64),
-          "dense": np.asarray(t["dense"]["kernel"], np.float64),
-          "bias": np.asarray(t["bias"], np.float64)}
+  return {
+    "conv": np.asarray(t["conv"]["kernel"], np.float64),
+    "dense": np.asarray(t["dense"]["kernel"], np.float64),
+    "bias": np.asarray(t["bias"], np.float64),
+  }
 
 
 def quadratic_step(tx, target, scale, compiler_options=None):
@@ -53,7 +57,12 @@ def quadratic_step(tx, target, scale, compiler_options=None):
   @functools.partial(jax.jit, compiler_options=compiler_options)
   def step(params, state, noise_t):
     grads = jax.tree_util.tree_map(
-        lambda s, p, t, n: (s * (p.astype(jnp.float32) - t) + n).astype(p.dtype), js, params, jt, noise_t)
+      lambda s, p, t, n: (s * (p.astype(jnp.float32) - t) + n).astype(p.dtype),
+      js,
+      params,
+      jt,
+      noise_t,
+    )
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
@@ -91,7 +100,10 @@ def per_leaf_secular(bs, diags, thresholds, axes_list, **options):
   from rmda_jax.core import GroupLayout, GroupRule
   from rmda_jax.prox import secular
 
-  layouts = [GroupLayout.of_rule(b.shape, GroupRule(tuple(axes)), 1.0) for b, axes in zip(bs, axes_list)]
-  zs, iterations, residual = secular.group_lasso_secular([[b] for b in bs], [[d] for d in diags], thresholds,
-                                                         layouts, **options)
+  layouts = [
+    GroupLayout.of_rule(b.shape, GroupRule(tuple(axes)), 1.0) for b, axes in zip(bs, axes_list)
+  ]
+  zs, iterations, residual = secular.group_lasso_secular(
+    [[b] for b in bs], [[d] for d in diags], thresholds, layouts, **options
+  )
   return [z[0] for z in zs], iterations, residual

@@ -76,7 +76,9 @@ def diag_prox_group_bisect(b, P, thr, axes, iters=200):
   bn = np.sqrt(np.sum(b * b, axis=axes, keepdims=True))
   active = bn > tau
   lo = np.zeros_like(bn)
-  p_min = np.min(np.where(b != 0, P, np.inf), axis=axes, keepdims=True)  # coordinates with b = 0 stay 0
+  p_min = np.min(
+    np.where(b != 0, P, np.inf), axis=axes, keepdims=True
+  )  # coordinates with b = 0 stay 0
   hi = np.where(active, (bn - tau) / np.where(active, p_min, 1), 0)
   for _ in range(iters):
     mid = (lo + hi) / 2
@@ -162,8 +164,8 @@ def _adam_prox_run(x, grad_fn, steps, b1, b2, prox_step):
 
 def prox_adamw_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
   def prox_step(xn, m, v, t, n):
-    D = np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps
-    a = lr / (1 - b1 ** t)
+    D = np.sqrt(v) / np.sqrt(1 - b2**t) + eps
+    a = lr / (1 - b1**t)
     return diag_prox(kind, D * (1 - lr * wd) * xn - a * m, D, lr * lam, groups.get(n))
 
   return _adam_prox_run(x, grad_fn, steps, b1, b2, prox_step)
@@ -172,14 +174,27 @@ def prox_adamw_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, e
 def prox_ssi_run(x, grad_fn, steps, lr, lam, kind, groups, b1=0.9, b2=0.999, eps=1e-6):
   def prox_step(xn, m, v, t, n):
     D = np.sqrt(v) + eps
-    y = xn - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / D
+    y = xn - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / D
     return diag_prox(kind, D * y, D, lr * lam, groups.get(n))
 
   return _adam_prox_run(x, grad_fn, steps, b1, b2, prox_step)
 
 
-def stagewise_run(method, x, grad_fn, epochs, steps_per_epoch, milestones, gamma, lr, c0, lam, kind,
-                  groups, eps=1e-6):
+def stagewise_run(
+  method,
+  x,
+  grad_fn,
+  epochs,
+  steps_per_epoch,
+  milestones,
+  gamma,
+  lr,
+  c0,
+  lam,
+  kind,
+  groups,
+  eps=1e-6,
+):
   """The reference multistep scheduler driving RMDA/RAMDA, written as the papers' epoch loop.
 
   After each epoch whose number (1-based) is a milestone: lr and eps times gamma,
@@ -209,7 +224,9 @@ def stagewise_run(method, x, grad_fn, epochs, steps_per_epoch, milestones, gamma
           P = np.cbrt(U[n]) + eps
           z[n] = diag_prox(kind, P * x0[n] - V[n], P, alpha * lam, groups.get(n))
       x = {n: (1 - c) * x[n] + c * z[n] for n in x}
-      xs.append(x); zs.append(z); cs.append(c)
+      xs.append(x)
+      zs.append(z)
+      cs.append(c)
       if epoch + 1 > milestones[-1]:
         count += 1
         c = min(c0 * np.sqrt(count), 1.0)

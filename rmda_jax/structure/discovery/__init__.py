@@ -64,16 +64,30 @@ References:
 """
 
 from rmda_jax.structure.discovery import (
-    atoms,
-    control_flow,
-    discover,
-    exits,
-    graph,
-    naming,
-    primitives,
-    tracing,
+  atoms,
+  control_flow,
+  discover,
+  exits,
+  graph,
+  naming,
+  primitives,
+  tracing,
 )
-from rmda_jax.structure.discovery.discover import DEFAULT_KINDS, KIND_ORDER, discover_groups, discover_linen, discover_nnx
+from rmda_jax.structure.discovery.discover import (
+  DEFAULT_KINDS,
+  KIND_ORDER,
+  discover_groups,
+  discover_linen,
+  discover_nnx,
+)
 from rmda_jax.structure.discovery.tracing import Traced, trace
 
-__all__ = ["DEFAULT_KINDS", "KIND_ORDER", "Traced", "discover_groups", "discover_linen", "discover_nnx", "trace"]
+__all__ = [
+  "DEFAULT_KINDS",
+  "KIND_ORDER",
+  "Traced",
+  "discover_groups",
+  "discover_linen",
+  "discover_nnx",
+  "trace",
+]

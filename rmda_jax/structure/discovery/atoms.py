@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Sequence
 
+
 class Atoms:
   """Union-find over dimension atoms that can be refined into factors.
 

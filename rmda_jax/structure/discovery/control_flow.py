@@ -20,8 +20,22 @@ if TYPE_CHECKING:
   from rmda_jax.structure.discovery.graph import DimensionGraph
 
 
-CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-                    "custom_vjp_call_jaxpr", "remat", "checkpoint", "remat2", "custom_lin", "named_call"})
+CALLS = frozenset(
+  {
+    "pjit",
+    "jit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+    "checkpoint",
+    "remat2",
+    "custom_lin",
+    "named_call",
+  }
+)
 
 
 def inner_jaxpr(eqn):
@@ -55,7 +69,9 @@ def link_call(graph: DimensionGraph, eqn: Any) -> None:
   for var in jaxpr.constvars:
     graph.axes(var)
   graph.run(jaxpr)
-  inner_axes = [graph.fresh(v.aval) if isinstance(v, jcore.Literal) else graph.axes(v) for v in jaxpr.outvars]
+  inner_axes = [
+    graph.fresh(v.aval) if isinstance(v, jcore.Literal) else graph.axes(v) for v in jaxpr.outvars
+  ]
   graph.scope = graph.scope[:-1]
   for outer, axes in zip(outs, inner_axes):
     graph.define(outer, axes)

@@ -26,12 +26,12 @@ DEFAULT_KINDS = ("units", "heads")
 
 
 def discover_groups(
-    fn: Callable[..., Any],
-    params: Any,
-    *example_args: Any,
-    kinds: Sequence[str] = DEFAULT_KINDS,
-    exclude: Sequence[str] = (),
-    couple: Sequence[tuple] = (),
+  fn: Callable[..., Any],
+  params: Any,
+  *example_args: Any,
+  kinds: Sequence[str] = DEFAULT_KINDS,
+  exclude: Sequence[str] = (),
+  couple: Sequence[tuple] = (),
 ) -> Groups:
   """Find the coupled groups of ``fn(params, *example_args)`` from its jaxpr.
 
@@ -85,7 +85,9 @@ def discover_groups(
     if reasons:
       unprunable.append(Unprunable(size, slices, tuple(sorted(reasons))))
       continue
-    kind = "inputs" if cls in traced.input_classes else "heads" if cls in semantics.heads else "units"
+    kind = (
+      "inputs" if cls in traced.input_classes else "heads" if cls in semantics.heads else "units"
+    )
     candidates.append((cls, kind, size, sorted(members, key=lambda m: m[0])))
 
   order = lambda c: (KIND_ORDER.index(c[1]), semantics.first_seen.get(c[0], 1 << 30))
@@ -94,7 +96,9 @@ def discover_groups(
   offered = []
   deferred = []
   for cls, kind, size, members in candidates:
-    if kind not in kinds or any(fnmatch.fnmatchcase(paths[i], pat) for i, _ in members for pat in exclude):
+    if kind not in kinds or any(
+      fnmatch.fnmatchcase(paths[i], pat) for i, _ in members for pat in exclude
+    ):
       why = "excluded" if kind in kinds else f"kind {kind} not asked for"
       unprunable.append(Unprunable(size, tuple(s for _, s in members), (why,)))
       continue
@@ -104,8 +108,13 @@ def discover_groups(
     needed = semantics.consumers[cls]
     taken = [paths[i] for i in needed if i in owner]
     if taken:
-      unprunable.append(Unprunable(size, tuple(s for _, s in members),
-                                   (f"its consumer {taken[0]} belongs to {owner[paths.index(taken[0])]}",)))
+      unprunable.append(
+        Unprunable(
+          size,
+          tuple(s for _, s in members),
+          (f"its consumer {taken[0]} belongs to {owner[paths.index(taken[0])]}",),
+        )
+      )
       continue
     for i in needed:
       owner[i] = family_name(paths, members, semantics.consumers[cls], kind)
@@ -120,19 +129,29 @@ def discover_groups(
     name = family_name(paths, members, semantics.consumers[cls], kind)
     taken = [paths[i] for i, _ in members if i in owner]
     if taken:
-      unprunable.append(Unprunable(size, tuple(s for _, s in members),
-                                   (f"needs all its leaves, but {taken[0]} belongs to {owner[paths.index(taken[0])]}",)))
+      unprunable.append(
+        Unprunable(
+          size,
+          tuple(s for _, s in members),
+          (f"needs all its leaves, but {taken[0]} belongs to {owner[paths.index(taken[0])]}",),
+        )
+      )
       continue
     for i, _ in members:
       owner[i] = name
     families.append(Family(name, kind, size, tuple(s for _, s in members)))
   families = unique_names(families)
-  return Groups(tuple(families), tuple(unprunable), tuple(traced.graph.unknown),
-                tuple(zip(paths, traced.shapes[:traced.n_params])))
+  return Groups(
+    tuple(families),
+    tuple(unprunable),
+    tuple(traced.graph.unknown),
+    tuple(zip(paths, traced.shapes[: traced.n_params])),
+  )
 
 
-def discover_linen(model, params, *example_args, variables: Optional[dict] = None, method=None,
-                   **kwargs) -> Groups:
+def discover_linen(
+  model, params, *example_args, variables: Optional[dict] = None, method=None, **kwargs
+) -> Groups:
   """:func:`discover_groups` for a linen module: ``model.apply({"params": p, **variables}, *args)``.
 
   ``variables`` holds the other collections (e.g. ``{"batch_stats": ...}``,

@@ -22,13 +22,13 @@ from rmda_jax.structure.discovery import control_flow
 from rmda_jax.structure.discovery.control_flow import CALLS
 from rmda_jax.structure.discovery.graph import DimensionGraph
 from rmda_jax.structure.discovery.primitives import (
-    ADDITIVE,
-    ALL,
-    CUMULATIVE,
-    LAYOUT,
-    MULTIPLICATIVE,
-    REDUCTIONS,
-    ZERO_PRESERVING_UNARY,
+  ADDITIVE,
+  ALL,
+  CUMULATIVE,
+  LAYOUT,
+  MULTIPLICATIVE,
+  REDUCTIONS,
+  ZERO_PRESERVING_UNARY,
 )
 
 
@@ -39,12 +39,16 @@ class Exits:
   def __init__(self, graph: DimensionGraph, param_vars: dict):
     self.g = graph
     self.atoms = graph.atoms
-    self.zero: dict = {}                     # (scope, var) -> classes it vanishes along
-    self.view: dict = {((), v): i for v, i in param_vars.items()}  # (scope, var) -> param index (pure views)
-    self.consumers = collections.defaultdict(set)   # class -> param indices contracted against it
-    self.needs_all: set = set()               # classes whose zeroing operand is not a plain parameter view
+    self.zero: dict = {}  # (scope, var) -> classes it vanishes along
+    self.view: dict = {
+      ((), v): i for v, i in param_vars.items()
+    }  # (scope, var) -> param index (pure views)
+    self.consumers = collections.defaultdict(set)  # class -> param indices contracted against it
+    self.needs_all: set = set()  # classes whose zeroing operand is not a plain parameter view
     self.exits = collections.Counter()
-    self.silent_exits = collections.Counter()  # exits where an activation operand vanishes with its producers
+    self.silent_exits = (
+      collections.Counter()
+    )  # exits where an activation operand vanishes with its producers
     self.first_seen: dict = {}
     self.heads: set = set()
     self.counter = 0
@@ -96,7 +100,12 @@ class Exits:
       return control_flow.follow_call(self, eqn)
     if name in LAYOUT and len(ins) >= 1:
       self.set_view(outs[0], self.view_of(ins[0]))
-    if name in LAYOUT or name in ZERO_PRESERVING_UNARY or name == "integer_pow" and eqn.params["y"] > 0:
+    if (
+      name in LAYOUT
+      or name in ZERO_PRESERVING_UNARY
+      or name == "integer_pow"
+      and eqn.params["y"] > 0
+    ):
       return self.set_zero(outs[0], self.zset(ins[0]))
     if name in MULTIPLICATIVE or name in ("dot_general", "conv_general_dilated"):
       zs = set()
@@ -129,10 +138,22 @@ class Exits:
         dims = eqn.params["axes"]
       for d in dims:
         cls = self.axis_classes(ins[0], d % len(ins[0].aval.shape))
-        self.atoms_mark_classes(cls, f"reduced by {name}" if name in REDUCTIONS else f"accumulated by {name}")
-      return self.set_zero(outs[0], self.zset(ins[0]) if name not in ("argmax", "argmin") else set())
-    if name.startswith("reduce_window") or name in ("slice", "split", "pad", "dynamic_slice", "squeeze",
-                                                      "gather", "concatenate", "dynamic_update_slice"):
+        self.atoms_mark_classes(
+          cls, f"reduced by {name}" if name in REDUCTIONS else f"accumulated by {name}"
+        )
+      return self.set_zero(
+        outs[0], self.zset(ins[0]) if name not in ("argmax", "argmin") else set()
+      )
+    if name.startswith("reduce_window") or name in (
+      "slice",
+      "split",
+      "pad",
+      "dynamic_slice",
+      "squeeze",
+      "gather",
+      "concatenate",
+      "dynamic_update_slice",
+    ):
       base = self.zset(ins[0])
       if name == "concatenate":
         base = ALL

@@ -18,15 +18,15 @@ from jax.extend import core as jcore
 from rmda_jax.structure.discovery import control_flow
 from rmda_jax.structure.discovery.atoms import Atoms
 from rmda_jax.structure.discovery.primitives import (
-    ADDITIVE,
-    CUMULATIVE,
-    LAYOUT,
-    MULTIPLICATIVE,
-    OTHER_BINARY,
-    OTHER_UNARY,
-    REDUCTIONS,
-    SOURCES,
-    ZERO_PRESERVING_UNARY,
+  ADDITIVE,
+  CUMULATIVE,
+  LAYOUT,
+  MULTIPLICATIVE,
+  OTHER_BINARY,
+  OTHER_UNARY,
+  REDUCTIONS,
+  SOURCES,
+  ZERO_PRESERVING_UNARY,
 )
 from rmda_jax.structure.discovery.control_flow import CALLS
 
@@ -36,8 +36,8 @@ class DimensionGraph:
 
   def __init__(self, atoms: Atoms):
     self.atoms = atoms
-    self.env: dict = {}          # (scope, var) -> [list of atoms per axis]
-    self.scope: tuple = ()       # the call equations we are inside: a jaxpr called twice has two scopes
+    self.env: dict = {}  # (scope, var) -> [list of atoms per axis]
+    self.scope: tuple = ()  # the call equations we are inside: a jaxpr called twice has two scopes
     self.unknown: list = []
     self.batch_classes: list = []  # atoms that are batch dims of an activation-activation contraction
 
@@ -87,11 +87,22 @@ class DimensionGraph:
     params = eqn.params
     if name in CALLS:
       return control_flow.link_call(self, eqn)
-    if name in LAYOUT or name in ZERO_PRESERVING_UNARY or name in OTHER_UNARY or name in MULTIPLICATIVE \
-        or name in ADDITIVE or name in OTHER_BINARY or name in ("select_n", "clamp"):
+    if (
+      name in LAYOUT
+      or name in ZERO_PRESERVING_UNARY
+      or name in OTHER_UNARY
+      or name in MULTIPLICATIVE
+      or name in ADDITIVE
+      or name in OTHER_BINARY
+      or name in ("select_n", "clamp")
+    ):
       if name == "reshape":
         out = self.fresh(outs[0].aval)
-        self.link([a for axis in self.axes(ins[0]) for a in axis], [a for axis in out for a in axis], "a reshape")
+        self.link(
+          [a for axis in self.axes(ins[0]) for a in axis],
+          [a for axis in out for a in axis],
+          "a reshape",
+        )
         return self.define(outs[0], out)
       if name == "transpose":
         axes = self.axes(ins[0])
@@ -169,7 +180,9 @@ class DimensionGraph:
       self.link(la[i], ra[j], "a batched contraction")
     lfree = [i for i in range(len(la)) if i not in lc and i not in lb]
     rfree = [i for i in range(len(ra)) if i not in rc and i not in rb]
-    self.define(eqn.outvars[0], [la[i] for i in lb] + [la[i] for i in lfree] + [ra[i] for i in rfree])
+    self.define(
+      eqn.outvars[0], [la[i] for i in lb] + [la[i] for i in lfree] + [ra[i] for i in rfree]
+    )
 
   def convolution(self, eqn) -> None:
     p = eqn.params
@@ -194,9 +207,13 @@ class DimensionGraph:
       self.link(la[lhs_spec[1]], ra[rhs_spec[0]], "a depthwise convolution")
       self.link(ra[rhs_spec[0]], out[out_spec[1]], "a depthwise convolution")
     else:
-      self.atoms.mark(la[lhs_spec[1]] + ra[rhs_spec[0]] + out[out_spec[1]] + ra[rhs_spec[1]],
-                      "a grouped convolution")
-    spatial = [la[d] for d in lhs_spec[2:]] + [ra[d] for d in rhs_spec[2:]] + [out[d] for d in out_spec[2:]]
+      self.atoms.mark(
+        la[lhs_spec[1]] + ra[rhs_spec[0]] + out[out_spec[1]] + ra[rhs_spec[1]],
+        "a grouped convolution",
+      )
+    spatial = (
+      [la[d] for d in lhs_spec[2:]] + [ra[d] for d in rhs_spec[2:]] + [out[d] for d in out_spec[2:]]
+    )
     self.atoms.mark([a for ax in spatial for a in ax], "a convolution window")
 
   def window(self, eqn) -> None:
@@ -210,14 +227,22 @@ class DimensionGraph:
     dil = p.get("window_dilation", (1,) * len(dims))
     for operand, out in zip(eqn.invars[:n], outs):
       for i, (a, b) in enumerate(zip(self.axes(operand), out)):
-        if dims[i] == 1 and strides[i] == 1 and tuple(padding[i]) == (0, 0) and base[i] == 1 and dil[i] == 1:
+        if (
+          dims[i] == 1
+          and strides[i] == 1
+          and tuple(padding[i]) == (0, 0)
+          and base[i] == 1
+          and dil[i] == 1
+        ):
           self.link(a, b, "a pooling")
         else:
           self.atoms.mark(a + b, "a pooling window")
     for v, out in zip(eqn.outvars, outs):
       self.define(v, out)
 
-  def _piece(self, in_axis: list, size_in: int, size_out: int, start: int, out_axis: list, what: str) -> None:
+  def _piece(
+    self, in_axis: list, size_in: int, size_out: int, start: int, out_axis: list, what: str
+  ) -> None:
     """Out axis = one contiguous block ``[start, start + size_out)`` of the in axis."""
     if size_out == 0:
       return  # an empty piece reads nothing

@@ -18,7 +18,7 @@ from rmda_jax.core.groups import Family, Slice
 
 def canonical_slice(path: str, axis: int, sizes: Sequence[int], position: int) -> Slice:
   pre = math.prod(sizes[:position])
-  post = math.prod(sizes[position + 1:])
+  post = math.prod(sizes[position + 1 :])
   n = sizes[position]
   if pre == 1 and post == 1:
     return Slice(path, axis)

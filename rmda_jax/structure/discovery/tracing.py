@@ -81,16 +81,23 @@ class Traced:
     atoms = self.axis_atoms(i)[member.axis]
     sizes = [self.atoms.sizes[a] for a in atoms]
     split = member.split or (self.shapes[i][member.axis],)
-    before = math.prod(split[:member.position])
+    before = math.prod(split[: member.position])
     n = split[member.position]
     for k, a in enumerate(atoms):
       if math.prod(sizes[:k]) == before and sizes[k] == n:
         return self.atoms.find(a)
-    raise ValueError(f"{member.describe()} is not a dimension of the computation (its axis is {sizes}).")
+    raise ValueError(
+      f"{member.describe()} is not a dimension of the computation (its axis is {sizes})."
+    )
 
 
-def trace(fn: Callable[..., Any], params: Any, *example_args: Any, extras: Any = None,
-          couple: Sequence[tuple] = ()) -> Traced:
+def trace(
+  fn: Callable[..., Any],
+  params: Any,
+  *example_args: Any,
+  extras: Any = None,
+  couple: Sequence[tuple] = (),
+) -> Traced:
   """Trace ``fn(params, *args)`` (or ``fn(params, extras, *args)``) and link its dimensions.
 
   ``extras`` are arrays the computation reads besides the params (e.g.
@@ -98,18 +105,25 @@ def trace(fn: Callable[..., Any], params: Any, *example_args: Any, extras: Any =
   them too, but they are never regularized.
   """
   keyed, treedef = jax.tree_util.tree_flatten_with_path(params)
-  extra_keyed, extra_def = jax.tree_util.tree_flatten_with_path(extras) if extras is not None else ([], None)
-  paths = [path_to_str(kp) for kp, _ in keyed] + \
-          [path_to_str(kp) for kp, _ in extra_keyed]
+  extra_keyed, extra_def = (
+    jax.tree_util.tree_flatten_with_path(extras) if extras is not None else ([], None)
+  )
+  paths = [path_to_str(kp) for kp, _ in keyed] + [path_to_str(kp) for kp, _ in extra_keyed]
   shapes = [tuple(np.shape(x)) for _, x in keyed + extra_keyed]
-  abstract = lambda pairs: [jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)) for _, x in pairs]
+  abstract = lambda pairs: [
+    jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)) for _, x in pairs
+  ]
   if extras is None:
     flat_fn = lambda leaves, extra, *args: fn(jax.tree_util.tree_unflatten(treedef, leaves), *args)
   else:
-    flat_fn = lambda leaves, extra, *args: fn(jax.tree_util.tree_unflatten(treedef, leaves),
-                                              jax.tree_util.tree_unflatten(extra_def, extra), *args)
-  closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(abstract(keyed), abstract(extra_keyed),
-                                                                  *example_args)
+    flat_fn = lambda leaves, extra, *args: fn(
+      jax.tree_util.tree_unflatten(treedef, leaves),
+      jax.tree_util.tree_unflatten(extra_def, extra),
+      *args,
+    )
+  closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(
+    abstract(keyed), abstract(extra_keyed), *example_args
+  )
   jaxpr = closed.jaxpr
   n_params, n_extras = len(keyed), len(extra_keyed)
   param_vars = {v: i for i, v in enumerate(jaxpr.invars[:n_params])}
@@ -134,7 +148,18 @@ def trace(fn: Callable[..., Any], params: Any, *example_args: Any, extras: Any =
     if not isinstance(v, jcore.Literal):
       semantics.atoms_mark_classes(semantics.classes(v), "a model output")
   input_classes = set()
-  for v in jaxpr.invars[n_params + n_extras:]:
+  for v in jaxpr.invars[n_params + n_extras :]:
     input_classes.update(semantics.classes(v))
-  return Traced(closed, atoms, graph, semantics, paths, shapes, n_params, n_extras, input_classes,
-                jax.tree_util.tree_structure(out_shape), jax.tree_util.tree_structure(example_args))
+  return Traced(
+    closed,
+    atoms,
+    graph,
+    semantics,
+    paths,
+    shapes,
+    n_params,
+    n_extras,
+    input_classes,
+    jax.tree_util.tree_structure(out_shape),
+    jax.tree_util.tree_structure(example_args),
+  )
