@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 
+import _harness
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import _harness
 import rmda_jax
 from rmda_jax import compaction
 from rmda_jax.app import data as datasets
@@ -86,7 +86,9 @@ def lm_rows(name, steps, strength, batch_sizes, rounds):
   train_batch, val_batch = text_batches(model.context, 32, seed=0)
   x, _ = train_batch()
   params = model.init(jax.random.PRNGKey(0), x)["params"]
-  apply = lambda p, t: model.apply({"params": p}, t)
+  def apply(p, t):
+    return model.apply({"params": p}, t)
+
   groups = rmda_jax.discover_groups(apply, params, x)
   reg = rmda_jax.group_lasso(strength, groups=groups)
   stages = rmda_jax.Stagewise((steps // 2, 3 * steps // 4), gamma=0.1)
@@ -130,8 +132,8 @@ def lm_rows(name, steps, strength, batch_sizes, rounds):
   for batch in batch_sizes:
     tokens = np.resize(xv, (batch, model.context))
     runners = {
-      "original": lambda: original(z, tokens).block_until_ready(),
-      "compact": lambda: compact_fn(small.params, tokens).block_until_ready(),
+      "original": lambda tokens=tokens: original(z, tokens).block_until_ready(),
+      "compact": lambda tokens=tokens: compact_fn(small.params, tokens).block_until_ready(),
     }
     for run in runners.values():
       run()
@@ -216,7 +218,8 @@ def main():
     accuracy = float(np.mean(original_pred == dataset.y_test))
     widths = ", ".join(f"{k} {len(v)}" for k, v in small.kept.items())
     print(
-      f"{model_name}: val acc {accuracy:.4f}, group sparsity {result.history[-1]['group_sparsity']:.3f}; "
+      f"{model_name}: val acc {accuracy:.4f}, group sparsity "
+      f"{result.history[-1]['group_sparsity']:.3f}; "
       f"compact widths {widths}; identical predictions on {same:.2%} of the validation set",
       flush=True,
     )

@@ -20,9 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from _harness import block, interleaved_medians, print_table, write_json
 
 import rmda_jax
-from _harness import block, interleaved_medians, print_table, write_json
 
 
 class Block(nn.Module):

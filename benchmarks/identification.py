@@ -5,8 +5,8 @@ Group-sparse multinomial logistic regression (one group per input feature,
 example appears with several fixed noisy copies, so the objective is a finite
 sum whose optimum a high-precision full-batch solver (FISTA in float64; its
 KKT residual is printed) computes exactly. All methods use the papers'
-stage-wise protocol (learning rate x 0.1 at 50% and 75% of the steps). Each method is then trained by
-minibatch steps, and we record the support of its structured point (``z`` for
+stage-wise protocol (learning rate x 0.1 at 50% and 75% of the steps). Each method is then trained
+by minibatch steps, and we record the support of its structured point (``z`` for
 RMDA/RAMDA, the iterate for the proximal baselines) at every step:
 
 * ``identified at``: the first step after which the support equals the
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 
+import _harness
 import numpy as np
 
-import _harness
 from rmda_jax.app import identification
 
 

@@ -14,7 +14,8 @@ epoch; draws perplexity vs weighted group sparsity; prints the RAMDA paper's
 Transformer-XL / WikiText-103 table beside it.
 
     python benchmarks/language_model.py                    # ~15 min on 2 CPU cores
-    python benchmarks/language_model.py --epochs 20 --seeds 3 --layers 4 --width 256   # stages, closer to the paper
+    # stages, closer to the paper:
+    python benchmarks/language_model.py --epochs 20 --seeds 3 --layers 4 --width 256
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import json
 import os
 import statistics
 
+import _harness
 import numpy as np
 
-import _harness
 from rmda_jax.app import train
 
 METHODS = {  # optimizer, default strengths (log-spaced)
@@ -134,8 +135,10 @@ def main():
           row[key + "_std"] = float(np.std(values))
       rows.append(row)
       print(
-        f"{method} {strength:g}: ppl {row['val_perplexity']:.3f} +- {row['val_perplexity_std']:.3f}, "
-        f"weighted group sparsity {row['weighted_group_sparsity']:.3f}, heads kept {row['heads_kept']:.2f}, "
+        f"{method} {strength:g}: ppl {row['val_perplexity']:.3f} "
+        f"+- {row['val_perplexity_std']:.3f}, "
+        f"weighted group sparsity {row['weighted_group_sparsity']:.3f}, "
+        f"heads kept {row['heads_kept']:.2f}, "
         f"units kept {row['units_kept']:.2f}, {row['epoch_seconds']:.1f} s/epoch",
         flush=True,
       )

@@ -33,7 +33,8 @@ accuracy of all methods; the area under each front. Figures
     python benchmarks/pareto.py --quick          # smoke run: ~2 min
     python benchmarks/pareto.py --full           # the full budget: ~10 h on one core
     python benchmarks/pareto.py --long           # the papers' stage lengths, after a default run
-    python benchmarks/pareto.py --pilot --problems digits   # one seed, a wide grid: to choose the grids
+    python benchmarks/pareto.py --pilot --problems digits   # one seed, a wide grid:
+                                                            # to choose the grids
     python benchmarks/pareto.py --replot         # redraw the figures from results/pareto.json
 
 The default: digits MLP (100 epochs) and logistic regression (60 epochs) with both regularizers, the
@@ -51,16 +52,14 @@ import os
 import sys
 import time
 
+import _harness
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import _harness
-from rmda_jax import metrics
+from rmda_jax import Stagewise, metrics, prox_ssi, structured_params
 from rmda_jax import prox as regs
-
-from rmda_jax import Stagewise, prox_ssi, structured_params
 from rmda_jax.app import data as datasets
 from rmda_jax.app import train
 
@@ -106,7 +105,8 @@ PROBLEMS = {
 }
 
 # Strength grids per (regularizer, problem, method): (lowest, highest), log-spaced; chosen from
-# pilot sweeps so that each front runs from almost dense to accuracy lost (see benchmarks/README.md).
+# pilot sweeps so that each front runs from almost dense to accuracy lost (see
+# benchmarks/README.md).
 GRIDS = {
   # digits MLP, group-LASSO
   ("group_lasso", "digits", "rmda"): (1e-3, 8e-3),
@@ -130,7 +130,8 @@ GRIDS = {
   ("group_lasso", "logreg", "prox_ssi"): (1e-3, 3e-2),
   ("group_lasso", "logreg", "prox_ssi_bc"): (1e-3, 3e-2),
   # MLP 784-512-256-128-64-32-16-10 on the MNIST subset, group-LASSO (also used for LeNet5, whose
-  # weighted group sparsity is dominated by its fc layer of 800 x 500, as the MLP's by its 784 x 512)
+  # weighted group sparsity is dominated by its fc layer of 800 x 500, as the MLP's by its
+  # 784 x 512)
   ("group_lasso", "mlp7", "rmda"): (8e-4, 5e-3),
   ("group_lasso", "mlp7", "ramda"): (3e-5, 2e-3),
   ("group_lasso", "mlp7", "prox_sgd"): (8e-4, 6e-3),
@@ -149,8 +150,8 @@ GRIDS = {
 
 
 def milestones_for(epochs: int, stages: int = 3) -> tuple:
-  """Milestones splitting ``epochs`` into ``stages`` equal stages (the papers: 500 epochs, milestones
-  every 100)."""
+  """Milestones splitting ``epochs`` into ``stages`` equal stages (the papers: 500 epochs,
+  milestones every 100)."""
   out = sorted({max(round(epochs * i / stages), 1) for i in range(1, stages)})
   return tuple(m for m in out if m < epochs)
 
@@ -325,7 +326,8 @@ def build_program(
 
 # --------------------------------------------------------------------------- analysis
 def front(points: list) -> list:
-  """The non-dominated points (no other point has both more sparsity and more accuracy), by sparsity."""
+  """The non-dominated points (no other point has both more sparsity and more accuracy), by
+  sparsity."""
   out = []
   for p in points:
     if not any(
@@ -474,7 +476,8 @@ def grid_for(
 
 
 def parse_problems(spec: str) -> list:
-  """``digits,mlp7:group_lasso,...`` -> [(problem, regularizer)]; a bare name means both regularizers."""
+  """``digits,mlp7:group_lasso,...`` -> [(problem, regularizer)]; a bare name means both
+  regularizers."""
   out = []
   for item in spec.split(","):
     name, _, reg = item.strip().partition(":")
@@ -695,8 +698,8 @@ def _pct(v):
 def long_mode(args, command):
   """One long run per method at its best strength from ``results/pareto.json`` (the highest sparsity
   within 1 point of the best accuracy), and at 1/3 and 1/10 of it, with the papers' stage lengths:
-  ``--long-stages`` stages (5: their 500 epochs with milestones every 100) of ``--long-steps-per-stage``
-  steps each (46,900: 100 epochs of 469 steps of MNIST at batch 128), on our data."""
+  ``--long-stages`` stages (5: their 500 epochs with milestones every 100) of
+  ``--long-steps-per-stage`` steps each (46,900: 100 epochs of 469 steps of MNIST at batch 128), on our data."""
   spec = args.problems or "digits:group_lasso,logreg:group_lasso"
   source_path = os.path.join(_harness.RESULTS, "pareto.json")
   with open(source_path) as f:
@@ -774,7 +777,8 @@ def long_mode(args, command):
           }
         )
         print(
-          f"  {method:12s} lambda {strength:9.3g}  long: acc {100 * point['accuracy']:6.2f} sparsity "
+          f"  {method:12s} lambda {strength:9.3g}  long: acc {100 * point['accuracy']:6.2f} "
+          "sparsity "
           f"{100 * point['sparsity']:6.2f}  | short (lambda {at_short['strength']:.3g}): acc "
           f"{100 * at_short['accuracy']:6.2f} sparsity {100 * at_short['sparsity']:6.2f}",
           flush=True,

@@ -20,7 +20,8 @@ act on; biases are dense in both). Finished runs are kept in ``--work`` and
 reused by a later invocation with the same settings (e.g. another
 ``--sgd-lr`` reruns only dense SGD and RigL).
 
-    python benchmarks/pruning.py                  # MLP and LeNet5, 2 seeds, 40 epochs: ~25 min on 2 CPU cores
+    python benchmarks/pruning.py                  # MLP and LeNet5, 2 seeds, 40 epochs:
+                                                  # ~25 min on 2 CPU cores
     python benchmarks/pruning.py --models mlp     # ~4 min
     python benchmarks/pruning.py --seeds 3 --epochs 100
 """
@@ -33,9 +34,9 @@ import json
 import math
 import os
 
+import _harness
 import numpy as np
 
-import _harness
 from rmda_jax.app import data as datasets
 from rmda_jax.app import train
 
@@ -101,8 +102,8 @@ def sweep(args, model):
       points = sorted((lam, r["weight_sparsity"]) for lam, r in results.items())
       if min(abs(s - target) for _, s in points) <= 0.005:
         break
-      below = [(l, s) for l, s in points if s < target]
-      above = [(l, s) for l, s in points if s >= target]
+      below = [(strength, s) for strength, s in points if s < target]
+      above = [(strength, s) for strength, s in points if s >= target]
       if not (below and above):
         break
       (l0, s0), (l1, s1) = max(below), min(above)
@@ -144,7 +145,7 @@ def main():
     dense = [run(args, model, "sgd", seed) for seed in range(args.seeds)]
     ternary = [run(args, model, "rmda", seed, "ternary") for seed in range(args.seeds)]
 
-    def row(target, method, lam, results):
+    def row(target, method, lam, results, model=model):
       acc = stats([r["val_accuracy"] for r in results])
       on_set = [r["on_set_fraction"] for r in results if "on_set_fraction" in r]
       return {
@@ -158,7 +159,7 @@ def main():
       }
 
     for target in args.targets:
-      lam = min(swept, key=lambda l: abs(swept[l]["weight_sparsity"] - target))
+      lam = min(swept, key=lambda strength: abs(swept[strength]["weight_sparsity"] - target))
       rmda_runs = [swept[lam]] + [
         run(args, model, "rmda", seed, "l1", lam) for seed in range(1, args.seeds)
       ]

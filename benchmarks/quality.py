@@ -13,7 +13,8 @@ MNIST configs. Reports validation accuracy, group sparsity and weighted group
 sparsity (mean +- std over seeds), unstructured sparsity, low-rank level,
 and draws group sparsity vs epoch for all methods in one figure per setting.
 
-    python benchmarks/quality.py                     # MLP/digits, 100 epochs, 2 seeds: ~20 min, 2 CPU cores
+    python benchmarks/quality.py                     # MLP/digits, 100 epochs, 2 seeds:
+                                                     # ~20 min, 2 CPU cores
     python benchmarks/quality.py --seeds 3 --epochs 60 --mnist-subset --lenet5 --full
 """
 
@@ -22,12 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 
+import _harness
 import numpy as np
 
-import _harness
 from rmda_jax.app import data as datasets
-from rmda_jax.app import plots
-from rmda_jax.app import train
+from rmda_jax.app import plots, train
 
 GROUP_METHODS = ("rmda", "ramda", "prox_sgd", "prox_adamw", "prox_ssi", "sgd")
 OTHER_METHODS = ("rmda", "ramda", "prox_sgd")
@@ -114,7 +114,7 @@ def main():
         finals.append(history[-1])
         histories.append(history)
 
-      def stat(key):
+      def stat(key, finals=finals):
         values = [f[key] for f in finals if key in f]
         return f"{100 * np.mean(values):.2f} +- {100 * np.std(values):.2f}" if values else "-"
 

@@ -22,14 +22,14 @@ if "--gpu" not in sys.argv:
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   )
 
-import argparse  # noqa: E402
+import argparse
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
-
-import _harness  # noqa: E402
-from step_speed import TREES, make_runner, optimizers  # noqa: E402
+import _harness
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+from step_speed import TREES, make_runner, optimizers
 
 
 def layout_specs(params, layout, mesh):

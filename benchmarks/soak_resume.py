@@ -28,10 +28,10 @@ import tempfile
 import threading
 import time
 
+import _harness
 import jax
 import numpy as np
 
-import _harness
 from rmda_jax.app import train
 
 ARGS = [
@@ -60,7 +60,10 @@ FAULTS = {
 
 
 def launch(args, env, fault, rng, pause):
-  """Run the training module; send ``fault`` = (signals, moment). Returns (exit code, output lines, seconds)."""
+  """Run the training module; send ``fault`` = (signals, moment).
+
+  Returns (exit code, output lines, seconds).
+  """
   started = time.perf_counter()
   proc = subprocess.Popen(
     [sys.executable, "-m", "rmda_jax", "train", *args],
@@ -265,7 +268,8 @@ def main():
   _harness.print_table(tries, list(tries[0]), "tries")
   lost = sum(not t["identical to uninterrupted"] for t in tries)
   print(
-    f"\n{sum(t['interrupts'] for t in tries)} interrupts in {len(tries)} tries; runs lost or changed: {lost}"
+    f"\n{sum(t['interrupts'] for t in tries)} interrupts in {len(tries)} tries; "
+    f"runs lost or changed: {lost}"
   )
   _harness.write_json(
     "soak_resume",

@@ -34,10 +34,12 @@ iterations per step after warm-up is reported for ramda and prox_adamw, with
 the exact group-LASSO solver, the inexact proximal-gradient solver, and the
 nuclear norm.
 
-    python benchmarks/step_speed.py                 # all trees, inplace and scan, ~15 min on 2 CPU cores
+    python benchmarks/step_speed.py                 # all trees, inplace and scan,
+                                                    # ~15 min on 2 CPU cores
     python benchmarks/step_speed.py --mode inplace inplace_reassoc --skip-inner
     python benchmarks/step_speed.py --trees lenet5 vgg16 --mode inplace --skip-inner
-    python benchmarks/step_speed.py --mode inplace inplace_reassoc --skip-inner --keep-freed-memory --name step_speed_keep_freed
+    python benchmarks/step_speed.py --mode inplace inplace_reassoc --skip-inner \\
+      --keep-freed-memory --name step_speed_keep_freed
 """
 
 from __future__ import annotations
@@ -45,13 +47,13 @@ from __future__ import annotations
 import argparse
 import time
 
+import _harness
+import _xla_traffic
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import _harness
-import _xla_traffic
 import rmda_jax
 from rmda_jax.app import data as datasets
 from rmda_jax.app import models
@@ -217,7 +219,7 @@ def inner_iterations(steps, warmup):
   for name, tx in configs.items():
 
     @jax.jit
-    def step(p, s, x, y):
+    def step(p, s, x, y, tx=tx):
       g = jax.grad(loss_fn)(p, x, y)
       u, s = tx.update(g, s, p)
       return optax.apply_updates(p, u), s

@@ -1,4 +1,5 @@
-"""One whole training step (LeNet5, or a small VGG; batch 128, forward + backward + optimizer): JAX against PyTorch.
+"""One whole training step (LeNet5, or a small VGG; batch 128, forward + backward + optimizer):
+JAX against PyTorch.
 
 The JAX step is the one ``rmda-jax train`` compiles (``rmda_jax.app.steps.make_step``
 under ``jax.jit``), with SGD, RMDA and RAMDA, timed four ways: plain
@@ -21,9 +22,11 @@ math, oneDNN, no YNNPACK fusions) and with ``jax.default_matmul_precision``
 set to bfloat16 (``JAX_DEFAULT_MATMUL_PRECISION``).
 
     pip install torch==2.13.0        # not a dependency of the library; the PyTorch rows need it
-    python benchmarks/train_step.py               # about 9 minutes on 2 CPU cores (the flag settings too)
+    python benchmarks/train_step.py               # about 9 minutes on 2 CPU cores
+                                                  # (the flag settings too)
     python benchmarks/train_step.py --rounds 30 --skip-flags
-    python benchmarks/train_step.py --model vgg --rounds 10 --steps 3   # a small VGG, JAX rows only, about 9 minutes
+    python benchmarks/train_step.py --model vgg --rounds 10 --steps 3   # a small VGG, JAX rows only,
+                                                                        # about 9 minutes
 """
 
 from __future__ import annotations
@@ -39,15 +42,15 @@ import subprocess
 import sys
 import tempfile
 
+import _harness
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import _harness
 import rmda_jax
-from rmda_jax.cpu import options as compile_options
 from rmda_jax.app import models, steps
+from rmda_jax.cpu import options as compile_options
 
 BATCH = 128
 LR, MOMENTUM, STRENGTH = (
@@ -89,7 +92,8 @@ def jax_optimizers():
 
 
 def _reassociated_only() -> dict:
-  """``cpu_compiler_options`` without its convolution setting: convolutions stay with YNNPACK, XLA:CPU's default."""
+  """``cpu_compiler_options`` without its convolution setting: convolutions stay with YNNPACK,
+  XLA:CPU's default."""
   options = rmda_jax.cpu.compiler_options()
   options.pop(compile_options.YNN_FUSION_TYPE, None)
   return options
@@ -208,7 +212,7 @@ def convolution_thunks(compiled_text: str) -> set:
       bodies[current] = []
     elif current is not None:
       bodies[current].append(line)
-  convolving = {name for name, lines in bodies.items() if any(" convolution(" in l for l in lines)}
+  convolving = {name for name, lines in bodies.items() if any(" convolution(" in line for line in lines)}
   names = set()
   for line in compiled_text.splitlines():
     line = line.strip()
@@ -256,7 +260,7 @@ def _with_sgd(name: str) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--rounds", type=int, default=25)
   parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
   parser.add_argument("--skip-flags", action="store_true", help="skip the XLA flag settings")

@@ -36,8 +36,6 @@ html_static_path = []
 import os
 import pkgutil
 
-import rmda_jax
-
 LAYERS = (
   ("rmda_jax.core", "core: numerics, checks, trees, groups"),
   ("rmda_jax.prox", "prox: regularizers and subproblem solvers"),

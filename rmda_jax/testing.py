@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 HOST_PATTERNS = (
   r"custom_call_target=\"[^\"]*callback[^\"]*\"",
@@ -15,7 +16,7 @@ HOST_PATTERNS = (
 )
 
 
-def host_transfers(compiled_text: str) -> list:
+def host_transfers(compiled_text: str) -> list[str]:
   """Lines of compiled HLO that call back to Python or move data to/from the host."""
   found = []
   for line in compiled_text.splitlines():
@@ -24,7 +25,7 @@ def host_transfers(compiled_text: str) -> list:
   return found
 
 
-def assert_no_host_transfers(jitted, *args, **kwargs) -> None:
+def assert_no_host_transfers(jitted: Any, *args: Any, **kwargs: Any) -> None:
   """Fail if ``jitted(*args)`` compiles to HLO with host callbacks or transfers.
 
   Example:

@@ -9,30 +9,25 @@ computation), an optimizer with the stage-wise schedule, and the
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import numpy as np
 import optax
 
-from rmda_jax.structure import discovery
-from rmda_jax.prox import discrete
 from rmda_jax import prox as regs
 from rmda_jax import prox as solvers
 from rmda_jax.app import data as datasets
 from rmda_jax.app import models
-from rmda_jax.optim import ramda, rmda
-from rmda_jax.optim import prox_adamw, prox_sgd, prox_ssi
-from rmda_jax.optim import rigl
-from rmda_jax.optim import Stagewise
 from rmda_jax.app.config import (
-  ConfigError,
   DENSE,
   DISCRETE_VALUES,
   MESH_AXES,
+  ConfigError,
   TrainConfig,
   parse_mesh,
 )
+from rmda_jax.optim import Stagewise, prox_adamw, prox_sgd, prox_ssi, ramda, rigl, rmda
+from rmda_jax.prox import discrete
+from rmda_jax.structure import discovery
 
 
 def build_model(config: TrainConfig, dataset: datasets.Dataset):
@@ -63,9 +58,10 @@ def build_model(config: TrainConfig, dataset: datasets.Dataset):
   return models.LogisticRegression(num_classes=n)
 
 
-def build_mesh(spec: Optional[str], batch_size: int):
+def build_mesh(spec: str | None, batch_size: int):
   """The device mesh of a run: ``spec`` (``data=N[,model=M]``), or all local
-  devices on ``data``; None on a single device."""
+  devices on ``data``; None on a single device.
+  """
   devices = jax.local_devices()
   sizes = parse_mesh(spec) if spec is not None else {"data": len(devices), "model": 1}
   count = sizes["data"] * sizes["model"]
@@ -87,7 +83,8 @@ def build_mesh(spec: Optional[str], batch_size: int):
 
 def param_shardings(mesh, params):
   """Replicated over ``data``; over ``model`` (fully sharded, FSDP-style) each
-  leaf's largest axis that the ``model`` size divides, else replicated."""
+  leaf's largest axis that the ``model`` size divides, else replicated.
+  """
   from jax.sharding import NamedSharding, PartitionSpec
 
   model = mesh.shape["model"]
@@ -110,7 +107,8 @@ def param_shardings(mesh, params):
 def global_batch(batch_sharding, local):
   """The global batch as one array sharded over ``data``. Every process draws
   the same global batch (the same seeded order) and contributes its share
-  (one process: the whole batch)."""
+  (one process: the whole batch).
+  """
   if jax.process_count() == 1:
     return jax.device_put(local, batch_sharding)
   share = len(local) // jax.process_count()
@@ -127,9 +125,10 @@ def discovered(config: TrainConfig) -> bool:
 
 def build_regularizer(
   config: TrainConfig, model=None, params=None, example=None
-) -> Optional[regs.Regularizer]:
+) -> regs.Regularizer | None:
   """The regularizer of a run; group-LASSO on discovered groups (whole heads and
-  hidden units) needs the model, its params and an example input."""
+  hidden units) needs the model, its params and an example input.
+  """
   if config.regularizer == "none" or config.optimizer in DENSE:
     return None
   if config.regularizer in DISCRETE_VALUES:
@@ -187,7 +186,8 @@ def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, grou
 
 def model_groups(regularizer, model, params, example):
   """The coupled groups a language model's structure is reported on: the
-  regularizer's, or (other regularizers, dense methods) discovered once."""
+  regularizer's, or (other regularizers, dense methods) discovered once.
+  """
   if isinstance(regularizer, regs.GroupLasso) and regularizer.groups is not None:
     return regularizer.groups
   return discovery.discover_linen(model, params, example)

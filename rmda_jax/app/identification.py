@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -205,7 +205,7 @@ def track_supports(
   steps: int,
   batch_size: int = 16,
   seed: int = 0,
-  optimum: Optional[Optimum] = None,
+  optimum: Optimum | None = None,
 ) -> dict:
   """Train ``{"kernel": zeros(d, C)}`` by minibatch steps and record the structure.
 

@@ -25,20 +25,17 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmda_jax.prox import discrete
-from rmda_jax.cpu import compiler_options as cpu_compiler_options
 from rmda_jax import prox as regs
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
-from rmda_jax.app import models
-from rmda_jax.app import steps
-from rmda_jax.optim import structured_params
+from rmda_jax.app import models, steps
 from rmda_jax.app.builders import (
   build_mesh,
   build_model,
@@ -74,6 +71,9 @@ from rmda_jax.app.runs import (
   unique_path,
   write_json,
 )
+from rmda_jax.cpu import compiler_options as cpu_compiler_options
+from rmda_jax.optim import structured_params
+from rmda_jax.prox import discrete
 
 
 class Diverged(RuntimeError):

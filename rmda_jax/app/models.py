@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -36,7 +37,7 @@ import numpy as np
 
 from rmda_jax.compaction import num_params  # noqa: F401  (the zoo's size, as compaction reports it)
 
-Ranks = Optional[Sequence[Optional[int]]]
+Ranks = Optional[Sequence[int | None]]
 
 
 class LowRank(nn.Module):
@@ -50,7 +51,7 @@ class LowRank(nn.Module):
 
   features: int
   rank: int
-  kernel_size: Optional[Sequence[int]] = None  # None: a Dense layer
+  kernel_size: Sequence[int] | None = None  # None: a Dense layer
   padding: str = "SAME"
 
   @nn.compact
@@ -87,19 +88,17 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
-def _rank(ranks: Ranks, index: int) -> Optional[int]:
+def _rank(ranks: Ranks, index: int) -> int | None:
   return None if ranks is None else ranks[index]
 
 
-def dense(features: int, name: str, rank: Optional[int] = None) -> nn.Module:
+def dense(features: int, name: str, rank: int | None = None) -> nn.Module:
   if rank is None:
     return nn.Dense(features, name=name)
   return LowRank(features, rank, name=name)
 
 
-def conv(
-  features: int, kernel_size, padding: str, name: str, rank: Optional[int] = None
-) -> nn.Module:
+def conv(features: int, kernel_size, padding: str, name: str, rank: int | None = None) -> nn.Module:
   if rank is None:
     return nn.Conv(features, tuple(kernel_size), padding=padding, name=name)
   return LowRank(features, rank, tuple(kernel_size), padding, name=name)
@@ -122,7 +121,7 @@ class LogisticRegression(nn.Module):
   def compaction_input(self, params):
     return jnp.zeros((2, np.shape(params["Dense_0"]["kernel"])[0]))
 
-  def with_widths_of(self, params) -> "LogisticRegression":
+  def with_widths_of(self, params) -> LogisticRegression:
     return self
 
 
@@ -147,7 +146,7 @@ class MLP(nn.Module):
   def compaction_input(self, params):
     return jnp.zeros((2, np.shape(params["Dense_0"]["kernel"])[0]))
 
-  def with_widths_of(self, params) -> "MLP":
+  def with_widths_of(self, params) -> MLP:
     return self.clone(hidden=tuple(_out(params, f"Dense_{i}") for i in range(len(self.hidden))))
 
 
@@ -179,7 +178,7 @@ class LeNet5(nn.Module):
       side = 2 * side + 4  # undo max-pool 2 and the valid 5x5 conv
     return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
 
-  def with_widths_of(self, params) -> "LeNet5":
+  def with_widths_of(self, params) -> LeNet5:
     return self.clone(
       conv_features=tuple(_out(params, f"Conv_{i}") for i in range(len(self.conv_features))),
       dense_features=_out(params, "Dense_0"),
@@ -211,12 +210,12 @@ class VGG(nn.Module):
     side = 2 ** (len(self.stages) + 1)
     return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
 
-  def with_widths_of(self, params) -> "VGG":
+  def with_widths_of(self, params) -> VGG:
     widths = iter(_out(params, f"Conv_{i}") for i in range(sum(len(s) for s in self.stages)))
     return self.clone(stages=tuple(tuple(next(widths) for _ in stage) for stage in self.stages))
 
   @classmethod
-  def vgg16(cls, num_classes: int = 10) -> "VGG":
+  def vgg16(cls, num_classes: int = 10) -> VGG:
     """The VGG16 conv stack (about 14.7M parameters) with a linear head."""
     return cls(
       ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)), num_classes
@@ -234,8 +233,8 @@ class TransformerBlock(nn.Module):
   dim: int = 512
   heads: int = 8
   mlp_ratio: int = 4
-  qkv_features: Optional[int] = None
-  mlp_features: Optional[int] = None
+  qkv_features: int | None = None
+  mlp_features: int | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -263,7 +262,7 @@ class TransformerBlock(nn.Module):
       ),
     )
 
-  def with_widths_of(self, params) -> "TransformerBlock":
+  def with_widths_of(self, params) -> TransformerBlock:
     heads, head_dim = np.shape(params["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1:]
     return self.clone(
       heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=_out(params, "Dense_0")
@@ -272,7 +271,8 @@ class TransformerBlock(nn.Module):
 
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention (``query``, ``key``, ``value``, ``out``
-  projections as in ``nn.MultiHeadDotProductAttention``), optionally rotary."""
+  projections as in ``nn.MultiHeadDotProductAttention``), optionally rotary.
+  """
 
   heads: int
   head_dim: int
@@ -280,7 +280,9 @@ class CausalSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    dense = lambda name: nn.DenseGeneral((self.heads, self.head_dim), name=name)
+    def dense(name: str) -> nn.DenseGeneral:
+      return nn.DenseGeneral((self.heads, self.head_dim), name=name)
+
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
     if self.rotary:
       q, k = rotate(q), rotate(k)
@@ -291,7 +293,8 @@ class CausalSelfAttention(nn.Module):
 
 def rotate(x):
   """Rotary position embedding over the last axis of ``(batch, time, heads, head_dim)``
-  (pairs ``(i, i + head_dim / 2)`` rotated by ``t / 10000^(2i / head_dim)``)."""
+  (pairs ``(i, i + head_dim / 2)`` rotated by ``t / 10000^(2i / head_dim)``).
+  """
   time, half = x.shape[1], x.shape[-1] // 2
   freqs = 1.0 / (10000 ** (jnp.arange(half) / half))
   angles = jnp.arange(time)[:, None] * freqs[None, :]
@@ -328,7 +331,7 @@ class TransformerLM(nn.Module):
   context: int = 128
   dim: int = 128
   heads: object = 4
-  head_dim: Optional[int] = None
+  head_dim: int | None = None
   mlp: object = None
   layers: int = 2
   positions: str = "learned"
@@ -385,7 +388,7 @@ class TransformerLM(nn.Module):
       ),
     )
 
-  def with_widths_of(self, params) -> "TransformerLM":
+  def with_widths_of(self, params) -> TransformerLM:
     heads = tuple(
       int(np.shape(params[f"attn_{i}"]["query"]["kernel"])[1]) for i in range(self.layers)
     )

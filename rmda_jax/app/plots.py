@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -30,9 +29,10 @@ def _pyplot():
   return plt
 
 
-def _finish(plt, fig, path: Optional[str]):
+def _finish(plt, fig, path: str | None):
   """Save and return None, or return the figure; closed either way so that
-  interactive backends do not show it a second time."""
+  interactive backends do not show it a second time.
+  """
   fig.tight_layout()
   if path is not None:
     fig.savefig(path, dpi=100)
@@ -40,7 +40,7 @@ def _finish(plt, fig, path: Optional[str]):
   return None if path is not None else fig
 
 
-def curves(history: list, path: Optional[str] = None, title: str = ""):
+def curves(history: list, path: str | None = None, title: str = ""):
   """Accuracy (left) and sparsity (right) against epochs, like the papers' figures."""
   plt = _pyplot()
   epochs = [r["epoch"] for r in history]
@@ -78,7 +78,7 @@ def curves(history: list, path: Optional[str] = None, title: str = ""):
 
 
 def comparison(
-  histories: dict, key: str, path: Optional[str] = None, ylabel: str = "", title: str = ""
+  histories: dict, key: str, path: str | None = None, ylabel: str = "", title: str = ""
 ):
   """One curve per method (e.g. group sparsity vs epoch for every optimizer)."""
   plt = _pyplot()
@@ -103,7 +103,7 @@ def _grid(mask: np.ndarray) -> np.ndarray:
   return out.reshape(rows, cols)
 
 
-def surviving_groups(params, regularizer, input_shape, path: Optional[str] = None):
+def surviving_groups(params, regularizer, input_shape, path: str | None = None):
   """Which groups survived, one panel per regularized leaf or family of coupled groups.
 
   A Dense layer fed by the flattened input is drawn as the input image (kept
@@ -140,9 +140,7 @@ def surviving_groups(params, regularizer, input_shape, path: Optional[str] = Non
   return _finish(plt, fig, path)
 
 
-def kept_heatmap(
-  history: list, key: str = "heads_kept", path: Optional[str] = None, title: str = ""
-):
+def kept_heatmap(history: list, key: str = "heads_kept", path: str | None = None, title: str = ""):
   """A heat map of the units kept per layer (rows) by epoch (columns).
 
   ``history[i][key]`` maps a layer name to the fraction of its units (heads,

@@ -8,12 +8,10 @@ summary table and the progress bar.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
-from rmda_jax.structure import metrics
 from rmda_jax.app.config import TrainConfig
+from rmda_jax.structure import metrics
 
 
 def batched_mean(fn, params, x, y, batch, between=None):
@@ -28,7 +26,8 @@ def batched_mean(fn, params, x, y, batch, between=None):
 def language_metrics(record: dict, structured, found, unigram: float) -> dict:
   """Perplexity (and the unigram baseline's), and the heads and hidden units
   kept per layer of ``found`` (of the structured point ``z`` for RMDA/RAMDA,
-  of the params otherwise)."""
+  of the params otherwise).
+  """
   out = {"val_perplexity": float(np.exp(record["val_loss"])), "unigram_perplexity": unigram}
   kept = metrics.family_kept(structured, found)
   kinds = {f.name: f.kind for f in found.families}
@@ -42,7 +41,7 @@ def structure_metrics(params, regularizer, groups=None) -> dict:
   return {k: float(v) for k, v in metrics.summary(params, regularizer, groups).items()}
 
 
-def epoch_line(r: dict, batches_per_epoch: Optional[int] = None) -> str:
+def epoch_line(r: dict, batches_per_epoch: int | None = None) -> str:
   line = (
     f"epoch {r['epoch']:4d}  loss {r['train_loss']:.4f}  train acc {r['train_accuracy']:.4f}  "
     f"val acc {r['val_accuracy']:.4f}  sparsity {r['unstructured_sparsity']:.3f}  "

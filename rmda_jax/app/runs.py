@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,6 @@ from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
 from rmda_jax.app.builders import build_model, build_regularizer, rigl_groups, training_optimizer
 from rmda_jax.app.config import ConfigError, TrainConfig, check_same_run, config_from_fields
-
 
 KEEP_CHECKPOINTS = 2  # newest checkpoint steps kept in OUT/checkpoint
 
@@ -47,7 +46,7 @@ RUN_FILES = (
 SAVE_PAUSE_ENV = "RMDA_JAX_TEST_SAVE_PAUSE"
 
 
-def existing_run(out: str) -> Optional[str]:
+def existing_run(out: str) -> str | None:
   """What marks ``out`` as holding a training run (``config.json``, ``log.json``, a checkpoint), or None."""
   for name in ("config.json", "log.json"):
     if os.path.lexists(os.path.join(out, name)):
@@ -141,7 +140,7 @@ def fallback_note(damaged, step, record, moved_to=None) -> str:
   return note
 
 
-def load_run(run_dir: str, log: Optional[Callable[[str], None]] = None):
+def load_run(run_dir: str, log: Callable[[str], None] | None = None):
   """A finished (or interrupted) run: ``(config, dataset, model, params, opt_state)``.
 
   ``run_dir`` is a run's output directory (with ``checkpoint/``) or its

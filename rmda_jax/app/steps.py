@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import optax
@@ -34,7 +34,8 @@ import optax
 
 def softmax_cross_entropy(apply_fn: Callable) -> Callable:
   """``loss(params, x, y)``: mean cross-entropy of ``apply_fn(params, x)``'s logits
-  against integer labels (classes, or next tokens of a language model)."""
+  against integer labels (classes, or next tokens of a language model).
+  """
 
   def loss(params, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y).mean()

@@ -34,7 +34,8 @@ Example:
   >>> params = model.init(jax.random.PRNGKey(0), x)["params"]
   >>> params["Dense_1"]["kernel"] = params["Dense_1"]["kernel"].at[:6].set(0)  # units 0-5 unused
   >>> apply = lambda p, x: model.apply({"params": p}, x)
-  >>> small = rmda_jax.compact_function(apply, params, rmda_jax.discover_groups(apply, params, x), x)
+  >>> groups = rmda_jax.discover_groups(apply, params, x)
+  >>> small = rmda_jax.compact_function(apply, params, groups, x)
   >>> small.params["Dense_0"]["kernel"].shape, small.params["Dense_1"]["kernel"].shape
   ((5, 2), (2, 3))
   >>> x = jax.random.normal(jax.random.PRNGKey(1), (7, 5))   # another batch size
@@ -46,8 +47,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -56,7 +57,7 @@ from jax.extend import core as jcore
 from rmda_jax.compaction.removal import removable_units
 from rmda_jax.core.groups import Groups
 from rmda_jax.structure.discovery import control_flow
-from rmda_jax.structure.discovery.tracing import Traced, trace
+from rmda_jax.structure.discovery.tracing import trace
 
 
 @dataclasses.dataclass
@@ -75,7 +76,8 @@ class CompactFunction:
   extras: Any
   kept: dict
 
-  def __call__(self, *args):
+  def __call__(self, *args: Any) -> Any:
+    """The small function on the compact params (and extras)."""
     if self.extras is None:
       return self.fn(self.params, *args)
     return self.fn(self.params, self.extras, *args)
@@ -204,7 +206,7 @@ class _Reducer:
     return x
 
   # ---- evaluation
-  def run(self, jaxpr, consts, inputs, overrides: Optional[dict] = None):
+  def run(self, jaxpr, consts, inputs, overrides: dict | None = None):
     if overrides is None:
       overrides = {}
       for var, value in zip(

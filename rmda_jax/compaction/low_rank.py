@@ -11,8 +11,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -20,7 +18,7 @@ from rmda_jax.core.numerics import compute_dtype
 from rmda_jax.prox.spectral import as_matrix, rank_tolerance
 
 
-def factorize(kernel, rank: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
+def factorize(kernel: jax.typing.ArrayLike, rank: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Thin factors of a kernel: ``down`` (``shape[:-1] + (r,)``) and ``up`` (``(r, out)``).
 
   ``reshape(down, (-1, r)) @ up`` is the best rank-``r`` approximation of the

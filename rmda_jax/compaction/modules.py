@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -64,13 +64,13 @@ import numpy as np
 from rmda_jax.compaction.function import compact_function
 from rmda_jax.compaction.low_rank import factorize
 from rmda_jax.compaction.rebuild import rebuild_linen
+from rmda_jax.core.groups import Groups
 from rmda_jax.structure.discovery import discover_groups, discover_linen
-
 
 PROTOCOL = ("compaction_layers", "compaction_input", "with_widths_of")
 
 
-def follows_protocol(model) -> bool:
+def follows_protocol(model: Any) -> bool:
   """Whether ``model`` tells how it is rebuilt from params alone (see the module doc)."""
   return all(callable(getattr(model, name, None)) for name in PROTOCOL)
 
@@ -96,12 +96,19 @@ class Compacted:
     default_factory=dict
   )  # the other variables (batch_stats, ...)
 
-  def apply(self, *args, **kwargs):
+  def apply(self, *args: Any, **kwargs: Any) -> Any:
+    """``model.apply`` with the compact variables."""
     return self.model.apply({"params": self.params, **self.collections}, *args, **kwargs)
 
 
 def compact_linen(
-  model, variables, *example_args, groups=None, keep_at_least: int = 1, method=None, **kwargs
+  model: Any,
+  variables: Any,
+  *example_args: Any,
+  groups: Groups | None = None,
+  keep_at_least: int = 1,
+  method: Any = None,
+  **kwargs: Any,
 ) -> Compacted:
   """A smaller linen module of the same class computing the same function.
 
@@ -124,8 +131,9 @@ def compact_linen(
     groups: the coupled groups; None discovers them (again after each round
       of removals).
     keep_at_least: units kept per family (>= 0).
-    method, **kwargs: as for ``model.apply``: use the module's inference
-      mode, e.g. ``train=False`` for BatchNorm's running statistics.
+    method: as for ``model.apply``.
+    **kwargs: as for ``model.apply``: use the module's inference mode, e.g.
+      ``train=False`` for BatchNorm's running statistics.
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -139,7 +147,8 @@ def compact_linen(
     >>> params = Block().init(jax.random.PRNGKey(1), x)["params"]
     >>> params["Dense_1"]["kernel"] = params["Dense_1"]["kernel"].at[5:].set(0)   # units 5.. unused
     >>> small = compact_linen(Block(), params, x)
-    >>> small.model.hidden, bool(jnp.allclose(small.apply(x), Block().apply({"params": params}, x), atol=1e-6))
+    >>> same = jnp.allclose(small.apply(x), Block().apply({"params": params}, x), atol=1e-6)
+    >>> small.model.hidden, bool(same)
     (5, True)
   """
   variables = dict(variables)
@@ -152,10 +161,12 @@ def compact_linen(
   kept = {}
   current = model
   while True:
-    if collections:
-      apply = lambda p, c, *a, m=current: m.apply({"params": p, **c}, *a, method=method, **kwargs)
-    else:
-      apply = lambda p, *a, m=current: m.apply({"params": p}, *a, method=method, **kwargs)
+
+    def apply(p: Any, *a: Any, m: Any = current, with_extras: bool = bool(collections)) -> Any:
+      # with other collections, the first argument after the params holds them (extras)
+      extra, args = (a[0], a[1:]) if with_extras else ({}, a)
+      return m.apply({"params": p, **extra}, *args, method=method, **kwargs)
+
     found = (
       groups
       if groups is not None
@@ -183,7 +194,7 @@ def compact_linen(
   return Compacted(current, params, kept, {}, dict(collections))
 
 
-def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
+def compact(model: Any, params: Any, *example_args: Any, low_rank: bool = False) -> Compacted:
   """The smaller model computing the same function; see the module doc.
 
   Args:
@@ -206,9 +217,11 @@ def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
   if not follows_protocol(model):
     if not example_args:
       raise TypeError(
-        f"{type(model).__name__} does not say how it is rebuilt from its params (the compaction protocol: "
+        f"{type(model).__name__} does not say how it is rebuilt from its params "
+        "(the compaction protocol: "
         f"{', '.join(PROTOCOL)}); give an example input: compaction.compact(model, params, x) or "
-        "compaction.compact_linen(model, variables, x) (linen), compaction.compact_nnx(model, groups, x) (NNX), "
+        "compaction.compact_linen(model, variables, x) (linen), "
+        "compaction.compact_nnx(model, groups, x) (NNX), "
         "or rmda_jax.compact_function(apply_fn, params, groups, x) for any function."
       )
     if low_rank:
@@ -228,7 +241,10 @@ def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
   kept = {}
   current = model
   while True:  # a removal can make another unit dead (a consumer's remaining rows all zero...)
-    apply = lambda p, x, m=current: m.apply({"params": p}, x)
+
+    def apply(p: Any, x: Any, m: Any = current) -> Any:
+      return m.apply({"params": p}, x)
+
     groups = discover_groups(apply, params, x)
     if callable(getattr(model, "compaction_groups", None)):  # the widths the class can express
       groups = model.compaction_groups(groups)
@@ -277,7 +293,9 @@ def compact(model, params, *example_args, low_rank: bool = False) -> Compacted:
   return Compacted(compact_model, params, kept, ranks)
 
 
-def compact_nnx(model, groups, *example_args, in_place: bool = False, keep_at_least: int = 1):
+def compact_nnx(
+  model: Any, groups: Groups, *example_args: Any, in_place: bool = False, keep_at_least: int = 1
+) -> tuple[Any, dict[str, np.ndarray]]:
   """A smaller NNX module computing the same function; returns ``(module, kept)``.
 
   Every removable unit of ``groups`` (:func:`rmda_jax.discover_nnx`) is cut
@@ -310,7 +328,10 @@ def compact_nnx(model, groups, *example_args, in_place: bool = False, keep_at_le
   if not in_place:
     model = nnx.clone(model)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  fn = lambda p, r, *args: nnx.merge(graphdef, p, r)(*args)
+
+  def fn(p: Any, r: Any, *args: Any) -> Any:
+    return nnx.merge(graphdef, p, r)(*args)
+
   small = compact_function(
     fn, params, groups, *example_args, extras=rest, keep_at_least=keep_at_least
   )
@@ -320,9 +341,12 @@ def compact_nnx(model, groups, *example_args, in_place: bool = False, keep_at_le
   return model, small.kept
 
 
-def _set_nnx_sizes(module, nnx) -> None:
+def _set_nnx_sizes(module: Any, nnx: Any) -> None:
   """Size attributes of the standard NNX layers, from their (new) arrays."""
-  shape = lambda variable: tuple(np.shape(variable.get_value()))
+
+  def shape(variable: Any) -> tuple[int, ...]:
+    return tuple(np.shape(variable.get_value()))
+
   if isinstance(module, nnx.Linear):
     module.in_features, module.out_features = shape(module.kernel)
   elif isinstance(module, nnx.Conv):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -115,7 +116,13 @@ def _mismatched(shapes, target) -> set:
   return {p for p in target if shapes.get(p) != target[p]} | {p for p in shapes if p not in target}
 
 
-def rebuild_linen(model, target: Any, *example_args, resized=(), **kwargs):
+def rebuild_linen(
+  model: Any,
+  target: Any,
+  *example_args: Any,
+  resized: Iterable[tuple[int, int]] = (),
+  **kwargs: Any,
+) -> Any:
   """The module ``model.clone(...)`` whose variables have the shapes of ``target``.
 
   Args:
@@ -178,7 +185,9 @@ def rebuild_linen(model, target: Any, *example_args, resized=(), **kwargs):
 
 
 def _shapes_or_tuples(tree) -> dict:
-  is_shape = lambda x: isinstance(x, tuple) and all(isinstance(v, int) for v in x)
+  def is_shape(x: Any) -> bool:
+    return isinstance(x, tuple) and all(isinstance(v, int) for v in x)
+
   keyed = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_shape)[0]
   return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp): x for kp, x in keyed}
 
@@ -218,7 +227,8 @@ def _explain(model, wrong, shapes, target, layers) -> str:
   )
   return (
     f"cannot rebuild {type(model).__name__} smaller: {path} must become {target.get(path)} "
-    f"(it is {shapes.get(path)}), but {where} is set inside {type(model).__name__}'s code, not by one of its "
+    f"(it is {shapes.get(path)}), but {where} is set inside {type(model).__name__}'s code, "
+    "not by one of its "
     f"integer fields ({fields}). Make that width a field of {type(model).__name__}, or use "
     "rmda_jax.compact_function (any function) or compaction.compact_nnx (NNX)."
   )

@@ -15,13 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from rmda_jax.core.groups import Family, Slice
 from rmda_jax.core.layout import GroupLayout
 
 
-def removable_units(family: Family, leaves: dict, producers: Sequence = ()) -> np.ndarray:
+def removable_units(
+  family: Family, leaves: Mapping[str, Any], producers: Sequence[Slice] = ()
+) -> np.ndarray:
   """Which units of a family can be cut exactly (``leaves``: arrays by path).
 
   The whole group is zero, or its slices in the family's consumer leaves
@@ -30,14 +33,14 @@ def removable_units(family: Family, leaves: dict, producers: Sequence = ()) -> n
   those are.
   """
 
-  def zero(members):
+  def zero(members: tuple[Slice, ...]) -> np.ndarray:
     if not members:
       return np.zeros(family.size, bool)
     layout = GroupLayout.of_family(
       Family(family.name, family.kind, family.size, members),
       [np.shape(leaves[m.path]) for m in members],
     )
-    return ~np.asarray(layout.nonzero([np.asarray(leaves[m.path], np.float32) for m in members]))
+    return ~np.asarray(layout.nonzero([jnp.asarray(leaves[m.path], jnp.float32) for m in members]))
 
   removable = zero(family.members)
   consumers = tuple(m for m in family.members if m.path in family.consumers)

@@ -18,13 +18,15 @@ from rmda_jax.compaction.modules import Compacted
 from rmda_jax.core.extras import optional_import
 
 
-def _to_tuple(value):
+def _to_tuple(value: Any) -> Any:
   return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
 
 
 def save(path: str, compacted: Compacted) -> None:
-  """Write a compact library model so that :func:`load` rebuilds it without the
-  original: ``path/model.json`` (class and fields) and ``path/params`` (orbax)."""
+  """Write a compact library model so that :func:`load` rebuilds it without the original.
+
+  ``path/model.json`` holds the class and fields, ``path/params`` the arrays (orbax).
+  """
   ocp = optional_import("orbax.checkpoint", "saving a compact model")
   model = compacted.model
   fields = {
@@ -57,11 +59,13 @@ def load(path: str, classes: tuple = ()) -> Compacted:
   """The compact model written by :func:`save` (or ``rmda-jax compact --out``).
 
   ``classes``: the module classes it may be, e.g. ``rmda_jax.app.models.ZOO``
-  for a run of ``rmda-jax compact``, or a module class of your own."""
+  for a run of ``rmda-jax compact``, or a module class of your own.
+  """
   config = os.path.join(path, "model.json")
   if not os.path.isfile(config):
     raise ValueError(
-      f"{path} holds no compact model (no model.json; write one with rmda-jax compact RUN --out DIR)."
+      f"{path} holds no compact model "
+      "(no model.json; write one with rmda-jax compact RUN --out DIR)."
     )
   with open(config) as f:
     spec = json.load(f)

@@ -33,4 +33,11 @@ __all__ = [
   "Slice",
   "Unprunable",
   "by_path",
+  "checks",
+  "extras",
+  "groups",
+  "layout",
+  "numerics",
+  "rules",
+  "trees",
 ]

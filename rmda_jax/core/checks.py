@@ -12,10 +12,10 @@ argument and what it accepts.
 Example:
   >>> from rmda_jax.core import checks
   >>> checks.check_momentum(0.1)
-  >>> checks.check_momentum(0.0)
+  >>> checks.check_momentum(0.0)  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  ValueError: momentum must be in (0, 1] (the weight of the new point: x <- (1-c) x + c z; 1 means no momentum), got 0.0.
+  ValueError: momentum must be in (0, 1] (the weight of the new point: ...), got 0.0.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 #: ``skip_nonfinite=True`` as ``optax.apply_if_finite``'s ``max_consecutive_errors``:
 #: its int32 counter saturates at this value, so ``count > max`` is never true.
@@ -41,7 +42,7 @@ def is_number(value: Any) -> bool:
 
 def is_tracer(value: Any) -> bool:
   """Whether ``value`` is a traced array (its value is unknown when the check runs)."""
-  return isinstance(value, jax.core.Tracer)
+  return isinstance(value, Tracer)
 
 
 def _is_array(value: Any) -> bool:
@@ -81,8 +82,10 @@ def check_scalar(
   Args:
     value: the hyperparameter.
     argname: its name, for the message.
-    low, high: the accepted range.
-    low_open, high_open: whether the ends are excluded.
+    low: the lowest accepted value.
+    high: the highest accepted value.
+    low_open: whether ``low`` itself is excluded.
+    high_open: whether ``high`` itself is excluded.
     schedule: whether a callable (an optax schedule) is accepted.
     concrete: whether a traced value is refused.
     note: appended to the range in the message.
@@ -96,6 +99,7 @@ def check_scalar(
   )
   if schedule and callable(value) and not _is_array(value):
     return
+  value = cast(Any, value)  # a number or an array from here on
   if is_tracer(value):
     if concrete:
       raise TypeError(
@@ -202,7 +206,7 @@ def check_axes(axes: Any, argname: str) -> tuple[int, ...]:
       _is_array(a) and np.result_type(a.dtype) == np.bool_
     )
     try:
-      index = None if is_bool else operator.index(a)
+      index = None if is_bool else operator.index(cast(Any, a))
     except TypeError:
       index = None
     if index is None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Optional
 
 KINDS = ("units", "heads", "inputs", "declared")
 
@@ -60,10 +59,10 @@ class Slice:
 
   path: str
   axis: int
-  split: tuple = ()
+  split: tuple[int, ...] = ()
   position: int = 0
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     object.__setattr__(self, "split", tuple(int(s) for s in self.split))
     if self.axis < 0:
       raise ValueError(f"Slice {self.path!r}: axis must be >= 0, got {self.axis}.")
@@ -87,13 +86,16 @@ class Slice:
   def num_groups(self, shape: Sequence[int]) -> int:
     return self.expanded_shape(shape)[self.group_axis()]
 
-  def check(self, shape: Sequence[int]) -> Optional[str]:
+  def check(self, shape: Sequence[int]) -> str | None:
     """An error message if this slice does not fit a leaf of ``shape``, else None."""
     shape = tuple(shape)
     if self.axis >= len(shape):
       return f"axis {self.axis} is out of range for shape {shape}"
     if self.split and math.prod(self.split) != shape[self.axis]:
-      return f"split {self.split} does not multiply to axis {self.axis}'s size {shape[self.axis]} (shape {shape})"
+      return (
+        f"split {self.split} does not multiply to axis {self.axis}'s size {shape[self.axis]} "
+        f"(shape {shape})"
+      )
     return None
 
   def describe(self) -> str:
@@ -122,11 +124,11 @@ class Family:
   name: str
   kind: str
   size: int
-  members: tuple
-  weight: Optional[float] = None
-  consumers: tuple = ()
+  members: tuple[Slice, ...]
+  weight: float | None = None
+  consumers: tuple[str, ...] = ()
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     object.__setattr__(self, "members", tuple(self.members))
     object.__setattr__(self, "consumers", tuple(self.consumers))
     if self.kind not in KINDS:
@@ -158,8 +160,8 @@ class Unprunable:
   """A dimension that carries parameters but is not offered as groups, and why."""
 
   size: int
-  members: tuple
-  reasons: tuple
+  members: tuple[Slice, ...]
+  reasons: tuple[str, ...]
 
   def describe(self) -> str:
     leaves = ", ".join(m.describe() for m in self.members[:4])
@@ -173,14 +175,20 @@ class Groups:
 
   Pass it to :func:`rmda_jax.group_lasso` (``groups=``); ``print`` it for a
   summary per kind and layer.
+
+  Attributes:
+    families: the disjoint families of groups.
+    unprunable: the dimensions that carry parameters but are not offered, with the reasons.
+    unknown_primitives: primitives discovery did not know (their dimensions were kept whole).
+    leaf_shapes: ``((path, shape), ...)`` of the params the groups were found on.
   """
 
-  families: tuple
-  unprunable: tuple = ()
-  unknown_primitives: tuple = ()
-  leaf_shapes: tuple = ()  # ((path, shape), ...) of the params the groups were found on
+  families: tuple[Family, ...]
+  unprunable: tuple[Unprunable, ...] = ()
+  unknown_primitives: tuple[str, ...] = ()
+  leaf_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     object.__setattr__(self, "families", tuple(self.families))
     object.__setattr__(self, "leaf_shapes", tuple((p, tuple(s)) for p, s in self.leaf_shapes))
     object.__setattr__(self, "unprunable", tuple(self.unprunable))
@@ -199,14 +207,14 @@ class Groups:
   def paths(self) -> frozenset:
     return frozenset(p for f in self.families for p in f.paths)
 
-  def of_kind(self, *kinds: str) -> "Groups":
+  def of_kind(self, *kinds: str) -> Groups:
     """Only the families of these kinds."""
     return dataclasses.replace(self, families=tuple(f for f in self.families if f.kind in kinds))
 
   def num_groups(self) -> int:
     return sum(f.size for f in self.families)
 
-  def summary(self, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> str:
+  def summary(self, shapes: Mapping[str, Sequence[int]] | None = None) -> str:
     """A table: kind, layer, groups, entries per group (when ``shapes`` is given), leaves."""
     rows = [("kind", "layer", "groups", "group size", "leaves")]
     for kind in KINDS:

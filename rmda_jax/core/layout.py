@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,15 +57,15 @@ class GroupLayout:
   """
 
   shapes: tuple[Shape, ...]
-  views: tuple[Optional[Shape], ...]
+  views: tuple[Shape | None, ...]
   reduce_axes: tuple[tuple[int, ...], ...]
   group_shape: Shape
   weight: float
-  spread_shapes: tuple[Optional[Shape], ...]
+  spread_shapes: tuple[Shape | None, ...]
 
   @classmethod
   def of_rule(
-    cls, shape: Sequence[int], rule: GroupRule, weight: Optional[float] = None
+    cls, shape: Sequence[int], rule: GroupRule, weight: float | None = None
   ) -> GroupLayout:
     """One leaf of ``shape`` under ``rule``; ``weight`` defaults to the rule's ``w_g``."""
     shape = tuple(shape)
@@ -164,7 +164,7 @@ class GroupLayout:
     def computation(acc: Sequence[jax.Array], new: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
       return tuple(combine[op](a, b) for op, a, b in zip(ops, acc, new))
 
-    totals: Optional[list[jax.Array]] = None
+    totals: list[jax.Array] | None = None
     for m in range(len(self.shapes)):
       xs = [operand[m] for operand in operands]
       view = self.views[m]

@@ -38,21 +38,12 @@ import dataclasses
 import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import jax
 
 from rmda_jax.core import checks
 from rmda_jax.core.trees import leaf_name, module_name, path_to_str
-
-Rule = Union["GroupRule", "Elementwise", "Matrix"]
-
-
-RuleFn = Callable[[str, Any], Optional[Rule]]
-
-
-RuleSpec = Union[None, RuleFn, Any]
-
 
 UNREGULARIZED_NAMES = ("embedding", "bias", "scale")
 
@@ -81,9 +72,9 @@ class GroupRule:
   """
 
   reduce_axes: tuple[int, ...]
-  weight: Optional[float] = None
+  weight: float | None = None
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     object.__setattr__(
       self, "reduce_axes", checks.check_axes(self.reduce_axes, "GroupRule.reduce_axes")
     )
@@ -102,7 +93,16 @@ class Matrix:
   """The leaf is penalized as the matrix ``reshape(leaf, (-1, shape[-1]))``."""
 
 
-def is_default_regularized(path: str, leaf) -> bool:
+#: A per-leaf rule.
+Rule = GroupRule | Elementwise | Matrix
+#: A rule chosen per leaf: ``(path, leaf) -> rule | None``.
+RuleFn = Callable[[str, Any], Rule | None]
+#: What a regularizer's ``rules`` accepts: None (the defaults), a :data:`RuleFn`, or a tree
+#: of rules (or None) matching the params.
+RuleSpec = Any
+
+
+def is_default_regularized(path: str, leaf: Any) -> bool:
   """Whether the Flax-aware default rules regularize this leaf."""
   return len(jax.numpy.shape(leaf)) >= 2 and leaf_name(path) not in UNREGULARIZED_NAMES
 
@@ -117,7 +117,7 @@ def output_wise(ndim: int) -> GroupRule:
   return GroupRule(tuple(range(ndim - 1)))
 
 
-def head_rule(path: str, ndim: int) -> Optional[GroupRule]:
+def head_rule(path: str, ndim: int) -> GroupRule | None:
   """One group per head for an attention projection kernel, else None."""
   if ndim != 3:
     return None
@@ -135,7 +135,7 @@ def default_group_rule(grouping: str = "input") -> RuleFn:
     raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}.")
   make = input_wise if grouping == "input" else output_wise
 
-  def rule(path, leaf):
+  def rule(path: str, leaf: Any) -> GroupRule | None:
     if not is_default_regularized(path, leaf):
       return None
     ndim = len(jax.numpy.shape(leaf))
@@ -149,15 +149,17 @@ def default_group_rule(grouping: str = "input") -> RuleFn:
   return rule
 
 
-def default_elementwise_rule(path, leaf) -> Optional[Elementwise]:
+def default_elementwise_rule(path: str, leaf: Any) -> Elementwise | None:
+  """The default L1 / elastic-net rule: every entry of a default-regularized leaf."""
   return Elementwise() if is_default_regularized(path, leaf) else None
 
 
-def default_matrix_rule(path, leaf) -> Optional[Matrix]:
+def default_matrix_rule(path: str, leaf: Any) -> Matrix | None:
+  """The default nuclear-norm rule: every default-regularized leaf as a matrix."""
   return Matrix() if is_default_regularized(path, leaf) else None
 
 
-def by_path(patterns: Mapping[str, Optional[Rule]], default: RuleFn) -> RuleFn:
+def by_path(patterns: Mapping[str, Rule | None], default: RuleFn) -> RuleFn:
   """Rules chosen by glob patterns on the ``/``-joined key path.
 
   The first pattern (in insertion order) that matches a path decides its rule;
@@ -179,31 +181,39 @@ def by_path(patterns: Mapping[str, Optional[Rule]], default: RuleFn) -> RuleFn:
 class PathRules:
   """The callable :func:`by_path` returns: ``(path, leaf) -> rule``."""
 
-  patterns: tuple
+  patterns: tuple[tuple[str, Rule | None], ...]
   default: RuleFn
 
-  def __call__(self, path, leaf):
+  def __call__(self, path: str, leaf: Any) -> Rule | None:
     for pattern, chosen in self.patterns:
       if fnmatch.fnmatchcase(path, pattern):
         return chosen
     return self.default(path, leaf)
 
-  def unmatched(self, paths) -> list:
+  def unmatched(self, paths: Sequence[str]) -> list[str]:
     """The patterns that match none of ``paths``."""
     return [p for p, _ in self.patterns if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
 
 
-def _is_rule_leaf(x) -> bool:
+def _is_rule_leaf(x: Any) -> bool:
   return x is None or isinstance(x, (GroupRule, Elementwise, Matrix))
 
 
 def resolve_rules(
-  spec: RuleSpec, params, default: RuleFn, expected: type, argname: str = "rules"
-) -> tuple[list[str], list[Any], list[Optional[Rule]], Any]:
+  spec: RuleSpec, params: Any, default: RuleFn, expected: type, argname: str = "rules"
+) -> tuple[list[str], list[Any], list[Any], Any]:
   """Rules for every leaf of ``params``, validated against the leaves' shapes.
 
-  Returns ``(paths, leaves, rules, treedef)`` with ``rules[i]`` the normalized
-  rule of ``leaves[i]`` (group axes made non-negative) or ``None``.
+  Args:
+    spec: None (``default``), a :data:`RuleFn`, or a tree of rules.
+    params: the params tree.
+    default: the rule function used when ``spec`` is None.
+    expected: the rule type the regularizer takes.
+    argname: the name of the argument, for the messages.
+
+  Returns:
+    ``(paths, leaves, rules, treedef)`` with ``rules[i]`` the normalized rule
+    of ``leaves[i]`` (group axes made non-negative) or ``None``.
 
   Raises:
     ValueError: when a rule tree does not match ``params``, a rule has the
@@ -249,9 +259,11 @@ def resolve_rules(
   )
 
 
-def _check_rule(rule, path, leaf, expected, argname):
-  """The normalized rule of a leaf (ValueError when it does not fit); None for
-  no rule and for a zero-size leaf, which has nothing to regularize."""
+def _check_rule(rule: Any, path: str, leaf: Any, expected: type, argname: str) -> Any:
+  """The normalized rule of a leaf (ValueError when it does not fit).
+
+  None for no rule and for a zero-size leaf, which has nothing to regularize.
+  """
   if rule is None:
     return None
   if not isinstance(rule, expected):
@@ -283,10 +295,12 @@ def _check_rule(rule, path, leaf, expected, argname):
 
 
 def group_size(shape: Sequence[int], rule: GroupRule) -> int:
+  """Entries in one group of a leaf of ``shape`` under ``rule``."""
   return int(math.prod(shape[a] for a in rule.reduce_axes))
 
 
 def num_groups(shape: Sequence[int], rule: GroupRule) -> int:
+  """Groups of a leaf of ``shape`` under ``rule``."""
   size = math.prod(shape)
   gsize = group_size(shape, rule)
   return 0 if gsize == 0 else size // gsize

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def path_to_str(key_path: Iterable[Any]) -> str:
@@ -43,7 +43,7 @@ def path_to_str(key_path: Iterable[Any]) -> str:
   return "/".join(parts)
 
 
-def paths(tree: chex.ArrayTree) -> list[str]:
+def paths(tree: optax.Params) -> list[str]:
   """The :func:`path_to_str` of every leaf of ``tree``, in leaf order."""
   return [path_to_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
@@ -64,7 +64,7 @@ def _clip(text: str, limit: int = 1200) -> str:
 
 
 def check_like_params(
-  tree: chex.ArrayTree, params: chex.ArrayTree, argname: str, hint: str = ""
+  tree: optax.Params, params: optax.Params, argname: str, hint: str = ""
 ) -> None:
   """``tree`` has the params' tree structure and leaf shapes.
 
@@ -106,14 +106,14 @@ def check_like_params(
       )
 
 
-def to_float32(tree: chex.ArrayTree) -> chex.ArrayTree:
+def to_float32(tree: optax.Params) -> optax.Params:
   """Accumulator copy of a tree: float32 at least, whatever the params' dtype."""
   return jax.tree_util.tree_map(
     lambda x: jnp.asarray(x, jnp.promote_types(jnp.result_type(x), jnp.float32)), tree
   )
 
 
-def fresh_copy(tree: chex.ArrayTree, accumulator: bool = False) -> chex.ArrayTree:
+def fresh_copy(tree: optax.Params, accumulator: bool = False) -> optax.Params:
   """A copy of ``tree`` in new buffers (float32 at least with ``accumulator``).
 
   It never aliases the input: an optimizer state built from the params must
@@ -129,14 +129,14 @@ def fresh_copy(tree: chex.ArrayTree, accumulator: bool = False) -> chex.ArrayTre
   return jax.tree_util.tree_map(copy, tree)
 
 
-def zeros_float32(tree: chex.ArrayTree) -> chex.ArrayTree:
+def zeros_float32(tree: optax.Params) -> optax.Params:
   """Zeros shaped like ``tree``, float32 at least."""
   return jax.tree_util.tree_map(
     lambda x: jnp.zeros(jnp.shape(x), jnp.promote_types(jnp.result_type(x), jnp.float32)), tree
   )
 
 
-def updates_to(new_params: chex.ArrayTree, params: chex.ArrayTree) -> chex.ArrayTree:
+def updates_to(new_params: optax.Params, params: optax.Params) -> optax.Params:
   """``new - params`` in the params' dtypes.
 
   ``optax.apply_updates`` then lands on ``new``, exactly on every zero of it.
@@ -146,6 +146,6 @@ def updates_to(new_params: chex.ArrayTree, params: chex.ArrayTree) -> chex.Array
   )
 
 
-def cast_like(tree: chex.ArrayTree, like: chex.ArrayTree) -> chex.ArrayTree:
+def cast_like(tree: optax.Params, like: optax.Params) -> optax.Params:
   """``tree`` in the dtypes of the matching leaves of ``like``."""
   return jax.tree_util.tree_map(lambda a, x: jnp.asarray(a).astype(jnp.result_type(x)), tree, like)

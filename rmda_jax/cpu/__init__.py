@@ -16,4 +16,4 @@ from rmda_jax.cpu import memory, options, timing
 from rmda_jax.cpu.memory import keep_freed_memory
 from rmda_jax.cpu.options import compiler_options
 
-__all__ = ["compiler_options", "keep_freed_memory"]
+__all__ = ["compiler_options", "keep_freed_memory", "memory", "options", "timing"]

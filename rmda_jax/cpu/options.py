@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
 
 import jax
 import numpy as np
@@ -84,8 +83,8 @@ def _user_sets(option: str) -> bool:
   return f"--{option}" in os.environ.get("XLA_FLAGS", "")
 
 
-def compiler_options(backend: Optional[str] = None) -> dict:
-  """``jax.jit(..., compiler_options=...)`` for a CPU training step: vectorized sums, XLA's convolutions.
+def compiler_options(backend: str | None = None) -> dict[str, bool | str]:
+  """``jax.jit(..., compiler_options=...)`` for a CPU step: vectorized sums, XLA's convolutions.
 
   The sums are reassociated, everything else stays IEEE; convolutions run
   through XLA's own thunks instead of YNNPACK where this jaxlib accepts the
@@ -106,7 +105,7 @@ def compiler_options(backend: Optional[str] = None) -> dict:
   platform = jax.default_backend() if backend is None else backend
   if platform.lower() != "cpu":
     return {}
-  options = dict(_REASSOCIATE_SUMS)
+  options: dict[str, bool | str] = dict(_REASSOCIATE_SUMS)
   if not _user_sets(YNN_FUSION_TYPE) and _xla_accepts(tuple(_CONVOLUTIONS_BY_XLA.items())):
     options.update(_CONVOLUTIONS_BY_XLA)
   return options

@@ -8,7 +8,8 @@ Example:
   >>> import jax.numpy as jnp
   >>> from rmda_jax.cpu import timing
   >>> x = jnp.ones((64, 64))
-  >>> t = timing.interleaved_medians({"add": lambda: timing.block(x + x), "mul": lambda: timing.block(x @ x)},
+  >>> runners = {"add": lambda: timing.block(x + x), "mul": lambda: timing.block(x @ x)}
+  >>> t = timing.interleaved_medians(runners,
   ...                                rounds=3, steps_per_round=1)
   >>> sorted(t), all(v > 0 for v in t.values())
   (['add', 'mul'], True)
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 
 
-def block(tree):
+def block(tree: Any) -> Any:
   """Wait for every array of ``tree`` (dispatch is asynchronous); returns it."""
   return jax.tree_util.tree_map(
     lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree

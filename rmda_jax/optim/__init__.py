@@ -1,9 +1,9 @@
-"""The optimizers, as optax transformations, and the building blocks they are chained from.
+r"""The optimizers, as optax transformations, and the building blocks they are chained from.
 
 The optimizers (:mod:`~rmda_jax.optim.dual_averaging`: :func:`rmda`,
 :func:`ramda`; :mod:`~rmda_jax.optim.baselines`: :func:`prox_sgd`,
 :func:`prox_adamw`, :func:`prox_ssi`; :mod:`~rmda_jax.optim.rigl`:
-:func:`rigl`) are short ``optax.chain``\\ s of building blocks, each an
+:func:`rigl`) are short ``optax.chain``\ s of building blocks, each an
 ``optax.GradientTransformationExtraArgs`` with a NamedTuple state:
 
 * ``rmda  = dual_averaging_center     -> sqrt_k_metric    -> proximal_step -> momentum_average``
@@ -110,26 +110,39 @@ __all__ = [
   "Stagewise",
   "Subproblem",
   "accumulate_dual_averaging",
+  "accumulators",
   "adam_metric",
   "adam_moments",
+  "baselines",
+  "chain",
   "cube_root_metric",
   "dampened_momentum",
+  "dual_averaging",
   "dual_averaging_center",
+  "moments",
   "momentum_average",
   "named_chain",
+  "preconditioners",
   "prox_adamw",
   "prox_sgd",
   "prox_ssi",
   "prox_ssi_subproblem",
   "proxgen_subproblem",
+  "proximal",
   "proximal_gradient_subproblem",
   "proximal_step",
+  "pruning",
   "ramda",
   "rigl",
   "rmda",
+  "schedules",
+  "sharding",
   "sqrt_k_metric",
   "stagewise",
+  "structured",
   "structured_params",
+  "subproblems",
   "to_updates",
   "twin_of",
+  "updates",
 ]

@@ -30,7 +30,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,10 +62,10 @@ class DualAverage(NamedTuple):
   stage_count: jax.Array
   alpha: jax.Array
   anchor: optax.Params
-  grad_sum: Optional[optax.Params]
+  grad_sum: optax.Params | None
   sq_grad_sum: optax.Params
-  grads: Optional[optax.Params]
-  center: Optional[optax.Params] = None
+  grads: optax.Params | None
+  center: optax.Params | None = None
 
 
 class DualAveragingSumsState(NamedTuple):
@@ -95,7 +95,7 @@ class DualAveragingSumsState(NamedTuple):
 
 
 class DualAveragingCenterState(NamedTuple):
-  """State of :func:`dual_averaging_center`: that of :func:`accumulate_dual_averaging` with ``y_k`` for ``V_k``.
+  """State of :func:`dual_averaging_center`: the sums' state with ``y_k`` in place of ``V_k``.
 
   Attributes:
     count, stage_count, alpha, anchor: as in :class:`DualAveragingSumsState`.
@@ -155,7 +155,7 @@ def _begin_step(learning_rate, stages, reset, updates, state, params, name):
 
 def accumulate_dual_averaging(
   learning_rate: optax.ScalarOrSchedule,
-  stages: Optional[Stagewise] = None,
+  stages: Stagewise | None = None,
   sq_grads: bool = False,
   grads: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -177,10 +177,12 @@ def accumulate_dual_averaging(
     learning_rate: ``eta >= 0``, a number, a scalar array or a schedule.
     stages: optional :class:`~rmda_jax.optim.schedules.Stagewise` (restarts and
       learning-rate drops).
-    sq_grads: also accumulate ``U_k`` (RAMDA's :func:`~rmda_jax.optim.preconditioners.cube_root_metric`
+    sq_grads: also accumulate ``U_k`` (RAMDA's
+      :func:`~rmda_jax.optim.preconditioners.cube_root_metric`
       needs it).
     grads: pass this step's gradient on in :attr:`DualAverage.grads` (for
-      a metric that keeps its own statistics, e.g. :func:`~rmda_jax.optim.preconditioners.adam_metric`).
+      a metric that keeps its own statistics, e.g.
+      :func:`~rmda_jax.optim.preconditioners.adam_metric`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` mapping the gradients to a
@@ -200,7 +202,7 @@ def accumulate_dual_averaging(
   checks.check_learning_rate(learning_rate)
   check_stages(stages)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> Any:
     return _new_stage_state(
       DualAveragingSumsState,
       params,
@@ -208,13 +210,15 @@ def accumulate_dual_averaging(
       sq_grad_sum=trees.zeros_float32(params) if sq_grads else optax.EmptyState(),
     )
 
-  def reset(state, params):
+  def reset(state: Any, params: optax.Params) -> Any:
     zeros = trees.zeros_float32(params)
     return _restart(
       state, params, grad_sum=zeros, sq_grad_sum=zeros if sq_grads else state.sq_grad_sum
     )
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del extra_args
     state, lr, k = _begin_step(
       learning_rate, stages, reset, updates, state, params, "accumulate_dual_averaging"
@@ -233,7 +237,7 @@ def accumulate_dual_averaging(
       state.count, k, alpha, state.anchor, grad_sum, sq_grad_sum, updates if grads else None
     )
     new_state = DualAveragingSumsState(
-      optax.safe_int32_increment(state.count), k, alpha, state.anchor, grad_sum, sq_grad_sum
+      chain.next_count(state.count), k, alpha, state.anchor, grad_sum, sq_grad_sum
     )
     return out, new_state
 
@@ -242,7 +246,7 @@ def accumulate_dual_averaging(
 
 def dual_averaging_center(
   learning_rate: optax.ScalarOrSchedule,
-  stages: Optional[Stagewise] = None,
+  stages: Stagewise | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RMDA's accumulator kept as its prox center ``y_k = x0 - V_k / sqrt(k)``.
 
@@ -295,15 +299,17 @@ def dual_averaging_center(
   checks.check_learning_rate(learning_rate)
   check_stages(stages)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> Any:
     return _new_stage_state(
       DualAveragingCenterState, params, center=trees.fresh_copy(params, accumulator=True)
     )
 
-  def reset(state, params):
+  def reset(state: Any, params: optax.Params) -> Any:
     return _restart(state, params, center=trees.to_float32(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del extra_args
     state, lr, k = _begin_step(
       learning_rate, stages, reset, updates, state, params, "dual_averaging_center"
@@ -321,7 +327,7 @@ def dual_averaging_center(
     alpha = state.alpha + lr * sqrt_k
     out = DualAverage(state.count, k, alpha, state.anchor, None, optax.EmptyState(), None, center)
     new_state = DualAveragingCenterState(
-      optax.safe_int32_increment(state.count), k, alpha, state.anchor, center
+      chain.next_count(state.count), k, alpha, state.anchor, center
     )
     return out, new_state
 

@@ -18,8 +18,9 @@ moments are passed on raw rather than as ``optax.scale_by_adam``'s direction).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, cast
 
+import jax
 import optax
 
 from rmda_jax.core import checks
@@ -27,9 +28,9 @@ from rmda_jax.optim import chain
 from rmda_jax.optim.moments import DampenedMomentumState, adam_moments, dampened_momentum
 from rmda_jax.optim.proximal import ProximalStepState, proximal_step
 from rmda_jax.optim.subproblems import (
-  proximal_gradient_subproblem,
   prox_ssi_subproblem,
   proxgen_subproblem,
+  proximal_gradient_subproblem,
 )
 from rmda_jax.optim.updates import to_updates
 from rmda_jax.prox.regularizer import Regularizer, check_regularizer
@@ -56,8 +57,13 @@ class ProxSGDState(NamedTuple):
   step: ProximalStepState
   updates: optax.EmptyState
 
-  count = property(lambda self: self.momentum_state.count)
-  momentum = property(lambda self: self.momentum_state.momentum)
+  @property
+  def count(self) -> jax.Array:
+    return self.momentum_state.count
+
+  @property
+  def momentum(self) -> optax.Params:
+    return self.momentum_state.momentum
 
 
 class ProxAdamState(NamedTuple):
@@ -80,10 +86,21 @@ class ProxAdamState(NamedTuple):
   step: ProximalStepState
   updates: optax.EmptyState
 
-  count = property(lambda self: self.moments.count)
-  mu = property(lambda self: self.moments.mu)
-  nu = property(lambda self: self.moments.nu)
-  solver_info = property(lambda self: self.step.solver_info)
+  @property
+  def count(self) -> jax.Array:
+    return cast(jax.Array, self.moments.count)
+
+  @property
+  def mu(self) -> optax.Params:
+    return self.moments.mu
+
+  @property
+  def nu(self) -> optax.Params:
+    return self.moments.nu
+
+  @property
+  def solver_info(self) -> Any:
+    return self.step.solver_info
 
 
 def _check(learning_rate, regularizer, skip_nonfinite):
@@ -101,10 +118,10 @@ def _check(learning_rate, regularizer, skip_nonfinite):
 def prox_sgd(
   learning_rate: optax.ScalarOrSchedule,
   momentum: optax.ScalarOrSchedule = 0.1,
-  regularizer: Optional[Regularizer] = None,
-  skip_nonfinite: Union[bool, int] = False,
-  strength: Optional[optax.ScalarOrSchedule] = None,
-) -> optax.GradientTransformationExtraArgs:
+  regularizer: Regularizer | None = None,
+  skip_nonfinite: bool | int = False,
+  strength: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformation:
   r"""Proximal SGD with the reference's dampened momentum (ProxSGD).
 
   .. math::
@@ -185,11 +202,11 @@ def prox_adamw(
   b2: float = 0.999,
   eps: float = 1e-8,
   weight_decay: float = 0.0,
-  regularizer: Optional[Regularizer] = None,
-  solver: Union[str, Solver] = "auto",
-  skip_nonfinite: Union[bool, int] = False,
-  strength: Optional[optax.ScalarOrSchedule] = None,
-) -> optax.GradientTransformationExtraArgs:
+  regularizer: Regularizer | None = None,
+  solver: str | Solver = "auto",
+  skip_nonfinite: bool | int = False,
+  strength: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformation:
   r"""ProxGen with an AdamW base: a preconditioned proximal step.
 
   .. math::
@@ -206,7 +223,8 @@ def prox_adamw(
   Args:
     learning_rate: ``eta >= 0``, a number, a scalar array or a schedule
       (the papers use 1e-3).
-    b1, b2: Adam's decay rates in [0, 1).
+    b1: Adam's first-moment decay rate, in [0, 1).
+    b2: Adam's second-moment decay rate, in [0, 1).
     eps: ``epsilon >= 0`` added to the bias-corrected ``sqrt(v)``.
     weight_decay: decoupled decay ``w >= 0`` applied first.
     regularizer: a rmda_jax regularizer or None.
@@ -245,12 +263,12 @@ def prox_ssi(
   b2: float = 0.999,
   eps: float = 1e-6,
   weight_decay: float = 0.0,
-  regularizer: Optional[Regularizer] = None,
-  solver: Union[str, Solver] = "auto",
-  skip_nonfinite: Union[bool, int] = False,
+  regularizer: Regularizer | None = None,
+  solver: str | Solver = "auto",
+  skip_nonfinite: bool | int = False,
   bias_correction: bool = False,
-  strength: Optional[optax.ScalarOrSchedule] = None,
-) -> optax.GradientTransformationExtraArgs:
+  strength: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformation:
   r"""ProxSSI: an Adam step, then the prox in Adam's metric (Deleu & Bengio).
 
   .. math::
@@ -291,13 +309,14 @@ def prox_ssi(
   Args:
     learning_rate: ``eta >= 0``, a number, a scalar array or a schedule
       (the papers use 1e-3).
-    b1, b2: in [0, 1).
+    b1: the first-moment decay rate, in [0, 1).
+    b2: the second-moment decay rate, in [0, 1).
     eps: ``epsilon >= 0`` (1e-6 as in the reference).
     weight_decay: ``w >= 0``, applied to the Adam step.
     regularizer: a rmda_jax regularizer or None.
     solver: as in :func:`rmda_jax.ramda`.
-    skip_nonfinite, and the types of ``b1``, ``b2``, ``eps``, ``weight_decay``:
-      as in :func:`prox_adamw`.
+    skip_nonfinite: as in :func:`prox_adamw` (and the types of ``b1``, ``b2``,
+      ``eps`` and ``weight_decay``).
     bias_correction: False (default) is the original's metric ``sqrt(v_t) +
       eps``; True uses ``sqrt(v_t / (1 - beta_2^t)) + eps`` in both the Adam
       step and the prox (see above).

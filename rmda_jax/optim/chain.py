@@ -14,9 +14,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -39,39 +39,46 @@ def zero_count() -> jax.Array:
   return jnp.zeros((), jnp.int32)
 
 
-def require_params(params: Optional[optax.Params], name: str) -> None:
-  """``params`` were passed to ``update``.
+def next_count(count: jax.Array) -> jax.Array:
+  """``count + 1``, saturating at the int32 maximum (``optax.safe_int32_increment``)."""
+  return cast(jax.Array, optax.safe_int32_increment(count))
+
+
+def require_params(params: optax.Params | None, name: str) -> optax.Params:
+  """``params``, which ``update`` needs.
 
   Raises:
-    ValueError: they were not, naming ``name``.
+    ValueError: they were not passed, naming ``name``.
   """
   if params is None:
     raise ValueError(
       f"{name}.update needs the current params: call tx.update(grads, state, params)."
     )
+  return params
 
 
 def check_update_args(
-  grads: optax.Updates, state_tree: chex.ArrayTree, params: Optional[optax.Params], name: str
-) -> None:
-  """``update``'s checks: params given, grads and the state's params-shaped ``state_tree`` shaped like them.
+  grads: optax.Updates, state_tree: optax.Params, params: optax.Params | None, name: str
+) -> optax.Params:
+  """``update``'s checks, returning the params: given, grads and ``state_tree`` shaped like them.
 
   Static: costs nothing under jit.
 
   Raises:
     ValueError: no params, or grads or state of another structure or shapes.
   """
-  require_params(params, name)
+  params = require_params(params, name)
   check_like_params(grads, params, "grads")
   check_like_params(
     state_tree, params, f"the {name} state", hint=" (was it made by tx.init with other params?)"
   )
+  return params
 
 
 def named_chain(
   state_type: type,
   *transforms: optax.GradientTransformation,
-  check: Optional[Callable[[Any, Any, Any], None]] = None,
+  check: Callable[[Any, Any, Any], None] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """``optax.chain(*transforms)`` whose state is ``state_type(*states)`` instead of a tuple.
 
@@ -88,21 +95,21 @@ def named_chain(
   chained = optax.chain(*transforms)
 
   def init_fn(params: optax.Params) -> Any:
-    return state_type(*chained.init(params))
+    return state_type(*cast(tuple, chained.init(params)))
 
   def update_fn(
-    updates: optax.Updates, state: Any, params: Optional[optax.Params] = None, **extra_args: Any
+    updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra_args: Any
   ) -> tuple[optax.Updates, Any]:
     if check is not None:
       check(updates, state, params)
     updates, new_state = chained.update(updates, tuple(state), params, **extra_args)
-    return updates, state_type(*new_state)
+    return updates, state_type(*cast(tuple, new_state))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def skipping_nonfinite(
-  tx: optax.GradientTransformation, max_consecutive_errors: Optional[int]
+  tx: optax.GradientTransformation, max_consecutive_errors: int | None
 ) -> optax.GradientTransformation:
   """``tx`` wrapped in ``optax.apply_if_finite`` (``tx`` itself for None).
 

@@ -28,10 +28,9 @@ gradients; anything after them would rescale the step away from ``z``).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from rmda_jax.core import checks
@@ -44,7 +43,7 @@ from rmda_jax.optim.accumulators import (
 )
 from rmda_jax.optim.preconditioners import cube_root_metric, sqrt_k_metric
 from rmda_jax.optim.proximal import ProximalStepState, proximal_step
-from rmda_jax.optim.schedules import Stagewise, check_stages
+from rmda_jax.optim.schedules import Stagewise
 from rmda_jax.optim.updates import momentum_average
 from rmda_jax.prox.regularizer import Regularizer, check_regularizer
 from rmda_jax.prox.solvers import Solver
@@ -84,20 +83,46 @@ class DualAveragingState(NamedTuple):
       subproblem solve; ``optax.EmptyState()`` for RMDA (closed-form prox).
   """
 
-  sums: Union[DualAveragingCenterState, DualAveragingSumsState]
+  sums: DualAveragingCenterState | DualAveragingSumsState
   metric: Any
   step: ProximalStepState
   average: chain.CountState
 
-  count = property(lambda self: self.sums.count)
-  stage_count = property(lambda self: self.sums.stage_count)
-  alpha = property(lambda self: self.sums.alpha)
-  anchor = property(lambda self: self.sums.anchor)
-  grad_sum = property(lambda self: self.sums.grad_sum)
-  sq_grad_sum = property(lambda self: self.sums.sq_grad_sum)
-  center = property(lambda self: self.sums.center)
-  structured = property(lambda self: self.step.structured)
-  solver_info = property(lambda self: self.step.solver_info)
+  @property
+  def count(self) -> jax.Array:
+    return self.sums.count
+
+  @property
+  def stage_count(self) -> jax.Array:
+    return self.sums.stage_count
+
+  @property
+  def alpha(self) -> jax.Array:
+    return self.sums.alpha
+
+  @property
+  def anchor(self) -> optax.Params:
+    return self.sums.anchor
+
+  @property
+  def grad_sum(self) -> optax.Params:
+    return self.sums.grad_sum
+
+  @property
+  def sq_grad_sum(self) -> Any:
+    return self.sums.sq_grad_sum
+
+  @property
+  def center(self) -> optax.Params:
+    return self.sums.center
+
+  @property
+  def structured(self) -> optax.Params:
+    return self.step.structured
+
+  @property
+  def solver_info(self) -> Any:
+    return self.step.solver_info
 
 
 def _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite):
@@ -113,7 +138,8 @@ def _check_common(learning_rate, momentum, regularizer, stages, skip_nonfinite):
   check_regularizer(regularizer)
   if stages is not None and not isinstance(stages, Stagewise):
     raise TypeError(
-      f"stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, got {type(stages).__name__}."
+      "stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, "
+      f"got {type(stages).__name__}."
     )
   return checks.check_skip_nonfinite(skip_nonfinite)
 
@@ -128,12 +154,12 @@ def _checker(name):
 def rmda(
   learning_rate: optax.ScalarOrSchedule,
   momentum: optax.ScalarOrSchedule = 0.1,
-  regularizer: Optional[Regularizer] = None,
-  stages: Optional[Stagewise] = None,
-  skip_nonfinite: Union[bool, int] = False,
-  strength: Optional[optax.ScalarOrSchedule] = None,
+  regularizer: Regularizer | None = None,
+  stages: Stagewise | None = None,
+  skip_nonfinite: bool | int = False,
+  strength: optax.ScalarOrSchedule | None = None,
   keep_point: bool = True,
-) -> optax.GradientTransformationExtraArgs:
+) -> optax.GradientTransformation:
   r"""Regularized Modernized Dual Averaging (RMDA).
 
   Per step, with ``k`` the step inside the current stage and ``x0`` the stage
@@ -189,7 +215,7 @@ def rmda(
       shapes differ from the params'.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; ``update`` requires
+    An ``optax.GradientTransformation`` (with extra arguments); ``update`` requires
     ``params``. Its state is a :class:`DualAveragingState` (inside an
     ``optax.ApplyIfFiniteState`` with ``skip_nonfinite``), with empty
     ``sq_grad_sum`` and ``solver_info``.
@@ -224,13 +250,13 @@ def rmda(
 def ramda(
   learning_rate: optax.ScalarOrSchedule,
   momentum: optax.ScalarOrSchedule = 0.1,
-  regularizer: Optional[Regularizer] = None,
+  regularizer: Regularizer | None = None,
   eps: float = 1e-6,
-  solver: Union[str, Solver] = "auto",
-  stages: Optional[Stagewise] = None,
-  skip_nonfinite: Union[bool, int] = False,
-  strength: Optional[optax.ScalarOrSchedule] = None,
-) -> optax.GradientTransformationExtraArgs:
+  solver: str | Solver = "auto",
+  stages: Stagewise | None = None,
+  skip_nonfinite: bool | int = False,
+  strength: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformation:
   r"""Regularized Adaptive Momentum Dual Averaging (RAMDA).
 
   RMDA with a diagonal preconditioner from the weighted sum of squared
@@ -268,7 +294,7 @@ def ramda(
     TypeError / ValueError: as for :func:`rmda`.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; ``update`` requires
+    An ``optax.GradientTransformation`` (with extra arguments); ``update`` requires
     ``params``. Its state is a :class:`DualAveragingState` (inside an
     ``optax.ApplyIfFiniteState`` with ``skip_nonfinite``).
 

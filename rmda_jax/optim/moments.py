@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,16 +80,18 @@ def dampened_momentum(
   """
   checks.check_momentum(momentum)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> Any:
     return DampenedMomentumState(chain.zero_count(), trees.zeros_float32(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del params, extra_args
     c = value_at(momentum, state.count)
     m = jax.tree_util.tree_map(
       lambda m, g: (1 - c) * m + c * g.astype(m.dtype), state.momentum, updates
     )
-    return m, DampenedMomentumState(optax.safe_int32_increment(state.count), m)
+    return m, DampenedMomentumState(chain.next_count(state.count), m)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -110,7 +112,8 @@ def adam_moments(
   the output is the raw :class:`AdamMoments` rather than Adam's direction.
 
   Args:
-    b1, b2: decay rates in [0, 1), numbers or scalar arrays.
+    b1: the first-moment decay rate in [0, 1), a number or a scalar array.
+    b2: the second-moment decay rate in [0, 1), a number or a scalar array.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` mapping gradients to
@@ -126,12 +129,14 @@ def adam_moments(
   checks.check_in_range(b1, "b1", 0.0, 1.0)
   checks.check_in_range(b2, "b2", 0.0, 1.0)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> Any:
     return optax.ScaleByAdamState(
       chain.zero_count(), trees.zeros_float32(params), trees.zeros_float32(params)
     )
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del params, extra_args
     mu = jax.tree_util.tree_map(
       lambda m, g: b1 * m + (1 - b1) * g.astype(m.dtype), state.mu, updates
@@ -140,7 +145,7 @@ def adam_moments(
       lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(v.dtype)), state.nu, updates
     )
     return AdamMoments(state.count, mu, nu), optax.ScaleByAdamState(
-      optax.safe_int32_increment(state.count), mu, nu
+      chain.next_count(state.count), mu, nu
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

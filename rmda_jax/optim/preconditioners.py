@@ -1,6 +1,7 @@
-r"""The metrics of dual averaging: a :class:`~rmda_jax.optim.accumulators.DualAverage` to its prox subproblem.
+r"""The metrics of dual averaging: from the accumulated sums to the prox subproblem.
 
-Each block maps the accumulator's output to the
+Each block maps the accumulator's output, a
+:class:`~rmda_jax.optim.accumulators.DualAverage`, to the
 :class:`~rmda_jax.optim.proximal.Subproblem` its method solves:
 
 * RMDA's :func:`sqrt_k_metric`, ``P_k = sqrt(k) I``: a plain prox at the
@@ -12,7 +13,8 @@ Each block maps the accumulator's output to the
 Example:
   >>> import jax.numpy as jnp, optax
   >>> from rmda_jax import optim
-  >>> tx = optax.chain(optim.accumulate_dual_averaging(1.0, sq_grads=True), optim.cube_root_metric(eps=0.0))
+  >>> sums = optim.accumulate_dual_averaging(1.0, sq_grads=True)
+  >>> tx = optax.chain(sums, optim.cube_root_metric(eps=0.0))
   >>> params = {"w": jnp.zeros(1)}
   >>> problem, _ = tx.update({"w": jnp.array([8.0])}, tx.init(params), params)
   >>> float(problem.metric["w"][0])   # cbrt(1 * 8^2)
@@ -26,7 +28,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +77,9 @@ def sqrt_k_metric() -> optax.GradientTransformationExtraArgs:
     ([0.0, 0.0], 1.0)
   """
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del params, extra_args
     sqrt_k = jnp.sqrt(updates.stage_count.astype(jnp.float32))
     if updates.center is not None:
@@ -86,9 +90,10 @@ def sqrt_k_metric() -> optax.GradientTransformationExtraArgs:
     # a product, not a division, per entry: XLA recomputes cheap elementwise
     # expressions in each consumer but stores an "expensive" division's result
     inv_sqrt_k = 1 / sqrt_k
-    center = lambda anchor, grad_sum: jax.tree_util.tree_map(
-      lambda x0, v: x0 - v * inv_sqrt_k, anchor, grad_sum
-    )
+
+    def center(anchor: optax.Params, grad_sum: optax.Params) -> optax.Params:
+      return jax.tree_util.tree_map(lambda x0, v: x0 - v * inv_sqrt_k, anchor, grad_sum)
+
     y = center(updates.anchor, updates.grad_sum)
     twin = twin_of(center, updates.anchor, updates.grad_sum)
     return Subproblem(
@@ -134,19 +139,19 @@ def cube_root(u: jax.Array) -> jax.Array:
   return jnp.where(positive, root, 0)
 
 
-def cube_root_preconditioner(sq_grad_sum, eps) -> optax.Params:
+def cube_root_preconditioner(sq_grad_sum: optax.Params, eps: jax.typing.ArrayLike) -> optax.Params:
   """RAMDA's diagonal metric ``P = cbrt(U) + eps`` (``U >= 0``)."""
   return jax.tree_util.tree_map(lambda u: cube_root(u) + eps, sq_grad_sum)
 
 
 def _diagonal_subproblem(dual: DualAverage, metric) -> Subproblem:
-  """``min_z <V, z - x0> + 1/2 <z - x0, P (z - x0)> + alpha lambda psi(z)``, i.e. ``b = P x0 - V``."""
+  """``min_z <V, z - x0> + 1/2 <z - x0, P (z - x0)> + alpha lambda psi(z)``: ``b = P x0 - V``."""
   b = jax.tree_util.tree_map(lambda p, x0, v: p * x0 - v, metric, dual.anchor, dual.grad_sum)
   return Subproblem(b, metric, dual.alpha, None, dual.anchor, dual.count)
 
 
 def cube_root_metric(
-  eps: jax.typing.ArrayLike = 1e-6, stages: Optional[Stagewise] = None
+  eps: jax.typing.ArrayLike = 1e-6, stages: Stagewise | None = None
 ) -> optax.GradientTransformationExtraArgs:
   r"""RAMDA's metric: a :class:`DualAverage` (with ``U_k``) to its :class:`Subproblem`.
 
@@ -181,7 +186,9 @@ def cube_root_metric(
   checks.check_nonnegative(eps, "eps")
   check_stages(stages)
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del params, extra_args
     if isinstance(updates.sq_grad_sum, optax.EmptyState):
       raise ValueError(
@@ -220,10 +227,12 @@ def adam_metric(
   checks.check_in_range(b2, "b2", 0.0, 1.0)
   checks.check_nonnegative(eps, "eps")
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> Any:
     return AdamMetricState(chain.zero_count(), trees.zeros_float32(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del params, extra_args
     if updates.grads is None:
       raise ValueError(
@@ -232,7 +241,7 @@ def adam_metric(
     nu = jax.tree_util.tree_map(
       lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(v.dtype)), state.nu, updates.grads
     )
-    t = optax.safe_int32_increment(state.count)
+    t = chain.next_count(state.count)
     bias = 1 - b2 ** t.astype(jnp.float32)
     sqrt_k = jnp.sqrt(updates.stage_count.astype(jnp.float32))
     metric = jax.tree_util.tree_map(lambda v: sqrt_k * (jnp.sqrt(v / bias) + eps), nu)

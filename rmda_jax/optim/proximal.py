@@ -6,7 +6,8 @@ Every optimizer of the library ends its chain with :func:`proximal_step`:
 
    z = \arg\min_z \tfrac12\langle z, P z\rangle - \langle b, z\rangle
        + \mathrm{scale}\,\lambda\psi(z)
-   \quad\big(z = \mathrm{prox}_{\mathrm{scale}\,\lambda\psi}(b)\ \text{when } P \text{ is None}\big),
+   \quad\big(z = \mathrm{prox}_{\mathrm{scale}\,\lambda\psi}(b)
+   \ \text{when } P \text{ is None}\big),
 
 where the :class:`Subproblem` comes from a metric block
 (:mod:`rmda_jax.optim.preconditioners`) or a baseline's subproblem block
@@ -16,20 +17,20 @@ Example:
   >>> import jax.numpy as jnp, rmda_jax
   >>> from rmda_jax.optim import Subproblem, proximal_step
   >>> tx = proximal_step(rmda_jax.group_lasso(1.0), keep_point=False)
-  >>> problem = Subproblem({"w": jnp.array([[3.0, 4.0], [0.1, 0.1]])}, None, jnp.float32(1.0), None, None,
-  ...                      jnp.int32(0))
+  >>> b = {"w": jnp.array([[3.0, 4.0], [0.1, 0.1]])}
+  >>> problem = Subproblem(b, None, jnp.float32(1.0), None, None, jnp.int32(0))
   >>> z, _ = tx.update(problem, tx.init({"w": jnp.zeros((2, 2))}))
-  >>> [[round(v, 4) for v in row] for row in z["w"].tolist()]   # rows shrunk by sqrt(2) / their norm
+  >>> [[round(v, 4) for v in row] for row in z["w"].tolist()]   # shrunk by sqrt(2) / norm
   [[2.1515, 2.8686], [0.0, 0.0]]
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from rmda_jax.core import checks, trees
@@ -64,12 +65,12 @@ class Subproblem(NamedTuple):
   """
 
   b: optax.Params
-  metric: Optional[optax.Params]
+  metric: optax.Params | None
   scale: jax.Array
-  init: Optional[optax.Params]
-  anchor: Optional[optax.Params]
+  init: optax.Params | None
+  anchor: optax.Params | None
   count: jax.Array
-  twin: Optional[optax.Params] = None
+  twin: optax.Params | None = None
 
 
 class ProximalStepState(NamedTuple):
@@ -114,7 +115,9 @@ def twin_of(fn: Callable[..., Any], *operands: Any) -> Any:
   return fn(*jax.lax.optimization_barrier(operands))
 
 
-def check_strength(strength, regularizer) -> None:
+def check_strength(
+  strength: optax.ScalarOrSchedule | None, regularizer: Regularizer | None
+) -> None:
   """A strength override needs a regularizer and is ``>= 0`` (where concrete)."""
   if strength is None:
     return
@@ -126,10 +129,10 @@ def check_strength(strength, regularizer) -> None:
 
 
 def proximal_step(
-  regularizer: Optional[Regularizer] = None,
-  solver: Union[None, str, solvers.Solver] = "auto",
+  regularizer: Regularizer | None = None,
+  solver: None | str | solvers.Solver = "auto",
   keep_point: bool = True,
-  strength: Optional[optax.ScalarOrSchedule] = None,
+  strength: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Solve a :class:`Subproblem`: the prox step, exact where it can be.
 
@@ -137,7 +140,8 @@ def proximal_step(
 
      z = \arg\min_z \tfrac12\langle z, P z\rangle - \langle b, z\rangle
          + \mathrm{scale}\,\lambda\psi(z)
-     \quad\big(z = \mathrm{prox}_{\mathrm{scale}\,\lambda\psi}(b)\ \text{when } P \text{ is None}\big).
+     \quad\big(z = \mathrm{prox}_{\mathrm{scale}\,\lambda\psi}(b)
+     \ \text{when } P \text{ is None}\big).
 
   A diagonal ``P`` is solved by :func:`rmda_jax.prox.solve`: exactly for
   no regularizer, L1 / elastic net and group-LASSO, by proximal gradient for
@@ -179,12 +183,12 @@ def proximal_step(
   if solver is not None:
     solver = solvers.make_solver(solver, regularizer)
 
-  def regularizer_at(count):
-    if strength is None:
+  def regularizer_at(count: jax.Array) -> Regularizer | None:
+    if strength is None or regularizer is None:  # check_strength: a strength has a regularizer
       return regularizer
     return dataclasses.replace(regularizer, strength=value_at(strength, count))
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> Any:
     if regularizer is not None:
       regularizer.check(params)
     return ProximalStepState(
@@ -192,7 +196,9 @@ def proximal_step(
       solver_info=optax.EmptyState() if solver is None else empty_info(),
     )
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del extra_args
     problem = updates
     reg = regularizer_at(problem.count)
@@ -228,7 +234,7 @@ def proximal_step(
       )
     structured = state.structured
     if keep_point:
-      chain.require_params(params, "proximal_step")
+      params = chain.require_params(params, "proximal_step")
       structured = trees.cast_like(z, params)
       # The closed-form prox never reads the previous point, nor does any
       # solve read it on unregularized leaves: tie it to the new one so that

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional, Protocol, Union
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -110,7 +110,7 @@ def active_counts(
   ]
 
 
-def drop_fraction_at(count, drop_fraction: float, end_step: int) -> jax.Array:
+def drop_fraction_at(count: jax.typing.ArrayLike, drop_fraction: float, end_step: int) -> jax.Array:
   """``drop_fraction / 2 * (1 + cos(pi * t / end_step))``, 0 from ``end_step`` on."""
   t = jnp.minimum(jnp.asarray(count, jnp.float32), end_step)
   return drop_fraction / 2 * (1 + jnp.cos(jnp.pi * t / end_step))
@@ -148,12 +148,12 @@ def rigl(
   update_every: int = 100,
   drop_fraction: float = 0.3,
   distribution: str = "erk",
-  rules=None,
+  rules: rules_lib.RuleSpec = None,
   erk_power_scale: float = 1.0,
   seed: int = 0,
-  skip_nonfinite: Union[bool, int] = False,
-  groups: Optional[Groups] = None,
-) -> optax.GradientTransformationExtraArgs:
+  skip_nonfinite: bool | int = False,
+  groups: Groups | None = None,
+) -> optax.GradientTransformation:
   r"""RigL sparse training around ``optimizer`` (any optax transformation).
 
   .. math::
@@ -220,7 +220,7 @@ def rigl(
     >>> grads = {"Dense_0": {"kernel": jnp.ones((20, 10))}}
     >>> updates, state = tx.update(grads, state, params)
     >>> params = optax.apply_updates(params, updates)
-    >>> int(jnp.count_nonzero(params["Dense_0"]["kernel"]))   # 10% of the weights, from the first step
+    >>> int(jnp.count_nonzero(params["Dense_0"]["kernel"]))   # 10% of the weights, from step 1
     20
   """
   checks.check_in_range(sparsity, "sparsity", 0, 1, concrete=True)
@@ -283,15 +283,16 @@ def _drop_and_grow_training(
   update_every: int,
   drop_fraction: float,
 ) -> optax.GradientTransformationExtraArgs:
-  """``optimizer`` on masked gradients, masked weights, and a mask update every ``update_every`` steps."""
+  """``optimizer`` on masked gradients and weights, the masks updated every few steps."""
 
   def init_fn(params: optax.Params) -> RigLState:
     return RigLState(chain.zero_count(), masks.initial(params), optimizer.init(params))
 
   def update_fn(
-    grads: optax.Updates, state: RigLState, params: Optional[optax.Params] = None, **extra_args: Any
-  ) -> tuple[optax.Updates, RigLState]:
-    chain.check_update_args(grads, state.masks, params, "rigl")
+    updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
+    grads = updates
+    params = chain.check_update_args(grads, state.masks, params, "rigl")
     masked_grads = apply_masks(grads, state.masks)
     updates, inner_state = optimizer.update(masked_grads, state.inner_state, params, **extra_args)
     new_params = apply_masks(optax.apply_updates(params, updates), state.masks)
@@ -314,7 +315,7 @@ def _drop_and_grow_training(
     new_params, inner_state, new_masks = jax.lax.cond(
       is_event, mask_update, keep, (new_params, inner_state)
     )
-    new_state = RigLState(optax.safe_int32_increment(count), new_masks, inner_state)
+    new_state = RigLState(chain.next_count(count), new_masks, inner_state)
     return trees.updates_to(new_params, params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -471,18 +472,18 @@ def _resample(key, leaf, kept) -> jax.Array:
 
 
 def _group_mask(masks: list[jax.Array], index: Sequence[int], layout: GroupLayout) -> jax.Array:
-  """The kept groups of a family, from its members' masks (a group is kept when any member entry is)."""
+  """The kept groups of a family, from its members' masks (kept where any member entry is)."""
   return layout.max([masks[i].astype(jnp.float32) for i in index]) > 0
 
 
-def apply_masks(tree, masks):
+def apply_masks(tree: optax.Params, masks: optax.Params) -> optax.Params:
   """``tree`` with its masked entries set to exactly zero (dtypes kept)."""
   return jax.tree_util.tree_map(
     lambda x, m: jnp.where(m, x, jnp.zeros((), jnp.result_type(x))), tree, masks
   )
 
 
-def masks_of(state) -> Optional[Any]:
+def masks_of(state: Any) -> optax.Params | None:
   """The RigL masks inside a (possibly chained) optimizer state, or None."""
   if isinstance(state, RigLState):
     return state.masks

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import chex
 import jax
@@ -64,7 +64,7 @@ class Stagewise:
   milestones: tuple = ()
   gamma: float = 0.1
   momentum_ramp: bool = True
-  ramp_start: Optional[int] = None
+  ramp_start: int | None = None
   restart: bool = True
 
   def __post_init__(self):
@@ -84,37 +84,37 @@ class Stagewise:
       raise ValueError(f"ramp_start must be an integer >= 0 or None, got {self.ramp_start!r}.")
 
   @classmethod
-  def from_epochs(cls, milestones: Sequence[int], steps_per_epoch: int, **kwargs) -> "Stagewise":
+  def from_epochs(cls, milestones: Sequence[int], steps_per_epoch: int, **kwargs: Any) -> Stagewise:
     """Milestones given in epochs, as in the papers' configs."""
     if not (isinstance(steps_per_epoch, numbers.Integral) and steps_per_epoch > 0):
       raise ValueError(f"steps_per_epoch must be an integer > 0, got {steps_per_epoch!r}.")
     return cls(milestones=tuple(int(m) * steps_per_epoch for m in milestones), **kwargs)
 
   @property
-  def ramp_begins(self) -> Optional[int]:
+  def ramp_begins(self) -> int | None:
     if not self.momentum_ramp:
       return None
     if self.ramp_start is not None:
       return self.ramp_start
     return self.milestones[-1] if self.milestones else None
 
-  def stage(self, count) -> jnp.ndarray:
+  def stage(self, count: jax.typing.ArrayLike) -> jax.Array:
     """Index of the stage that the update at step ``count`` belongs to."""
     if not self.milestones:
       return jnp.zeros((), jnp.int32)
     return jnp.sum(jnp.asarray(count) >= jnp.asarray(self.milestones, jnp.int32)).astype(jnp.int32)
 
-  def decay(self, count) -> jnp.ndarray:
+  def decay(self, count: jax.typing.ArrayLike) -> jax.Array:
     """``gamma ** stage(count)``, the factor on the learning rate and eps."""
     return jnp.asarray(self.gamma, jnp.float32) ** self.stage(count).astype(jnp.float32)
 
-  def is_restart(self, count) -> jnp.ndarray:
+  def is_restart(self, count: jax.typing.ArrayLike) -> jax.Array:
     """Whether the update at step ``count`` starts a new stage."""
     if not (self.milestones and self.restart):
       return jnp.zeros((), bool)
     return jnp.any(jnp.asarray(count) == jnp.asarray(self.milestones, jnp.int32))
 
-  def momentum(self, c0, count) -> jnp.ndarray:
+  def momentum(self, c0: jax.typing.ArrayLike, count: jax.typing.ArrayLike) -> jax.Array:
     """The ramped momentum weight ``min(c0 sqrt(count - start + 1), 1)`` after the start."""
     c0 = jnp.asarray(c0, jnp.float32)
     start = self.ramp_begins
@@ -132,7 +132,7 @@ def stagewise(
   milestones: Sequence[int] = (),
   gamma: float = 0.1,
   momentum_ramp: bool = True,
-  ramp_start: Optional[int] = None,
+  ramp_start: int | None = None,
   restart: bool = True,
 ) -> Stagewise:
   """Build a :class:`Stagewise` schedule (milestones in steps); see the module doc."""
@@ -140,7 +140,7 @@ def stagewise(
 
 
 def value_at(hyperparameter: optax.ScalarOrSchedule, count: chex.Numeric) -> jax.Array:
-  """A hyperparameter (a number, a scalar array or a schedule) at step ``count``, as a float32 scalar."""
+  """A hyperparameter (a number, a scalar array or a schedule) at step ``count``, float32."""
   return jnp.asarray(
     hyperparameter(count) if callable(hyperparameter) else hyperparameter, jnp.float32
   )
@@ -154,10 +154,11 @@ def check_stages(stages: Any) -> None:
   """
   if stages is not None and not isinstance(stages, Stagewise):
     raise TypeError(
-      f"stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, got {type(stages).__name__}."
+      "stages must be a rmda_jax.Stagewise (see rmda_jax.stagewise) or None, "
+      f"got {type(stages).__name__}."
     )
 
 
-def decay(stages: Optional[Stagewise], count: chex.Numeric) -> jax.Array:
+def decay(stages: Stagewise | None, count: chex.Numeric) -> jax.Array:
   """``gamma ** stage(count)``, 1 without stages."""
   return jnp.ones((), jnp.float32) if stages is None else stages.decay(count)

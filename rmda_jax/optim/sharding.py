@@ -27,19 +27,23 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 
-def _replicated_like(shardings):
+def _replicated_like(shardings: Any) -> Any:
   for sharding in jax.tree_util.tree_leaves(shardings):
     if isinstance(sharding, NamedSharding):
       return NamedSharding(sharding.mesh, PartitionSpec())
   return jax.tree_util.tree_leaves(shardings)[0]
 
 
-def state_shardings(tx: optax.GradientTransformation, params, param_shardings=None):
+def state_shardings(
+  tx: optax.GradientTransformation, params: optax.Params, param_shardings: Any = None
+) -> Any:
   """Shardings of ``tx.init(params)``: params-shaped leaves follow their param.
 
   Args:
@@ -60,7 +64,9 @@ def state_shardings(tx: optax.GradientTransformation, params, param_shardings=No
   )
 
 
-def init(tx: optax.GradientTransformation, params, param_shardings=None):
+def init(
+  tx: optax.GradientTransformation, params: optax.Params, param_shardings: Any = None
+) -> optax.OptState:
   """``tx.init(params)`` with each state leaf placed as :func:`state_shardings` says."""
   shardings = state_shardings(tx, params, param_shardings)
   return jax.jit(tx.init, out_shardings=shardings)(params)

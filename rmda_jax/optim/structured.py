@@ -17,8 +17,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -49,7 +47,7 @@ def _find_states(state, types) -> list:
 
 
 def recompute_point(
-  sums: Union[DualAveragingCenterState, DualAveragingSumsState], regularizer
+  sums: DualAveragingCenterState | DualAveragingSumsState, regularizer: Regularizer | None
 ) -> optax.Params:
   """RMDA's ``z_k = prox_{(alpha_k/sqrt(k)) lambda psi}(x0 - V_k/sqrt(k))`` from its sums (float32).
 
@@ -65,7 +63,9 @@ def recompute_point(
   return jax.tree_util.tree_map(lambda zz, x0: jnp.where(k > 0, zz, x0), z, sums.anchor)
 
 
-def structured_params(state, params=None, regularizer=None):
+def structured_params(
+  state: optax.OptState, params: optax.Params | None = None, regularizer: Regularizer | None = None
+) -> optax.Params:
   """The exactly structured point ``z`` kept by :func:`rmda` / :func:`ramda`.
 
   Walks a possibly nested optimizer state (``optax.chain``,

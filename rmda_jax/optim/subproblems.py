@@ -21,7 +21,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,6 @@ import optax
 
 from rmda_jax.core import checks, numerics
 from rmda_jax.optim import chain
-from rmda_jax.optim.moments import AdamMoments
 from rmda_jax.optim.proximal import Subproblem, twin_of
 from rmda_jax.optim.schedules import value_at
 
@@ -45,7 +44,7 @@ def _check_adam_step(learning_rate, b1, b2, eps, weight_decay):
 def proximal_gradient_subproblem(
   learning_rate: optax.ScalarOrSchedule,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""A direction ``m`` to the proximal-gradient subproblem ``z = prox_{eta lambda psi}(x - eta m)``.
+  r"""A direction ``m`` to ProxSGD's subproblem ``z = prox_{eta lambda psi}(x - eta m)``.
 
   Args:
     learning_rate: ``eta >= 0``, a number, a scalar array or a schedule.
@@ -65,18 +64,21 @@ def proximal_gradient_subproblem(
   """
   checks.check_learning_rate(learning_rate)
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del extra_args
-    chain.require_params(params, "proximal_gradient_subproblem")
+    params = chain.require_params(params, "proximal_gradient_subproblem")
     lr = value_at(learning_rate, state.count)
-    center = lambda params, m: jax.tree_util.tree_map(
-      lambda x, m: x.astype(m.dtype) - lr * m, params, m
-    )
+
+    def center(params: optax.Params, direction: optax.Updates) -> optax.Params:
+      return jax.tree_util.tree_map(lambda x, m: x.astype(m.dtype) - lr * m, params, direction)
+
     y = center(params, updates)
     twin = twin_of(center, params, updates)
     return (
       Subproblem(y, None, lr, None, None, state.count, twin),
-      chain.CountState(optax.safe_int32_increment(state.count)),
+      chain.CountState(chain.next_count(state.count)),
     )
 
   return optax.GradientTransformationExtraArgs(
@@ -102,8 +104,9 @@ def proxgen_subproblem(
 
   Args:
     learning_rate: ``eta >= 0``, a number, a scalar array or a schedule.
-    b1, b2: the :func:`adam_moments` decay rates in [0, 1) (for the bias
-      corrections).
+    b1: :func:`~rmda_jax.optim.moments.adam_moments`' first decay rate in [0, 1)
+      (for the bias correction).
+    b2: its second decay rate in [0, 1) (for the bias correction).
     eps: ``epsilon >= 0``.
     weight_decay: decoupled decay ``w >= 0``.
 
@@ -117,16 +120,18 @@ def proxgen_subproblem(
     >>> tx = optax.chain(optim.adam_moments(), optim.proxgen_subproblem(0.1, eps=0.0))
     >>> params = {"w": jnp.zeros(1)}
     >>> problem, _ = tx.update({"w": jnp.full(1, 3.0)}, tx.init(params), params)
-    >>> round(float(problem.b["w"][0] / problem.metric["w"][0]), 4)   # Adam's first step: -lr sign(g)
+    >>> round(float(problem.b["w"][0] / problem.metric["w"][0]), 4)   # Adam's step 1: -lr sign(g)
     -0.1
   """
   _check_adam_step(learning_rate, b1, b2, eps, weight_decay)
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del extra_args
-    chain.require_params(params, "proxgen_subproblem")
+    params = chain.require_params(params, "proxgen_subproblem")
     lr = value_at(learning_rate, updates.count)
-    tf = optax.safe_int32_increment(updates.count).astype(jnp.float32)
+    tf = chain.next_count(updates.count).astype(jnp.float32)
     x = jax.tree_util.tree_map(
       lambda p, m: (1 - lr * weight_decay) * p.astype(m.dtype), params, updates.mu
     )
@@ -168,7 +173,8 @@ def prox_ssi_subproblem(
 
   Args:
     learning_rate: ``eta >= 0``, a number, a scalar array or a schedule.
-    b1, b2: the :func:`~rmda_jax.optim.moments.adam_moments` decay rates in [0, 1).
+    b1: :func:`~rmda_jax.optim.moments.adam_moments`' first decay rate in [0, 1).
+    b2: its second decay rate in [0, 1).
     eps: ``epsilon >= 0``.
     weight_decay: ``w >= 0``, applied to the Adam step.
     bias_correction: False (the original's metric) or True (see above).
@@ -191,23 +197,29 @@ def prox_ssi_subproblem(
     raise TypeError(f"bias_correction must be True or False, got {bias_correction!r}.")
 
   def update_fn(
-    updates: AdamMoments,
-    state: optax.EmptyState,
-    params: Optional[optax.Params] = None,
+    updates: Any,
+    state: Any,
+    params: optax.Params | None = None,
     **extra_args: Any,
-  ) -> tuple[Subproblem, optax.EmptyState]:
+  ) -> tuple[Any, Any]:
     del extra_args
-    chain.require_params(params, "prox_ssi_subproblem")
+    params = chain.require_params(params, "prox_ssi_subproblem")
     lr = value_at(learning_rate, updates.count)
-    tf = optax.safe_int32_increment(updates.count).astype(jnp.float32)
+    tf = chain.next_count(updates.count).astype(jnp.float32)
     if bias_correction:
       bias1, bias2 = 1 - b1**tf, 1 - b2**tf
       diag = jax.tree_util.tree_map(lambda v: jnp.sqrt(v / bias2) + eps, updates.nu)
-      step = lambda m, d: lr * numerics.safe_divide(m / bias1, d)
+
+      def step(m: jax.Array, d: jax.Array) -> jax.Array:
+        return lr * numerics.safe_divide(m / bias1, d)
+
     else:
       diag = jax.tree_util.tree_map(lambda v: jnp.sqrt(v) + eps, updates.nu)
       scale = lr * jnp.sqrt(1 - b2**tf) / (1 - b1**tf)
-      step = lambda m, d: scale * numerics.safe_divide(m, d)
+
+      def step(m: jax.Array, d: jax.Array) -> jax.Array:
+        return scale * numerics.safe_divide(m, d)
+
     y = jax.tree_util.tree_map(
       lambda p, m, d: p.astype(d.dtype) - step(m, d), params, updates.mu, diag
     )

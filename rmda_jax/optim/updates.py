@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import optax
@@ -35,7 +35,7 @@ def _average(params, z, c):
 
 
 def momentum_average(
-  momentum: optax.ScalarOrSchedule = 0.1, stages: Optional[Stagewise] = None
+  momentum: optax.ScalarOrSchedule = 0.1, stages: Stagewise | None = None
 ) -> optax.GradientTransformationExtraArgs:
   r"""The papers' momentum: move the params towards the new point ``z``.
 
@@ -68,14 +68,16 @@ def momentum_average(
   checks.check_momentum(momentum)
   check_stages(stages)
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del extra_args
-    chain.require_params(params, "momentum_average")
+    params = chain.require_params(params, "momentum_average")
     c = value_at(momentum, state.count)
     if stages is not None:
       c = stages.momentum(c, state.count)
     new = trees.updates_to(_average(params, updates, c), params)
-    return new, chain.CountState(optax.safe_int32_increment(state.count))
+    return new, chain.CountState(chain.next_count(state.count))
 
   return optax.GradientTransformationExtraArgs(
     lambda params: chain.CountState(chain.zero_count()), update_fn
@@ -97,9 +99,11 @@ def to_updates() -> optax.GradientTransformationExtraArgs:
     [0.0, 1.0]
   """
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[Any, Any]:
     del extra_args
-    chain.require_params(params, "to_updates")
+    params = chain.require_params(params, "to_updates")
     return trees.updates_to(updates, params), state
 
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)

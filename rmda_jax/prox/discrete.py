@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar, Optional
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +57,7 @@ Array = jax.Array
 SCALES = (None, "fan_in")
 
 
-def _check_values(values) -> tuple:
+def _check_values(values: Any) -> tuple[float, ...]:
   if isinstance(values, (str, bytes)):
     raise TypeError(f"values must be a sequence of numbers, got {values!r}.")
   try:
@@ -69,7 +71,7 @@ def _check_values(values) -> tuple:
   return tuple(sorted(values))
 
 
-def _value(v) -> float:
+def _value(v: Any) -> float:
   """One allowed value: a number or a scalar array (not a bool or a string)."""
   if isinstance(v, (bool, str, bytes, np.bool_)) or np.ndim(v) != 0:
     raise TypeError(f"not a number: {v!r}")
@@ -78,33 +80,33 @@ def _value(v) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class DiscreteValues(LeafRegularizer):
-  """The base of :class:`DiscreteSet` and :class:`DiscretePenalty`: the allowed values of a leaf and the nearest one.
+  """The allowed values of a leaf and the nearest one: the base of both discrete regularizers.
 
   Attributes:
     values: the allowed values, sorted and distinct.
     scale: None (values as given) or ``"fan_in"`` (values / sqrt(fan_in) per leaf).
   """
 
-  values: tuple = (-1.0, 1.0)
-  scale: Optional[str] = None
+  values: Sequence[float] = (-1.0, 1.0)
+  scale: str | None = None
   rule_type: ClassVar[type] = leaf_rules.Elementwise
   has_exact_diag_prox: ClassVar[bool] = True
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     super().__post_init__()
     object.__setattr__(self, "values", _check_values(self.values))
     if self.scale not in SCALES:
       raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}.")
 
-  def default_rule(self, path, leaf):
+  def default_rule(self, path: str, leaf: Any) -> leaf_rules.Elementwise | None:
     return leaf_rules.default_elementwise_rule(path, leaf)
 
-  def leaf_values(self, shape) -> tuple:
+  def leaf_values(self, shape: Sequence[int]) -> tuple[float, ...]:
     """The allowed values of a leaf of this shape."""
     if self.scale == "fan_in":
       factor = 1 / math.sqrt(max(math.prod(shape[:-1]), 1))
       return tuple(v * factor for v in self.values)
-    return self.values
+    return tuple(self.values)
 
   def nearest(self, x: Array) -> Array:
     """The allowed value nearest to each entry (the lower one at a midpoint)."""
@@ -117,13 +119,13 @@ class DiscreteValues(LeafRegularizer):
     values = jnp.asarray(self.leaf_values(x.shape), x.dtype)
     return jnp.any(x[..., None] == values, axis=-1)
 
-  def leaf_support(self, x, rule):
+  def leaf_support(self, x: Array, rule: Any) -> Array:
     return x != 0
 
-  def block_axes(self, rule, ndim):
+  def block_axes(self, rule: Any, ndim: int) -> tuple[int, ...]:
     return ()
 
-  def leaf_prox_diag(self, b, diag, threshold, rule):
+  def leaf_prox_diag(self, b: Array, diag: Array, threshold: Array, rule: Any) -> Array:
     # 1/2 D z^2 - b z = D/2 (z - b/D)^2 + const: the prox of y = b/D with threshold t/D.
     y = safe_divide(b, diag)
     return self.leaf_prox(y, safe_divide(threshold, diag), rule)
@@ -133,10 +135,10 @@ class DiscreteValues(LeafRegularizer):
 class DiscreteSet(DiscreteValues):
   """Indicator of ``V^n``: 0 when every entry is an allowed value, ``+inf`` otherwise."""
 
-  def leaf_value(self, x, rule):
+  def leaf_value(self, x: Array, rule: Any) -> Array:
     return jnp.where(jnp.all(self.on_set(x)), 0.0, jnp.inf).astype(x.dtype)
 
-  def leaf_prox(self, x, threshold, rule):
+  def leaf_prox(self, x: Array, threshold: Array, rule: Any) -> Array:
     return self.nearest(x)
 
 
@@ -144,23 +146,32 @@ class DiscreteSet(DiscreteValues):
 class DiscretePenalty(DiscreteValues):
   """``lambda * sum_i min_k |x_i - v_k|``: the L1 distance to the allowed set."""
 
-  def leaf_value(self, x, rule):
+  def leaf_value(self, x: Array, rule: Any) -> Array:
     return jnp.sum(jnp.abs(x - self.nearest(x)))
 
-  def leaf_prox(self, x, threshold, rule):
+  def leaf_prox(self, x: Array, threshold: Array, rule: Any) -> Array:
     nearest = self.nearest(x)
     return nearest + soft_threshold(x - nearest, threshold)
 
 
-def discrete_set(values, rules=None, scale: Optional[str] = None) -> DiscreteSet:
+def discrete_set(
+  values: Sequence[float], rules: Any = None, scale: str | None = None
+) -> DiscreteSet:
   """Constrain the chosen leaves to a finite set of values (prox = projection).
 
   Args:
     values: the allowed values, e.g. ``(-1, 1)`` (binary) or ``(-1, 0, 1)`` (ternary).
     rules: which leaves, as for :func:`rmda_jax.l1`: None (every leaf with
-      ndim >= 2 except embeddings), a callable ``(path, leaf) -> leaf_rules.Elementwise() | None``
-      or a tree of those.
+      ndim >= 2 except biases, norm scales and embeddings), a callable
+      ``(path, leaf) -> Elementwise() | None`` or a tree of those.
     scale: None (values as given) or ``"fan_in"`` (values / sqrt(fan_in) per leaf).
+
+  Returns:
+    A :class:`DiscreteSet`.
+
+  Raises:
+    TypeError / ValueError: values that are not distinct finite numbers, an
+      unknown ``scale``.
 
   Example:
     >>> import jax.numpy as jnp, optax, rmda_jax
@@ -176,12 +187,23 @@ def discrete_set(values, rules=None, scale: Optional[str] = None) -> DiscreteSet
 
 
 def discrete_penalty(
-  strength: float, values, rules=None, scale: Optional[str] = None
+  strength: chex.Numeric, values: Sequence[float], rules: Any = None, scale: str | None = None
 ) -> DiscretePenalty:
   """``strength * sum_i dist(x_i, values)``: a pull of every weight towards the set.
 
   Args:
     strength: ``lambda >= 0``.
-    values, rules, scale: as for :func:`discrete_set`.
+    values: the allowed values, as for :func:`discrete_set`.
+    rules: which leaves, as for :func:`discrete_set`.
+    scale: as for :func:`discrete_set`.
+
+  Returns:
+    A :class:`DiscretePenalty`.
+
+  Example:
+    >>> import jax.numpy as jnp, rmda_jax
+    >>> pen = rmda_jax.discrete_penalty(0.25, (-1.0, 1.0))
+    >>> pen.prox({"w": jnp.array([[0.5, -0.9]])})["w"].tolist()   # each moved by at most 0.25
+    [[0.75, -1.0]]
   """
   return DiscretePenalty(strength=strength, rules=rules, values=values, scale=scale)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import chex
 import jax
@@ -50,7 +50,7 @@ class ElasticNet(LeafRegularizer):
     if not (isinstance(self.l1_ratio, numbers.Real) and 0 <= self.l1_ratio <= 1):
       raise ValueError(f"l1_ratio must be in [0, 1], got {self.l1_ratio!r}.")
 
-  def default_rule(self, path: str, leaf: Any) -> Optional[leaf_rules.Elementwise]:
+  def default_rule(self, path: str, leaf: Any) -> leaf_rules.Elementwise | None:
     return leaf_rules.default_elementwise_rule(path, leaf)
 
   def leaf_value(self, x: Array, rule: Any) -> Array:

@@ -21,10 +21,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
-import chex
 import jax.numpy as jnp
+import optax
 
 from rmda_jax.core import checks
 from rmda_jax.prox import inexact
@@ -50,7 +50,7 @@ class Exact:
   """
 
   max_iters: int = 50
-  rtol: Optional[float] = None
+  rtol: float | None = None
   certify: bool = False
 
   def __post_init__(self) -> None:
@@ -61,22 +61,24 @@ class Exact:
 
 def solve_exact(
   regularizer: Regularizer,
-  b: chex.ArrayTree,
-  diag: chex.ArrayTree,
+  b: optax.Params,
+  diag: optax.Params,
   scale: Any,
   max_iters: int = 50,
-  rtol: Optional[float] = None,
-  anchor: Optional[chex.ArrayTree] = None,
+  rtol: float | None = None,
+  anchor: optax.Params | None = None,
   certify: bool = False,
-  init: Optional[chex.ArrayTree] = None,
-) -> tuple[chex.ArrayTree, SolverInfo]:
+  init: optax.Params | None = None,
+) -> tuple[optax.Params, SolverInfo]:
   """Exact solve: closed forms, or the secular equation for group-LASSO.
 
   Args:
     regularizer: a regularizer with an exact diagonal-metric prox.
-    b, diag: pytrees like the params; ``diag >= 0``.
+    b: the linear term, a pytree like the params.
+    diag: the diagonal metric ``D >= 0``, a pytree like ``b``.
     scale: scalar or per-leaf pytree multiplying the regularizer's strength.
-    max_iters, rtol: the Newton iterations' cap and relative tolerance.
+    max_iters: the cap on the Newton iterations.
+    rtol: their relative tolerance (None: ``sqrt(eps)`` of the dtype).
     anchor: for unregularized leaves, the value where ``D == 0``; default 0.
     certify: report one proximal-gradient step's subgradient certificate as
       the residual (as :class:`~rmda_jax.prox.inexact.ProximalGradient` does).

@@ -16,8 +16,9 @@ per-group 1-D secular equation over the whole group (:mod:`rmda_jax.prox.secular
 
 Example:
   >>> import jax.numpy as jnp, rmda_jax
-  >>> unit = rmda_jax.Family("hidden", "units", 2, (rmda_jax.Slice("w1", 1), rmda_jax.Slice("w2", 0)))
-  >>> reg = rmda_jax.group_lasso(1.0, groups=rmda_jax.Groups((unit,)))
+  >>> from rmda_jax import Family, Groups, Slice
+  >>> unit = Family("hidden", "units", 2, (Slice("w1", 1), Slice("w2", 0)))
+  >>> reg = rmda_jax.group_lasso(1.0, groups=Groups((unit,)))
   >>> params = {"w1": jnp.array([[3.0, 0.1]]), "w2": jnp.array([[4.0], [0.1]])}
   >>> z = reg.prox(params)   # unit 0: norm 5 shrinks by sqrt(2); unit 1: norm 0.14 < sqrt(2)
   >>> [round(float(v), 4) for v in z["w1"][0]], [round(float(v), 4) for v in z["w2"][:, 0]]
@@ -32,11 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from rmda_jax.core import rules as leaf_rules
 from rmda_jax.core.groups import Groups
@@ -73,7 +75,7 @@ class GroupLasso(Regularizer):
   has_exact_diag_prox: ClassVar[bool] = True
   screens: ClassVar[bool] = True
   grouping: str = "input"
-  groups: Optional[Groups] = None
+  groups: Groups | None = None
 
   def __post_init__(self) -> None:
     super().__post_init__()
@@ -90,11 +92,11 @@ class GroupLasso(Regularizer):
           "group_lasso: give rules= (per-leaf groups) or groups= (coupled groups), not both."
         )
 
-  def default_rule(self, path: str, leaf: Any) -> Optional[leaf_rules.GroupRule]:
+  def default_rule(self, path: str, leaf: Any) -> leaf_rules.Rule | None:
     return leaf_rules.default_group_rule(self.grouping)(path, leaf)
 
-  def place(self, params: chex.ArrayTree) -> Placement:
-    """Per-leaf rules or the coupled families, each term a :class:`~rmda_jax.core.layout.GroupLayout`.
+  def place(self, params: optax.Params) -> Placement:
+    """Per-leaf rules or the coupled families, each term a :class:`~rmda_jax.core.GroupLayout`.
 
     Raises:
       ValueError: the rules do not match ``params``, or a family names a
@@ -144,7 +146,7 @@ class GroupLasso(Regularizer):
     return rule.weight * jnp.sum(group_norms(xs, rule))
 
   def term_prox(
-    self, xs: list[Array], threshold: Array, rule: GroupLayout, stats: Optional[list[Array]] = None
+    self, xs: list[Array], threshold: Array, rule: GroupLayout, stats: list[Array] | None = None
   ) -> list[Array]:
     factor = shrink_factor(
       group_norms(xs if stats is None else stats, rule), threshold * rule.weight
@@ -169,7 +171,7 @@ class GroupLasso(Regularizer):
     diags: list[list[Array]],
     thresholds: list[Array],
     rules: list[Any],
-    inits: Optional[list[Any]] = None,
+    inits: list[Any] | None = None,
     **options: Any,
   ) -> tuple[list[list[Array]], Array, Array]:
     return secular.group_lasso_secular(
@@ -186,7 +188,7 @@ def group_lasso(
   strength: chex.Numeric,
   rules: Any = None,
   grouping: str = "input",
-  groups: Optional[Groups] = None,
+  groups: Groups | None = None,
 ) -> GroupLasso:
   """Group-LASSO ``lambda * sum_g sqrt(|g|) ||x_g||_2`` (channel / neuron / head sparsity).
 

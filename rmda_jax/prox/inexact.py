@@ -16,7 +16,8 @@ Example:
   >>> import jax.numpy as jnp, rmda_jax
   >>> from rmda_jax.prox.inexact import ProximalGradient, solve_proximal_gradient
   >>> b, d = {"w": jnp.diag(jnp.array([3.0, 0.5]))}, {"w": jnp.ones((2, 2))}
-  >>> z, info = solve_proximal_gradient(rmda_jax.nuclear_norm(1.0), b, d, 1.0, b, ProximalGradient())
+  >>> reg = rmda_jax.nuclear_norm(1.0)
+  >>> z, info = solve_proximal_gradient(reg, b, d, 1.0, b, ProximalGradient())
   >>> [round(float(v), 4) for v in jnp.diag(z["w"])], float(info.residual) <= 1e-5
   ([2.0, 0.0], True)
 
@@ -29,7 +30,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import chex
 import jax
@@ -79,7 +80,7 @@ class ProximalGradient:
 def step_sizes(
   regularizer: Regularizer, placement: Placement, diags: list[Any]
 ) -> tuple[list[tuple[Array, list[Array]]], dict[int, Array]]:
-  """Per term ``(eta per group, [eta per member])``, and per regularized leaf ``max D`` of its block."""
+  """Per term ``(eta per group, [eta per member])``; per leaf its blocks' ``max D``."""
   etas, d_maxs = [], {}
   for term in placement.terms:
     group_max, maxes = regularizer.term_block_max(placement.gather(diags, term), term.rule)
@@ -92,9 +93,9 @@ def step_sizes(
 
 def screening_masks(
   regularizer: Regularizer, placement: Placement, thresholds: list[Array]
-) -> dict[int, Optional[Array]]:
-  """Per regularized leaf, the mask of entries that may be nonzero at the optimum (None: unknown)."""
-  masks: dict[int, Optional[Array]] = {i: None for t in placement.terms for i in t.leaves}
+) -> dict[int, Array | None]:
+  """Per regularized leaf, a mask of the entries that may be nonzero at the optimum (or None)."""
+  masks: dict[int, Array | None] = {i: None for t in placement.terms for i in t.leaves}
   for term, tau in zip(placement.terms, thresholds):
     term_masks = regularizer.term_screen(placement.gather(placement.leaves, term), tau, term.rule)
     if term_masks is not None:
@@ -111,7 +112,7 @@ def prox_gradient_step(
   zs: dict[int, Array],
   etas: list[tuple[Array, list[Array]]],
   d_maxs: dict[int, Array],
-  masks: dict[int, Optional[Array]],
+  masks: dict[int, Array | None],
 ) -> tuple[dict[int, Array], Array]:
   """One step ``z+ = prox(z - eta (D z - b))`` on every term, and its certificate ``||xi||``."""
   new_zs, sq = dict(zs), jnp.zeros((), jnp.float32)
@@ -131,19 +132,20 @@ def prox_gradient_step(
 
 def solve_proximal_gradient(
   regularizer: Regularizer,
-  b: chex.ArrayTree,
-  diag: chex.ArrayTree,
+  b: optax.Params,
+  diag: optax.Params,
   scale: Any,
-  init: chex.ArrayTree,
+  init: optax.Params,
   solver: ProximalGradient,
-  count: Optional[Array] = None,
-  anchor: Optional[chex.ArrayTree] = None,
-) -> tuple[chex.ArrayTree, SolverInfo]:
+  count: Array | None = None,
+  anchor: optax.Params | None = None,
+) -> tuple[optax.Params, SolverInfo]:
   """The inexact solver: ONE ``lax.while_loop`` over every regularized leaf.
 
   Args:
     regularizer: any rmda_jax regularizer.
-    b, diag: pytrees like the params; ``diag >= 0``.
+    b: the linear term, a pytree like the params.
+    diag: the diagonal metric ``D >= 0``, a pytree like ``b``.
     scale: scalar or per-leaf pytree multiplying the regularizer's strength.
     init: the warm start, a pytree like ``b``.
     solver: the :class:`ProximalGradient` settings.

@@ -46,11 +46,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
-import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from rmda_jax.core import checks
 from rmda_jax.core.numerics import as_compute_dtype
@@ -94,11 +94,11 @@ class Placement:
   treedef: Any
   terms: list[Term]
 
-  def unflatten(self, leaves: Sequence[Any]) -> chex.ArrayTree:
+  def unflatten(self, leaves: Sequence[Any]) -> optax.Params:
     """A tree of this structure from per-leaf values."""
     return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
-  def flatten(self, tree: chex.ArrayTree) -> list[Any]:
+  def flatten(self, tree: optax.Params) -> list[Any]:
     """The leaves of ``tree``, a tree of this structure (raises ValueError otherwise)."""
     return self.treedef.flatten_up_to(tree)
 
@@ -149,7 +149,7 @@ class Regularizer(abc.ABC):
 
   @abc.abstractmethod
   def term_prox(
-    self, xs: list[Array], threshold: Array, rule: Any, stats: Optional[list[Array]] = None
+    self, xs: list[Array], threshold: Array, rule: Any, stats: list[Array] | None = None
   ) -> list[Array]:
     """``argmin_z 1/2||z - x||^2 + threshold * psi(z)`` over the term's leaves.
 
@@ -169,7 +169,7 @@ class Regularizer(abc.ABC):
     member (broadcasting against it): the inexact solver's step ``1/max D``.
     """
 
-  def term_screen(self, bs: list[Array], threshold: Array, rule: Any) -> Optional[list[Array]]:
+  def term_screen(self, bs: list[Array], threshold: Array, rule: Any) -> list[Array] | None:
     """Per member, a mask of the entries that may be nonzero at the diagonal-metric optimum.
 
     False means provably zero; None when the regularizer cannot tell.
@@ -182,7 +182,7 @@ class Regularizer(abc.ABC):
     diags: list[list[Array]],
     thresholds: list[Array],
     rules: list[Any],
-    inits: Optional[list[Any]] = None,
+    inits: list[Any] | None = None,
     **options: Any,
   ) -> tuple[list[list[Array]], Array, Array]:
     """Exact ``argmin_z 1/2 z^T D z - b^T z + threshold * psi(z)`` of several terms.
@@ -195,7 +195,7 @@ class Regularizer(abc.ABC):
     raise NotImplementedError(f"{type(self).__name__} has no exact diagonal-metric prox.")
 
   # ------------------------------------------------------------- tree level
-  def place(self, params: chex.ArrayTree) -> Placement:
+  def place(self, params: optax.Params) -> Placement:
     """Lay the terms on ``params``: one term per leaf that its rule regularizes.
 
     Raises:
@@ -207,7 +207,7 @@ class Regularizer(abc.ABC):
     terms = [Term((i,), r) for i, r in enumerate(rules) if r is not None]
     return Placement(paths, leaves, rules, treedef, terms)
 
-  def check(self, params: chex.ArrayTree) -> None:
+  def check(self, params: optax.Params) -> None:
     """Validate the rules against ``params`` now (optimizers call it in ``init``)."""
     self.place(params)
 
@@ -228,7 +228,7 @@ class Regularizer(abc.ABC):
       f"{jax.tree_util.tree_structure(scale)}."
     )
 
-  def value(self, params: chex.ArrayTree) -> Array:
+  def value(self, params: optax.Params) -> Array:
     """``strength * psi(params)`` as a float32 (or float64) scalar."""
     placement = self.place(params)
     total = jnp.zeros((), jnp.float32)
@@ -238,8 +238,8 @@ class Regularizer(abc.ABC):
     return self.strength * total
 
   def prox(
-    self, params: chex.ArrayTree, scale: Any = 1.0, statistics: Optional[chex.ArrayTree] = None
-  ) -> chex.ArrayTree:
+    self, params: optax.Params, scale: Any = 1.0, statistics: optax.Params | None = None
+  ) -> optax.Params:
     """``argmin_z 1/2||z - params||^2 + scale * strength * psi(z)``, term by term.
 
     Unregularized leaves come back unchanged; the others keep their dtype
@@ -271,7 +271,7 @@ class Regularizer(abc.ABC):
         out[i] = z.astype(jnp.result_type(placement.leaves[i]))
     return placement.unflatten(out)
 
-  def prox_diag(self, b: chex.ArrayTree, diag: chex.ArrayTree, scale: Any = 1.0) -> chex.ArrayTree:
+  def prox_diag(self, b: optax.Params, diag: optax.Params, scale: Any = 1.0) -> optax.Params:
     """Exact ``argmin_z 1/2 z^T D z - b^T z + scale * strength * psi(z)``.
 
     ``diag`` is the positive diagonal ``D`` as a pytree like ``b``. With
@@ -280,7 +280,7 @@ class Regularizer(abc.ABC):
     """
     return exact.solve_exact(self, b, diag, scale)[0]
 
-  def support(self, params: chex.ArrayTree) -> list[Array]:
+  def support(self, params: optax.Params) -> list[Array]:
     """Per term, a boolean array of its nonzero groups / entries / singular values.
 
     A non-finite entry counts as nonzero.
@@ -327,7 +327,7 @@ class LeafRegularizer(Regularizer):
     """Exact ``argmin_z 1/2 z^T D z - b^T z + threshold * psi(z)`` (a closed form)."""
     raise NotImplementedError(f"{type(self).__name__} has no exact diagonal-metric prox.")
 
-  def leaf_screen(self, b: Array, threshold: Array, rule: Any) -> Optional[Array]:
+  def leaf_screen(self, b: Array, threshold: Array, rule: Any) -> Array | None:
     """Mask of entries that may be nonzero at the diagonal-metric optimum, or None."""
     return None
 
@@ -335,14 +335,14 @@ class LeafRegularizer(Regularizer):
     return self.leaf_value(xs[0], rule)
 
   def term_prox(
-    self, xs: list[Array], threshold: Array, rule: Any, stats: Optional[list[Array]] = None
+    self, xs: list[Array], threshold: Array, rule: Any, stats: list[Array] | None = None
   ) -> list[Array]:
     return [self.leaf_prox(xs[0], threshold, rule)]
 
   def term_support(self, xs: list[Array], rule: Any) -> Array:
     return self.leaf_support(xs[0], rule)
 
-  def term_screen(self, bs: list[Array], threshold: Array, rule: Any) -> Optional[list[Array]]:
+  def term_screen(self, bs: list[Array], threshold: Array, rule: Any) -> list[Array] | None:
     mask = self.leaf_screen(bs[0], threshold, rule)
     return None if mask is None else [mask]
 
@@ -357,7 +357,7 @@ class LeafRegularizer(Regularizer):
     diags: list[list[Array]],
     thresholds: list[Array],
     rules: list[Any],
-    inits: Optional[list[Any]] = None,
+    inits: list[Any] | None = None,
     **options: Any,
   ) -> tuple[list[list[Array]], Array, Array]:
     del inits, options  # closed forms need no start
@@ -367,7 +367,7 @@ class LeafRegularizer(Regularizer):
     return zs, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
 
 
-def check_regularizer(obj: Any, argname: str = "regularizer") -> Optional[Regularizer]:
+def check_regularizer(obj: Any, argname: str = "regularizer") -> Regularizer | None:
   """``obj`` if it is a regularizer or None.
 
   Raises:

@@ -19,7 +19,8 @@ Example:
   >>> b, d = jnp.array([[3.0, 4.0], [0.1, 0.1]]), jnp.ones((2, 2))
   >>> layout = GroupLayout.of_rule(b.shape, GroupRule((1,)), 1.0)
   >>> zs, iterations, residual = group_lasso_secular([[b]], [[d]], [jnp.float32(1.0)], [layout])
-  >>> [round(v, 4) for v in zs[0][0][0].tolist()], zs[0][0][1].tolist()   # shrunk by 1 - 1/5; below tau
+  >>> z = zs[0][0]
+  >>> [round(v, 4) for v in z[0].tolist()], z[1].tolist()   # shrunk by 1 - 1/5; below tau
   ([2.4, 3.2], [0.0, 0.0])
 
 References:
@@ -29,7 +30,8 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +49,8 @@ def group_lasso_secular(
   thresholds: list[Any],
   layouts: list[GroupLayout],
   max_iters: int = 50,
-  rtol: Optional[float] = None,
-  inits: Optional[list[Any]] = None,
+  rtol: float | None = None,
+  inits: list[Any] | None = None,
 ) -> tuple[list[list[Array]], Array, Array]:
   """Exact ``argmin_z 1/2 z^T D z - b^T z + tau_g ||z_g||`` for every group of every layout.
 
@@ -72,7 +74,8 @@ def group_lasso_secular(
   of ``b`` comes back NaN (it is not taken for a zero group).
 
   Args:
-    bs, diags: per layout, the list of its members' arrays; ``D >= 0``.
+    bs: per layout, the list of its members' arrays ``b``.
+    diags: per layout, the list of its members' metrics ``D >= 0``.
     thresholds: per layout, ``tau`` (a scalar or an array of the layout's
       group shape).
     layouts: the :class:`~rmda_jax.core.layout.GroupLayout` of each entry.
@@ -117,7 +120,7 @@ def group_lasso_secular(
     excess = jnp.where(active, b_norm - tau, 0)
     r_lo = numerics.safe_divide(excess, d_max)
     r_hi = jnp.where(d_min > 0, numerics.safe_divide(excess, d_min), jnp.inf)
-    spread = lambda g, layout=layout, members=len(b): [layout.spread(g, m) for m in range(members)]
+    spread = functools.partial(_spread, layout)
     prepared.append((b, d, tau, layout, active, r_lo, r_hi, spread, ~jnp.isfinite(b_norm)))
     start = r_lo if init is None else jnp.clip(jnp.sqrt(stats[3]), r_lo, r_hi)
     starts.append(jnp.where(active, start, 0))
@@ -171,7 +174,7 @@ def group_lasso_secular(
     residual = jnp.maximum(residual, misfit)
 
   zs = []
-  for r, (b, d, tau, layout, active, _, _, spread, nonfinite) in zip(rs, prepared):
+  for r, (b, d, tau, _, active, _, _, spread, nonfinite) in zip(rs, prepared):
     # tau = 0 (unregularized group): z = b / D, the same formula with any r > 0
     free = tau <= 0
     r = jnp.where(free, 1, r)
@@ -189,8 +192,13 @@ def group_lasso_secular(
   return zs, iterations, residual
 
 
-def _scaled_entries(b, denominator, r, keep, bad):
-  """``z = r b / denominator`` where ``keep`` (0 elsewhere, and where the denominator is 0), NaN where ``bad``.
+def _spread(layout: GroupLayout, per_group: Array) -> list[Array]:
+  """A per-group array spread over every member of ``layout``."""
+  return [layout.spread(per_group, m) for m in range(len(layout.shapes))]
+
+
+def _scaled_entries(b: Array, denominator: Array, r: Array, keep: Array, bad: Array) -> Array:
+  """``z = r b / denominator`` where ``keep`` and the denominator is not 0, else 0; NaN at ``bad``.
 
   Written as ONE final division so that XLA, which does not duplicate a
   division into several consumers, stores ``z`` itself (the kept point, read

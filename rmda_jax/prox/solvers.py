@@ -24,10 +24,10 @@ References:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any
 
-import chex
 import jax
+import optax
 
 from rmda_jax.core import numerics
 from rmda_jax.prox.exact import Exact, solve_exact
@@ -37,11 +37,11 @@ from rmda_jax.prox.subproblem import SolverInfo, empty_info, unregularized_solut
 if TYPE_CHECKING:
   from rmda_jax.prox.regularizer import Regularizer
 
-Solver = Union[Exact, ProximalGradient]
+Solver = Exact | ProximalGradient
 SOLVER_NAMES = ("auto", "exact", "pgd")
 
 
-def make_solver(spec: Union[str, Solver], regularizer: Optional[Regularizer]) -> Solver:
+def make_solver(spec: str | Solver, regularizer: Regularizer | None) -> Solver:
   """Turn ``"auto" | "exact" | "pgd" | Exact(...) | ProximalGradient(...)`` into a solver.
 
   ``"auto"`` is :class:`~rmda_jax.prox.exact.Exact` where the regularizer has
@@ -77,20 +77,21 @@ def make_solver(spec: Union[str, Solver], regularizer: Optional[Regularizer]) ->
 
 
 def solve(
-  regularizer: Optional[Regularizer],
-  b: chex.ArrayTree,
-  diag: chex.ArrayTree,
+  regularizer: Regularizer | None,
+  b: optax.Params,
+  diag: optax.Params,
   scale: Any,
-  init: Optional[chex.ArrayTree] = None,
-  solver: Optional[Solver] = None,
-  count: Optional[jax.Array] = None,
-  anchor: Optional[chex.ArrayTree] = None,
-) -> tuple[chex.ArrayTree, SolverInfo]:
+  init: optax.Params | None = None,
+  solver: Solver | None = None,
+  count: jax.Array | None = None,
+  anchor: optax.Params | None = None,
+) -> tuple[optax.Params, SolverInfo]:
   """Solve ``min_z 1/2 z^T D z - b^T z + scale * lambda * psi(z)`` over a pytree.
 
   Args:
     regularizer: a rmda_jax regularizer, or None (then ``z = b / D``).
-    b, diag: pytrees like the params; ``diag >= 0``.
+    b: the linear term, a pytree like the params.
+    diag: the diagonal metric ``D >= 0``, a pytree like ``b``.
     scale: scalar or per-leaf pytree multiplying the regularizer's strength.
     init: warm start (e.g. the previous solution) for the inexact solver and
       the group-LASSO root finder.
@@ -121,6 +122,5 @@ def solve(
     return solve_exact(
       regularizer, b, diag, scale, solver.max_iters, solver.rtol, anchor, solver.certify, init
     )
-  if init is None:
-    init = jax.tree_util.tree_map(numerics.safe_divide, b, diag)
-  return solve_proximal_gradient(regularizer, b, diag, scale, init, solver, count, anchor)
+  start = jax.tree_util.tree_map(numerics.safe_divide, b, diag) if init is None else init
+  return solve_proximal_gradient(regularizer, b, diag, scale, start, solver, count, anchor)

@@ -10,7 +10,8 @@ non-scalar diagonal metric: the adaptive optimizers use the inexact solver
 Example:
   >>> import jax.numpy as jnp
   >>> from rmda_jax.prox import spectral
-  >>> [round(float(s), 4) for s in spectral.singular_values(jnp.ones((2, 2, 3)))]   # a (4, 3) matrix of rank 1
+  >>> sigma = spectral.singular_values(jnp.ones((2, 2, 3)))   # a (4, 3) matrix of rank 1
+  >>> [round(float(s), 4) for s in sigma]
   [3.4641, 0.0, 0.0]
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import chex
 import jax
@@ -52,7 +53,7 @@ class NuclearNorm(LeafRegularizer):
 
   rule_type: ClassVar[type] = leaf_rules.Matrix
 
-  def default_rule(self, path: str, leaf: Any) -> Optional[leaf_rules.Matrix]:
+  def default_rule(self, path: str, leaf: Any) -> leaf_rules.Matrix | None:
     return leaf_rules.default_matrix_rule(path, leaf)
 
   def leaf_value(self, x: Array, rule: Any) -> Array:

@@ -17,7 +17,8 @@ with ``D >= 0`` diagonal (a pytree like the params). This is the same as
 Example:
   >>> import jax.numpy as jnp, rmda_jax
   >>> from rmda_jax.prox import subproblem
-  >>> b, d = {"w": jnp.ones((2, 2)), "bias": jnp.ones(2)}, {"w": jnp.ones((2, 2)), "bias": jnp.full(2, 2.0)}
+  >>> b = {"w": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+  >>> d = {"w": jnp.ones((2, 2)), "bias": jnp.full(2, 2.0)}
   >>> placement, diags, thresholds, unregularized = subproblem.lay_out(rmda_jax.l1(0.5), b, d, 1.0)
   >>> [float(t) for t in thresholds], unregularized[0].tolist()   # bias: b / D
   ([0.5], [0.5, 0.5])
@@ -25,11 +26,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from rmda_jax.core import numerics
 
@@ -63,7 +64,7 @@ def empty_info() -> SolverInfo:
   return SolverInfo(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
 
 
-def unregularized_solution(b: Array, diag: Array, anchor: Optional[Array] = None) -> Array:
+def unregularized_solution(b: Array, diag: Array, anchor: Array | None = None) -> Array:
   """``b / D``; where ``D == 0`` (then ``b == 0`` in a bounded problem) any point is optimal.
 
   ``anchor`` (default 0) is returned there.
@@ -75,10 +76,10 @@ def unregularized_solution(b: Array, diag: Array, anchor: Optional[Array] = None
 
 def lay_out(
   regularizer: Regularizer,
-  b: chex.ArrayTree,
-  diag: chex.ArrayTree,
+  b: optax.Params,
+  diag: optax.Params,
   scale: Any,
-  anchor: Optional[chex.ArrayTree] = None,
+  anchor: optax.Params | None = None,
 ) -> tuple[Placement, list[Any], list[Array], list[Array]]:
   """The subproblem on the regularizer's terms.
 

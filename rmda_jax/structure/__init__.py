@@ -10,8 +10,7 @@ It imports :mod:`rmda_jax.prox` (the regularizers decide which groups the
 metrics count) and :mod:`rmda_jax.core`.
 """
 
-from rmda_jax.structure import discovery
-from rmda_jax.structure import metrics
+from rmda_jax.structure import discovery, metrics
 from rmda_jax.structure.discovery import discover_groups, discover_linen, discover_nnx
 
-__all__ = ["discover_groups", "discover_linen", "discover_nnx", "metrics"]
+__all__ = ["discover_groups", "discover_linen", "discover_nnx", "discovery", "metrics"]

@@ -16,7 +16,7 @@ NaN.
   over the regularized matrices (numerical rank with the
   ``numpy.linalg.matrix_rank`` cutoff).
 
-Which groups (:func:`counted_groups`)? With a :func:`~rmda_jax.group_lasso` regularizer, its own groups
+Which groups (:func:`counted_groups`)? With a :func:`~rmda_jax.group_lasso` regularizer, its groups
 (per-leaf, or coupled groups spanning several leaves: a group counts as zero
 only when all of its slices are); with :func:`~rmda_jax.l1` / elastic net,
 single entries of its leaves; with a nuclear norm or None, the default Flax
@@ -30,11 +30,12 @@ across steps and reports when it last changed (the identification step).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from rmda_jax.core.groups import Groups
 from rmda_jax.core.layout import GroupLayout
@@ -59,7 +60,7 @@ def _ratio(num: chex.Numeric, den: chex.Numeric) -> jax.Array:
   return jnp.where(den > 0, 1 - num / jnp.where(den > 0, den, 1), 0.0)
 
 
-def unstructured_sparsity(params: chex.ArrayTree) -> jax.Array:
+def unstructured_sparsity(params: optax.Params) -> jax.Array:
   """Fraction of exactly-zero entries over all leaves of ``params``."""
   leaves = [jnp.asarray(x) for x in jax.tree_util.tree_leaves(params)]
   total = sum(x.size for x in leaves)
@@ -67,14 +68,16 @@ def unstructured_sparsity(params: chex.ArrayTree) -> jax.Array:
   return _ratio(nonzero, total)
 
 
-def counted_groups(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None) -> Placement:
-  """The groups the metrics count, laid on ``params``: every term's rule is a
-  :class:`~rmda_jax.core.layout.GroupLayout` (see the module doc for which groups).
+def counted_groups(params: optax.Params, regularizer: Regularizer | None = None) -> Placement:
+  """The groups the metrics count, laid on ``params`` (the module doc says which).
+
+  Every term's rule is a :class:`~rmda_jax.core.GroupLayout`.
 
   Example:
     >>> import jax.numpy as jnp, rmda_jax
-    >>> placement = counted_groups({"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}, rmda_jax.l1(1.0))
-    >>> [(placement.paths[t.leaves[0]], t.rule.num_groups) for t in placement.terms]   # single entries
+    >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}
+    >>> placement = counted_groups(params, rmda_jax.l1(1.0))
+    >>> [(placement.paths[t.leaves[0]], t.rule.num_groups) for t in placement.terms]   # entries
     [('kernel', 6)]
   """
   check_regularizer(regularizer)
@@ -94,21 +97,23 @@ def counted_groups(params: chex.ArrayTree, regularizer: Optional[Regularizer] = 
 
 
 def nonzero_groups(xs: list[Any], layout: GroupLayout) -> jax.Array:
-  """Which groups of one layout are nonzero (in the compute dtype; see
-  :meth:`rmda_jax.core.layout.GroupLayout.nonzero`)."""
+  """Which groups of one layout are nonzero, in the compute dtype.
+
+  See :meth:`rmda_jax.core.GroupLayout.nonzero`.
+  """
   return layout.nonzero([as_compute_dtype(x) for x in xs])
 
 
-def group_supports(
-  params: chex.ArrayTree, regularizer: Optional[Regularizer] = None
-) -> list[jax.Array]:
-  """Per counted term, a boolean array of nonzero groups (a leaf's with its
-  reduced axes kept, a family's of shape ``(n,)``)."""
+def group_supports(params: optax.Params, regularizer: Regularizer | None = None) -> list[jax.Array]:
+  """Per counted term, a boolean array of its nonzero groups.
+
+  A leaf's has its reduced axes kept, a family's has shape ``(n,)``.
+  """
   placement = counted_groups(params, regularizer)
   return [nonzero_groups(placement.gather(placement.leaves, t), t.rule) for t in placement.terms]
 
 
-def group_sparsity(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None) -> jax.Array:
+def group_sparsity(params: optax.Params, regularizer: Regularizer | None = None) -> jax.Array:
   """Fraction of the regularized groups that are exactly zero."""
   placement = counted_groups(params, regularizer)
   total = sum(t.rule.num_groups for t in placement.terms)
@@ -123,7 +128,7 @@ def group_sparsity(params: chex.ArrayTree, regularizer: Optional[Regularizer] = 
 
 
 def weighted_group_sparsity(
-  params: chex.ArrayTree, regularizer: Optional[Regularizer] = None
+  params: optax.Params, regularizer: Regularizer | None = None
 ) -> jax.Array:
   """Fraction of the regularized weights that lie in all-zero groups."""
   placement = counted_groups(params, regularizer)
@@ -138,13 +143,13 @@ def weighted_group_sparsity(
   return _ratio(kept, total)
 
 
-def _matrices(params: chex.ArrayTree, regularizer: Optional[Regularizer]) -> list[jax.Array]:
+def _matrices(params: optax.Params, regularizer: Regularizer | None) -> list[jax.Array]:
   spec = regularizer if isinstance(regularizer, NuclearNorm) else nuclear_norm(0.0)
   placement = spec.place(params)
   return [jnp.asarray(placement.leaves[t.leaves[0]]) for t in placement.terms]
 
 
-def ranks(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None) -> list[jax.Array]:
+def ranks(params: optax.Params, regularizer: Regularizer | None = None) -> list[jax.Array]:
   """Numerical rank of every regularized matrix (conv kernels as ``(-1, out)``)."""
   out = []
   for x in _matrices(params, regularizer):
@@ -155,14 +160,14 @@ def ranks(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None) -> 
   return out
 
 
-def low_rank_level(params: chex.ArrayTree, regularizer: Optional[Regularizer] = None) -> jax.Array:
+def low_rank_level(params: optax.Params, regularizer: Regularizer | None = None) -> jax.Array:
   """``1 - sum rank / sum min(m, n)`` over the regularized matrices."""
   mats = _matrices(params, regularizer)
   total = sum(min(as_matrix(x).shape) for x in mats)
   return _ratio(sum(ranks(params, regularizer), jnp.zeros((), jnp.int32)), total)
 
 
-def on_set_fraction(params: chex.ArrayTree, regularizer: DiscreteValues) -> jax.Array:
+def on_set_fraction(params: optax.Params, regularizer: DiscreteValues) -> jax.Array:
   """Fraction of a discrete regularizer's weights that are exactly an allowed value.
 
   Compared in each leaf's own dtype: a bf16 weight is on the set in bf16.
@@ -189,7 +194,7 @@ def on_set_fraction(params: chex.ArrayTree, regularizer: DiscreteValues) -> jax.
   return on / max(total, 1)
 
 
-def weight_sparsity(params: chex.ArrayTree) -> jax.Array:
+def weight_sparsity(params: optax.Params) -> jax.Array:
   """Fraction of exactly-zero entries among the weights the default rules penalize.
 
   Kernels; not biases, norm scales or embeddings: the sparsity that RigL and L1 control.
@@ -198,7 +203,7 @@ def weight_sparsity(params: chex.ArrayTree) -> jax.Array:
 
 
 def summary(
-  params: chex.ArrayTree, regularizer: Optional[Regularizer] = None, groups: Optional[Groups] = None
+  params: optax.Params, regularizer: Regularizer | None = None, groups: Groups | None = None
 ) -> dict[str, jax.Array]:
   """Every structure measure of a point, in one dict of float32 scalars.
 
@@ -211,11 +216,12 @@ def summary(
   Example:
     >>> import jax.numpy as jnp, rmda_jax
     >>> out = summary({"kernel": jnp.array([[1.0, 2.0], [0.0, 0.0]])}, rmda_jax.group_lasso(1e-3))
-    >>> {k: round(float(v), 2) for k, v in out.items()}
-    {'unstructured_sparsity': 0.5, 'group_sparsity': 0.5, 'weighted_group_sparsity': 0.5, 'weight_sparsity': 0.5}
+    >>> sorted((k, round(float(v), 2)) for k, v in out.items())  # doctest: +NORMALIZE_WHITESPACE
+    [('group_sparsity', 0.5), ('unstructured_sparsity', 0.5), ('weight_sparsity', 0.5),
+     ('weighted_group_sparsity', 0.5)]
   """
   if groups is not None:
-    counted: Optional[Regularizer] = group_lasso(0.0, groups=groups)
+    counted: Regularizer | None = group_lasso(0.0, groups=groups)
   elif isinstance(regularizer, DiscreteValues):
     counted = None  # a discrete set has no groups: count the default ones
   else:
@@ -273,7 +279,7 @@ class StructureTracker:
     (1, 1)
   """
 
-  regularizer: Optional[Regularizer] = None
+  regularizer: Regularizer | None = None
   kind: str = "group"
 
   def __post_init__(self):
@@ -284,7 +290,7 @@ class StructureTracker:
         "kind='regularizer' follows a regularizer's own support: give the regularizer."
       )
 
-  def support(self, params: chex.ArrayTree) -> tuple[jax.Array, ...]:
+  def support(self, params: optax.Params) -> tuple[jax.Array, ...]:
     """The support this tracker follows, per counted term (or per leaf, ``"unstructured"``)."""
     if self.kind == "regularizer":
       assert self.regularizer is not None, "checked when the tracker is built"
@@ -298,11 +304,13 @@ class StructureTracker:
       nonzero_groups(placement.gather(placement.leaves, t), t.rule) for t in placement.terms
     )
 
-  def init(self, params) -> TrackerState:
+  def init(self, params: optax.Params) -> TrackerState:
+    """The tracker's state at the structure of ``params``."""
     zero = jnp.zeros((), jnp.int32)
     return TrackerState(self.support(params), zero, zero, zero)
 
-  def update(self, state: TrackerState, params) -> TrackerState:
+  def update(self, state: TrackerState, params: optax.Params) -> TrackerState:
+    """The state after one more step, whose point is ``params``."""
     support = self.support(params)
     changed = jnp.zeros((), bool)
     for old, new in zip(state.support, support):
@@ -316,9 +324,7 @@ class StructureTracker:
     )
 
 
-def family_kept(
-  params: chex.ArrayTree, groups: Union[Groups, GroupLasso]
-) -> dict[str, tuple[int, int]]:
+def family_kept(params: optax.Params, groups: Groups | GroupLasso) -> dict[str, tuple[int, int]]:
   """Per family of coupled groups, ``(units kept, units)``.
 
   The heads and hidden units of every layer that are not exactly zero.

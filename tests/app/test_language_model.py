@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from rmda_jax import compaction
-
-from rmda_jax.app import cli, data, models, train
+from rmda_jax.app import cli, data, models
 
 TINY = [
   "--model",

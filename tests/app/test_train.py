@@ -9,8 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from rmda_jax.app import cli
-from rmda_jax.app import train
+from rmda_jax.app import cli, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = [

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from rmda_jax import compaction
-
 from rmda_jax.app import models
 
 KEY = jax.random.PRNGKey(0)

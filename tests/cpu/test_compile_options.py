@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import rmda_jax
 import reference as ref
 from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, per_leaf_secular, run_jax
-from rmda_jax import prox
+
+import rmda_jax
 from rmda_jax.cpu import options as compile_options
 
 OPTIONS = rmda_jax.cpu.compiler_options("cpu")

@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 
 from rmda_jax.app import checkpoint as ckpt
-from rmda_jax.app import cli
+from rmda_jax.app import cli, train
 from rmda_jax.app import data as datasets
-from rmda_jax.app import train
 
 SMALL = ["--hidden", "16", "--batch-size", "32", "--milestones", "1", "--no-progress", "--no-plots"]
 SAVE_PAUSE = 0.25  # seconds the test hook pauses before and after each checkpoint write

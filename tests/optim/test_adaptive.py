@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import rmda_jax
 import reference as ref
 from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax, single_trace_step
+
+import rmda_jax
 
 REGS = {
   "group_lasso": rmda_jax.group_lasso,

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import rmda_jax
 import reference as ref
 from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, run_jax, single_trace_step
+
+import rmda_jax
 
 REGS = {
   "group_lasso": lambda lam: rmda_jax.group_lasso(lam),
@@ -197,9 +197,9 @@ def test_structured_params_accessor():
   ],
 )
 def test_drops_into_nnx_optimizer_and_train_state(make):
+  import flax.linen as nn
   from flax import nnx
   from flax.training import train_state
-  import flax.linen as nn
 
   class Model(nnx.Module):
     def __init__(self, rngs):

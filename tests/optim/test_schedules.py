@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import rmda_jax
 import reference as ref
 from problems import GROUPS, SHAPES, from_tree, make_problem, numpy_grad, quadratic_step, to_tree
+
+import rmda_jax
 
 EPOCHS, SPE, MILESTONES = 6, 4, (2, 4)
 

@@ -8,12 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference as ref
 
 import rmda_jax
-from rmda_jax import metrics, prox
-from rmda_jax import Family, Groups, Slice
-
-import reference as ref
+from rmda_jax import Family, Groups, Slice, metrics, prox
 
 # A family spanning a plain axis, a fused (3, 4, 2) axis (factor 1: the group)
 # and a (4, 5) axis where the group is the major factor; and a per-leaf-like

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 import rmda_jax
 from rmda_jax import metrics
-from rmda_jax.prox import discrete
 
 value_sets = st.lists(
   st.floats(-3, 3, allow_nan=False, width=32), min_size=1, max_size=4, unique=True

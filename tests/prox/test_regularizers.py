@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import rmda_jax
 from rmda_jax.core import rules as leaf_rules
-import reference as ref
 
 FLOATS = st.floats(-10, 10, allow_nan=False, width=32)
 SHAPES = st.tuples(st.integers(1, 5), st.integers(1, 6))

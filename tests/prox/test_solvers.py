@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
+from problems import per_leaf_secular
 
 import rmda_jax
 from rmda_jax import prox
 from rmda_jax.core import rules as leaf_rules
-import reference as ref
-from problems import per_leaf_secular
 
 
 def _random_problem(seed, shape=(7, 5), axis=1, p_range=(1e-2, 1e2), zero_frac=0.4, thr=0.3):

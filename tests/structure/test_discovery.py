@@ -9,7 +9,7 @@ unchanged). Then discovery must return exactly the listed families.
 import dataclasses
 import functools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rmda_jax.app import models
 from rmda_jax import Slice
+from rmda_jax.app import models
 
 INPUT = "<input>"  # the model input, as a path of the arrays the checks edit
 ATOL = 1e-5
@@ -660,7 +660,7 @@ SAME_FAMILIES = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case(name):
   return CASES[name]()
 

@@ -6,7 +6,8 @@ Example:
   >>> fused, head, dim = atoms.new(12), atoms.new(3), atoms.new(4)
   >>> atoms.align([fused], [head, dim])   # a reshape (12,) -> (3, 4) splits the class of `fused`
   True
-  >>> [atoms.sizes[a] for a in atoms.leaves([fused])], atoms.find(atoms.leaves([fused])[0]) == atoms.find(head)
+  >>> parts = atoms.leaves([fused])
+  >>> [atoms.sizes[a] for a in parts], atoms.find(parts[0]) == atoms.find(head)
   ([3, 4], True)
 """
 
@@ -85,8 +86,10 @@ class Atoms:
           self.union(c0, c)
 
   def align(self, left: Sequence[int], right: Sequence[int]) -> bool:
-    """Link two atom sequences of the same total size factor by factor,
-    refining where one factor covers several; False where they interleave."""
+    """Link two atom sequences of the same total size factor by factor.
+
+    Where one factor covers several it is refined; False where they interleave.
+    """
     left, right = collections.deque(self.leaves(left)), collections.deque(self.leaves(right))
     while left and right:
       a, b = left.popleft(), right.popleft()

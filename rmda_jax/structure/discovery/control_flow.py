@@ -11,7 +11,7 @@ operands is treated as unknown.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 from jax.extend import core as jcore
 
@@ -38,7 +38,8 @@ CALLS = frozenset(
 )
 
 
-def inner_jaxpr(eqn):
+def inner_jaxpr(eqn: Any) -> jcore.Jaxpr | jcore.ClosedJaxpr | None:
+  """The nested jaxpr of a call equation, or None when it has none that fits its operands."""
   for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
     inner = eqn.params.get(key)
     if isinstance(inner, (jcore.Jaxpr, jcore.ClosedJaxpr)):
@@ -48,7 +49,7 @@ def inner_jaxpr(eqn):
   return None
 
 
-def nested(eqn: Any) -> Optional[jcore.Jaxpr]:
+def nested(eqn: Any) -> jcore.Jaxpr | None:
   """The open jaxpr a call equation runs, or None where it has none that fits."""
   inner = inner_jaxpr(eqn)
   if inner is None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import collections
 import fnmatch
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 from rmda_jax.core.groups import Family, Groups, Unprunable
 from rmda_jax.structure.discovery.naming import canonical_slice, family_name, unique_names
 from rmda_jax.structure.discovery.tracing import trace
-
 
 KIND_ORDER = ("heads", "units", "inputs")
 
@@ -90,8 +89,7 @@ def discover_groups(
     )
     candidates.append((cls, kind, size, sorted(members, key=lambda m: m[0])))
 
-  order = lambda c: (KIND_ORDER.index(c[1]), semantics.first_seen.get(c[0], 1 << 30))
-  candidates.sort(key=order)
+  candidates.sort(key=lambda c: (KIND_ORDER.index(c[1]), semantics.first_seen.get(c[0], 1 << 30)))
   owner: dict = {}
   offered = []
   deferred = []
@@ -150,7 +148,12 @@ def discover_groups(
 
 
 def discover_linen(
-  model, params, *example_args, variables: Optional[dict] = None, method=None, **kwargs
+  model: Any,
+  params: Any,
+  *example_args: Any,
+  variables: dict[str, Any] | None = None,
+  method: Any = None,
+  **kwargs: Any,
 ) -> Groups:
   """:func:`discover_groups` for a linen module: ``model.apply({"params": p, **variables}, *args)``.
 
@@ -169,7 +172,7 @@ def discover_linen(
   return discover_groups(fn, params, *example_args, **options)
 
 
-def discover_nnx(model, *example_args, wrt=None, **kwargs) -> Groups:
+def discover_nnx(model: Any, *example_args: Any, wrt: Any = None, **kwargs: Any) -> Groups:
   """:func:`discover_groups` for an NNX module, over its ``nnx.Param`` state.
 
   The groups' paths are those of ``nnx.state(model, nnx.Param)`` (what

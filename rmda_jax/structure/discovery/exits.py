@@ -13,6 +13,7 @@ heads (the batch dimensions of a contraction between two activations).
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,10 +34,13 @@ from rmda_jax.structure.discovery.primitives import (
 
 
 class Exits:
-  """Zero sets (which dimensions a value vanishes along when their parameters
-  are zeroed), param views, exits of each dimension, and kinds."""
+  """Pass 2 over a jaxpr: zero sets, parameter views, the exits of each dimension, and kinds.
 
-  def __init__(self, graph: DimensionGraph, param_vars: dict):
+  A zero set holds the dimensions a value vanishes along when their
+  parameters are zeroed (see the module doc).
+  """
+
+  def __init__(self, graph: DimensionGraph, param_vars: dict[Any, int]) -> None:
     self.g = graph
     self.atoms = graph.atoms
     self.zero: dict = {}  # (scope, var) -> classes it vanishes along
@@ -55,40 +59,40 @@ class Exits:
     for v, _ in param_vars.items():
       self.zero[((), v)] = set(self.classes(v))
 
-  def classes(self, v) -> list:
+  def classes(self, v: Any) -> list[int]:
     if isinstance(v, jcore.Literal):
       return []
     return [self.atoms.find(a) for a in self.atoms.leaves(self.g.all_atoms(v))]
 
-  def axis_classes(self, v, i) -> list:
+  def axis_classes(self, v: Any, i: int) -> list[int]:
     return [self.atoms.find(a) for a in self.atoms.leaves(self.g.axes(v)[i])]
 
-  def zset(self, v):
+  def zset(self, v: Any) -> Any:
     if isinstance(v, jcore.Literal):
       return ALL if np.all(np.asarray(v.val) == 0) else set()
     return self.zero.get((self.g.scope, v), set())
 
-  def set_zero(self, v, zs) -> None:
+  def set_zero(self, v: Any, zs: Any) -> None:
     if isinstance(v, jcore.DropVar):
       return
     present = set(self.classes(v))
     self.zero[(self.g.scope, v)] = present if zs is ALL else (set(zs) & present)
 
-  def view_of(self, v):
+  def view_of(self, v: Any) -> int | None:
     """The parameter index ``v`` is a plain view of (cast, reshape, transpose...), or None."""
     if isinstance(v, jcore.Literal):
       return None
     return self.view.get((self.g.scope, v))
 
-  def set_view(self, v, index) -> None:
+  def set_view(self, v: Any, index: int | None) -> None:
     if index is not None and not isinstance(v, jcore.DropVar):
       self.view[(self.g.scope, v)] = index
 
-  def run(self, jaxpr) -> None:
+  def run(self, jaxpr: jcore.Jaxpr) -> None:
     for eqn in jaxpr.eqns:
       self.equation(eqn)
 
-  def equation(self, eqn) -> None:
+  def equation(self, eqn: Any) -> None:
     self.counter += 1
     for v in eqn.outvars:
       if not isinstance(v, jcore.DropVar):
@@ -122,7 +126,7 @@ class Exits:
       return self.set_zero(outs[0], zs)
     if name in ADDITIVE or name == "select_n":
       operands = ins[1:] if name == "select_n" else ins
-      zs = ALL
+      zs: Any = ALL
       for v in operands:
         z = self.zset(v)
         if z is ALL:
@@ -156,7 +160,7 @@ class Exits:
     ):
       base = self.zset(ins[0])
       if name == "concatenate":
-        base = ALL
+        base: Any = ALL
         for v in ins:
           z = self.zset(v)
           base = z if base is ALL else (base if z is ALL else base & z)
@@ -166,11 +170,11 @@ class Exits:
     for v in outs:
       self.set_zero(v, set())
 
-  def atoms_mark_classes(self, classes, reason) -> None:
+  def atoms_mark_classes(self, classes: Iterable[int], reason: str) -> None:
     for c in classes:
       self.atoms.reasons[c].add(reason)
 
-  def _exit(self, cls, operands) -> None:
+  def _exit(self, cls: int, operands: Sequence[Any]) -> None:
     """A contraction over class ``cls``: exact if an operand vanishes along it."""
     self.exits[cls] += 1
     vanishing = [v for v in operands if self.zset(v) is ALL or cls in self.zset(v)]
@@ -186,7 +190,7 @@ class Exits:
     else:
       self.atoms.reasons[cls].add("contracted between activations")
 
-  def contraction(self, eqn) -> None:
+  def contraction(self, eqn: Any) -> None:
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs, rhs = eqn.invars
     for i in lc:
@@ -196,7 +200,7 @@ class Exits:
       for i in lb:
         self.heads.update(self.axis_classes(lhs, i))
 
-  def conv_contraction(self, eqn) -> None:
+  def conv_contraction(self, eqn: Any) -> None:
     p = eqn.params
     if p.get("feature_group_count", 1) != 1 or p.get("batch_group_count", 1) != 1:
       return

@@ -17,6 +17,7 @@ from jax.extend import core as jcore
 
 from rmda_jax.structure.discovery import control_flow
 from rmda_jax.structure.discovery.atoms import Atoms
+from rmda_jax.structure.discovery.control_flow import CALLS
 from rmda_jax.structure.discovery.primitives import (
   ADDITIVE,
   CUMULATIVE,
@@ -28,24 +29,24 @@ from rmda_jax.structure.discovery.primitives import (
   SOURCES,
   ZERO_PRESERVING_UNARY,
 )
-from rmda_jax.structure.discovery.control_flow import CALLS
 
 
 class DimensionGraph:
   """Pass 1 links dimensions; pass 2 finds exits, zero sets and kinds."""
 
-  def __init__(self, atoms: Atoms):
+  def __init__(self, atoms: Atoms) -> None:
     self.atoms = atoms
     self.env: dict = {}  # (scope, var) -> [list of atoms per axis]
     self.scope: tuple = ()  # the call equations we are inside: a jaxpr called twice has two scopes
     self.unknown: list = []
-    self.batch_classes: list = []  # atoms that are batch dims of an activation-activation contraction
+    # atoms that are batch dimensions of a contraction between two activations
+    self.batch_classes: list = []
 
   # ---- helpers
-  def fresh(self, aval) -> list:
+  def fresh(self, aval: Any) -> list[list[int]]:
     return [[self.atoms.new(s)] if s > 1 else [] for s in getattr(aval, "shape", ())]
 
-  def axes(self, v) -> list:
+  def axes(self, v: Any) -> list[list[int]]:
     if isinstance(v, jcore.Literal):
       return [[] for _ in np.shape(v.val)]
     key = (self.scope, v)
@@ -53,7 +54,7 @@ class DimensionGraph:
       self.env[key] = self.fresh(v.aval)
     return self.env[key]
 
-  def define(self, v, axes) -> None:
+  def define(self, v: Any, axes: list[list[int]]) -> None:
     if not isinstance(v, jcore.DropVar):
       self.env[(self.scope, v)] = axes
 
@@ -61,10 +62,10 @@ class DimensionGraph:
     if not self.atoms.align(a, b):
       self.atoms.mark(a + b, f"{context} interleaves this dimension with others")
 
-  def all_atoms(self, v) -> list:
+  def all_atoms(self, v: Any) -> list[int]:
     return [a for axis in self.axes(v) for a in axis]
 
-  def unknown_primitive(self, eqn) -> None:
+  def unknown_primitive(self, eqn: Any) -> None:
     name = eqn.primitive.name
     if name not in self.unknown:
       self.unknown.append(name)
@@ -77,11 +78,11 @@ class DimensionGraph:
     self.atoms.mark(ins + outs, f"used by {name}, which discovery does not know")
 
   # ---- pass 1
-  def run(self, jaxpr) -> None:
+  def run(self, jaxpr: jcore.Jaxpr) -> None:
     for eqn in jaxpr.eqns:
       self.equation(eqn)
 
-  def equation(self, eqn) -> None:
+  def equation(self, eqn: Any) -> None:
     name = eqn.primitive.name
     ins, outs = eqn.invars, eqn.outvars
     params = eqn.params
@@ -157,7 +158,7 @@ class DimensionGraph:
       return
     return self.unknown_primitive(eqn)
 
-  def elementwise(self, eqn) -> None:
+  def elementwise(self, eqn: Any) -> None:
     out_aval = eqn.outvars[0].aval
     out = self.fresh(out_aval)
     for v in eqn.invars:
@@ -170,7 +171,7 @@ class DimensionGraph:
     for v in eqn.outvars:
       self.define(v, out)
 
-  def dot_general(self, eqn) -> None:
+  def dot_general(self, eqn: Any) -> None:
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs, rhs = eqn.invars
     la, ra = self.axes(lhs), self.axes(rhs)
@@ -184,7 +185,7 @@ class DimensionGraph:
       eqn.outvars[0], [la[i] for i in lb] + [la[i] for i in lfree] + [ra[i] for i in rfree]
     )
 
-  def convolution(self, eqn) -> None:
+  def convolution(self, eqn: Any) -> None:
     p = eqn.params
     lhs, rhs = eqn.invars
     out_v = eqn.outvars[0]
@@ -216,7 +217,7 @@ class DimensionGraph:
     )
     self.atoms.mark([a for ax in spatial for a in ax], "a convolution window")
 
-  def window(self, eqn) -> None:
+  def window(self, eqn: Any) -> None:
     p = eqn.params
     n = len(eqn.invars) // 2 if eqn.primitive.name == "reduce_window" else 1
     outs = [self.fresh(v.aval) for v in eqn.outvars]
@@ -255,7 +256,7 @@ class DimensionGraph:
     else:
       self.atoms.mark(in_axis + out_axis, f"sliced ({what})")
 
-  def split(self, eqn) -> None:
+  def split(self, eqn: Any) -> None:
     axis = eqn.params["axis"]
     operand = eqn.invars[0]
     axes = self.axes(operand)
@@ -268,7 +269,7 @@ class DimensionGraph:
       start += int(size)
       self.define(v, out)
 
-  def slice(self, eqn) -> None:
+  def slice(self, eqn: Any) -> None:
     p = eqn.params
     operand, out_v = eqn.invars[0], eqn.outvars[0]
     axes = self.axes(operand)
@@ -282,7 +283,7 @@ class DimensionGraph:
         self._piece(a, size_in, size_out, p["start_indices"][i], b, "slice")
     self.define(out_v, out)
 
-  def dynamic_slice(self, eqn) -> None:
+  def dynamic_slice(self, eqn: Any) -> None:
     operand, out_v = eqn.invars[0], eqn.outvars[0]
     out = self.fresh(out_v.aval)
     for i, (a, b) in enumerate(zip(self.axes(operand), out)):
@@ -292,7 +293,7 @@ class DimensionGraph:
         self.atoms.mark(a + b, "sliced at a dynamic position")
     self.define(out_v, out)
 
-  def concatenate(self, eqn) -> None:
+  def concatenate(self, eqn: Any) -> None:
     dim = eqn.params["dimension"]
     out_v = eqn.outvars[0]
     out = self.fresh(out_v.aval)
@@ -304,7 +305,7 @@ class DimensionGraph:
           self.link(a, b, "concatenate")
     self.define(out_v, out)
 
-  def pad(self, eqn) -> None:
+  def pad(self, eqn: Any) -> None:
     operand, out_v = eqn.invars[0], eqn.outvars[0]
     out = self.fresh(out_v.aval)
     for (lo, hi, interior), a, b in zip(eqn.params["padding_config"], self.axes(operand), out):
@@ -314,7 +315,7 @@ class DimensionGraph:
         self.atoms.mark(a + b, "padded")
     self.define(out_v, out)
 
-  def gather(self, eqn) -> None:
+  def gather(self, eqn: Any) -> None:
     p = eqn.params
     operand, indices = eqn.invars
     out_v = eqn.outvars[0]

@@ -11,12 +11,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from rmda_jax.core.groups import Family, Slice
 
 
 def canonical_slice(path: str, axis: int, sizes: Sequence[int], position: int) -> Slice:
+  """The :class:`~rmda_jax.Slice` of factor ``position`` of an axis viewed as ``sizes``.
+
+  Factors of size 1 next to it are dropped, so the view is at most
+  ``(before, n, after)``.
+  """
   pre = math.prod(sizes[:position])
   post = math.prod(sizes[position + 1 :])
   n = sizes[position]
@@ -30,13 +35,18 @@ def canonical_slice(path: str, axis: int, sizes: Sequence[int], position: int) -
 
 
 def module_path(path: str) -> str:
+  """The module part of a leaf's path (``"attn/query"`` for ``"attn/query/kernel"``)."""
   return path.rsplit("/", 1)[0] if "/" in path else path
 
 
-def family_name(paths, members, consumers, kind) -> str:
-  """The layer a family belongs to: the module holding all its leaves, else
-  the module of its first producer kernel (the layer whose outputs the units
-  are), else of its first producer."""
+def family_name(
+  paths: Sequence[str], members: Sequence[tuple[int, Slice]], consumers: Collection[int], kind: str
+) -> str:
+  """The layer a family belongs to.
+
+  The module holding all its leaves, else the module of its first producer
+  kernel (the layer whose outputs the units are), else of its first producer.
+  """
   if kind == "inputs":
     return "inputs of " + module_path(paths[min(consumers)]) if consumers else "inputs"
   modules = [module_path(paths[i]).split("/") for i, _ in members]
@@ -54,7 +64,8 @@ def family_name(paths, members, consumers, kind) -> str:
   return module_path(paths[members[0][0]]) + " (consumer side)"
 
 
-def unique_names(families):
+def unique_names(families: Sequence[Family]) -> list[Family]:
+  """The families, ``" #1"``, ``" #2"``, ... appended to the names that two or more share."""
   seen = collections.Counter(f.name for f in families)
   counts = collections.Counter()
   out = []

@@ -69,9 +69,10 @@ class Traced:
     return out
 
   def silent_when_produced_zero(self, cls: int) -> bool:
-    """Whether the dimension vanishes at every exit once the slices that produce
-    it are zero (ReLU, GELU, pooling and norms with zero scale and shift keep a
-    zero unit zero)."""
+    """Whether the dimension vanishes at every exit once the slices that produce it are zero.
+
+    ReLU, GELU, pooling and norms with zero scale and shift keep a zero unit zero.
+    """
     exits = self.semantics.exits[cls]
     return exits > 0 and self.semantics.silent_exits[cls] == exits
 
@@ -110,17 +111,16 @@ def trace(
   )
   paths = [path_to_str(kp) for kp, _ in keyed] + [path_to_str(kp) for kp, _ in extra_keyed]
   shapes = [tuple(np.shape(x)) for _, x in keyed + extra_keyed]
-  abstract = lambda pairs: [
-    jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)) for _, x in pairs
-  ]
-  if extras is None:
-    flat_fn = lambda leaves, extra, *args: fn(jax.tree_util.tree_unflatten(treedef, leaves), *args)
-  else:
-    flat_fn = lambda leaves, extra, *args: fn(
-      jax.tree_util.tree_unflatten(treedef, leaves),
-      jax.tree_util.tree_unflatten(extra_def, extra),
-      *args,
-    )
+
+  def abstract(pairs: list[tuple[Any, Any]]) -> list[jax.ShapeDtypeStruct]:
+    return [jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x)) for _, x in pairs]
+
+  def flat_fn(leaves: list[Any], extra: list[Any], *args: Any) -> Any:
+    p = jax.tree_util.tree_unflatten(treedef, leaves)
+    if extras is None:
+      return fn(p, *args)
+    return fn(p, jax.tree_util.tree_unflatten(extra_def, extra), *args)
+
   closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(
     abstract(keyed), abstract(extra_keyed), *example_args
   )
