@@ -21,17 +21,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax.numpy as jnp
 import optax
 
 from rmda_jax.core import checks
 from rmda_jax.prox import inexact
-from rmda_jax.prox.subproblem import SolverInfo, empty_info, lay_out
-
-if TYPE_CHECKING:
-  from rmda_jax.prox.regularizer import Regularizer
+from rmda_jax.prox.regularizer import Regularizer
+from rmda_jax.prox.subproblem import SolverInfo, empty_info
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +86,7 @@ def solve_exact(
     ``(z, SolverInfo)`` with ``z`` a pytree like ``b``. The residual is the
     secular equation's (0 for closed forms), or the certificate.
   """
-  placement, diags, thresholds, out = lay_out(regularizer, b, diag, scale, anchor)
+  placement, diags, thresholds, out = regularizer.lay_out(b, diag, scale, anchor)
   if not placement.terms:
     return placement.unflatten(out), empty_info()
   inits = None

@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import chex
 import jax
@@ -38,10 +38,8 @@ import jax.numpy as jnp
 import optax
 
 from rmda_jax.core import checks, numerics
-from rmda_jax.prox.subproblem import SolverInfo, empty_info, lay_out
-
-if TYPE_CHECKING:
-  from rmda_jax.prox.regularizer import Placement, Regularizer
+from rmda_jax.prox.regularizer import Placement, Regularizer
+from rmda_jax.prox.subproblem import SolverInfo, empty_info
 
 Array = jax.Array
 
@@ -156,7 +154,7 @@ def solve_proximal_gradient(
     ``(z, SolverInfo)``; ``z`` satisfies ``dist(0, d theta(z)) <=
     SolverInfo.residual``, which is ``<= tol`` unless ``max_iters`` was hit.
   """
-  placement, diags, thresholds, out = lay_out(regularizer, b, diag, scale, anchor)
+  placement, diags, thresholds, out = regularizer.lay_out(b, diag, scale, anchor)
   if not placement.terms:
     return placement.unflatten(out), empty_info()
   init_leaves = placement.flatten(init)

@@ -55,7 +55,7 @@ import optax
 from rmda_jax.core import checks
 from rmda_jax.core.numerics import as_compute_dtype
 from rmda_jax.core.rules import Elementwise, GroupRule, Matrix, resolve_rules
-from rmda_jax.prox import exact
+from rmda_jax.prox.subproblem import unregularized_solution
 
 Array = jax.Array
 
@@ -105,6 +105,14 @@ class Placement:
   def gather(self, values: Sequence[Any], term: Term) -> list[Any]:
     """The entries of the per-leaf list ``values`` that ``term`` reads."""
     return [values[i] for i in term.leaves]
+
+  def scatter(self, values: Sequence[Any], per_term: Sequence[Sequence[Any]]) -> list[Any]:
+    """``values`` (per leaf) with the leaves of every term replaced by its ``per_term`` entries."""
+    out = list(values)
+    for term, entries in zip(self.terms, per_term):
+      for i, value in zip(term.leaves, entries):
+        out[i] = value
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,14 +279,52 @@ class Regularizer(abc.ABC):
         out[i] = z.astype(jnp.result_type(placement.leaves[i]))
     return placement.unflatten(out)
 
+  def lay_out(
+    self, b: optax.Params, diag: optax.Params, scale: Any, anchor: optax.Params | None = None
+  ) -> tuple[Placement, list[Any], list[Array], list[Array]]:
+    """The subproblem ``min_z 1/2 z^T D z - b^T z + scale * strength * psi(z)`` on the terms.
+
+    Args:
+      b: the linear term, a pytree like the params.
+      diag: the diagonal metric ``D >= 0``, a pytree like ``b``.
+      scale: a scalar or a per-leaf pytree multiplying the strength.
+      anchor: for unregularized leaves, the value where ``D == 0``; default 0.
+
+    Returns:
+      ``(placement, diags, thresholds, solution)``: the terms laid on ``b``,
+      the leaves of ``diag``, per term its ``tau = scale * lambda`` (the scale
+      of its first leaf, in that leaf's dtype), and per leaf the unregularized
+      solution ``b / D`` (the answer on every leaf no term reads).
+    """
+    placement = self.place(b)
+    diags = placement.flatten(diag)
+    anchors = [None] * len(diags) if anchor is None else placement.flatten(anchor)
+    scales = self.leaf_scales(scale, placement)
+    solution = [unregularized_solution(*args) for args in zip(placement.leaves, diags, anchors)]
+    thresholds = [
+      jnp.asarray(scales[t.leaves[0]], placement.leaves[t.leaves[0]].dtype) * self.strength
+      for t in placement.terms
+    ]
+    return placement, diags, thresholds, solution
+
   def prox_diag(self, b: optax.Params, diag: optax.Params, scale: Any = 1.0) -> optax.Params:
     """Exact ``argmin_z 1/2 z^T D z - b^T z + scale * strength * psi(z)``.
 
     ``diag`` is the positive diagonal ``D`` as a pytree like ``b``. With
     ``b = D * y`` this is the prox of ``y`` in the metric ``D``.
-    Unregularized leaves get ``b / D``.
+    Unregularized leaves get ``b / D``. :func:`rmda_jax.prox.exact.solve_exact`
+    also reports the iterations and a residual.
     """
-    return exact.solve_exact(self, b, diag, scale)[0]
+    placement, diags, thresholds, solution = self.lay_out(b, diag, scale)
+    if placement.terms:
+      per_term, _, _ = self.terms_prox_diag(
+        [placement.gather(placement.leaves, t) for t in placement.terms],
+        [placement.gather(diags, t) for t in placement.terms],
+        thresholds,
+        [t.rule for t in placement.terms],
+      )
+      solution = placement.scatter(solution, per_term)
+    return placement.unflatten(solution)
 
   def support(self, params: optax.Params) -> list[Array]:
     """Per term, a boolean array of its nonzero groups / entries / singular values.

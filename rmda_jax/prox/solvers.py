@@ -24,7 +24,7 @@ References:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import optax
@@ -32,10 +32,8 @@ import optax
 from rmda_jax.core import numerics
 from rmda_jax.prox.exact import Exact, solve_exact
 from rmda_jax.prox.inexact import ProximalGradient, solve_proximal_gradient
+from rmda_jax.prox.regularizer import Regularizer
 from rmda_jax.prox.subproblem import SolverInfo, empty_info, unregularized_solution
-
-if TYPE_CHECKING:
-  from rmda_jax.prox.regularizer import Regularizer
 
 Solver = Exact | ProximalGradient
 SOLVER_NAMES = ("auto", "exact", "pgd")

@@ -101,7 +101,7 @@ class Exits:
     name = eqn.primitive.name
     ins, outs = eqn.invars, eqn.outvars
     if name in CALLS:
-      return control_flow.follow_call(self, eqn)
+      return self.call(eqn)
     if name in LAYOUT and len(ins) >= 1:
       self.set_view(outs[0], self.view_of(ins[0]))
     if (
@@ -169,6 +169,28 @@ class Exits:
       return
     for v in outs:
       self.set_zero(v, set())
+
+  def call(self, eqn: Any) -> None:
+    """Carry zero sets and parameter views into a call's nested jaxpr and back."""
+    jaxpr = control_flow.nested(eqn)
+    ins, outs = eqn.invars, eqn.outvars
+    if jaxpr is None:  # unknown to pass 1: its results carry fresh dimensions, zero nowhere
+      for v in outs:
+        self.set_zero(v, set())
+      return
+    outer_zero = [self.zset(v) for v in ins]
+    outer_views = [self.view_of(v) for v in ins]
+    self.g.scope = self.g.scope + (id(eqn),)
+    for var, zeros, view in zip(jaxpr.invars, outer_zero, outer_views):
+      self.zero[(self.g.scope, var)] = zeros
+      self.set_view(var, view)
+    self.run(jaxpr)
+    inner_zero = [self.zset(v) for v in jaxpr.outvars]
+    inner_views = [self.view_of(v) for v in jaxpr.outvars]
+    self.g.scope = self.g.scope[:-1]
+    for outer, zeros, view in zip(outs, inner_zero, inner_views):
+      self.set_zero(outer, zeros)
+      self.set_view(outer, view)
 
   def atoms_mark_classes(self, classes: Iterable[int], reason: str) -> None:
     for c in classes:

@@ -87,7 +87,7 @@ class DimensionGraph:
     ins, outs = eqn.invars, eqn.outvars
     params = eqn.params
     if name in CALLS:
-      return control_flow.link_call(self, eqn)
+      return self.call(eqn)
     if (
       name in LAYOUT
       or name in ZERO_PRESERVING_UNARY
@@ -157,6 +157,26 @@ class DimensionGraph:
         self.define(v, self.fresh(v.aval))
       return
     return self.unknown_primitive(eqn)
+
+  def call(self, eqn: Any) -> None:
+    """Link a call's operands and results to its nested jaxpr's, inside a scope of its own."""
+    jaxpr = control_flow.nested(eqn)
+    if jaxpr is None:
+      return self.unknown_primitive(eqn)
+    ins, outs = eqn.invars, eqn.outvars
+    outer_axes = [None if isinstance(v, jcore.Literal) else self.axes(v) for v in ins]
+    self.scope = self.scope + (id(eqn),)
+    for axes, var in zip(outer_axes, jaxpr.invars):
+      self.define(var, axes if axes is not None else self.fresh(var.aval))
+    for var in jaxpr.constvars:
+      self.axes(var)
+    self.run(jaxpr)
+    inner_axes = [
+      self.fresh(v.aval) if isinstance(v, jcore.Literal) else self.axes(v) for v in jaxpr.outvars
+    ]
+    self.scope = self.scope[:-1]
+    for outer, axes in zip(outs, inner_axes):
+      self.define(outer, axes)
 
   def elementwise(self, eqn: Any) -> None:
     out_aval = eqn.outvars[0].aval
