@@ -9,6 +9,9 @@ computation), an optimizer with the stage-wise schedule, and the
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -25,16 +28,19 @@ from rmda_jax.app.config import (
   TrainConfig,
   parse_mesh,
 )
+from rmda_jax.core.groups import Groups
 from rmda_jax.optim import Stagewise, prox_adamw, prox_sgd, prox_ssi, ramda, rigl, rmda
 from rmda_jax.prox import discrete
 from rmda_jax.structure import discovery
 
 
-def build_model(config: TrainConfig, dataset: datasets.Dataset):
+def build_model(config: TrainConfig, dataset: datasets.Dataset) -> nn.Module:
+  """The model of ``--model``, sized for ``dataset`` (ConfigError when lenet5 cannot take it)."""
   shape = dataset.input_shape
   if config.model == "lenet5" and (len(shape) != 3 or shape[0] < 16 or shape[1] < 16):
     raise ConfigError(
-      f"lenet5 needs images of at least 16x16 (28x28 as in the papers); {dataset.name} has {shape}. "
+      "lenet5 needs images of at least 16x16 (28x28 as in the papers); "
+      f"{dataset.name} has {shape}. "
       "Use --dataset mnist_subset, mnist or fashion_mnist."
     )
   n = dataset.num_classes
@@ -58,9 +64,10 @@ def build_model(config: TrainConfig, dataset: datasets.Dataset):
   return models.LogisticRegression(num_classes=n)
 
 
-def build_mesh(spec: str | None, batch_size: int):
-  """The device mesh of a run: ``spec`` (``data=N[,model=M]``), or all local
-  devices on ``data``; None on a single device.
+def build_mesh(spec: str | None, batch_size: int) -> jax.sharding.Mesh | None:
+  """The device mesh of a run, None on a single device.
+
+  The mesh is ``spec`` (``data=N[,model=M]``), or all local devices on ``data``.
   """
   devices = jax.local_devices()
   sizes = parse_mesh(spec) if spec is not None else {"data": len(devices), "model": 1}
@@ -81,8 +88,10 @@ def build_mesh(spec: str | None, batch_size: int):
   )
 
 
-def param_shardings(mesh, params):
-  """Replicated over ``data``; over ``model`` (fully sharded, FSDP-style) each
+def param_shardings(mesh: jax.sharding.Mesh, params: optax.Params) -> Any:
+  """The sharding of each leaf of ``params`` (a tree of ``NamedSharding``).
+
+  Replicated over ``data``; over ``model`` (fully sharded, FSDP-style) each
   leaf's largest axis that the ``model`` size divides, else replicated.
   """
   from jax.sharding import NamedSharding, PartitionSpec
@@ -96,7 +105,7 @@ def param_shardings(mesh, params):
       for a in sorted(range(len(shape)), key=lambda a: -shape[a])
       if model > 1 and shape[a] % model == 0
     ]
-    spec = [None] * len(shape)
+    spec: list[str | None] = [None] * len(shape)
     if axes:
       spec[axes[0]] = "model"
     return NamedSharding(mesh, PartitionSpec(*spec))
@@ -104,10 +113,11 @@ def param_shardings(mesh, params):
   return jax.tree_util.tree_map(rule, params)
 
 
-def global_batch(batch_sharding, local):
-  """The global batch as one array sharded over ``data``. Every process draws
-  the same global batch (the same seeded order) and contributes its share
-  (one process: the whole batch).
+def global_batch(batch_sharding: jax.sharding.Sharding, local: np.ndarray) -> jax.Array:
+  """The global batch as one array sharded over ``data``.
+
+  Every process draws the same global batch (the same seeded order) and
+  contributes its share (one process: the whole batch).
   """
   if jax.process_count() == 1:
     return jax.device_put(local, batch_sharding)
@@ -124,10 +134,15 @@ def discovered(config: TrainConfig) -> bool:
 
 
 def build_regularizer(
-  config: TrainConfig, model=None, params=None, example=None
+  config: TrainConfig,
+  model: nn.Module | None = None,
+  params: optax.Params | None = None,
+  example: jax.typing.ArrayLike | None = None,
 ) -> regs.Regularizer | None:
-  """The regularizer of a run; group-LASSO on discovered groups (whole heads and
-  hidden units) needs the model, its params and an example input.
+  """The regularizer of a run (None for ``--regularizer none`` and the dense methods).
+
+  Group-LASSO on discovered groups (whole heads and hidden units) needs the
+  model, its params and an example input.
   """
   if config.regularizer == "none" or config.optimizer in DENSE:
     return None
@@ -144,26 +159,41 @@ def build_regularizer(
   }[config.regularizer](config.strength)
 
 
-def rigl_groups(config: TrainConfig, model, params, example):
-  """The coupled groups of structured RigL (``--optimizer rigl --groups discovered``), else None."""
+def rigl_groups(
+  config: TrainConfig, model: nn.Module, params: optax.Params, example: jax.typing.ArrayLike
+) -> Groups | None:
+  """The coupled groups of structured RigL (``--optimizer rigl --groups discovered``) or None."""
   if config.optimizer == "rigl" and discovered(config):
     return discovery.discover_linen(model, params, example)
   return None
 
 
-def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, groups=None):
-  """The optimizer of a run; ``groups`` (:func:`rigl_groups`) makes RigL's masks keep whole groups."""
+def build_optimizer(
+  config: TrainConfig,
+  regularizer: regs.Regularizer | None,
+  steps_per_epoch: int,
+  groups: Groups | None = None,
+) -> optax.GradientTransformation:
+  """The optimizer of a run.
+
+  ``groups`` (:func:`rigl_groups`) makes RigL's masks keep whole groups.
+  """
+  assert config.milestones is not None  # set by TrainConfig.__post_init__
   stages = Stagewise.from_epochs(tuple(config.milestones), steps_per_epoch, gamma=config.gamma)
   lr, c = config.lr, config.momentum_value
-  solver = "auto"
+  solver: str | solvers.ProximalGradient = "auto"
   if regularizer is not None and not regularizer.has_exact_diag_prox:
     solver = solvers.ProximalGradient(max_iters=config.solver_max_iters, tol=config.solver_tol)
+  # DEFAULT_MOMENTUM gives rmda, ramda and prox_sgd their c: momentum_value is never None there
   if config.optimizer == "rmda":
+    assert c is not None
     return rmda(lr, momentum=c, regularizer=regularizer, stages=stages)
   if config.optimizer == "ramda":
+    assert c is not None
     return ramda(lr, momentum=c, regularizer=regularizer, stages=stages, solver=solver)
   schedule = stages.learning_rate(lr)
   if config.optimizer == "prox_sgd":
+    assert c is not None
     return prox_sgd(schedule, momentum=c, regularizer=regularizer)
   if config.optimizer == "prox_adamw":
     return prox_adamw(schedule, regularizer=regularizer, solver=solver)
@@ -173,6 +203,7 @@ def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, grou
     return optax.adamw(schedule)
   if config.optimizer == "rigl":
     # RigL's protocol: mask updates until 75% of training
+    assert config.epochs is not None  # set by TrainConfig.__post_init__
     end_step = max(int(0.75 * config.epochs * steps_per_epoch), 1)
     return rigl(
       optax.sgd(schedule, momentum=c or None),
@@ -184,17 +215,29 @@ def build_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, grou
   return optax.sgd(schedule, momentum=c or None)
 
 
-def model_groups(regularizer, model, params, example):
-  """The coupled groups a language model's structure is reported on: the
-  regularizer's, or (other regularizers, dense methods) discovered once.
+def model_groups(
+  regularizer: regs.Regularizer | None,
+  model: nn.Module,
+  params: optax.Params,
+  example: jax.typing.ArrayLike,
+) -> Groups:
+  """The coupled groups a language model's structure is reported on.
+
+  The regularizer's groups, or (other regularizers, dense methods) groups
+  discovered once from the model.
   """
   if isinstance(regularizer, regs.GroupLasso) and regularizer.groups is not None:
     return regularizer.groups
   return discovery.discover_linen(model, params, example)
 
 
-def training_optimizer(config: TrainConfig, regularizer, steps_per_epoch: int, groups=None):
-  """:func:`build_optimizer` wrapped to skip steps whose gradient is not finite (state untouched)."""
+def training_optimizer(
+  config: TrainConfig,
+  regularizer: regs.Regularizer | None,
+  steps_per_epoch: int,
+  groups: Groups | None = None,
+) -> optax.GradientTransformation:
+  """:func:`build_optimizer`, skipping steps whose gradient is not finite (state untouched)."""
   return optax.apply_if_finite(
     build_optimizer(config, regularizer, steps_per_epoch, groups),
     max_consecutive_errors=config.skip_nonfinite,

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import shutil
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -53,11 +54,11 @@ class CheckpointError(RuntimeError):
   """A checkpoint step cannot be used: unreadable, incomplete, or not matching its checksums."""
 
 
-def _orbax():
+def _orbax() -> Any:
   return optional_import("orbax.checkpoint", "checkpointing")
 
 
-def save(path: str, tree, overwrite: bool = True) -> None:
+def save(path: str, tree: Any, overwrite: bool = True) -> None:
   """Write ``tree`` (params, optimizer state, counters...) to the directory ``path``."""
   ocp = _orbax()
   path = os.path.abspath(path)
@@ -66,7 +67,7 @@ def save(path: str, tree, overwrite: bool = True) -> None:
     ckptr.wait_until_finished()
 
 
-def restore(path: str, template):
+def restore(path: str, template: Any) -> Any:
   """Read the tree at ``path`` into the structure, shapes and dtypes of ``template``.
 
   ``template`` may hold arrays or ``jax.ShapeDtypeStruct`` leaves (with
@@ -81,7 +82,7 @@ def restore(path: str, template):
     return ckptr.restore(path, abstract)
 
 
-def _leaf_name(path) -> str:
+def _leaf_name(path: tuple[Any, ...]) -> str:
   parts = []
   for key in path:
     for attr in ("key", "name", "idx"):
@@ -93,8 +94,8 @@ def _leaf_name(path) -> str:
   return "/".join(parts)
 
 
-def tree_checksums(tree) -> dict:
-  """SHA-256 of each leaf (dtype, shape and bytes), keyed by the leaf's path (``params/Dense_0/kernel``)."""
+def tree_checksums(tree: Any) -> dict[str, str]:
+  """SHA-256 of each leaf's dtype, shape and bytes, keyed by path (``params/Dense_0/kernel``)."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     array = np.ascontiguousarray(jax.device_get(leaf))
@@ -104,7 +105,7 @@ def tree_checksums(tree) -> dict:
   return out
 
 
-def _json_digest(body) -> str:
+def _json_digest(body: Any) -> str:
   text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
   return hashlib.sha256(text.encode()).hexdigest()
 
@@ -175,26 +176,30 @@ class Steps:
       if TMP_MARKER in name:
         shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
 
-  def __enter__(self):
+  def __enter__(self) -> Steps:
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc: object) -> Literal[False]:
     self.close()
     return False
 
   def close(self) -> None:
     self._manager.close()
 
-  def steps(self) -> list:
+  def steps(self) -> list[int]:
     """The complete steps, newest first."""
     self._manager.reload()
     return sorted(self._manager.all_steps(), reverse=True)
 
   def step_dir(self, step: int) -> str:
+    """The directory of ``step``."""
     return os.path.join(self.path, str(step))
 
-  def save(self, step: int, tree, record: dict) -> None:
-    """Write ``tree`` and the JSON-able ``record`` (plus checksums) as ``step``; visible only when complete."""
+  def save(self, step: int, tree: Any, record: dict[str, Any]) -> None:
+    """Write ``tree`` and the JSON-able ``record`` (plus checksums) as ``step``.
+
+    The step becomes visible only when it is complete.
+    """
     ocp = _orbax()
     if self.read_only:
       raise ValueError(f"{self.path} was opened read-only")
@@ -208,7 +213,8 @@ class Steps:
       force=True,
     )
     self._manager.wait_until_finished()
-    # the step is complete and visible; its file checksums let a restore find damage before orbax reads it
+    # the step is complete and visible; its file checksums let a restore find damage before orbax
+    # reads it
     manifest = os.path.join(self.step_dir(step), MANIFEST)
     with open(manifest + ".tmp", "w") as f:
       json.dump(_file_checksums(self.step_dir(step)), f)
@@ -217,7 +223,10 @@ class Steps:
     os.replace(manifest + ".tmp", manifest)
 
   def verify_files(self, step: int) -> None:
-    """Check the files of ``step`` against its manifest (a step saved without one is checked per leaf only)."""
+    """Check the files of ``step`` against its manifest.
+
+    A step saved without a manifest is checked per leaf only (by :meth:`restore`).
+    """
     root = self.step_dir(step)
     try:
       with open(os.path.join(root, MANIFEST)) as f:
@@ -233,7 +242,7 @@ class Steps:
       if _file_sha256(path) != digest:
         raise CheckpointError(f"{relative} does not match its checksum")
 
-  def read_record(self, step: int) -> dict:
+  def read_record(self, step: int) -> dict[str, Any]:
     """The JSON record of ``step``, checked against its own checksum."""
     ocp = _orbax()
     try:
@@ -250,7 +259,7 @@ class Steps:
       raise CheckpointError("its record does not match its checksum")
     return envelope["body"]
 
-  def restore(self, step: int, template):
+  def restore(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
     """``(tree, record)`` of ``step``, with every leaf checked against its stored SHA-256.
 
     Raises:

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rmda_jax.app import commands
 from rmda_jax.app import data as datasets
@@ -18,11 +19,11 @@ from rmda_jax.app import train as training
 class _Parser(argparse.ArgumentParser):
   """argparse whose errors are one line (no usage dump), exit status 2."""
 
-  def error(self, message):
+  def error(self, message: str) -> NoReturn:
     self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _int_list(text: str) -> list:
+def _int_list(text: str) -> list[int]:
   if text.strip() in ("", "none"):
     return []
   try:
@@ -39,13 +40,13 @@ def _dataset_name(text: str) -> str:
   )
 
 
-def _add_train(sub) -> None:
+def _add_train(sub: argparse._SubParsersAction) -> None:
   d = training.TrainConfig()
   p = sub.add_parser(
     "train",
     help="train a Flax model and report its structure",
-    description="Train a Flax model with RMDA, RAMDA or a baseline and report accuracy and structure "
-    "per epoch. Defaults run offline on scikit-learn's digits in about a minute.",
+    description="Train a Flax model with RMDA, RAMDA or a baseline and report accuracy and "
+    "structure per epoch. Defaults run offline on scikit-learn's digits in about a minute.",
   )
   options = []
 
@@ -56,15 +57,15 @@ def _add_train(sub) -> None:
     "--model",
     choices=training.MODELS,
     default=d.model,
-    help="mlp (Dense stack), lenet5 (conv 20-50, fc 500; 28x28 inputs), vgg (small VGG-style), logreg, "
-    "transformer (a decoder-only language model over bytes; text datasets)",
+    help="mlp (Dense stack), lenet5 (conv 20-50, fc 500; 28x28 inputs), vgg (small VGG-style), "
+    "logreg, transformer (a decoder-only language model over bytes; text datasets)",
   )
   add(
     "--dataset",
     type=_dataset_name,
     default=d.dataset,
-    help="digits, mnist_subset and pydoc (text) are offline; mnist, fashion_mnist, cifar10 download once; "
-    "text:PATH reads a text file",
+    help="digits, mnist_subset and pydoc (text) are offline; mnist, fashion_mnist, cifar10 "
+    "download once; text:PATH reads a text file",
   )
   add("--optimizer", choices=training.OPTIMIZERS, default=d.optimizer)
   add(
@@ -114,13 +115,14 @@ def _add_train(sub) -> None:
   add(
     "--resume",
     action="store_true",
-    help="continue the run in OUT from its newest intact checkpoint (the settings must be the same; "
-    "--epochs, --max-steps, --checkpoint-every and output options may change)",
+    help="continue the run in OUT from its newest intact checkpoint (the settings must be the "
+    "same; --epochs, --max-steps, --checkpoint-every and output options may change)",
   )
   add(
     "--overwrite",
     action="store_true",
-    help="delete the run in OUT first (without --resume or --overwrite an existing run is an error)",
+    help="delete the run in OUT first "
+    "(without --resume or --overwrite an existing run is an error)",
   )
   add("--max-steps", type=int, default=None, help="stop after this many steps in total")
   add(
@@ -189,15 +191,16 @@ def _add_train(sub) -> None:
     "--groups",
     choices=training.GROUPINGS,
     default=d.groups,
-    help="group-LASSO groups: per-leaf rules, or discovered coupled groups (whole heads, hidden units, "
-    "channels; for rigl: masks of whole groups); auto = discovered for the transformer, per-leaf otherwise",
+    help="group-LASSO groups: per-leaf rules, or discovered coupled groups (whole heads, "
+    "hidden units, channels; for rigl: masks of whole groups); auto = discovered for the "
+    "transformer, per-leaf otherwise",
   )
   add(
     "--mesh",
     default=d.mesh,
-    help="device mesh: data=N[,model=M]: batches sharded over data, params and optimizer state fully "
-    "sharded over model (FSDP-style); default: every local device on data. Several hosts: run the same "
-    "command on each after jax.distributed.initialize (see README)",
+    help="device mesh: data=N[,model=M]: batches sharded over data, params and optimizer state "
+    "fully sharded over model (FSDP-style); default: every local device on data. Several hosts: "
+    "run the same command on each after jax.distributed.initialize (see README)",
   )
   add(
     "--skip-nonfinite",
@@ -209,7 +212,7 @@ def _add_train(sub) -> None:
   p.set_defaults(train_options=tuple(options))
 
 
-def _train(args) -> int:
+def _train(args: argparse.Namespace) -> int:
   config = training.TrainConfig(
     model=args.model,
     dataset=args.dataset,
@@ -258,8 +261,9 @@ def _train(args) -> int:
       f"rmda-jax train: interrupted by {err}{cut} {err.where}; {what}: {again}", file=sys.stderr
     )
     if err.abandoned_save and args.process:
-      # orbax's writer threads of the abandoned save would report errors while the interpreter shuts
-      # down; the step they were writing is unfinished (a temporary directory, removed on the next run)
+      # orbax's writer threads of the abandoned save would report errors while the interpreter
+      # shuts down; the step they were writing is unfinished (a temporary directory, removed on
+      # the next run)
       sys.stdout.flush()
       sys.stderr.flush()
       os._exit(err.exit_code)
@@ -267,8 +271,11 @@ def _train(args) -> int:
   return 0
 
 
-def _train_command(args, flag: str | None) -> str:
-  """The ``rmda-jax train`` command of ``args`` (its non-default options) with ``flag`` (--resume / --overwrite)."""
+def _train_command(args: argparse.Namespace, flag: str | None) -> str:
+  """The ``rmda-jax train`` command of ``args`` (its non-default options) and ``flag``.
+
+  ``flag`` is ``--resume``, ``--overwrite`` or None.
+  """
   words = ["rmda-jax", "train"]
   for action in args.train_options:
     if action.dest in ("resume", "overwrite"):
@@ -290,6 +297,7 @@ def _train_command(args, flag: str | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """The ``rmda-jax`` parser with its ``train``, ``compact`` and ``generate`` commands."""
   parser = _Parser(prog="rmda-jax", description="Structured neural networks with RMDA / RAMDA.")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   _add_train(sub)
@@ -299,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, process: bool | None = None) -> int:
-  """Run a command; ``process`` (default: ``argv`` is None) says that the command is the whole process.
+  """Run a command and return its exit status.
+
+  ``process`` (default: ``argv`` is None) says that the command is the whole process.
 
   Then ``train`` ignores SIGINT and SIGTERM outside the training job (which
   handles them): a signal that arrives while the process exits after its
@@ -335,7 +345,7 @@ def _keep_freed_memory() -> None:
 
   from rmda_jax.cpu import memory
 
-  platforms = jax.config.jax_platforms
+  platforms = jax.config.values["jax_platforms"]
   if not platforms or "cpu" in platforms.lower().split(","):
     memory.keep_freed_memory()
 

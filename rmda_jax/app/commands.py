@@ -9,18 +9,27 @@ model; ``generate`` continues a prompt with a trained language model.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
+from typing import Any, cast
+
+import flax.linen as nn
+import optax
+
+from rmda_jax.app import data as datasets
 from rmda_jax.app import models
 from rmda_jax.app.config import ConfigError
 from rmda_jax.app.runs import load_run
 
 
-def add_compact(sub) -> None:
+def add_compact(sub: argparse._SubParsersAction) -> None:
+  """Add the ``compact`` command and its options to the subcommands ``sub``."""
   p = sub.add_parser(
     "compact",
     help="turn a trained structured model into a smaller one with the same outputs",
-    description="Remove the channels / neurons whose groups are exactly zero (and, with --low-rank, "
-    "factorize low-rank kernels) from a run of rmda-jax train; print parameters, FLOPs, "
-    "inference time and validation accuracy before and after.",
+    description="Remove the channels / neurons whose groups are exactly zero (and, with "
+    "--low-rank, factorize low-rank kernels) from a run of rmda-jax train; print parameters, "
+    "FLOPs, inference time and validation accuracy before and after.",
   )
   p.add_argument("run", help="the --out directory of a training run (or its checkpoint/ directory)")
   p.add_argument(
@@ -39,7 +48,8 @@ def add_compact(sub) -> None:
   p.add_argument("--out", default=None, help="write the compact params (orbax) and model.json here")
 
 
-def compact(args) -> int:
+def compact(args: argparse.Namespace) -> int:
+  """Run ``rmda-jax compact``: compact a run's model, print the comparison, write it (``--out``)."""
   import os
 
   import jax
@@ -58,7 +68,8 @@ def compact(args) -> int:
   if args.params == "structured" and config.optimizer in ("rmda", "ramda"):
     params, source = structured_params(opt_state), "structured point z"
   small = compaction.compact(model, params, low_rank=args.low_rank)
-  x = dataset.x_test[: args.batch_size]
+  # a NumPy batch: compaction.latencies and flops take any array (their x is annotated jax.Array)
+  x: Any = dataset.x_test[: args.batch_size]
   times = compaction.latencies(
     {"original": (model, params), "compact": (small.model, small.params)}, x
   )
@@ -89,18 +100,24 @@ def compact(args) -> int:
     ratio = after / before if before else float("nan")
     print(f"{name:24s}{fmt.format(before):>16s}{fmt.format(after):>16s}{ratio:8.3f}")
   if config.model == "transformer":
+
+    def outputs(m: nn.Module, p: optax.Params) -> jax.Array:
+      # p is a flax "params" collection; without mutable collections apply returns the output alone
+      return cast("jax.Array", m.apply({"params": cast("Mapping[str, Any]", p)}, x))
+
     probs = [
-      jax.nn.softmax(m.apply({"params": p}, x))
-      for m, p in ((model, params), (small.model, small.params))
+      jax.nn.softmax(outputs(m, p)) for m, p in ((model, params), (small.model, small.params))
     ]
     print(
-      f"largest difference of next-token probabilities: {float(jnp.max(jnp.abs(probs[0] - probs[1]))):.2e}"
+      "largest difference of next-token probabilities: "
+      f"{float(jnp.max(jnp.abs(probs[0] - probs[1]))):.2e}"
     )
     speeds = [
       tokens_per_second(m, p, dataset) for m, p in ((model, params), (small.model, small.params))
     ]
     print(
-      f"{'greedy generation, tokens/s':24s}{speeds[0]:>16.1f}{speeds[1]:>16.1f}{speeds[1] / speeds[0]:8.3f}"
+      f"{'greedy generation, tokens/s':24s}{speeds[0]:>16.1f}{speeds[1]:>16.1f}"
+      f"{speeds[1] / speeds[0]:8.3f}"
     )
   if args.out:
     compaction.save(args.out, small)
@@ -110,7 +127,14 @@ def compact(args) -> int:
   return 0
 
 
-def tokens_per_second(model, params, dataset, tokens: int = 64) -> float:
+def tokens_per_second(
+  model: nn.Module, params: optax.Params, dataset: datasets.Dataset, tokens: int = 64
+) -> float:
+  """Tokens per second of greedy generation: ``tokens`` new tokens after a prompt.
+
+  The prompt is the first 8 tokens of the validation set; a short call first
+  compiles the step, so the timing covers generation only.
+  """
   import time
 
   prompt = dataset.x_test[0][:8]
@@ -120,7 +144,8 @@ def tokens_per_second(model, params, dataset, tokens: int = 64) -> float:
   return tokens / (time.perf_counter() - start)
 
 
-def add_generate(sub) -> None:
+def add_generate(sub: argparse._SubParsersAction) -> None:
+  """Add the ``generate`` command and its options to the subcommands ``sub``."""
   p = sub.add_parser(
     "generate",
     help="continue a prompt with a trained language model",
@@ -142,7 +167,8 @@ def add_generate(sub) -> None:
   )
 
 
-def generate(args) -> int:
+def generate(args: argparse.Namespace) -> int:
+  """Run ``rmda-jax generate``: print a language model's continuation of ``--prompt``."""
   import os
 
   import numpy as np

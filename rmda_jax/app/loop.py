@@ -25,12 +25,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, Literal, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from rmda_jax import prox as regs
 from rmda_jax.app import checkpoint as ckpt
@@ -77,7 +79,7 @@ from rmda_jax.prox import discrete
 
 
 class Diverged(RuntimeError):
-  """The loss or the params became non-finite (or too many steps in a row had a non-finite gradient)."""
+  """Non-finite loss or params, or more than ``skip_nonfinite`` non-finite gradients in a row."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -96,20 +98,23 @@ class Interrupted(KeyboardInterrupt):
     self.signum = signum
     self.abandoned_save = abandoned_save
     self.where = ""
-    self.restart_flag = None
+    self.restart_flag: str | None = None
 
   @property
   def exit_code(self) -> int:
+    """The process exit status for the signal: 128 + its number."""
     return 128 + self.signum
 
 
 @dataclasses.dataclass
 class TrainResult:
+  """What a run ends with: its epoch records, final params and optimizer state, and ``out``."""
+
   config: TrainConfig
-  history: list
-  params: Any
-  opt_state: Any
-  regularizer: Any
+  history: list[dict[str, Any]]
+  params: optax.Params
+  opt_state: optax.OptState
+  regularizer: regs.Regularizer | None
   out: str
 
 
@@ -131,18 +136,18 @@ class _Signals:
     self._immediate = 0
     self._previous = {}
 
-  def __enter__(self):
+  def __enter__(self) -> _Signals:
     if threading.current_thread() is threading.main_thread():
       for signum in (signal.SIGINT, signal.SIGTERM):
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc: object) -> Literal[False]:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     return False
 
-  def _handle(self, signum, frame):
+  def _handle(self, signum: int, frame: FrameType | None) -> None:
     if self.pending is None and not self._immediate:
       self.pending = signum
       return
@@ -153,7 +158,7 @@ class _Signals:
       raise Interrupted(self.pending)
 
   @contextlib.contextmanager
-  def immediate(self):
+  def immediate(self) -> Iterator[None]:
     self.check()
     self._immediate += 1
     try:
@@ -187,7 +192,8 @@ class _Position:
 
   def __init__(self):
     self.epoch, self.step = 0, 0
-    self.checkpoint = None  # (step, epoch, mid_epoch) of the newest checkpoint of this run on disk
+    # (step, epoch, mid_epoch) of the newest checkpoint of this run on disk
+    self.checkpoint: tuple[int, int, bool] | None = None
     self.owns_out = False  # whether --out holds this run (or nothing yet); before that, start again
 
   def describe(self) -> str:
@@ -229,7 +235,13 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
 class _Job:
   """One invocation of the training job: setup, resume, the epoch loop, checkpoints."""
 
-  def __init__(self, config: TrainConfig, log, signals: _Signals, position: _Position):
+  def __init__(
+    self,
+    config: TrainConfig,
+    log: Callable[[str], None],
+    signals: _Signals,
+    position: _Position,
+  ):
     self.config, self.log, self.signals, self.position = config, log, signals, position
     self.checkpoint_dir = os.path.join(config.out, "checkpoint")
     self.log_path = os.path.join(config.out, "log.json")
@@ -345,7 +357,10 @@ class _Job:
     )
 
   def _save(self) -> None:
-    """Checkpoint the current state, then config.json and log.json (a signal waits until all are written)."""
+    """Checkpoint the current state, then config.json and log.json.
+
+    A signal waits until all are written.
+    """
     tree = {"params": self.params, "opt_state": self.opt_state}
     record = {
       "format": CHECKPOINT_FORMAT,
@@ -378,7 +393,7 @@ class _Job:
       self.signals.saving = False
     self.signals.check()
 
-  def _compile(self):
+  def _compile(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     model, tx = self.model, self.tx
 
     loss_fn = steps.softmax_cross_entropy(lambda p, x: model.apply({"params": p}, x))
@@ -398,7 +413,9 @@ class _Job:
     @jax.jit
     def correct(p, x, y):
       # per example: the fraction of its tokens predicted (1 or 0 for classification)
-      return jnp.sum(jnp.argmax(model.apply({"params": p}, x), -1) == y) * (y.shape[0] / y.size)
+      # without mutable collections, apply returns the logits alone
+      logits = cast(jax.Array, model.apply({"params": p}, x))
+      return jnp.sum(jnp.argmax(logits, -1) == y) * (y.shape[0] / y.size)
 
     @jax.jit
     def summed_loss(p, x, y):
@@ -414,8 +431,11 @@ class _Job:
       f"({kept}); try a smaller --lr (now {self.config.lr:g})"
     )
 
-  def _check_step(self, step: int, epoch: int, loss, nonfinite_run) -> bool:
-    """Whether the step was skipped; Diverged when too many in a row were, or its loss is not finite."""
+  def _check_step(self, step: int, epoch: int, loss: jax.Array, nonfinite_run: jax.Array) -> bool:
+    """Whether the step was skipped.
+
+    Raises Diverged when too many steps in a row were, or its loss is not finite.
+    """
     run_length = int(nonfinite_run)
     if run_length > self.config.skip_nonfinite:
       raise self._diverged(
@@ -430,12 +450,15 @@ class _Job:
 
   def _train(self) -> TrainResult:
     config, dataset = self.config, self.dataset
+    assert config.epochs is not None  # set by TrainConfig.__post_init__
     train_step, correct, summed_loss = self._compile()
     dual_averaging = config.optimizer in ("rmda", "ramda")
     header = (
-      f"{config.optimizer} on {config.model}/{dataset.name}: {models.num_params(self.params):,} params, "
+      f"{config.optimizer} on {config.model}/{dataset.name}: "
+      f"{models.num_params(self.params):,} params, "
       f"{len(dataset.x_train)} train / {len(dataset.x_test)} validation examples, "
-      f"{self.steps_per_epoch} steps per epoch, regularizer {config.regularizer} ({config.strength:g})"
+      f"{self.steps_per_epoch} steps per epoch, "
+      f"regularizer {config.regularizer} ({config.strength:g})"
     )
     self.log(header)
     progress = progress_factory(config.progress)

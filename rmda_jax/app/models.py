@@ -27,17 +27,22 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from rmda_jax.compaction import num_params  # noqa: F401  (the zoo's size, as compaction reports it)
+from rmda_jax.core.groups import Family, Groups
 
-Ranks = Optional[Sequence[int | None]]
+Ranks = Sequence[int | None] | None
+
+# a model's params: its "params" collection, one entry per top-level layer name
+LayerParams = Mapping[str, Any]
 
 
 class LowRank(nn.Module):
@@ -55,7 +60,7 @@ class LowRank(nn.Module):
   padding: str = "SAME"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     if self.kernel_size is None:
       x = nn.Dense(self.rank, use_bias=False, name="down")(x)
     else:
@@ -70,11 +75,10 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   Written as a reshape and a max over the window axes when ``H`` and ``W``
   are even: its gradient is elementwise, where ``nn.max_pool``'s is XLA's
-  ``select_and_scatter``, which XLA:CPU runs as index arrays and a scatter at
-  several times the cost of the rest of a LeNet5 step (see
-  ``benchmarks/train_step.py``). Ties share the gradient instead of going to
-  the first maximum, which after a ReLU only concerns windows of zeros, whose
-  gradient the ReLU stops anyway.
+  ``select_and_scatter``, which XLA:CPU runs as index arrays and a scatter,
+  far slower than elementwise work. Ties share the gradient instead of going
+  to the first maximum, which after a ReLU only concerns windows of zeros,
+  whose gradient the ReLU stops anyway.
 
   Example:
     >>> import jax.numpy as jnp
@@ -93,12 +97,16 @@ def _rank(ranks: Ranks, index: int) -> int | None:
 
 
 def dense(features: int, name: str, rank: int | None = None) -> nn.Module:
+  """A Dense layer named ``name``, or its :class:`LowRank` factorization at ``rank``."""
   if rank is None:
     return nn.Dense(features, name=name)
   return LowRank(features, rank, name=name)
 
 
-def conv(features: int, kernel_size, padding: str, name: str, rank: int | None = None) -> nn.Module:
+def conv(
+  features: int, kernel_size: Sequence[int], padding: str, name: str, rank: int | None = None
+) -> nn.Module:
+  """A Conv layer named ``name``, or its :class:`LowRank` factorization at ``rank``."""
   if rank is None:
     return nn.Conv(features, tuple(kernel_size), padding=padding, name=name)
   return LowRank(features, rank, tuple(kernel_size), padding, name=name)
@@ -111,17 +119,17 @@ class LogisticRegression(nn.Module):
   ranks: Ranks = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     return dense(self.num_classes, "Dense_0", _rank(self.ranks, 0))(x.reshape(x.shape[0], -1))
 
   # the compaction protocol (see rmda_jax.compaction.compact)
   def compaction_layers(self) -> list:
     return ["Dense_0"]
 
-  def compaction_input(self, params):
+  def compaction_input(self, params: LayerParams) -> jax.Array:
     return jnp.zeros((2, np.shape(params["Dense_0"]["kernel"])[0]))
 
-  def with_widths_of(self, params) -> LogisticRegression:
+  def with_widths_of(self, params: LayerParams) -> LogisticRegression:
     return self
 
 
@@ -133,7 +141,7 @@ class MLP(nn.Module):
   ranks: Ranks = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden):
       x = nn.relu(dense(width, f"Dense_{i}", _rank(self.ranks, i))(x))
@@ -143,10 +151,10 @@ class MLP(nn.Module):
   def compaction_layers(self) -> list:
     return [f"Dense_{i}" for i in range(len(self.hidden) + 1)]
 
-  def compaction_input(self, params):
+  def compaction_input(self, params: LayerParams) -> jax.Array:
     return jnp.zeros((2, np.shape(params["Dense_0"]["kernel"])[0]))
 
-  def with_widths_of(self, params) -> MLP:
+  def with_widths_of(self, params: LayerParams) -> MLP:
     return self.clone(hidden=tuple(_out(params, f"Dense_{i}") for i in range(len(self.hidden))))
 
 
@@ -159,7 +167,7 @@ class LeNet5(nn.Module):
   ranks: Ranks = None  # Conv_0, Conv_1, Dense_0, Dense_1
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     for i, features in enumerate(self.conv_features):
       x = conv(features, (5, 5), "VALID", f"Conv_{i}", _rank(self.ranks, i))(x)
       x = max_pool_2x2(nn.relu(x))
@@ -171,14 +179,14 @@ class LeNet5(nn.Module):
   def compaction_layers(self) -> list:
     return [f"Conv_{i}" for i in range(len(self.conv_features))] + ["Dense_0", "Dense_1"]
 
-  def compaction_input(self, params):
+  def compaction_input(self, params: LayerParams) -> jax.Array:
     channels = np.shape(params[f"Conv_{len(self.conv_features) - 1}"]["kernel"])[-1]
     side = math.isqrt(np.shape(params["Dense_0"]["kernel"])[0] // channels)
     for _ in self.conv_features:
       side = 2 * side + 4  # undo max-pool 2 and the valid 5x5 conv
     return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
 
-  def with_widths_of(self, params) -> LeNet5:
+  def with_widths_of(self, params: LayerParams) -> LeNet5:
     return self.clone(
       conv_features=tuple(_out(params, f"Conv_{i}") for i in range(len(self.conv_features))),
       dense_features=_out(params, "Dense_0"),
@@ -193,7 +201,7 @@ class VGG(nn.Module):
   ranks: Ranks = None  # every conv in order, then the Dense head
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     i = 0
     for stage in self.stages:
       for features in stage:
@@ -206,11 +214,11 @@ class VGG(nn.Module):
   def compaction_layers(self) -> list:
     return [f"Conv_{i}" for i in range(sum(len(s) for s in self.stages))] + ["Dense_0"]
 
-  def compaction_input(self, params):
+  def compaction_input(self, params: LayerParams) -> jax.Array:
     side = 2 ** (len(self.stages) + 1)
     return jnp.zeros((2, side, side, np.shape(params["Conv_0"]["kernel"])[2]))
 
-  def with_widths_of(self, params) -> VGG:
+  def with_widths_of(self, params: LayerParams) -> VGG:
     widths = iter(_out(params, f"Conv_{i}") for i in range(sum(len(s) for s in self.stages)))
     return self.clone(stages=tuple(tuple(next(widths) for _ in stage) for stage in self.stages))
 
@@ -237,7 +245,7 @@ class TransformerBlock(nn.Module):
   mlp_features: int | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     h = nn.LayerNorm()(x)
     x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.qkv_features)(
       h, h
@@ -249,10 +257,10 @@ class TransformerBlock(nn.Module):
   def compaction_layers(self) -> list:
     return ["LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "Dense_0", "Dense_1"]
 
-  def compaction_input(self, params):
+  def compaction_input(self, params: LayerParams) -> jax.Array:
     return jnp.zeros((2, 4, self.dim))
 
-  def compaction_groups(self, groups):
+  def compaction_groups(self, groups: Groups) -> Groups:
     """Heads and MLP units: the widths this class has (``head_dim`` is fixed)."""
     return _only(
       groups,
@@ -262,7 +270,7 @@ class TransformerBlock(nn.Module):
       ),
     )
 
-  def with_widths_of(self, params) -> TransformerBlock:
+  def with_widths_of(self, params: LayerParams) -> TransformerBlock:
     heads, head_dim = np.shape(params["MultiHeadDotProductAttention_0"]["query"]["kernel"])[1:]
     return self.clone(
       heads=int(heads), qkv_features=int(heads * head_dim), mlp_features=_out(params, "Dense_0")
@@ -270,8 +278,10 @@ class TransformerBlock(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-  """Multi-head causal self-attention (``query``, ``key``, ``value``, ``out``
-  projections as in ``nn.MultiHeadDotProductAttention``), optionally rotary.
+  """Multi-head causal self-attention, optionally rotary.
+
+  Its ``query``, ``key``, ``value`` and ``out`` projections are those of
+  ``nn.MultiHeadDotProductAttention``.
   """
 
   heads: int
@@ -279,7 +289,7 @@ class CausalSelfAttention(nn.Module):
   rotary: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     def dense(name: str) -> nn.DenseGeneral:
       return nn.DenseGeneral((self.heads, self.head_dim), name=name)
 
@@ -291,9 +301,10 @@ class CausalSelfAttention(nn.Module):
     return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="out")(out)
 
 
-def rotate(x):
-  """Rotary position embedding over the last axis of ``(batch, time, heads, head_dim)``
-  (pairs ``(i, i + head_dim / 2)`` rotated by ``t / 10000^(2i / head_dim)``).
+def rotate(x: jax.Array) -> jax.Array:
+  """Rotary position embedding over the last axis of ``(batch, time, heads, head_dim)``.
+
+  The pairs ``(i, i + head_dim / 2)`` are rotated by ``t / 10000^(2i / head_dim)``.
   """
   time, half = x.shape[1], x.shape[-1] // 2
   freqs = 1.0 / (10000 ** (jnp.arange(half) / half))
@@ -330,19 +341,21 @@ class TransformerLM(nn.Module):
   vocab: int = 256
   context: int = 128
   dim: int = 128
-  heads: object = 4
+  heads: int | tuple[int, ...] = 4
   head_dim: int | None = None
-  mlp: object = None
+  mlp: int | tuple[int, ...] | None = None
   layers: int = 2
   positions: str = "learned"
   tied: bool = True
 
-  def _per_layer(self, value, default):
+  def _per_layer(
+    self, value: int | tuple[int, ...] | list[int] | None, default: int
+  ) -> tuple[int, ...]:
     value = default if value is None else value
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * self.layers
 
   @nn.compact
-  def __call__(self, tokens):
+  def __call__(self, tokens: jax.Array) -> jax.Array:
     heads = self._per_layer(self.heads, 4)
     head_dim = self.head_dim or self.dim // heads[0]
     mlp = self._per_layer(self.mlp, 4 * self.dim)
@@ -375,11 +388,11 @@ class TransformerLM(nn.Module):
       + ([] if self.tied else ["head"])
     )
 
-  def compaction_input(self, params):
+  def compaction_input(self, params: LayerParams) -> jax.Array:
     return jnp.zeros((2, min(4, self.context)), jnp.int32)
 
-  def compaction_groups(self, groups):
-    """Heads and MLP units per layer: the widths this class has (one ``head_dim`` for all layers)."""
+  def compaction_groups(self, groups: Groups) -> Groups:
+    """Heads and MLP units per layer: the widths this class has (one ``head_dim`` for all)."""
     return _only(
       groups,
       lambda f: (
@@ -388,7 +401,7 @@ class TransformerLM(nn.Module):
       ),
     )
 
-  def with_widths_of(self, params) -> TransformerLM:
+  def with_widths_of(self, params: LayerParams) -> TransformerLM:
     heads = tuple(
       int(np.shape(params[f"attn_{i}"]["query"]["kernel"])[1]) for i in range(self.layers)
     )
@@ -400,13 +413,13 @@ class TransformerLM(nn.Module):
     )
 
 
-def _only(groups, keep):
+def _only(groups: Groups, keep: Callable[[Family], bool]) -> Groups:
   import dataclasses
 
   return dataclasses.replace(groups, families=tuple(f for f in groups.families if keep(f)))
 
 
-def _out(params, name: str) -> int:
+def _out(params: LayerParams, name: str) -> int:
   """Output width of a layer's kernel."""
   return int(np.shape(params[name]["kernel"])[-1])
 
@@ -414,7 +427,14 @@ def _out(params, name: str) -> int:
 ZOO = (MLP, LeNet5, VGG, LogisticRegression, TransformerBlock, TransformerLM)
 
 
-def generate(model, params, prompt, steps: int, temperature: float = 0.0, seed: int = 0):
+def generate(
+  model: nn.Module,
+  params: optax.Params,
+  prompt: jax.typing.ArrayLike,
+  steps: int,
+  temperature: float = 0.0,
+  seed: int = 0,
+) -> np.ndarray:
   """Continue ``prompt`` (int tokens, shape ``(time,)``) by ``steps`` tokens.
 
   ``temperature = 0`` is greedy decoding; otherwise tokens are sampled from
@@ -434,7 +454,7 @@ def generate(model, params, prompt, steps: int, temperature: float = 0.0, seed: 
   window = np.zeros((1, context), np.int32)
   next_logits = _next_logits(model)
   key = jax.random.PRNGKey(seed)
-  out = list(tokens)
+  out: list[int] = tokens.tolist()
   for _ in range(steps):
     recent = np.asarray(out[-context:], np.int32)
     window[0, : len(recent)] = recent
@@ -449,12 +469,16 @@ def generate(model, params, prompt, steps: int, temperature: float = 0.0, seed: 
 
 
 @functools.lru_cache(maxsize=16)
-def _next_logits(model):
-  """The jitted next-token logits of a model, compiled once per model (not once per :func:`generate` call)."""
+def _next_logits(model: nn.Module) -> Callable[[optax.Params, np.ndarray, int], jax.Array]:
+  """The jitted next-token logits of a model, compiled once per model.
+
+  Not once per :func:`generate` call.
+  """
   import jax
 
   @jax.jit
   def next_logits(p, window, length):
-    return model.apply({"params": p}, window)[0, length - 1]
+    # without mutable collections, apply returns the logits alone
+    return cast(jax.Array, model.apply({"params": p}, window))[0, length - 1]
 
   return next_logits

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from rmda_jax.prox import Regularizer
 from rmda_jax.structure import metrics
 
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
 
-def _pyplot():
+
+def _pyplot() -> ModuleType:
   try:
     import matplotlib
   except ImportError as err:  # pragma: no cover - depends on the environment
@@ -29,9 +37,11 @@ def _pyplot():
   return plt
 
 
-def _finish(plt, fig, path: str | None):
-  """Save and return None, or return the figure; closed either way so that
-  interactive backends do not show it a second time.
+def _finish(plt: ModuleType, fig: Figure, path: str | None) -> Figure | None:
+  """Save and return None, or return the figure.
+
+  The figure is closed either way, so that interactive backends do not show
+  it a second time.
   """
   fig.tight_layout()
   if path is not None:
@@ -40,7 +50,9 @@ def _finish(plt, fig, path: str | None):
   return None if path is not None else fig
 
 
-def curves(history: list, path: str | None = None, title: str = ""):
+def curves(
+  history: list[dict[str, Any]], path: str | None = None, title: str = ""
+) -> Figure | None:
   """Accuracy (left) and sparsity (right) against epochs, like the papers' figures."""
   plt = _pyplot()
   epochs = [r["epoch"] for r in history]
@@ -78,8 +90,12 @@ def curves(history: list, path: str | None = None, title: str = ""):
 
 
 def comparison(
-  histories: dict, key: str, path: str | None = None, ylabel: str = "", title: str = ""
-):
+  histories: dict[str, list[dict[str, Any]]],
+  key: str,
+  path: str | None = None,
+  ylabel: str = "",
+  title: str = "",
+) -> Figure | None:
   """One curve per method (e.g. group sparsity vs epoch for every optimizer)."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -103,7 +119,12 @@ def _grid(mask: np.ndarray) -> np.ndarray:
   return out.reshape(rows, cols)
 
 
-def surviving_groups(params, regularizer, input_shape, path: str | None = None):
+def surviving_groups(
+  params: optax.Params,
+  regularizer: Regularizer | None,
+  input_shape: Sequence[int],
+  path: str | None = None,
+) -> Figure | None:
   """Which groups survived, one panel per regularized leaf or family of coupled groups.
 
   A Dense layer fed by the flattened input is drawn as the input image (kept
@@ -140,7 +161,12 @@ def surviving_groups(params, regularizer, input_shape, path: str | None = None):
   return _finish(plt, fig, path)
 
 
-def kept_heatmap(history: list, key: str = "heads_kept", path: str | None = None, title: str = ""):
+def kept_heatmap(
+  history: list[dict[str, Any]],
+  key: str = "heads_kept",
+  path: str | None = None,
+  title: str = "",
+) -> Figure | None:
   """A heat map of the units kept per layer (rows) by epoch (columns).
 
   ``history[i][key]`` maps a layer name to the fraction of its units (heads,

@@ -8,13 +8,32 @@ summary table and the progress bar.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import jax
 import numpy as np
+import optax
 
 from rmda_jax.app.config import TrainConfig
+from rmda_jax.core.groups import Groups
+from rmda_jax.prox import Regularizer
 from rmda_jax.structure import metrics
 
 
-def batched_mean(fn, params, x, y, batch, between=None):
+def batched_mean(
+  fn: Callable[[optax.Params, np.ndarray, np.ndarray], jax.Array],
+  params: optax.Params,
+  x: np.ndarray,
+  y: np.ndarray,
+  batch: int,
+  between: Callable[[], None] | None = None,
+) -> float:
+  """The per-example mean of ``fn`` over ``(x, y)``, evaluated ``batch`` examples at a time.
+
+  ``fn(params, x_b, y_b)`` returns a batch's sum (correct predictions, summed
+  loss); ``between`` is called after each batch.
+  """
   total = 0.0
   for start in range(0, len(x), batch):
     total += float(fn(params, x[start : start + batch], y[start : start + batch]))
@@ -23,12 +42,18 @@ def batched_mean(fn, params, x, y, batch, between=None):
   return total / len(x)
 
 
-def language_metrics(record: dict, structured, found, unigram: float) -> dict:
-  """Perplexity (and the unigram baseline's), and the heads and hidden units
-  kept per layer of ``found`` (of the structured point ``z`` for RMDA/RAMDA,
-  of the params otherwise).
+def language_metrics(
+  record: dict[str, Any], structured: optax.Params, found: Groups, unigram: float
+) -> dict[str, Any]:
+  """Perplexity (and the unigram baseline's), and the units kept per layer.
+
+  The heads and hidden units kept per layer of ``found`` are those of the
+  structured point ``z`` for RMDA/RAMDA, of the params otherwise.
   """
-  out = {"val_perplexity": float(np.exp(record["val_loss"])), "unigram_perplexity": unigram}
+  out: dict[str, Any] = {
+    "val_perplexity": float(np.exp(record["val_loss"])),
+    "unigram_perplexity": unigram,
+  }
   kept = metrics.family_kept(structured, found)
   kinds = {f.name: f.kind for f in found.families}
   out["heads_kept"] = {name: k / n for name, (k, n) in kept.items() if kinds[name] == "heads"}
@@ -36,12 +61,15 @@ def language_metrics(record: dict, structured, found, unigram: float) -> dict:
   return out
 
 
-def structure_metrics(params, regularizer, groups=None) -> dict:
+def structure_metrics(
+  params: optax.Params, regularizer: Regularizer | None, groups: Groups | None = None
+) -> dict[str, float]:
   """:func:`rmda_jax.metrics.summary` as floats (over ``groups`` when given)."""
   return {k: float(v) for k, v in metrics.summary(params, regularizer, groups).items()}
 
 
-def epoch_line(r: dict, batches_per_epoch: int | None = None) -> str:
+def epoch_line(r: dict[str, Any], batches_per_epoch: int | None = None) -> str:
+  """The line printed for the epoch record ``r``."""
   line = (
     f"epoch {r['epoch']:4d}  loss {r['train_loss']:.4f}  train acc {r['train_accuracy']:.4f}  "
     f"val acc {r['val_accuracy']:.4f}  sparsity {r['unstructured_sparsity']:.3f}  "
@@ -54,7 +82,10 @@ def epoch_line(r: dict, batches_per_epoch: int | None = None) -> str:
   if "on_set_fraction" in r:
     line += f"  on set {r['on_set_fraction']:.3f}"
   if "structured_group_sparsity" in r:
-    line += f"  | z: group {r['structured_group_sparsity']:.3f} val acc {r['structured_val_accuracy']:.4f}"
+    line += (
+      f"  | z: group {r['structured_group_sparsity']:.3f} "
+      f"val acc {r['structured_val_accuracy']:.4f}"
+    )
   if "val_perplexity" in r:
     heads = ",".join(f"{v:.2f}" for v in r["heads_kept"].values())
     units = ",".join(f"{v:.2f}" for v in r["units_kept"].values())
@@ -68,7 +99,8 @@ def epoch_line(r: dict, batches_per_epoch: int | None = None) -> str:
   return line
 
 
-def summary_table(history: list, config: TrainConfig) -> str:
+def summary_table(history: list[dict[str, Any]], config: TrainConfig) -> str:
+  """The table printed at the end of a run: accuracy, sparsity and steps of its last epoch."""
   if not history:
     return "no epoch ran"
   last = history[-1]
@@ -101,14 +133,15 @@ def summary_table(history: list, config: TrainConfig) -> str:
 
 
 class _NoBar:
-  def update(self, n):
+  def update(self, n: int) -> None:
     pass
 
-  def close(self):
+  def close(self) -> None:
     pass
 
 
-def progress_factory(enabled: bool):
+def progress_factory(enabled: bool) -> Callable[..., Any]:
+  """``progress(**tqdm_options)``: a tqdm bar, or one that shows nothing (disabled, no tqdm)."""
   if not enabled:
     return lambda **kw: _NoBar()
   try:

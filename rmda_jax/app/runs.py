@@ -15,9 +15,12 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
@@ -42,12 +45,16 @@ RUN_FILES = (
 )
 
 
-# test hook: seconds to pause inside every checkpoint save window (exercises interrupts during saves)
+# test hook: seconds to pause inside every checkpoint save window (exercises interrupts during
+# saves)
 SAVE_PAUSE_ENV = "RMDA_JAX_TEST_SAVE_PAUSE"
 
 
 def existing_run(out: str) -> str | None:
-  """What marks ``out`` as holding a training run (``config.json``, ``log.json``, a checkpoint), or None."""
+  """What marks ``out`` as holding a training run, or None.
+
+  The mark is ``config.json``, ``log.json`` or a checkpoint directory.
+  """
   for name in ("config.json", "log.json"):
     if os.path.lexists(os.path.join(out, name)):
       return name
@@ -60,7 +67,7 @@ def existing_run(out: str) -> str | None:
   return None
 
 
-def _check_record(record: dict) -> None:
+def _check_record(record: dict[str, Any]) -> None:
   keys = (
     "config",
     "epoch",
@@ -76,7 +83,8 @@ def _check_record(record: dict) -> None:
 
 
 @jax.jit
-def all_finite(tree):
+def all_finite(tree: optax.Params) -> jax.Array:
+  """Whether every floating-point entry of ``tree`` is finite (a scalar bool array)."""
   leaves = [
     jnp.all(jnp.isfinite(x))
     for x in jax.tree_util.tree_leaves(tree)
@@ -88,18 +96,18 @@ def all_finite(tree):
 def _no_checkpoint_message(checkpoint_dir: str) -> str:
   if os.path.isfile(os.path.join(checkpoint_dir, "_CHECKPOINT_METADATA")):
     return (
-      f"{checkpoint_dir} was written by an older rmda-jax (one unnumbered checkpoint), which cannot be "
-      "resumed; train again with --overwrite"
+      f"{checkpoint_dir} was written by an older rmda-jax (one unnumbered checkpoint), "
+      "which cannot be resumed; train again with --overwrite"
     )
   return f"no complete checkpoint in {checkpoint_dir}"
 
 
 def restore_newest(
   steps: ckpt.Steps,
-  template_for: Callable,
-  check_config: Callable = lambda fields: None,
+  template_for: Callable[[TrainConfig], Any],
+  check_config: Callable[[dict[str, Any]], None] = lambda fields: None,
   prefix: str = "",
-):
+) -> tuple[int, Any, dict[str, Any], list[tuple[int, str]]]:
   """``(step, tree, record, damaged)`` of the newest step that restores and verifies.
 
   ``template_for(config)`` gives the tree to restore into for a stored config;
@@ -109,7 +117,7 @@ def restore_newest(
   available = steps.steps()
   if not available:
     raise ConfigError(prefix + _no_checkpoint_message(steps.path))
-  damaged = []
+  damaged: list[tuple[int, str]] = []
   for step in available:
     try:
       record = steps.read_record(step)
@@ -128,7 +136,10 @@ def restore_newest(
   )
 
 
-def fallback_note(damaged, step, record, moved_to=None) -> str:
+def fallback_note(
+  damaged: list[tuple[int, str]], step: int, record: dict[str, Any], moved_to: str | None = None
+) -> str:
+  """The line saying that the newest step is damaged and the older ``step`` is used instead."""
   newest, why = damaged[0]
   more = f" (and {len(damaged) - 1} more damaged step(s))" if len(damaged) > 1 else ""
   note = (
@@ -140,7 +151,9 @@ def fallback_note(damaged, step, record, moved_to=None) -> str:
   return note
 
 
-def load_run(run_dir: str, log: Callable[[str], None] | None = None):
+def load_run(
+  run_dir: str, log: Callable[[str], None] | None = None
+) -> tuple[TrainConfig, datasets.Dataset, nn.Module, optax.Params, optax.OptState]:
   """A finished (or interrupted) run: ``(config, dataset, model, params, opt_state)``.
 
   ``run_dir`` is a run's output directory (with ``checkpoint/``) or its
@@ -156,9 +169,9 @@ def load_run(run_dir: str, log: Callable[[str], None] | None = None):
     raise ConfigError(
       f"{run_dir} is not a training run: it needs checkpoint/ (written by rmda-jax train --out DIR)"
     )
-  built = {}
+  built: dict[str, Any] = {}
 
-  def template_for(config):
+  def template_for(config: TrainConfig) -> dict[str, Any]:
     try:
       config.validate()
     except ConfigError as err:
@@ -185,7 +198,7 @@ def load_run(run_dir: str, log: Callable[[str], None] | None = None):
   return config, built["dataset"], built["model"], tree["params"], tree["opt_state"]
 
 
-def write_json(path: str, content) -> None:
+def write_json(path: str, content: Any) -> None:
   """Write ``content`` to ``path`` atomically (temporary file, fsync, rename)."""
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
@@ -196,6 +209,7 @@ def write_json(path: str, content) -> None:
 
 
 def remove_path(path: str) -> None:
+  """Delete the file, link or directory tree at ``path``, if there is one."""
   if os.path.isdir(path) and not os.path.islink(path):
     shutil.rmtree(path)
   elif os.path.lexists(path):
@@ -232,6 +246,7 @@ def prepare_out(config: TrainConfig) -> None:
 
 
 def save_pause() -> float:
+  """Seconds to pause in each checkpoint save (test hook ``SAVE_PAUSE_ENV``; 0 if unset or bad)."""
   try:
     return max(float(os.environ.get(SAVE_PAUSE_ENV, "0")), 0.0)
   except ValueError:
@@ -239,7 +254,7 @@ def save_pause() -> float:
 
 
 def precheck_resume(config: TrainConfig, checkpoint_dir: str) -> None:
-  """The settings check of ``--resume``, on the newest readable record, before any data is loaded."""
+  """The settings check of ``--resume`` on the newest readable record, before data is loaded."""
   with ckpt.Steps(checkpoint_dir, read_only=True) as steps:
     for step in steps.steps():
       try:
@@ -252,6 +267,7 @@ def precheck_resume(config: TrainConfig, checkpoint_dir: str) -> None:
 
 
 def has_steps(checkpoint_dir: str) -> bool:
+  """Whether ``checkpoint_dir`` holds a step (a directory named by its number)."""
   try:
     return any(name.isdigit() for name in os.listdir(checkpoint_dir))
   except OSError:
@@ -259,6 +275,7 @@ def has_steps(checkpoint_dir: str) -> bool:
 
 
 def unique_path(path: str) -> str:
+  """``path``, or ``path-2``, ``path-3``, ...: the first that does not exist."""
   candidate, n = path, 1
   while os.path.lexists(candidate):
     n += 1

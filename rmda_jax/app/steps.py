@@ -33,8 +33,9 @@ import optax
 
 
 def softmax_cross_entropy(apply_fn: Callable) -> Callable:
-  """``loss(params, x, y)``: mean cross-entropy of ``apply_fn(params, x)``'s logits
-  against integer labels (classes, or next tokens of a language model).
+  """``loss(params, x, y)``: mean cross-entropy of ``apply_fn(params, x)``'s logits.
+
+  The labels ``y`` are integers (classes, or next tokens of a language model).
   """
 
   def loss(params, x, y):

@@ -16,7 +16,7 @@ def num_params(params: optax.Params) -> int:
   return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
 
 
-def flops(model: Any, params: optax.Params, x: jax.Array) -> float:
+def flops(model: Any, params: optax.Params, x: jax.typing.ArrayLike) -> float:
   """FLOPs of one jitted forward pass on ``x``, from XLA's cost analysis."""
   compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
   cost = compiled.cost_analysis()
@@ -25,7 +25,10 @@ def flops(model: Any, params: optax.Params, x: jax.Array) -> float:
 
 
 def latencies(
-  candidates: dict[str, tuple[Any, optax.Params]], x: jax.Array, rounds: int = 15, calls: int = 5
+  candidates: dict[str, tuple[Any, optax.Params]],
+  x: jax.typing.ArrayLike,
+  rounds: int = 15,
+  calls: int = 5,
 ) -> dict[str, float]:
   """Median seconds per jitted forward pass of each ``(model, params)``, interleaved.
 
