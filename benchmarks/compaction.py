@@ -86,6 +86,7 @@ def lm_rows(name, steps, strength, batch_sizes, rounds):
   train_batch, val_batch = text_batches(model.context, 32, seed=0)
   x, _ = train_batch()
   params = model.init(jax.random.PRNGKey(0), x)["params"]
+
   def apply(p, t):
     return model.apply({"params": p}, t)
 

@@ -699,7 +699,8 @@ def long_mode(args, command):
   """One long run per method at its best strength from ``results/pareto.json`` (the highest sparsity
   within 1 point of the best accuracy), and at 1/3 and 1/10 of it, with the papers' stage lengths:
   ``--long-stages`` stages (5: their 500 epochs with milestones every 100) of
-  ``--long-steps-per-stage`` steps each (46,900: 100 epochs of 469 steps of MNIST at batch 128), on our data."""
+  ``--long-steps-per-stage`` steps each (46,900: 100 epochs of 469 steps of MNIST at batch 128),
+  on our data."""
   spec = args.problems or "digits:group_lasso,logreg:group_lasso"
   source_path = os.path.join(_harness.RESULTS, "pareto.json")
   with open(source_path) as f:

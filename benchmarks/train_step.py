@@ -25,8 +25,8 @@ set to bfloat16 (``JAX_DEFAULT_MATMUL_PRECISION``).
     python benchmarks/train_step.py               # about 9 minutes on 2 CPU cores
                                                   # (the flag settings too)
     python benchmarks/train_step.py --rounds 30 --skip-flags
-    python benchmarks/train_step.py --model vgg --rounds 10 --steps 3   # a small VGG, JAX rows only,
-                                                                        # about 9 minutes
+    # a small VGG, JAX rows only, about 9 minutes:
+    python benchmarks/train_step.py --model vgg --rounds 10 --steps 3
 """
 
 from __future__ import annotations
@@ -212,7 +212,11 @@ def convolution_thunks(compiled_text: str) -> set:
       bodies[current] = []
     elif current is not None:
       bodies[current].append(line)
-  convolving = {name for name, lines in bodies.items() if any(" convolution(" in line for line in lines)}
+  convolving = {
+    name
+    for name, lines in bodies.items()
+    if any(" convolution(" in body_line for body_line in lines)
+  }
   names = set()
   for line in compiled_text.splitlines():
     line = line.strip()

@@ -1,6 +1,12 @@
-"""Sphinx configuration of the API reference: ``python -m sphinx -W -b html docs docs/_build/html``."""
+"""Sphinx configuration of the API reference:
+``python -m sphinx -W -b html docs docs/_build/html``."""
 
 import importlib.metadata
+import inspect
+import os
+import pkgutil
+
+import rmda_jax
 
 project = "rmda_jax"
 author = "rmda_jax developers"
@@ -18,8 +24,12 @@ extensions = [
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+# Attributes as a field list: a NamedTuple's fields are documented once, by autodoc.
+napoleon_use_ivar = True
 
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# Each object is documented in the module that defines it; a module's re-exports are not
+# documented again there (the public surface page lists them, see below).
+autodoc_default_options = {"members": True, "show-inheritance": True, "ignore-module-all": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_inherit_docstrings = True
@@ -33,8 +43,6 @@ html_static_path = []
 # --------------------------------------------------------------------------- the API pages
 # One page per layer, written at every build from the package itself, so that
 # a new module is in the reference the moment it exists.
-import os
-import pkgutil
 
 LAYERS = (
   ("rmda_jax.core", "core: numerics, checks, trees, groups"),
@@ -70,7 +78,18 @@ def _write_api_pages(root: str) -> None:
     "",
     "   rmda_jax",
   ]
-  top = ["rmda_jax", "========", "", ".. automodule:: rmda_jax", ""]
+  # the public surface, as ``rmda_jax.__all__`` lists it; each object is indexed where it is defined
+  surface = [name for name in rmda_jax.__all__ if not inspect.ismodule(getattr(rmda_jax, name))]
+  top = [
+    "rmda_jax",
+    "========",
+    "",
+    ".. automodule:: rmda_jax",
+    "   :no-index:",
+    "   :imported-members:",
+    f"   :members: {', '.join(surface)}",
+    "",
+  ]
   pages = {"rmda_jax": "\n".join(top)}
   for package, title in LAYERS:
     name = package.rsplit(".", 1)[-1]

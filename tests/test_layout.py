@@ -3,7 +3,9 @@ imports the application (:mod:`rmda_jax.app`), and the public surface is what ``
 
 import ast
 import concurrent.futures
+import dataclasses
 import importlib
+import inspect
 import pathlib
 import pkgutil
 import subprocess
@@ -19,7 +21,8 @@ MODULES = sorted(
 )
 
 # What each layer may import besides itself: app -> compaction -> structure -> optim / prox -> core;
-# cpu (compiler options, memory, timing) and testing stand beside them and import nothing of the package.
+# cpu (compiler options, memory, timing) and testing stand beside them and import nothing of the
+# package.
 ALLOWED = {
   "core": set(),
   "cpu": set(),
@@ -32,7 +35,9 @@ ALLOWED = {
 PROBE = """
 import sys, importlib
 importlib.import_module({name!r})
-print(",".join(sorted(m for m in sys.modules if m == "rmda_jax.app" or m.startswith("rmda_jax.app."))))
+print(",".join(sorted(
+    m for m in sys.modules if m == "rmda_jax.app" or m.startswith("rmda_jax.app.")
+)))
 """
 
 
@@ -41,7 +46,8 @@ def _layer(module: str) -> str:
 
 
 def _imported_layers(path: pathlib.Path, module: str) -> set:
-  """The layers of the package a source file imports (at its top, in functions, under TYPE_CHECKING)."""
+  """The layers of the package a source file imports (at its top, in functions, under
+  TYPE_CHECKING)."""
   package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
   found = set()
   for node in ast.walk(ast.parse(path.read_text())):
@@ -108,7 +114,8 @@ def test_every_module_is_reachable_from_its_package_and_no_private_module_exists
       importlib.import_module(module)  # the application's modules are imported where they are used
     parent, _, child = module.rpartition(".")
     assert getattr(sys.modules[parent], child, None) is sys.modules[module], (
-      f"{module} is not the attribute {child} of {parent} (a name there hides it, or it is not imported)"
+      f"{module} is not the attribute {child} of {parent} "
+      "(a name there hides it, or it is not imported)"
     )
 
 
@@ -122,3 +129,42 @@ def test_the_public_surface_is_all_and_every_name_in_it_exists():
     module = getattr(rmda_jax, package)
     for name in module.__all__:
       assert hasattr(module, name), f"rmda_jax.{package}.{name}"
+
+
+def _public_functions():
+  """``(name, function)`` of every public function and method defined in the package."""
+  for module_name in ["rmda_jax", *MODULES]:
+    module = importlib.import_module(module_name)
+    for attr, obj in vars(module).items():
+      if attr.startswith("_") or getattr(obj, "__module__", None) != module_name:
+        continue
+      if inspect.isfunction(obj):
+        yield f"{module_name}.{attr}", obj
+      elif inspect.isclass(obj):
+        for member, value in vars(obj).items():
+          if member.startswith("_") and member not in ("__init__", "__call__"):
+            continue
+          fn = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+          generated = dataclasses.is_dataclass(obj) and member == "__init__"
+          if (
+            inspect.isfunction(fn)
+            and fn.__qualname__.startswith(obj.__qualname__)
+            and not generated
+          ):
+            yield f"{module_name}.{attr}.{member}", fn
+
+
+def test_every_public_function_and_method_is_annotated():
+  missing = {}
+  for name, fn in _public_functions():
+    signature = inspect.signature(fn)
+    absent = [
+      p.name
+      for p in signature.parameters.values()
+      if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty
+    ]
+    if signature.return_annotation is inspect.Signature.empty and fn.__name__ != "__init__":
+      absent.append("return")
+    if absent:
+      missing[name] = absent
+  assert not missing, missing

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn, cast
 
 from rmda_jax.app import commands
 from rmda_jax.app import data as datasets
@@ -345,7 +345,7 @@ def _keep_freed_memory() -> None:
 
   from rmda_jax.cpu import memory
 
-  platforms = jax.config.values["jax_platforms"]
+  platforms = cast(Any, jax.config).jax_platforms  # a flag pyright does not see on Config
   if not platforms or "cpu" in platforms.lower().split(","):
     memory.keep_freed_memory()
 

@@ -49,7 +49,10 @@ def test_optimum_satisfies_kkt_with_autodiff_gradient(small_problem):
   )
   # and a global check: no random nearby point has a lower objective
   rng = np.random.default_rng(0)
-  objective = lambda w: smooth(w) + threshold * np.linalg.norm(w, axis=1).sum()
+
+  def objective(w):
+    return smooth(w) + threshold * np.linalg.norm(w, axis=1).sum()
+
   base = objective(opt.kernel)
   for scale in (1e-4, 1e-2):
     for _ in range(50):

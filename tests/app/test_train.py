@@ -48,7 +48,8 @@ def _check_outputs(out, epochs):
 
 
 def _same_run(out, reference):
-  """Equal log records (less the wall-clock seconds) and bit-identical params and optimizer state."""
+  """Equal log records (less the wall-clock seconds) and bit-identical params and optimizer
+  state."""
   logs = []
   for path in (out, reference):
     with open(os.path.join(path, "log.json")) as f:

@@ -35,7 +35,7 @@ def test_a_loop_body_counts_once_per_iteration():
   text = f.lower(x, 3).compile().as_text()
   per_array = 4 * N
   for n in (3, 7):
-    moved = xla_traffic.traffic(text, lambda: f(x, n).block_until_ready())
+    moved = xla_traffic.traffic(text, lambda n=n: f(x, n).block_until_ready())
     # each iteration reads the carried array and writes the new one; anything
     # else (the counter, a copy in or out of the loop) is at most a few arrays
     assert 2 * n * per_array <= moved <= (2 * n + 4) * per_array, (n, moved / per_array)

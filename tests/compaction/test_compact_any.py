@@ -101,15 +101,27 @@ def _linen(model, shape, mutate, use_extras=False):
     extras = jax.tree_util.tree_map(
       lambda v: v + jax.random.uniform(CHECK_KEY, v.shape), extras
     )  # not trivial stats
-    apply = lambda p, e, x: model.apply({"params": p, **e}, x)
+
+    def apply(p, e, x):
+      return model.apply({"params": p, **e}, x)
+
     groups = rmda_jax.discover_groups(lambda p, x: apply(p, extras, x), params, x)
     small = compaction.compact_function(apply, params, groups, x, extras=extras)
-    want = lambda x: apply(params, extras, x)
+
+    def want(x):
+      return apply(params, extras, x)
+
   else:
-    apply = lambda p, x: model.apply({"params": p}, x)
+
+    def apply(p, x):
+      return model.apply({"params": p}, x)
+
     groups = rmda_jax.discover_groups(apply, params, x)
     small = compaction.compact_function(apply, params, groups, x)
-    want = lambda x: apply(params, x)
+
+    def want(x):
+      return apply(params, x)
+
   other = jax.random.normal(CHECK_KEY, (shape[0] + 3,) + tuple(shape[1:]))  # another batch size
   assert_close(
     jax.jit(small.fn)(small.params, *([small.extras] if use_extras else []), other), want(other)
@@ -185,7 +197,7 @@ def test_fused_qkv_block_loses_heads():
   assert small.params["proj"]["kernel"].shape == (8, 16)
 
 
-# --------------------------------------------------------------------------- the library's linen models
+# ----------------------------------------------------------------------- the library's linen models
 def test_library_transformer_block_is_rebuilt_smaller(tmp_path):
   model = models.TransformerBlock(dim=16, heads=4, mlp_ratio=2)
   x = jax.random.normal(X_KEY, (2, 5, 16))
@@ -210,7 +222,7 @@ def test_a_user_linen_module_points_to_the_generic_path():
     compaction.compact(UserMLP(), {})
 
 
-# --------------------------------------------------------------------------- linen modules rebuilt smaller
+# -------------------------------------------------------------------- linen modules rebuilt smaller
 class FieldMLP(nn.Module):
   hidden: tuple = (10, 8, 6)
 
@@ -419,7 +431,10 @@ def test_nnx_modules_are_compacted_and_keep_training(name):
   optimizer = nnx.Optimizer(
     small, rmda_jax.rmda(0.1, regularizer=rmda_jax.group_lasso(1e-3)), wrt=nnx.Param
   )
-  loss = lambda m: jnp.mean(m(x) ** 2)
+
+  def loss(m):
+    return jnp.mean(m(x) ** 2)
+
   before = float(loss(small))
   for _ in range(3):
     optimizer.update(small, nnx.grad(loss)(small))
@@ -470,7 +485,8 @@ def test_transformer_lm_is_rebuilt_with_per_layer_heads_and_units(positions, tie
 
 
 def test_transformer_lm_with_a_dead_attention_layer_keeps_one_head_of_full_width():
-  # every head of layer 1 zero in q, k, v and out: one head is kept (a layer never loses all), head_dim stays
+  # every head of layer 1 zero in q, k, v and out: one head is kept (a layer never loses all),
+  # head_dim stays
   model = models.TransformerLM(context=8, dim=16, heads=4, layers=2, mlp=16)
   tokens = jax.random.randint(X_KEY, (3, 8), 0, 256)
   params = model.init(jax.random.PRNGKey(0), tokens)["params"]

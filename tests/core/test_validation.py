@@ -266,10 +266,11 @@ def test_traced_hyperparameters_are_not_checked():
     rtol=1e-6,
     atol=1e-7,
   )
+
   # the strength itself as an injected (traced) hyperparameter
-  factory = lambda learning_rate, strength: rmda_jax.rmda(
-    learning_rate, momentum=1.0, regularizer=rmda_jax.group_lasso(strength)
-  )
+  def factory(learning_rate, strength):
+    return rmda_jax.rmda(learning_rate, momentum=1.0, regularizer=rmda_jax.group_lasso(strength))
+
   injected = optax.inject_hyperparams(factory)(learning_rate=0.1, strength=0.05)
   got = _run(injected, params, grads)
   expected = _run(factory(0.1, 0.05), params, grads)

@@ -23,7 +23,8 @@ PROBE = textwrap.dedent(f"""
     import rmda_jax
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in
-                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+                    ("arena ordblks smblks hblks hblkhd usmblks "
+                     "fsmblks uordblks fordblks keepcost").split()]
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = MallInfo2
     libc.malloc.restype = ctypes.c_void_p

@@ -58,7 +58,7 @@ def one_line_error(capsys, *fragments):
   return err
 
 
-# --- interrupts in a real process ------------------------------------------------------------------------------
+# --- interrupts in a real process -----------------------------------------------------------------
 
 
 def _environment(tmp_path):
@@ -78,7 +78,8 @@ def _launch(args, env, fault, rng):
 
   moment "random": a seeded random delay (0-1 s) after the first output line (the header, printed
   before compilation and training); "save": when the process enters a checkpoint save window (test
-  hook), and for SIGKILL 0-0.1 s after orbax starts writing the step. Returns (exit code, output lines).
+  hook), and for SIGKILL 0-0.1 s after orbax starts writing the step. Returns (exit code, output
+  lines).
   """
   proc = subprocess.Popen(
     [sys.executable, "-m", "rmda_jax", "train", *args],
@@ -191,7 +192,7 @@ def test_interrupted_at_random_moments_and_during_saves_then_resumed_equals_an_u
   ]  # the newest 2, no leftovers
 
 
-# --- mid-epoch stop and resume ---------------------------------------------------------------------------------
+# --- mid-epoch stop and resume --------------------------------------------------------------------
 
 
 def test_max_steps_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path, capsys):
@@ -208,7 +209,7 @@ def test_max_steps_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path
   assert_same_run(first, reference)
 
 
-# --- damaged checkpoints and logs ------------------------------------------------------------------------------
+# --- damaged checkpoints and logs -----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -265,8 +266,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_step(
   assert (
     len(note) == 1 and "checkpoint step 84 is damaged" in note[0] and "using step 42" in note[0]
   ), note
-  # The flipped bytes land in an array's values (caught by the per-array checksums) or, depending on where
-  # OCDBT placed the arrays in the file, in its index (orbax cannot read the step): caught either way.
+  # The flipped bytes land in an array's values (caught by the per-array checksums) or, depending
+  # on where OCDBT placed the arrays in the file, in its index (orbax cannot read the step):
+  # caught either way.
   assert "does not match its checksum" in note[0] or "its arrays are unreadable" in note[0], note
   assert cli.main(["train", *SMALL, "--epochs", "2", "--out", out, "--resume"]) == 0
   lines = capsys.readouterr().out.splitlines()
@@ -327,7 +329,7 @@ def test_corrupt_log_is_rebuilt_from_the_checkpoint(finished, tmp_path, capsys):
   assert_same_run(out, finished)
 
 
-# --- existing runs and changed settings ------------------------------------------------------------------------
+# --- existing runs and changed settings -----------------------------------------------------------
 
 
 def test_existing_run_needs_resume_or_overwrite_and_resume_keeps_the_settings(tmp_path, capsys):
@@ -381,7 +383,7 @@ def test_bad_paths_are_one_line_errors(tmp_path, capsys):
   one_line_error(capsys, "is not a training run")
 
 
-# --- non-finite training ---------------------------------------------------------------------------------------
+# --- non-finite training --------------------------------------------------------------------------
 
 
 def test_huge_learning_rate_stops_with_one_line_and_no_checkpoint(tmp_path, capsys):

@@ -137,7 +137,7 @@ def test_jit_static_shapes_single_trace(make, reg):
   step = single_trace_step(tx)
 
   for i in range(3):
-    grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.3 * (i + 1)), params)
+    grads = jax.tree_util.tree_map(lambda p, i=i: jnp.full_like(p, 0.3 * (i + 1)), params)
     params, state = step(params, state, grads)
   for leaf in jax.tree_util.tree_leaves(params):
     assert np.all(np.isfinite(np.asarray(leaf)))

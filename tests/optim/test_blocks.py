@@ -56,7 +56,8 @@ def test_adam_moments_match_optax_scale_by_adam():
 
 
 def test_adam_metric_variant_against_numpy():
-  """Dual averaging with Adam's second moment: z = x0 - V / P, P = sqrt(k) (sqrt(v / (1 - b2^t)) + eps)."""
+  """Dual averaging with Adam's second moment: z = x0 - V / P,
+  P = sqrt(k) (sqrt(v / (1 - b2^t)) + eps)."""
   params = _params()
   b2, eps, lr = 0.9, 1e-3, 0.05
   tx = optax.chain(
@@ -142,9 +143,13 @@ def test_misassembled_chains_say_what_is_missing():
 
 
 def test_dual_averaging_center_against_numpy_sums():
-  """y_k = x0 - V_k / sqrt(k), V_k = sum_i eta_i sqrt(i) g_i, alpha_k = sum_i eta_i sqrt(i) (float64)."""
+  """y_k = x0 - V_k / sqrt(k), V_k = sum_i eta_i sqrt(i) g_i, alpha_k = sum_i eta_i sqrt(i)
+  (float64)."""
   params = _params()
-  schedule = lambda count: 0.3 / (1.0 + count)
+
+  def schedule(count):
+    return 0.3 / (1.0 + count)
+
   tx = optim.dual_averaging_center(schedule)
   state = tx.init(params)
   x0 = {n: np.asarray(p, np.float64) for n, p in params.items()}
@@ -179,7 +184,8 @@ def test_the_center_only_accumulator_refuses_a_diagonal_metric():
 
 
 def test_rmda_state_reads_the_center_of_both_accumulators():
-  """The V_k chain's derived center equals the one dual_averaging_center keeps (float32 rounding)."""
+  """The V_k chain's derived center equals the one dual_averaging_center keeps (float32
+  rounding)."""
   params = _params()
   kept = optim.dual_averaging_center(0.2)
   sums = optim.accumulate_dual_averaging(0.2)
@@ -199,7 +205,8 @@ def test_rmda_state_reads_the_center_of_both_accumulators():
 
 @pytest.mark.parametrize("lr, mean", [(0.1, 0.01), (0.01, 0.0)])
 def test_dual_averaging_center_rounds_once_per_step_over_a_long_stage(lr, mean):
-  """20000 steps against float64: the error of a float32 accumulator rounded once a step, ulp(y) sqrt(k).
+  """20000 steps against float64: the error of a float32 accumulator rounded once a step,
+  ulp(y) sqrt(k).
 
   The first case moves the center far from the anchor (|x0 - y| ~ 13), the
   second keeps it near (|x0 - y| ~ 0.2, |y| ~ 4).

@@ -22,7 +22,10 @@ def _group_prox_metric(y, d, tau):
   """argmin_z 1/2 (z - y)^T diag(d) (z - y) + tau ||z||, by bisection on r = ||z||."""
   if np.linalg.norm(d * y) <= tau:
     return np.zeros_like(y)
-  phi = lambda r: np.sum((d * y / (d * r + tau)) ** 2) - 1.0  # decreasing in r, phi(0) > 0
+
+  def phi(r):  # decreasing in r, phi(0) > 0
+    return np.sum((d * y / (d * r + tau)) ** 2) - 1.0
+
   lo, hi = 0.0, np.linalg.norm(y)
   for _ in range(200):
     mid = 0.5 * (lo + hi)
@@ -114,7 +117,10 @@ def test_corrected_metric_removes_less_in_the_first_steps():
   x, grads = _problem(1)
   faithful = _run(x, grads[:1], 0.3, "group_lasso", False)["kernel"]
   corrected = _run(x, grads[:1], 0.3, "group_lasso", True)["kernel"]
-  kept = lambda k: int((np.abs(k).sum(axis=1) > 0).sum())
+
+  def kept(k):
+    return int((np.abs(k).sum(axis=1) > 0).sum())
+
   assert kept(corrected) > kept(faithful)
 
 

@@ -113,16 +113,16 @@ def test_rigl_matches_numpy_reference(problem):
   reference = numpy_rigl(w0, {k: masks0[k].astype(np.float32) for k in masks0}, target, noise)
   changed_events = 0
   for t, (w_ref, m_ref) in enumerate(reference):
-    p_t = flat(jax.tree_util.tree_map(lambda x: x[t], ps))
-    m_t = flat(jax.tree_util.tree_map(lambda x: x[t], ms))
-    mom_t = flat(jax.tree_util.tree_map(lambda x: x[t], moms))
+    p_t = flat(jax.tree_util.tree_map(lambda x, t=t: x[t], ps))
+    m_t = flat(jax.tree_util.tree_map(lambda x, t=t: x[t], ms))
+    mom_t = flat(jax.tree_util.tree_map(lambda x, t=t: x[t], moms))
     for k in SHAPES:
       np.testing.assert_array_equal(m_t[k], m_ref[k].astype(bool), err_msg=f"mask {k} step {t}")
       np.testing.assert_allclose(p_t[k], w_ref[k], atol=1e-5, err_msg=f"weights {k} step {t}")
       assert np.all(p_t[k][~m_t[k]] == 0), "a masked weight is not exactly zero"
       assert np.all(mom_t[k][~m_t[k]] == 0), "a masked weight kept its momentum"
     if t > 0:
-      prev = flat(jax.tree_util.tree_map(lambda x: x[t - 1], ms))
+      prev = flat(jax.tree_util.tree_map(lambda x, t=t: x[t - 1], ms))
       changed_events += any(np.any(prev[k] != m_t[k]) for k in SHAPES)
   assert changed_events >= 3  # the masks did move
 

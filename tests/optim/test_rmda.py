@@ -48,7 +48,10 @@ def _logistic_data(n=600, informative=6, noise_features=6, classes=3, seed=0):
   X = rng.normal(size=(n, d))
   logits = X @ w_true
   y = np.array(
-    [rng.choice(classes, p=np.exp(l - l.max()) / np.exp(l - l.max()).sum()) for l in logits]
+    [
+      rng.choice(classes, p=np.exp(row - row.max()) / np.exp(row - row.max()).sum())
+      for row in logits
+    ]
   )
   return X, y
 

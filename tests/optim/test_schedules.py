@@ -123,12 +123,17 @@ RESUME_SCRIPT = textwrap.dedent("""
     from rmda_jax.app import checkpoint
     from problems import make_problem, quadratic_step, to_tree
 
-    method, mode, path, out, k, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+    method, mode, path, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    k, n = int(sys.argv[5]), int(sys.argv[6])
     stages = rmda_jax.stagewise([5, 9], gamma=0.5)
     if method == "rmda":
-        tx = rmda_jax.rmda(0.05, momentum=0.3, regularizer=rmda_jax.group_lasso(0.15), stages=stages)
+        tx = rmda_jax.rmda(
+            0.05, momentum=0.3, regularizer=rmda_jax.group_lasso(0.15), stages=stages
+        )
     else:
-        tx = rmda_jax.ramda(0.05, momentum=0.3, regularizer=rmda_jax.group_lasso(0.05), stages=stages)
+        tx = rmda_jax.ramda(
+            0.05, momentum=0.3, regularizer=rmda_jax.group_lasso(0.05), stages=stages
+        )
     x, target, scale, noise = make_problem(steps=n)
     step = quadratic_step(tx, target, scale)
     params = to_tree(x); state = tx.init(params)

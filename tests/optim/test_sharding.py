@@ -90,14 +90,14 @@ def test_low_precision_params(name, dtype):
 
   @jax.jit
   def step(p, s):
-    l, g = jax.value_and_grad(loss)(p)
+    value, g = jax.value_and_grad(loss)(p)
     u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s, l
+    return optax.apply_updates(p, u), s, value
 
   losses = []
   for _ in range(150):
-    params, state, l = step(params, state)
-    losses.append(float(l))
+    params, state, value = step(params, state)
+    losses.append(float(value))
   kernel = np.asarray(params["kernel"], np.float32)
   assert (
     params["kernel"].dtype == dtype and np.all(np.isfinite(kernel)) and np.all(np.isfinite(losses))

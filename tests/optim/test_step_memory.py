@@ -147,7 +147,10 @@ def test_rmda_without_its_point_recomputes_it():
     rmda_jax.rmda(0.1, momentum=0.5, regularizer=reg, keep_point=False),
   )
   p1, s1, p2, s2 = params, kept.init(params), params, lean.init(params)
-  state_bytes = lambda s: sum(x.nbytes for x in jax.tree_util.tree_leaves(s))
+
+  def state_bytes(s):
+    return sum(x.nbytes for x in jax.tree_util.tree_leaves(s))
+
   assert state_bytes(s1) - state_bytes(s2) == sum(
     x.nbytes for x in jax.tree_util.tree_leaves(params)
   )

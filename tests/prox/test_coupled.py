@@ -149,7 +149,8 @@ def test_metrics_count_coupled_groups():
     zero_groups=[(m.path, m, 2) for m in FAMILIES[0].members] + [("a", FAMILIES[0].members[0], 0)],
   )
   reg = rmda_jax.group_lasso(1.0, groups=GROUPS)
-  # group 2 of "mixed" is zero in every leaf; group 0 only in "a": a partial group is not a zero group
+  # group 2 of "mixed" is zero in every leaf; group 0 only in "a": a partial group is not a zero
+  # group
   assert float(metrics.group_sparsity(as_jax(arrays), reg)) == pytest.approx(1 / 9)
   sizes = [numpy_groups(arrays, f).shape[1] for f in FAMILIES]
   assert float(metrics.weighted_group_sparsity(as_jax(arrays), reg)) == pytest.approx(

@@ -21,7 +21,10 @@ points = st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=1, max_s
 def brute_force_prox(x, t, values, diag=1.0):
   """argmin_z diag/2 z^2 - diag x z + t min_k |z - v_k| on a fine grid, refined."""
   grid = np.linspace(-8, 8, 160001)
-  objective = lambda z: diag / 2 * (z - x) ** 2 + t * np.min(np.abs(z[:, None] - values), axis=1)
+
+  def objective(z):
+    return diag / 2 * (z - x) ** 2 + t * np.min(np.abs(z[:, None] - values), axis=1)
+
   z0 = grid[np.argmin(objective(grid))]
   fine = np.linspace(z0 - 2e-4, z0 + 2e-4, 4001)
   candidates = np.concatenate([fine, np.asarray(values, float)])  # kinks exactly
@@ -89,13 +92,16 @@ def test_rmda_trains_onto_the_set_with_the_momentum_ramp():
   rng = np.random.default_rng(0)
   target = jnp.asarray(rng.normal(size=(8, 4)) * 0.8, jnp.float32)
   reg = rmda_jax.discrete_set((-1.0, 0.0, 1.0))
-  loss = lambda w: 0.5 * float(jnp.sum((w - target) ** 2))
+
+  def loss(w):
+    return 0.5 * float(jnp.sum((w - target) ** 2))
+
   for name, tx in {
     "rmda": rmda_jax.rmda(0.1, momentum=0.1, regularizer=reg, stages=rmda_jax.stagewise([60])),
     "ramda": rmda_jax.ramda(0.05, momentum=0.1, regularizer=reg, stages=rmda_jax.stagewise([60])),
   }.items():
 
-    def body(carry, _):
+    def body(carry, _, tx=tx):
       params, state = carry
       updates, state = tx.update({"w": params["w"] - target}, state, params)
       return (optax.apply_updates(params, updates), state), None

@@ -163,7 +163,8 @@ def random_input(shape, seed=1):
 def linen_case(
   model, x, expected, kinds=None, exclude=(), stats=None, unprunable=(), check_x=None, **kwargs
 ):
-  """A linen model; ``stats``: randomized ``batch_stats``; ``check_x``: a larger batch for the checks."""
+  """A linen model; ``stats``: randomized ``batch_stats``; ``check_x``: a larger batch for the
+  checks."""
   variables = model.init(jax.random.PRNGKey(0), jnp.asarray(x), **kwargs)
   params = jitter(flatten(dict(variables["params"])), 2)
   extra = {}
@@ -188,7 +189,10 @@ def linen_case(
       if extra:
         return discovery().discover_linen(model, tree, jnp.asarray(x), variables=extra, **kwargs)
       return discovery().discover_linen(model, tree, jnp.asarray(x), **kwargs)
-    fn = lambda p, x: model.apply({"params": p, **extra}, x, **kwargs)
+
+    def fn(p, x):
+      return model.apply({"params": p, **extra}, x, **kwargs)
+
     options = {"exclude": exclude} if exclude else {}
     if kinds is not None:
       options["kinds"] = kinds
@@ -474,7 +478,8 @@ def transformer_expected(attn, fc1, fc2, heads=True, units=True, value_dim=False
 
 
 def fused_expected():
-  """Head h: Dense_0 (8, 24) columns as (3, 2, 4) factor 1; Dense_1 (8, 8) rows as (2, 4) factor 0."""
+  """Head h: Dense_0 (8, 24) columns as (3, 2, 4) factor 1; Dense_1 (8, 8) rows as (2, 4)
+  factor 0."""
   return [
     Expected(
       "heads",

@@ -96,7 +96,8 @@ def run_jax(tx, x, target, scale, noise, steps, dtype=jnp.float32, compiler_opti
 
 
 def per_leaf_secular(bs, diags, thresholds, axes_list, **options):
-  """rmda_jax.prox.secular.group_lasso_secular on one leaf per entry, its groups given by reduce axes."""
+  """rmda_jax.prox.secular.group_lasso_secular on one leaf per entry, its groups given by reduce
+  axes."""
   from rmda_jax.core import GroupLayout, GroupRule
   from rmda_jax.prox import secular
 

@@ -203,7 +203,10 @@ def stagewise_run(
   Returns the params after every step, the z of every step and the c used.
   """
   x = {k: v.astype(np.float64) for k, v in x.items()}
-  zeros = lambda: {k: np.zeros_like(v) for k, v in x.items()}
+
+  def zeros():
+    return {k: np.zeros_like(v) for k, v in x.items()}
+
   x0, V, U, alpha, k = {n: v.copy() for n, v in x.items()}, zeros(), zeros(), 0.0, 0
   c, count = c0, 1
   xs, zs, cs = [], [], []
