@@ -93,15 +93,6 @@ def all_finite(tree: optax.Params) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _no_checkpoint_message(checkpoint_dir: str) -> str:
-  if os.path.isfile(os.path.join(checkpoint_dir, "_CHECKPOINT_METADATA")):
-    return (
-      f"{checkpoint_dir} was written by an older rmda-jax (one unnumbered checkpoint), "
-      "which cannot be resumed; train again with --overwrite"
-    )
-  return f"no complete checkpoint in {checkpoint_dir}"
-
-
 def restore_newest(
   steps: ckpt.Steps,
   template_for: Callable[[TrainConfig], Any],
@@ -116,7 +107,7 @@ def restore_newest(
   """
   available = steps.steps()
   if not available:
-    raise ConfigError(prefix + _no_checkpoint_message(steps.path))
+    raise ConfigError(f"{prefix}no complete checkpoint in {steps.path}")
   damaged: list[tuple[int, str]] = []
   for step in available:
     try:
