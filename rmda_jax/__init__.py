@@ -36,7 +36,7 @@ Example:
 
 from rmda_jax import compaction, core, cpu, optim, prox, structure, testing
 from rmda_jax.compaction import compact, compact_function, compact_linen, compact_nnx
-from rmda_jax.core import Family, GroupRule, Groups, Slice, by_path
+from rmda_jax.core import Family, GroupRule, Groups, Slice, by_path, layer_axes_of, per_layer
 from rmda_jax.optim import (
   DualAveragingState,
   ProxAdamState,
@@ -97,6 +97,8 @@ __all__ = [
   "Slice",
   "GroupRule",
   "by_path",
+  "per_layer",
+  "layer_axes_of",
   "discover_groups",
   "discover_linen",
   "discover_nnx",

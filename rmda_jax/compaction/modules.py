@@ -61,9 +61,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmda_jax.compaction.function import compact_function
+from rmda_jax.compaction.function import CompactFunction, compact_function
 from rmda_jax.compaction.low_rank import factorize
-from rmda_jax.compaction.rebuild import rebuild_linen
+from rmda_jax.compaction.rebuild import controlled_widths, field_name, rebuild_linen
 from rmda_jax.core.groups import Groups
 from rmda_jax.structure.discovery import discover_groups, discover_linen
 
@@ -126,7 +126,8 @@ def compact_linen(
   Args:
     model: the linen module.
     variables: its variables (``{"params": ..., "batch_stats": ...}``), or
-      the params alone.
+      the params alone; boxed ones (``nn.with_logical_partitioning``) are
+      unboxed, and the compact variables are plain arrays.
     *example_args: an example input (any batch size).
     groups: the coupled groups; None discovers them (again after each round
       of removals).
@@ -151,7 +152,9 @@ def compact_linen(
     >>> small.model.hidden, bool(same)
     (5, True)
   """
-  variables = dict(variables)
+  from flax.core import meta
+
+  variables = dict(meta.unbox(variables))  # boxed params (logical partitioning) as plain arrays
   params = variables.pop("params") if "params" in variables else variables
   collections = {} if params is variables else variables
   if not example_args:
@@ -174,24 +177,95 @@ def compact_linen(
         current, params, *example_args, variables=collections, method=method, **kwargs
       )
     )
-    small = compact_function(
-      apply, params, found, *example_args, extras=collections or None, keep_at_least=keep_at_least
-    )
+
+    small = _shrink(apply, params, found, example_args, collections, keep_at_least, {})
+    changed = any(k.shape[-1] < f.size for f, k in zip(found.families, small.kept.values()))
+    if changed:
+      try:
+        model_out = _rebuilt(current, small, found, example_args, method, kwargs)
+      except ValueError as error:
+        # one field may set the widths of several layers: keep them at one width
+        minimum, ties = _tied_minimum(current, found, small, example_args, method, kwargs)
+        if not minimum:
+          raise
+        small = _shrink(apply, params, found, example_args, collections, keep_at_least, minimum)
+        changed = any(k.shape[-1] < f.size for f, k in zip(found.families, small.kept.values()))
+        try:
+          model_out = (
+            _rebuilt(current, small, found, example_args, method, kwargs) if changed else current
+          )
+        except ValueError as second:
+          raise ValueError(
+            f"{second}\n{'; '.join(ties)}: those layers were kept at one width, and the module "
+            "still cannot be rebuilt with it (the field also sets widths that were not cut)."
+          ) from error
+      current = model_out
     for name, keep in small.kept.items():
-      kept[name] = kept[name][keep] if name in kept else keep
-    changed = any(len(k) < f.size for f, k in zip(found.families, small.kept.values()))
+      kept[name] = _compose(kept[name], keep) if name in kept else keep
     params = jax.tree_util.tree_map(jnp.asarray, small.params)
     if collections:
       collections = jax.tree_util.tree_map(jnp.asarray, small.extras)
-    target = {"params": params, **collections}
-    if changed:
-      resized = {(f.size, len(k)) for f, k in zip(found.families, small.kept.values())}
-      current = rebuild_linen(
-        current, target, *example_args, resized=resized, method=method, **kwargs
-      )
     if not changed or groups is not None:  # given groups fit the original shapes only: one round
       break
   return Compacted(current, params, kept, {}, dict(collections))
+
+
+def _shrink(
+  apply: Any,
+  params: Any,
+  groups: Groups,
+  example_args: tuple,
+  collections: dict,
+  keep_at_least: int,
+  minimum: dict[str, int],
+) -> CompactFunction:
+  """:func:`compact_function` of ``apply``, each family keeping at least its ``minimum``."""
+  widths = {f.name: minimum.get(f.name, keep_at_least) for f in groups.families}
+  return compact_function(
+    apply, params, groups, *example_args, extras=collections or None, keep_at_least=widths
+  )
+
+
+def _rebuilt(
+  model: Any, small: CompactFunction, groups: Groups, example_args: tuple, method: Any, kwargs: dict
+) -> Any:
+  """``model`` rebuilt with the widths of ``small``'s variables (:func:`rebuild_linen`)."""
+  target = {"params": small.params, **(small.extras or {})}
+  resized = {(f.size, k.shape[-1]) for f, k in zip(groups.families, small.kept.values())}
+  return rebuild_linen(model, target, *example_args, resized=resized, method=method, **kwargs)
+
+
+def _tied_minimum(
+  model: Any, groups: Groups, small: Any, example_args: tuple, method: Any, kwargs: dict
+) -> tuple[dict[str, int], list[str]]:
+  """Per family, the width it must keep so that each field setting several widths has one value.
+
+  A field that sets the widths of several families (``config.mlp_dim`` for
+  the MLP of every layer, ``num_filters`` for ``num_filters * 2**i`` filters
+  in stage ``i``) gets the smallest value that keeps every one of them wide
+  enough; each family then keeps ``ratio x value`` units, padded with its
+  removable units (the function is unchanged). Empty when no field does.
+  Also, per such field, what it sets (for the messages).
+  """
+  widths = {
+    f.name: ("params/" + f.members[0].path, f.members[0].axis) for f in groups.families if f.members
+  }
+  kwargs = dict(kwargs) if method is None else {**kwargs, "method": method}
+  minimum: dict[str, int] = {}
+  ties = []
+  for field, ratios in controlled_widths(model, widths, *example_args, **kwargs):
+    if len(ratios) < 2:
+      continue
+    value = max(-(-small.kept[name].shape[-1] // ratio) for name, ratio in ratios.items())
+    for name, ratio in ratios.items():
+      minimum[name] = max(minimum.get(name, 0), ratio * value)
+    ties.append(f"{field_name(field)} sets the widths of {', '.join(sorted(ratios))}")
+  return minimum, ties
+
+
+def _compose(kept: np.ndarray, keep: np.ndarray) -> np.ndarray:
+  """The original indices of a second round's ``keep`` (indices into the first's ``kept``)."""
+  return kept[keep] if kept.ndim == 1 else np.take_along_axis(kept, keep, axis=1)
 
 
 def compact(model: Any, params: Any, *example_args: Any, low_rank: bool = False) -> Compacted:
@@ -250,8 +324,8 @@ def compact(model: Any, params: Any, *example_args: Any, low_rank: bool = False)
       groups = model.compaction_groups(groups)
     small = compact_function(apply, params, groups, x)
     for name, keep in small.kept.items():
-      kept[name] = kept[name][keep] if name in kept else keep
-    changed = any(len(k) < f.size for f, k in zip(groups.families, small.kept.values()))
+      kept[name] = _compose(kept[name], keep) if name in kept else keep
+    changed = any(k.shape[-1] < f.size for f, k in zip(groups.families, small.kept.values()))
     params = jax.tree_util.tree_map(jnp.asarray, small.params)
     current = model.with_widths_of(params)
     if not changed:
@@ -342,23 +416,28 @@ def compact_nnx(
 
 
 def _set_nnx_sizes(module: Any, nnx: Any) -> None:
-  """Size attributes of the standard NNX layers, from their (new) arrays."""
+  """Size attributes of the standard NNX layers, from their (new) arrays.
+
+  The trailing axes of each array: a layer stacked by ``nnx.vmap`` (the
+  layers of an ``nnx.scan``) has leading layer axes.
+  """
 
   def shape(variable: Any) -> tuple[int, ...]:
     return tuple(np.shape(variable.get_value()))
 
   if isinstance(module, nnx.Linear):
-    module.in_features, module.out_features = shape(module.kernel)
+    module.in_features, module.out_features = shape(module.kernel)[-2:]
   elif isinstance(module, nnx.Conv):
     kernel = shape(module.kernel)
     module.in_features = kernel[-2] * module.feature_group_count
     module.out_features = kernel[-1]
   elif isinstance(module, nnx.LinearGeneral):
     kernel = shape(module.kernel)
-    n_in = len(module.in_features)
+    n_in, n_out = len(module.in_features), len(module.out_features)
+    kernel = kernel[len(kernel) - n_in - n_out :]
     module.in_features, module.out_features = kernel[:n_in], kernel[n_in:]
   elif isinstance(module, nnx.MultiHeadAttention):
-    features, heads, head_dim = shape(module.query.kernel)
+    features, heads, head_dim = shape(module.query.kernel)[-3:]
     module.in_features, module.num_heads, module.head_dim = features, heads, head_dim
     module.qkv_features = heads * head_dim
     module.out_features = shape(module.out.kernel)[-1]
@@ -369,4 +448,4 @@ def _set_nnx_sizes(module: Any, nnx: Any) -> None:
         module.num_features = shape(variable)[-1]
         break
   elif isinstance(module, nnx.Embed):
-    module.num_embeddings, module.features = shape(module.embedding)
+    module.num_embeddings, module.features = shape(module.embedding)[-2:]

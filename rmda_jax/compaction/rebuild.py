@@ -4,9 +4,10 @@ A linen module's layer widths are attributes -- of the standard layers
 (``nn.Dense.features``, ``nn.Conv.features``, ``nn.DenseGeneral.features``,
 ``nn.MultiHeadDotProductAttention.num_heads`` / ``qkv_features``) and, for a
 user's module, of the module itself (``hidden: int = 64`` passed down to
-``nn.Dense(self.hidden)``). :func:`rebuild_linen` takes a module and the
+``nn.Dense(self.hidden)``) or of a config it holds (``config:
+TransformerConfig`` with ``mlp_dim``, a dataclass). :func:`rebuild_linen` takes a module and the
 shapes its compacted variables must have, and finds the module's integer
-fields (or entries of integer-tuple fields) whose new values give exactly
+fields (entries of integer-tuple fields, fields of dataclass fields) whose new values give exactly
 those shapes: a field equal to a family's old width ``n`` becomes the new
 width ``n'``; a field that is a multiple ``k n`` (``qkv_features = heads x
 head_dim``) becomes ``k n'``; pairs are tried when no single field fits
@@ -16,7 +17,10 @@ only when all of its variables have the target shapes.
 
 When no choice of fields fits, the error names the layer and the attribute
 that holds the width (``Dense_0.features (64) is set inside
-MyModel.__call__, not by a field of MyModel``).
+MyModel.__call__, not by a field of MyModel``), or the field that sets the
+widths of several layers that were cut to different widths.
+:func:`controlled_widths` tells which layers' widths a field sets, so that
+:func:`rmda_jax.compact_linen` can keep such layers at one width.
 
 Example:
   >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -56,7 +60,9 @@ WIDTH_ATTRIBUTES = {
 
 
 def _shapes(tree) -> dict:
-  keyed = jax.tree_util.tree_flatten_with_path(tree)[0]
+  from flax.core import meta
+
+  keyed = jax.tree_util.tree_flatten_with_path(meta.unbox(tree))[0]
   return {
     "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp): tuple(np.shape(x))
     for kp, x in keyed
@@ -80,36 +86,99 @@ def _init_shapes(model, example_args, kwargs) -> tuple[dict, dict]:
   return _shapes(jax.eval_shape(init, *example_args)), layers
 
 
-def _int_fields(model) -> list:
-  """``(field, index or None, value)`` for every int field and int entry of a tuple field."""
+def _int_fields(model: Any, prefix: tuple[str, ...] = ()) -> list:
+  """``(field path, index or None, value)`` of every int field and int entry of a tuple field.
+
+  The field path is a tuple of names: ``("hidden",)``, or ``("config",
+  "mlp_dim")`` for a field of a dataclass field (not of a submodule).
+  """
+  from flax import linen as nn
+
   out = []
   for f in dataclasses.fields(model):
     if f.name in ("parent", "name") or f.name.startswith("_"):
       continue
     value = getattr(model, f.name)
+    path = prefix + (f.name,)
     if isinstance(value, bool):
       continue
     if isinstance(value, int):
-      out.append((f.name, None, value))
+      out.append((path, None, value))
     elif (
       isinstance(value, (tuple, list))
       and value
       and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
-      out.extend((f.name, i, v) for i, v in enumerate(value))
+      out.extend((path, i, v) for i, v in enumerate(value))
+    elif (
+      dataclasses.is_dataclass(value)
+      and not isinstance(value, (type, nn.Module))
+      and len(prefix) < 2
+    ):
+      out.extend(_int_fields(value, path))
   return out
 
 
+def field_name(field: tuple) -> str:
+  """``config.mlp_dim`` or ``features[1]`` for an entry of :func:`_int_fields`."""
+  path, index = field[0], field[1]
+  return ".".join(path) + ("" if index is None else f"[{index}]")
+
+
+def _replaced(obj: Any, path: tuple[str, ...], index: int | None, new: int) -> Any:
+  """``obj`` with the field at ``path`` (entry ``index`` of a tuple) set to ``new``."""
+  head, rest = path[0], path[1:]
+  value = getattr(obj, head)
+  if rest:
+    value = _replaced(value, rest, index, new)
+  elif index is not None:
+    entries = list(value)
+    entries[index] = new
+    value = type(value)(entries)
+  else:
+    value = new
+  if hasattr(obj, "clone") and callable(obj.clone):
+    return obj.clone(**{head: value})
+  return dataclasses.replace(obj, **{head: value})
+
+
 def _with(model, changes):
-  fields = {}
-  for (name, index, _), new in changes:
-    if index is None:
-      fields[name] = new
-    else:
-      current = list(fields.get(name, getattr(model, name)))
-      current[index] = new
-      fields[name] = type(getattr(model, name))(current)
-  return model.clone(**fields)
+  for (path, index, _), new in changes:
+    model = _replaced(model, path, index, new)
+  return model
+
+
+def controlled_widths(
+  model: Any, widths: dict[str, tuple[str, int]], *example_args: Any, **kwargs: Any
+) -> list[tuple[tuple, dict[str, int]]]:
+  """Which of ``widths`` each integer field of ``model`` sets, and how.
+
+  ``widths`` maps a name (a family) to ``(path, axis)`` of a variable whose
+  axis is that width (paths as ``"params/Dense_0/kernel"``). A field sets a
+  width when doubling the field doubles it (checked by ``jax.eval_shape``
+  of ``init``); the result lists, per such field, the widths it sets as
+  ``name -> width / field value``.
+  """
+  shapes, _ = _init_shapes(model, example_args, kwargs)
+  out = []
+  for field in _int_fields(model):
+    value = field[2]
+    if value < 1:
+      continue
+    try:
+      doubled, _ = _init_shapes(_with(model, [(field, 2 * value)]), example_args, kwargs)
+    except Exception:  # a value the module's own checks reject: it sets nothing we can use
+      continue
+    ratios = {}
+    for name, (path, axis) in widths.items():
+      old, new = shapes.get(path), doubled.get(path)
+      if old is None or new is None or len(old) != len(new):
+        continue
+      if new[axis] == 2 * old[axis] and old[axis] % value == 0:
+        ratios[name] = old[axis] // value
+    if ratios:
+      out.append((field, ratios))
+  return out
 
 
 def _mismatched(shapes, target) -> set:
@@ -222,9 +291,7 @@ def _explain(model, wrong, shapes, target, layers) -> str:
     if attributes
     else f"the width of {layer_path} ({kind})"
   )
-  fields = (
-    ", ".join(f"{n}{'' if i is None else f'[{i}]'}={v}" for n, i, v in _int_fields(model)) or "none"
-  )
+  fields = ", ".join(f"{field_name(f)}={f[2]}" for f in _int_fields(model)) or "none"
   return (
     f"cannot rebuild {type(model).__name__} smaller: {path} must become {target.get(path)} "
     f"(it is {shapes.get(path)}), but {where} is set inside {type(model).__name__}'s code, "

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,15 +30,18 @@ def removable_units(
 
   The whole group is zero, or its slices in the family's consumer leaves
   are; or, where ``producers`` (the slices that produce the unit, in any
-  leaf, for a computation that keeps a zero unit zero) are given, all of
-  those are.
+  leaf, for a computation that keeps a zero unit zero; with layer axes for a
+  family on stacked leaves) are given, all of those are. Shape ``(size,)``,
+  or ``(layers, size)`` for a family on stacked leaves.
   """
 
   def zero(members: tuple[Slice, ...]) -> np.ndarray:
     if not members:
-      return np.zeros(family.size, bool)
+      return np.zeros(
+        (family.size,) if family.layers is None else (family.layers, family.size), bool
+      )
     layout = GroupLayout.of_family(
-      Family(family.name, family.kind, family.size, members),
+      dataclasses.replace(family, members=members, consumers=(), weight=None),
       [np.shape(leaves[m.path]) for m in members],
     )
     return ~np.asarray(layout.nonzero([jnp.asarray(leaves[m.path], jnp.float32) for m in members]))

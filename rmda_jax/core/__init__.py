@@ -21,7 +21,15 @@ Nothing here imports another subpackage of :mod:`rmda_jax`.
 from rmda_jax.core import checks, extras, groups, layout, numerics, rules, trees
 from rmda_jax.core.groups import Family, Groups, Slice, Unprunable
 from rmda_jax.core.layout import GroupLayout
-from rmda_jax.core.rules import Elementwise, GroupRule, Matrix, by_path
+from rmda_jax.core.rules import (
+  Elementwise,
+  GroupRule,
+  Matrix,
+  PerLayer,
+  by_path,
+  layer_axes_of,
+  per_layer,
+)
 
 __all__ = [
   "Elementwise",
@@ -30,14 +38,17 @@ __all__ = [
   "GroupRule",
   "Groups",
   "Matrix",
+  "PerLayer",
   "Slice",
   "Unprunable",
   "by_path",
   "checks",
   "extras",
   "groups",
+  "layer_axes_of",
   "layout",
   "numerics",
+  "per_layer",
   "rules",
   "trees",
 ]

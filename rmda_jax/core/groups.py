@@ -55,17 +55,27 @@ class Slice:
     split: the axis viewed as this row-major shape, ``()`` for the axis
       itself; ``prod(split)`` is the axis size.
     position: which factor of ``split`` is the group index.
+    layer_axis: the leaf axis that indexes the layers of a stacked leaf (the
+      parameters of a ``scan`` over layers, shape ``(layers, ...)``) in a
+      family whose groups are per layer (:attr:`Family.layers`); None
+      otherwise. Must differ from ``axis``.
   """
 
   path: str
   axis: int
   split: tuple[int, ...] = ()
   position: int = 0
+  layer_axis: int | None = None
 
   def __post_init__(self) -> None:
     object.__setattr__(self, "split", tuple(int(s) for s in self.split))
     if self.axis < 0:
       raise ValueError(f"Slice {self.path!r}: axis must be >= 0, got {self.axis}.")
+    if self.layer_axis is not None and not 0 <= self.layer_axis != self.axis:
+      raise ValueError(
+        f"Slice {self.path!r}: layer_axis must be an axis >= 0 other than axis {self.axis}, "
+        f"got {self.layer_axis}."
+      )
     if self.split and not 0 <= self.position < len(self.split):
       raise ValueError(
         f"Slice {self.path!r}: position {self.position} out of range for split {self.split}."
@@ -83,6 +93,12 @@ class Slice:
     """The group index's axis in :meth:`expanded_shape`."""
     return self.axis + self.position
 
+  def expanded_layer_axis(self) -> int | None:
+    """The layer axis in :meth:`expanded_shape` (None without one)."""
+    if self.layer_axis is None or self.layer_axis < self.axis:
+      return self.layer_axis
+    return self.layer_axis + max(len(self.split), 1) - 1
+
   def num_groups(self, shape: Sequence[int]) -> int:
     return self.expanded_shape(shape)[self.group_axis()]
 
@@ -91,6 +107,8 @@ class Slice:
     shape = tuple(shape)
     if self.axis >= len(shape):
       return f"axis {self.axis} is out of range for shape {shape}"
+    if self.layer_axis is not None and self.layer_axis >= len(shape):
+      return f"layer axis {self.layer_axis} is out of range for shape {shape}"
     if self.split and math.prod(self.split) != shape[self.axis]:
       return (
         f"split {self.split} does not multiply to axis {self.axis}'s size {shape[self.axis]} "
@@ -99,26 +117,36 @@ class Slice:
     return None
 
   def describe(self) -> str:
+    """``path[axis ...]``, with the split and the layer axis where there are ones."""
+    layers = "" if self.layer_axis is None else f", per layer of axis {self.layer_axis}"
     if not self.split:
-      return f"{self.path}[axis {self.axis}]"
-    return f"{self.path}[axis {self.axis} as {self.split}, factor {self.position}]"
+      return f"{self.path}[axis {self.axis}{layers}]"
+    return f"{self.path}[axis {self.axis} as {self.split}, factor {self.position}{layers}]"
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
   """All groups of one unit type of one layer: ``size`` groups over ``members``.
 
+  On stacked leaves (the parameters of a ``scan`` over ``layers`` layers) a
+  family holds the same units of every layer: group ``(l, j)`` is unit ``j``
+  of layer ``l``, index ``l`` of each member's :attr:`Slice.layer_axis`, so
+  each layer keeps or loses its units on its own and every computation on the
+  groups is one pass over the stacked leaves.
+
   Attributes:
     name: a readable name (the layer that produces the units).
     kind: ``"units"`` (hidden units, channels), ``"heads"`` (attention heads),
       ``"inputs"`` (features of the model's input), or ``"declared"``.
-    size: the number of groups.
+    size: the number of groups (per layer, for a family with ``layers``).
     members: the :class:`Slice` of every leaf the groups span.
     weight: ``w_g`` of every group; None means ``sqrt(total group size)``.
     consumers: paths of the leaves the unit is contracted against (a
       consumer kernel's rows, an output projection): zeroing a group's slices
       in these alone removes the unit exactly. Empty when only the whole
       group does (or when unknown, for hand-written families).
+    layers: the number of layers of a family on stacked leaves (every member
+      has a ``layer_axis`` of this size), or None.
   """
 
   name: str
@@ -127,6 +155,7 @@ class Family:
   members: tuple[Slice, ...]
   weight: float | None = None
   consumers: tuple[str, ...] = ()
+  layers: int | None = None
 
   def __post_init__(self) -> None:
     object.__setattr__(self, "members", tuple(self.members))
@@ -142,14 +171,28 @@ class Family:
       raise ValueError(
         f"Family {self.name!r}: weight must be a finite number >= 0, got {self.weight!r}."
       )
+    layered = [m.layer_axis is not None for m in self.members]
+    if self.layers is not None and (self.layers < 1 or not all(layered)):
+      raise ValueError(
+        f"Family {self.name!r}: a family with layers={self.layers} needs layers >= 1 and a "
+        "layer_axis on every member."
+      )
+    if self.layers is None and any(layered):
+      raise ValueError(f"Family {self.name!r}: members with a layer_axis need the family's layers.")
 
   @property
-  def paths(self) -> tuple:
+  def paths(self) -> tuple[str, ...]:
+    """The paths of the member leaves."""
     return tuple(m.path for m in self.members)
+
+  @property
+  def num_groups(self) -> int:
+    """Groups of the family: ``size``, times ``layers`` on stacked leaves."""
+    return self.size * (self.layers or 1)
 
   def group_size(self, shapes: Mapping[str, Sequence[int]]) -> int:
     """Entries in one group, given the member leaves' shapes by path."""
-    return sum(math.prod(shapes[m.path]) // self.size for m in self.members)
+    return sum(math.prod(shapes[m.path]) // self.num_groups for m in self.members)
 
   def group_weight(self, shapes: Mapping[str, Sequence[int]]) -> float:
     return float(self.weight) if self.weight is not None else math.sqrt(self.group_size(shapes))
@@ -212,7 +255,8 @@ class Groups:
     return dataclasses.replace(self, families=tuple(f for f in self.families if f.kind in kinds))
 
   def num_groups(self) -> int:
-    return sum(f.size for f in self.families)
+    """Groups over all families."""
+    return sum(f.num_groups for f in self.families)
 
   def summary(self, shapes: Mapping[str, Sequence[int]] | None = None) -> str:
     """A table: kind, layer, groups, entries per group (when ``shapes`` is given), leaves."""
@@ -221,7 +265,8 @@ class Groups:
       for f in self.families:
         if f.kind == kind:
           size = str(f.group_size(shapes)) if shapes is not None else "-"
-          rows.append((kind, f.name, str(f.size), size, ", ".join(f.paths)))
+          count = str(f.size) if f.layers is None else f"{f.layers} x {f.size}"
+          rows.append((kind, f.name, count, size, ", ".join(f.paths)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     total = f"{len(self.families)} families, {self.num_groups()} groups"

@@ -41,10 +41,10 @@ REDUCTIONS = ("sum", "max", "min")
 class GroupLayout:
   """The groups of one family, or of one leaf under a rule, laid on leaf shapes.
 
-  Per-group arrays have shape ``group_shape``: ``(n,)`` for a family, the
-  leaf's shape with the reduced axes kept as 1 for a rule, so that a per-leaf
-  rule runs plain ``keepdims`` reductions and broadcasts its results back
-  without a reshape.
+  Per-group arrays have shape ``group_shape``: ``(n,)`` for a family,
+  ``(layers, n)`` for a family on stacked leaves, the leaf's shape with the
+  reduced axes kept as 1 for a rule, so that a per-leaf rule runs plain
+  ``keepdims`` reductions and broadcasts its results back without a reshape.
 
   Attributes:
     shapes: the member leaves' shapes.
@@ -53,7 +53,9 @@ class GroupLayout:
     group_shape: shape of per-group arrays.
     weight: ``w_g`` (the same for every group of the layout).
     spread_shapes: per member, the view's shape with every axis but the
-      group axis set to 1 (None for a per-leaf rule).
+      group (and layer) axes set to 1 (None for a per-leaf rule).
+    unit_first: per member, whether its unit axis comes before its layer
+      axis (per-group arrays are ``(layers, n)``, so those are transposed).
   """
 
   shapes: tuple[Shape, ...]
@@ -62,6 +64,7 @@ class GroupLayout:
   group_shape: Shape
   weight: float
   spread_shapes: tuple[Shape | None, ...]
+  unit_first: tuple[bool, ...] = ()
 
   @classmethod
   def of_rule(
@@ -71,23 +74,36 @@ class GroupLayout:
     shape = tuple(shape)
     group_shape = tuple(1 if a in rule.reduce_axes else s for a, s in enumerate(shape))
     weight = group_weight(shape, rule) if weight is None else weight
-    return cls((shape,), (None,), (tuple(rule.reduce_axes),), group_shape, float(weight), (None,))
+    return cls(
+      (shape,), (None,), (tuple(rule.reduce_axes),), group_shape, float(weight), (None,), (False,)
+    )
 
   @classmethod
   def of_family(cls, family: Family, shapes: Sequence[Sequence[int]]) -> GroupLayout:
     """The groups of ``family`` on member leaves of ``shapes`` (in the order of its members)."""
     shapes = tuple(tuple(s) for s in shapes)
-    views, reduce_axes, spread = [], [], []
+    views, reduce_axes, spread, unit_first = [], [], [], []
     for member, shape in zip(family.members, shapes):
       view = member.expanded_shape(shape)
-      axis = member.group_axis()
+      kept = {member.group_axis()}
+      layer = member.expanded_layer_axis()
+      if layer is not None:
+        kept.add(layer)
       views.append(view if view != shape else None)
-      reduce_axes.append(tuple(a for a in range(len(view)) if a != axis))
-      spread.append(tuple(s if a == axis else 1 for a, s in enumerate(view)))
-    size = sum(math.prod(s) for s in shapes) // max(family.size, 1)
+      reduce_axes.append(tuple(a for a in range(len(view)) if a not in kept))
+      spread.append(tuple(s if a in kept else 1 for a, s in enumerate(view)))
+      unit_first.append(layer is not None and member.group_axis() < layer)
+    size = sum(math.prod(s) for s in shapes) // max(family.num_groups, 1)
     weight = family.weight if family.weight is not None else math.sqrt(size)
+    group_shape = (family.size,) if family.layers is None else (family.layers, family.size)
     return cls(
-      shapes, tuple(views), tuple(reduce_axes), (family.size,), float(weight), tuple(spread)
+      shapes,
+      tuple(views),
+      tuple(reduce_axes),
+      group_shape,
+      float(weight),
+      tuple(spread),
+      tuple(unit_first),
     )
 
   @property
@@ -104,6 +120,12 @@ class GroupLayout:
     """Entries in one group (over all members)."""
     return sum(math.prod(s) for s in self.shapes) // max(self.num_groups, 1)
 
+  def _to_groups(self, reduced: jax.Array, member: int) -> jax.Array:
+    """A member's reduction (its kept axes in leaf order) as a per-group array."""
+    if self.unit_first and self.unit_first[member]:
+      return reduced.reshape(self.group_shape[::-1]).T
+    return reduced.reshape(self.group_shape)
+
   def _reduce(
     self,
     op: Callable[..., jax.Array],
@@ -117,7 +139,7 @@ class GroupLayout:
         x = x.reshape(view)
       r = op(x, axis=self.reduce_axes[m], keepdims=True)
       if self.coupled:
-        r = r.reshape(self.group_shape)
+        r = self._to_groups(r, m)
       total = r if total is None else combine(total, r)
     assert total is not None, "a layout has at least one member"
     return total
@@ -175,7 +197,7 @@ class GroupLayout:
       reduced = jax.lax.reduce(
         tuple(xs), tuple(init(op, dtype) for op in ops), computation, tuple(self.reduce_axes[m])
       )
-      reduced = [r.reshape(self.group_shape) for r in reduced]
+      reduced = [self._to_groups(r, m) for r in reduced]
       totals = (
         reduced if totals is None else [combine[op](t, r) for op, t, r in zip(ops, totals, reduced)]
       )
@@ -194,6 +216,8 @@ class GroupLayout:
     spread_shape = self.spread_shapes[member]
     if spread_shape is None:
       return per_group
+    if self.unit_first and self.unit_first[member]:
+      per_group = per_group.T
     keep = per_group.reshape(spread_shape)
     view = self.views[member]
     if view is None:

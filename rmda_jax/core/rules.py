@@ -30,6 +30,19 @@ and other ``DenseGeneral`` kernels one group per input feature (axis 0).
 ``grouping="output"`` gives one group per output feature / filter (axis
 ``ndim - 1``) instead; heads stay heads. For groups that span several leaves
 (a whole hidden unit, channel or head), see :func:`rmda_jax.discover_groups`.
+
+**Stacked layers.** The params of a ``scan`` over layers (``nn.scan``,
+``nnx.vmap`` + ``nnx.scan``) hold every layer in one leaf, ``(layers, in,
+out)`` for a Dense kernel. A leaf's shape alone does not say so: a
+``(layers, in, out)`` kernel reads as a 1-D conv kernel ``(width, in, out)``,
+whose default groups (one per input channel, over the width) would mix
+layers. :func:`per_layer` applies any rule to each layer of the leaves it is
+told are stacked, never reducing over the layer axes: by the logical axis
+names the params carry (``nn.scan(..., metadata_params={nn.PARTITION_NAME:
+"layers"})``, ``nnx.vmap(..., transform_metadata={nnx.PARTITION_NAME:
+"layers"})``, :func:`layer_axes_of`), or by explicit patterns. The groups of
+:func:`rmda_jax.discover_groups` are per layer on stacked leaves by
+themselves.
 """
 
 from __future__ import annotations
@@ -90,7 +103,18 @@ class Elementwise:
 
 @dataclasses.dataclass(frozen=True)
 class Matrix:
-  """The leaf is penalized as the matrix ``reshape(leaf, (-1, shape[-1]))``."""
+  """The leaf is penalized as the matrix ``reshape(leaf, (-1, shape[-1]))``.
+
+  Attributes:
+    layer_axes: axes indexing the layers of a stacked leaf (not the last):
+      each layer is a matrix of its own (the other axes, the last one as
+      columns).
+  """
+
+  layer_axes: tuple[int, ...] = ()
+
+  def __post_init__(self) -> None:
+    object.__setattr__(self, "layer_axes", checks.check_axes(self.layer_axes, "Matrix.layer_axes"))
 
 
 #: A per-leaf rule.
@@ -195,6 +219,159 @@ class PathRules:
     return [p for p, _ in self.patterns if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
 
 
+@dataclasses.dataclass(frozen=True)
+class PerLayer:
+  """The callable :func:`per_layer` returns: a rule applied to each layer of stacked leaves.
+
+  Attributes:
+    layer_axes: ``(glob pattern, layer axes)`` pairs on leaf paths, first
+      match wins.
+    rule: the rule of one layer: a :data:`RuleFn`, or None for the
+      regularizer's default (bound by :meth:`with_default`).
+  """
+
+  layer_axes: tuple[tuple[str, tuple[int, ...]], ...]
+  rule: RuleFn | None = None
+
+  def with_default(self, default: RuleFn) -> PerLayer:
+    """This, with ``default`` as the rule of one layer where none was given."""
+    return self if self.rule is not None else dataclasses.replace(self, rule=default)
+
+  def axes_of(self, path: str) -> tuple[int, ...]:
+    """The layer axes of the leaf at ``path`` (``()`` for a leaf that is not stacked)."""
+    for pattern, axes in self.layer_axes:
+      if fnmatch.fnmatchcase(path, pattern):
+        return axes
+    return ()
+
+  def unmatched(self, paths: Sequence[str]) -> list[str]:
+    """The patterns that match none of ``paths`` (and those of the rule of one layer)."""
+    inner = self.rule.unmatched(paths) if isinstance(self.rule, (PathRules, PerLayer)) else []
+    mine = [
+      p for p, _ in self.layer_axes if not any(fnmatch.fnmatchcase(path, p) for path in paths)
+    ]
+    return mine + inner
+
+  def __call__(self, path: str, leaf: Any) -> Rule | None:
+    assert self.rule is not None, "resolve_rules binds the regularizer's default rule"
+    shape = tuple(jax.numpy.shape(leaf))
+    ndim = len(shape)
+    axes = self.axes_of(path)
+    if not axes:
+      return self.rule(path, leaf)
+    if any(not -ndim <= a < ndim for a in axes) or len({a % ndim for a in axes}) != len(axes):
+      raise ValueError(
+        f"rules: layer axes {axes} of leaf {path!r} do not fit its shape {shape} "
+        f"(distinct axes in {-ndim} .. {ndim - 1})."
+      )
+    layers = sorted(a % ndim for a in axes)
+    rest = [a for a in range(ndim) if a not in layers]
+    one_layer = jax.ShapeDtypeStruct(
+      tuple(shape[a] for a in rest), jax.numpy.result_type(getattr(leaf, "dtype", float))
+    )
+    rule = self.rule(path, one_layer)
+    if isinstance(rule, GroupRule):
+      inner = len(rest)
+      if any(not -inner <= a < inner for a in rule.reduce_axes):
+        raise ValueError(
+          f"rules: the rule of one layer of {path!r} reduces axes {rule.reduce_axes}, out of "
+          f"range for the layer's shape {one_layer.shape}."
+        )
+      return GroupRule(tuple(rest[a % inner] for a in rule.reduce_axes), rule.weight)
+    if isinstance(rule, Matrix):
+      return Matrix(tuple(layers) + tuple(rest[a] for a in rule.layer_axes))
+    return rule
+
+
+def per_layer(
+  layer_axes: Any, rule: RuleFn | None = None, *, names: Sequence[str] = ("layers",)
+) -> PerLayer:
+  """Rules applied to each layer of stacked leaves: groups never span two layers.
+
+  Args:
+    layer_axes: which leaves are stacked, and along which axes: a mapping
+      from glob patterns on leaf paths to an axis or a tuple of axes
+      (``{"*/layers/*": 0}``), or the params carrying logical axis names
+      (see :func:`layer_axes_of`), whose axes named in ``names`` are the
+      layer axes.
+    rule: the rule of one layer, a ``(path, leaf) -> rule`` callable that
+      sees the leaf with its layer axes removed; None: the regularizer's
+      default rule.
+    names: the logical names of layer axes, when ``layer_axes`` are params.
+
+  Returns:
+    A :data:`RuleFn` for any regularizer's ``rules``: a :class:`GroupRule`
+    of one layer never reduces a layer axis, a :class:`Matrix` gets the
+    layer axes (one matrix per layer), and other rules are unchanged. A
+    pattern that matches no leaf is an error where the rules meet the params.
+
+  Example:
+    >>> import jax.numpy as jnp, rmda_jax
+    >>> from rmda_jax.core import rules
+    >>> params = {"layers": {"kernel": jnp.ones((4, 8, 3))}}   # 4 stacked (8, 3) kernels
+    >>> rule = rules.per_layer({"layers/*": 0}).with_default(rules.default_group_rule())
+    >>> rule("layers/kernel", params["layers"]["kernel"])   # one group per layer and input
+    GroupRule(reduce_axes=(2,), weight=None)
+  """
+  if isinstance(layer_axes, Mapping) and all(
+    isinstance(v, int) or (isinstance(v, (tuple, list)) and all(isinstance(a, int) for a in v))
+    for v in layer_axes.values()
+  ):
+    pairs = tuple(
+      (str(p), (int(a),) if isinstance(a, int) else tuple(int(b) for b in a))
+      for p, a in layer_axes.items()
+    )
+  else:
+    pairs = tuple((p, a) for p, a in layer_axes_of(layer_axes, names).items())
+  if rule is not None and not callable(rule):
+    raise TypeError(
+      f"per_layer: rule must be a (path, leaf) -> rule callable or None, got {rule!r}."
+    )
+  return PerLayer(pairs, rule)
+
+
+def layer_axes_of(params: Any, names: Sequence[str] = ("layers",)) -> dict[str, tuple[int, ...]]:
+  """Per leaf path, its axes whose logical name is in ``names`` (leaves with none left out).
+
+  ``params`` carries the names as Flax puts them: linen boxes
+  (``nn.with_logical_partitioning``, ``nn.Partitioned``: the params as
+  ``model.init`` returns them, before ``nn.unbox``), NNX variables with
+  ``sharding`` metadata (an ``nnx.State``), or a tree of
+  ``jax.sharding.PartitionSpec`` (``nn.get_partition_spec``,
+  ``nnx.get_partition_spec``). Paths are those of the unboxed params.
+  """
+  wanted = set(names)
+
+  def is_named(x: Any) -> bool:
+    return isinstance(x, jax.sharding.PartitionSpec) or _axis_names(x) is not None
+
+  keyed = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_named)[0]
+  out = {}
+  for key_path, leaf in keyed:
+    axis_names = tuple(leaf) if isinstance(leaf, jax.sharding.PartitionSpec) else _axis_names(leaf)
+    if not axis_names:
+      continue
+    axes = tuple(i for i, n in enumerate(axis_names) if n in wanted)
+    if axes:
+      out[path_to_str(key_path)] = axes
+  return out
+
+
+def _axis_names(x: Any) -> tuple | None:
+  """The logical axis names a Flax box or NNX variable carries, or None."""
+  names = getattr(x, "names", None)  # linen nn.Partitioned / LogicallyPartitioned
+  if isinstance(names, (tuple, list)):
+    return tuple(names)
+  get_metadata = getattr(x, "get_metadata", None)  # nnx.Variable
+  if callable(get_metadata):
+    metadata = get_metadata()
+    for key in ("sharding", "sharding_names", "out_sharding"):
+      value = metadata.get(key) if isinstance(metadata, Mapping) else None
+      if isinstance(value, (tuple, list, jax.sharding.PartitionSpec)):
+        return tuple(value)
+  return None
+
+
 def _is_rule_leaf(x: Any) -> bool:
   return x is None or isinstance(x, (GroupRule, Elementwise, Matrix))
 
@@ -224,9 +401,11 @@ def resolve_rules(
   leaves = [leaf for _, leaf in keyed]
   if spec is None:
     spec = default
+  if isinstance(spec, PerLayer):
+    spec = spec.with_default(default)
   if callable(spec) and not _is_rule_leaf(spec):
     rules = [spec(p, x) for p, x in zip(paths, leaves)]
-    unmatched = spec.unmatched(paths) if isinstance(spec, PathRules) else []
+    unmatched = spec.unmatched(paths) if isinstance(spec, (PathRules, PerLayer)) else []
     if unmatched:
       raise ValueError(
         f"{argname}: the pattern(s) {unmatched} match no leaf of the params "
@@ -289,6 +468,14 @@ def _check_rule(rule: Any, path: str, leaf: Any, expected: type, argname: str) -
     raise ValueError(
       f"{argname}: the nuclear norm needs a leaf with ndim >= 2, but {path!r} has shape {shape}."
     )
+  if isinstance(rule, Matrix) and rule.layer_axes:
+    layers = sorted({a % ndim for a in rule.layer_axes if -ndim <= a < ndim})
+    if len(layers) != len(rule.layer_axes) or ndim - 1 in layers or ndim - len(layers) < 2:
+      raise ValueError(
+        f"{argname}: layer axes {rule.layer_axes} of leaf {path!r} (shape {shape}) must be "
+        f"distinct axes in {-ndim} .. {ndim - 2}, not the last, leaving at least two."
+      )
+    rule = Matrix(tuple(layers))
   if math.prod(shape) == 0:
     return None
   return rule

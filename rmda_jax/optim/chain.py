@@ -27,11 +27,15 @@ from rmda_jax.core.trees import check_like_params
 class CountState(NamedTuple):
   """State of the blocks that only need the step count.
 
+  The field is not named ``count``: a block holding it sits beside the
+  optimizer's own counter (the dual-averaging sums, the momentum), and
+  ``optax.tree_utils.tree_get(state, "count")`` must find exactly one.
+
   Attributes:
-    count: int32, updates applied so far.
+    steps: int32, updates applied so far.
   """
 
-  count: jax.Array
+  steps: jax.Array
 
 
 def zero_count() -> jax.Array:

@@ -54,13 +54,17 @@ DISTRIBUTIONS = ("erk", "uniform")
 class RigLState(NamedTuple):
   """State of :func:`rigl`.
 
+  The step counter is ``steps``, not ``count``, so that
+  ``optax.tree_utils.tree_get(state, "count")`` finds the wrapped
+  optimizer's counter alone.
+
   Attributes:
-    count: int32, steps taken.
+    steps: int32, steps taken.
     masks: a boolean tree like the params (all True on the dense leaves).
     inner_state: the wrapped optimizer's state (moments of masked weights are 0).
   """
 
-  count: jax.Array
+  steps: jax.Array
   masks: Any
   inner_state: Any
 
@@ -296,7 +300,7 @@ def _drop_and_grow_training(
     masked_grads = apply_masks(grads, state.masks)
     updates, inner_state = optimizer.update(masked_grads, state.inner_state, params, **extra_args)
     new_params = apply_masks(optax.apply_updates(params, updates), state.masks)
-    count = state.count
+    count = state.steps
     fraction = drop_fraction_at(count, drop_fraction, end_step)
     is_event = (count > 0) & (count < end_step) & (count % update_every == 0)
 
@@ -383,7 +387,12 @@ class _EntryMasks:
 
 @dataclasses.dataclass(frozen=True)
 class _GroupMasks:
-  """Masks that keep or drop whole coupled groups (structured RigL, see :func:`rigl`)."""
+  """Masks that keep or drop whole coupled groups (structured RigL, see :func:`rigl`).
+
+  A family on stacked leaves (``layers x n`` groups) is ``layers`` layers of
+  ``n`` groups: each layer gets its ERK density, its kept count and its
+  drop-and-grow swaps, as separate layers would, in one pass over the stack.
+  """
 
   groups: Groups
   sparsity: float
@@ -404,18 +413,30 @@ class _GroupMasks:
   def initial(self, params: optax.Params) -> optax.Params:
     placement, _ = self.terms(params)
     layouts: list[GroupLayout] = [t.rule for t in placement.terms]
-    shapes = [(layout.num_groups, layout.group_size) for layout in layouts]
+    layers = [_layers(layout) for layout in layouts]
+    # one ERK entry per layer: a stacked family's layers are layers of their own
+    shapes = [
+      (layout.group_shape[-1], layout.group_size)
+      for layout, n in zip(layouts, layers)
+      for _ in range(n)
+    ]
     densities = (
       erk_densities(shapes, self.sparsity, self.power_scale)
       if self.distribution == "erk"
       else [1 - self.sparsity] * len(shapes)
     )
     counts = [min(max(round(d * n), 1), n) for d, (n, _) in zip(densities, shapes)]
-    keys = jax.random.split(jax.random.PRNGKey(self.seed), max(len(layouts), 1))
+    keys = jax.random.split(jax.random.PRNGKey(self.seed), max(len(shapes), 1))
     masks = [jnp.ones(jnp.shape(x), bool) for x in placement.leaves]
-    for term, layout, count, key in zip(placement.terms, layouts, counts, keys):
-      order = jax.random.permutation(key, layout.num_groups)
-      kept = jnp.zeros(layout.num_groups, bool).at[order[:count]].set(True)
+    start = 0
+    for term, layout, n_layers in zip(placement.terms, layouts, layers):
+      rows = []
+      for layer in range(n_layers):
+        n = layout.group_shape[-1]
+        order = jax.random.permutation(keys[start + layer], n)
+        rows.append(jnp.zeros(n, bool).at[order[: counts[start + layer]]].set(True))
+      start += n_layers
+      kept = jnp.stack(rows).reshape(layout.group_shape)
       for member, i in enumerate(term.leaves):
         masks[i] = jnp.broadcast_to(layout.spread(kept, member), jnp.shape(placement.leaves[i]))
     return placement.unflatten(masks)
@@ -436,16 +457,16 @@ class _GroupMasks:
     for u, (term, is_consumer) in enumerate(zip(placement.terms, consumer_flags)):
       layout: GroupLayout = term.rule
       index = term.leaves
-      kept = _group_mask(new_masks, index, layout)
-      active = jnp.sum(kept, dtype=jnp.int32)
+      kept = _group_mask(new_masks, index, layout).reshape(-1, layout.group_shape[-1])
+      active = jnp.sum(kept, axis=-1, dtype=jnp.int32)  # per layer
       num_swap = jnp.round(fraction * active.astype(jnp.float32)).astype(jnp.int32)
       unit_key, tie_key = jax.random.split(jax.random.fold_in(key, u))
       # a zero group of a ReLU/GELU unit has a zero gradient: equal scores go to a random group
-      grow = _group_scores([flat_g[i] for i in index], layout)
+      grow = _group_scores([flat_g[i] for i in index], layout).reshape(kept.shape)
       grow = jnp.where(grow > 0, grow, -jax.random.uniform(tie_key, grow.shape))
-      new_kept, fresh = drop_and_grow(
-        _group_scores([new_weights[i] for i in index], layout), grow, kept, num_swap
-      )
+      scores = _group_scores([new_weights[i] for i in index], layout).reshape(kept.shape)
+      new_kept, fresh = jax.vmap(drop_and_grow)(scores, grow, kept, num_swap)
+      new_kept, fresh = new_kept.reshape(layout.group_shape), fresh.reshape(layout.group_shape)
       regrow = any(is_consumer)
       for member, i in enumerate(index):
         mask = jnp.broadcast_to(layout.spread(new_kept, member), jnp.shape(new_weights[i]))
@@ -455,6 +476,11 @@ class _GroupMasks:
           w = jnp.where(new, _resample(jax.random.fold_in(unit_key, member), w, mask & ~new), w)
         new_masks[i], new_weights[i] = mask, w
     return placement.unflatten(new_weights), placement.unflatten(new_masks)
+
+
+def _layers(layout: GroupLayout) -> int:
+  """The layers of a family's layout: ``layers`` for ``(layers, n)`` groups, else 1."""
+  return layout.group_shape[0] if len(layout.group_shape) == 2 else 1
 
 
 def _group_scores(arrays: list[jax.Array], layout: GroupLayout) -> jax.Array:

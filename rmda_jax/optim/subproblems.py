@@ -69,7 +69,7 @@ def proximal_gradient_subproblem(
   ) -> tuple[Any, Any]:
     del extra_args
     params = chain.require_params(params, "proximal_gradient_subproblem")
-    lr = value_at(learning_rate, state.count)
+    lr = value_at(learning_rate, state.steps)
 
     def center(params: optax.Params, direction: optax.Updates) -> optax.Params:
       return jax.tree_util.tree_map(lambda x, m: x.astype(m.dtype) - lr * m, params, direction)
@@ -77,8 +77,8 @@ def proximal_gradient_subproblem(
     y = center(params, updates)
     twin = twin_of(center, params, updates)
     return (
-      Subproblem(y, None, lr, None, None, state.count, twin),
-      chain.CountState(chain.next_count(state.count)),
+      Subproblem(y, None, lr, None, None, state.steps, twin),
+      chain.CountState(chain.next_count(state.steps)),
     )
 
   return optax.GradientTransformationExtraArgs(

@@ -73,11 +73,11 @@ def momentum_average(
   ) -> tuple[Any, Any]:
     del extra_args
     params = chain.require_params(params, "momentum_average")
-    c = value_at(momentum, state.count)
+    c = value_at(momentum, state.steps)
     if stages is not None:
-      c = stages.momentum(c, state.count)
+      c = stages.momentum(c, state.steps)
     new = trees.updates_to(_average(params, updates, c), params)
-    return new, chain.CountState(chain.next_count(state.count))
+    return new, chain.CountState(chain.next_count(state.steps))
 
   return optax.GradientTransformationExtraArgs(
     lambda params: chain.CountState(chain.zero_count()), update_fn

@@ -131,6 +131,11 @@ class GroupLasso(Regularizer):
         problem = member.check(shape)
         if problem is None and member.num_groups(shape) != family.size:
           problem = f"it holds {member.num_groups(shape)} groups, the family {family.size}"
+        if problem is None and member.layer_axis is not None:
+          if shape[member.layer_axis] != family.layers:
+            problem = (
+              f"its layer axis has {shape[member.layer_axis]} layers, the family {family.layers}"
+            )
         if problem:
           raise ValueError(
             f"groups: family {family.name!r} does not fit leaf {member.path!r}: {problem}."

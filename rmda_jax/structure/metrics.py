@@ -30,6 +30,7 @@ across steps and reports when it last changed (the identification step).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import chex
@@ -143,28 +144,39 @@ def weighted_group_sparsity(
   return _ratio(kept, total)
 
 
-def _matrices(params: optax.Params, regularizer: Regularizer | None) -> list[jax.Array]:
+def _matrices(
+  params: optax.Params, regularizer: Regularizer | None
+) -> list[tuple[jax.Array, tuple[int, ...]]]:
+  """Every regularized leaf, with its layer axes (``()`` for a leaf that is one matrix)."""
   spec = regularizer if isinstance(regularizer, NuclearNorm) else nuclear_norm(0.0)
   placement = spec.place(params)
-  return [jnp.asarray(placement.leaves[t.leaves[0]]) for t in placement.terms]
+  return [(jnp.asarray(placement.leaves[t.leaves[0]]), t.rule.layer_axes) for t in placement.terms]
 
 
 def ranks(params: optax.Params, regularizer: Regularizer | None = None) -> list[jax.Array]:
-  """Numerical rank of every regularized matrix (conv kernels as ``(-1, out)``)."""
+  """Numerical rank of every regularized matrix (conv kernels as ``(-1, out)``).
+
+  Per layer, shape ``(*layers,)``, for a stacked leaf.
+  """
   out = []
-  for x in _matrices(params, regularizer):
+  for x, layers in _matrices(params, regularizer):
     xc = as_compute_dtype(x)
-    sigma = singular_values(xc)
+    sigma = singular_values(xc, layers)
     # ~(<=): a NaN singular value counts towards the rank
-    out.append(jnp.sum(~(sigma <= rank_tolerance(sigma, as_matrix(xc).shape))))
+    kept = ~(sigma <= rank_tolerance(sigma, as_matrix(xc, layers).shape))
+    out.append(jnp.sum(kept, axis=-1))
   return out
 
 
 def low_rank_level(params: optax.Params, regularizer: Regularizer | None = None) -> jax.Array:
-  """``1 - sum rank / sum min(m, n)`` over the regularized matrices."""
+  """``1 - sum rank / sum min(m, n)`` over the regularized matrices (each layer's)."""
   mats = _matrices(params, regularizer)
-  total = sum(min(as_matrix(x).shape) for x in mats)
-  return _ratio(sum(ranks(params, regularizer), jnp.zeros((), jnp.int32)), total)
+  total = 0
+  for x, layers in mats:
+    shape = as_matrix(x, layers).shape
+    total += min(shape[-2:]) * math.prod(shape[:-2])
+  kept = sum((jnp.sum(r) for r in ranks(params, regularizer)), jnp.zeros((), jnp.int32))
+  return _ratio(kept, total)
 
 
 def on_set_fraction(params: optax.Params, regularizer: DiscreteValues) -> jax.Array:
@@ -336,5 +348,5 @@ def family_kept(params: optax.Params, groups: Groups | GroupLasso) -> dict[str, 
   out = {}
   for family, term in zip(regularizer.groups.families, placement.terms):
     support = nonzero_groups(placement.gather(placement.leaves, term), term.rule)
-    out[family.name] = (int(jnp.sum(support)), family.size)
+    out[family.name] = (int(jnp.sum(support)), family.num_groups)
   return out

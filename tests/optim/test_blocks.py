@@ -228,3 +228,17 @@ def test_dual_averaging_center_rounds_once_per_step_over_a_long_stage(lr, mean):
   err = np.abs(np.asarray(state.center["w"], np.float64) - want).max()
   bound = np.spacing(np.float32(np.abs(want).max())) * np.sqrt(steps)
   assert err <= bound, (err, bound)
+
+
+@pytest.mark.parametrize("name", ["rmda", "ramda", "prox_sgd", "prox_adamw", "prox_ssi"])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_tree_get_count_finds_the_one_step_counter(name, wrapped):
+  params = {"w": jnp.ones((3, 2))}
+  tx = getattr(rmda_jax, name)(0.1)
+  if wrapped:
+    tx = rmda_jax.rigl(tx, 0.5, end_step=10, update_every=2)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    updates, state = update(params, state, params)
+  assert int(optax.tree_utils.tree_get(state, "count")) == 3

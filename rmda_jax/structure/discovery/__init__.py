@@ -5,8 +5,13 @@
 dimensions it meets, through each primitive's dimension rules: contractions
 (``dot_general``, convolutions), elementwise ops with broadcasting,
 ``broadcast_in_dim``, transposes, reshapes that split or merge dimensions
-(heads), slices and splits (fused q/k/v), concatenation, reductions and nested
-jaxprs (``pjit``, ``custom_jvp`` / ``custom_vjp`` such as ``gelu``, ``remat``).
+(heads), slices and splits (fused q/k/v), concatenation (of pieces of one
+size, as an LSTM's gate kernels), reductions, nested jaxprs (``pjit``,
+``custom_jvp`` / ``custom_vjp`` such as ``gelu``, ``remat``) and control flow:
+``scan`` (the layers of a scan over stacked params have groups of their own,
+see :mod:`~rmda_jax.structure.discovery.tracing`; params closed over the body,
+as an RNN cell's, are one group for every step), ``while_loop`` /
+``fori_loop`` and ``cond`` / ``switch``.
 Dimensions are atoms of a union-find that can be *refined*: when a reshape
 splits an ``(H * D)`` axis into ``(H, D)``, every axis already linked to it is
 split the same way, so a head found after the projection is also a head of

@@ -4,8 +4,24 @@
 axes of operands and results that carry the same dimension (contractions,
 elementwise ops with broadcasting, reshapes that split or merge dimensions,
 slices, concatenation, convolutions, pooling, gathers), marking with a reason
-the dimensions it cannot follow exactly. Nested jaxprs are entered through
-:mod:`~rmda_jax.structure.discovery.control_flow`.
+the dimensions it cannot follow exactly.
+
+Control flow (:mod:`~rmda_jax.structure.discovery.control_flow`): a call's
+nested jaxpr runs once in a scope of its own. A ``scan`` body runs once for all
+iterations, symbolically: its consts and carry are the outer values' dimensions,
+each ``xs`` slice the outer axes but the first, which is the scan's iteration
+axis (shared by every ``xs`` and ``ys``); the carry it returns is linked to the
+carry it reads, so a dimension that flows through the carry is the same in
+every iteration. A ``while`` loop's body and condition read the carry the same
+way. The branches of a ``cond`` all read the operands and all give the
+results, so their links are the union of the branches'.
+
+A value computed from constants alone (literals, closed-over arrays, ``iota``)
+carries no dimension of its own. Combined elementwise with other values, its
+axis is linked (by :meth:`DimensionGraph.finish`, after the pass) only if it
+met one dimension: a causal mask broadcast over the batch follows the batch;
+a mask indexed per layer (a head mask of shape ``(layers, heads)``) that
+meets the heads of every layer does not couple them.
 """
 
 from __future__ import annotations
@@ -17,7 +33,7 @@ from jax.extend import core as jcore
 
 from rmda_jax.structure.discovery import control_flow
 from rmda_jax.structure.discovery.atoms import Atoms
-from rmda_jax.structure.discovery.control_flow import CALLS
+from rmda_jax.structure.discovery.control_flow import CALLS, CONTROL, Loop
 from rmda_jax.structure.discovery.primitives import (
   ADDITIVE,
   CUMULATIVE,
@@ -41,6 +57,10 @@ class DimensionGraph:
     self.unknown: list = []
     # atoms that are batch dimensions of a contraction between two activations
     self.batch_classes: list = []
+    self.constants: set = set()  # (scope, var) of values computed from constants alone
+    self.loops: list[Loop] = []  # every scan, in the order met
+    # (constant axis, result axis) of elementwise ops between a constant and a non-constant
+    self.constant_links: list[tuple[list[int], list[int]]] = []
 
   # ---- helpers
   def fresh(self, aval: Any) -> list[list[int]]:
@@ -77,10 +97,51 @@ class DimensionGraph:
     ins = [a for v in eqn.invars for a in self.all_atoms(v)]
     self.atoms.mark(ins + outs, f"used by {name}, which discovery does not know")
 
+  def is_constant(self, v: Any) -> bool:
+    """Whether ``v`` is a literal or computed from constants alone (in this scope)."""
+    return isinstance(v, jcore.Literal) or (self.scope, v) in self.constants
+
+  def bind(
+    self, variables: list[Any], outer: list[Any], constant: list[bool] | None = None
+  ) -> None:
+    """Give ``variables`` the axes ``outer`` (fresh ones for None), in the current scope.
+
+    ``constant`` says which of them are constants.
+    """
+    for k, (var, value) in enumerate(zip(variables, outer)):
+      self.define(var, value if isinstance(value, list) else self.fresh(var.aval))
+      if constant is not None and constant[k] and not isinstance(var, jcore.DropVar):
+        self.constants.add((self.scope, var))
+
+  def outer_axes(self, values: list[Any]) -> list[Any]:
+    """The axes of operands, None for a literal (bound to fresh axes)."""
+    return [None if isinstance(v, jcore.Literal) else self.axes(v) for v in values]
+
+  def results(self, jaxpr: jcore.Jaxpr) -> list[list[list[int]]]:
+    """The axes of a jaxpr's results (fresh ones for a literal result)."""
+    return [
+      self.fresh(v.aval) if isinstance(v, jcore.Literal) else self.axes(v) for v in jaxpr.outvars
+    ]
+
+  def finish(self) -> None:
+    """Link each constant's dimension to the one dimension it met, if only one (module doc)."""
+    keys = [tuple(self.atoms.find(a) for a in constant) for constant, _ in self.constant_links]
+    met: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
+    for key, (_, result) in zip(keys, self.constant_links):
+      met.setdefault(key, set()).add(tuple(self.atoms.find(a) for a in result))
+    for key, (constant, result) in zip(keys, self.constant_links):
+      if len(met[key]) == 1:
+        self.link(constant, result, "a constant")
+
   # ---- pass 1
   def run(self, jaxpr: jcore.Jaxpr) -> None:
+    for var in jaxpr.constvars:
+      self.constants.add((self.scope, var))
     for eqn in jaxpr.eqns:
       self.equation(eqn)
+      name = eqn.primitive.name
+      if name not in CALLS and name not in CONTROL and all(self.is_constant(v) for v in eqn.invars):
+        self.constants.update((self.scope, v) for v in eqn.outvars)
 
   def equation(self, eqn: Any) -> None:
     name = eqn.primitive.name
@@ -88,6 +149,12 @@ class DimensionGraph:
     params = eqn.params
     if name in CALLS:
       return self.call(eqn)
+    if name == "scan":
+      return self.scan(eqn)
+    if name == "while":
+      return self.while_loop(eqn)
+    if name == "cond":
+      return self.cond(eqn)
     if (
       name in LAYOUT
       or name in ZERO_PRESERVING_UNARY
@@ -163,31 +230,98 @@ class DimensionGraph:
     jaxpr = control_flow.nested(eqn)
     if jaxpr is None:
       return self.unknown_primitive(eqn)
-    ins, outs = eqn.invars, eqn.outvars
-    outer_axes = [None if isinstance(v, jcore.Literal) else self.axes(v) for v in ins]
+    operands = self.outer_axes(eqn.invars)
+    constant = [self.is_constant(v) for v in eqn.invars]
     self.scope = self.scope + (id(eqn),)
-    for axes, var in zip(outer_axes, jaxpr.invars):
-      self.define(var, axes if axes is not None else self.fresh(var.aval))
+    self.bind(jaxpr.invars, operands, constant)
     for var in jaxpr.constvars:
       self.axes(var)
     self.run(jaxpr)
-    inner_axes = [
-      self.fresh(v.aval) if isinstance(v, jcore.Literal) else self.axes(v) for v in jaxpr.outvars
-    ]
+    out = self.results(jaxpr)
+    constant = [self.is_constant(v) for v in jaxpr.outvars]
     self.scope = self.scope[:-1]
-    for outer, axes in zip(outs, inner_axes):
+    self.bind(eqn.outvars, out, constant)
+
+  def scan(self, eqn: Any) -> None:
+    """A scan body, once for every iteration: the carry tied across iterations (module doc)."""
+    parts = control_flow.scan_parts(eqn)
+    iteration = [self.atoms.new(parts.length)] if parts.length > 1 else []
+    consts, carry = self.outer_axes(parts.consts), self.outer_axes(parts.carry)
+    xs = []
+    for v in parts.xs:
+      axes = self.axes(v) if not isinstance(v, jcore.Literal) else self.fresh(v.aval)
+      self.link(axes[0], iteration, "a scan's iterations")
+      xs.append(axes[1:])
+    self.scope = self.scope + (id(eqn),)
+    self.loops.append(Loop(self.scope, iteration[0] if iteration else None, parts.length))
+    self.bind(parts.body_consts, consts)
+    self.bind(parts.body_carry, carry)
+    self.bind(parts.body_xs, xs)
+    self.run(parts.body)
+    out = self.results(parts.body)
+    carry_in = [self.axes(v) for v in parts.body_carry]
+    for old, new in zip(carry_in, out):
+      for a, b in zip(old, new):
+        self.link(a, b, "a scan's carry")
+    self.scope = self.scope[:-1]
+    n = len(parts.carry)
+    for outer, axes in zip(eqn.outvars[:n], carry_in):
+      self.define(outer, axes)
+    for outer, axes in zip(eqn.outvars[n:], out[n:]):
+      self.define(outer, [list(iteration)] + axes)
+
+  def while_loop(self, eqn: Any) -> None:
+    """A while loop's body and condition over the carry, tied across iterations."""
+    parts = control_flow.while_parts(eqn)
+    carry = [
+      self.fresh(v.aval) if isinstance(v, jcore.Literal) else self.axes(v) for v in parts.carry
+    ]
+    for part, jaxpr, consts in (
+      ("body", parts.body, self.outer_axes(parts.body_consts)),
+      ("cond", parts.cond, self.outer_axes(parts.cond_consts)),
+    ):
+      self.scope = self.scope + (id(eqn), part)
+      self.bind(jaxpr.invars[: len(consts)], consts)
+      self.bind(jaxpr.invars[len(consts) :], carry)
+      self.run(jaxpr)
+      if part == "body":
+        for old, new in zip(carry, self.results(jaxpr)):
+          for a, b in zip(old, new):
+            self.link(a, b, "a while loop's carry")
+      self.scope = self.scope[:-2]
+    for outer, axes in zip(eqn.outvars, carry):
+      self.define(outer, axes)
+
+  def cond(self, eqn: Any) -> None:
+    """Every branch of a cond on the same operands and results: the union of their links."""
+    operands = self.outer_axes(eqn.invars[1:])
+    out = [self.fresh(v.aval) for v in eqn.outvars]
+    for b, branch in enumerate(control_flow.cond_branches(eqn)):
+      self.scope = self.scope + (id(eqn), b)
+      self.bind(branch.invars, operands)
+      self.run(branch)
+      for axes, result in zip(out, self.results(branch)):
+        for a, r in zip(axes, result):
+          self.link(a, r, "a cond's branches")
+      self.scope = self.scope[:-2]
+    for outer, axes in zip(eqn.outvars, out):
       self.define(outer, axes)
 
   def elementwise(self, eqn: Any) -> None:
     out_aval = eqn.outvars[0].aval
     out = self.fresh(out_aval)
+    mixed = not all(self.is_constant(v) for v in eqn.invars)
     for v in eqn.invars:
       shape = np.shape(v.val) if isinstance(v, jcore.Literal) else v.aval.shape
       if len(shape) != len(out_aval.shape):
         continue
+      deferred = mixed and self.is_constant(v) and not isinstance(v, jcore.Literal)
       for i, axis in enumerate(self.axes(v)):
         if shape[i] == out_aval.shape[i]:
-          self.link(axis, out[i], eqn.primitive.name)
+          if deferred:
+            self.constant_links.append((axis, out[i]))
+          else:
+            self.link(axis, out[i], eqn.primitive.name)
     for v in eqn.outvars:
       self.define(v, out)
 
@@ -314,15 +448,29 @@ class DimensionGraph:
     self.define(out_v, out)
 
   def concatenate(self, eqn: Any) -> None:
+    """Pieces of one size are stacked: the result axis is ``(pieces, size)``, as a split reads it.
+
+    So the gates of an LSTM, concatenated into one kernel and split again,
+    carry one dimension; pieces of different sizes are not followed.
+    """
     dim = eqn.params["dimension"]
     out_v = eqn.outvars[0]
     out = self.fresh(out_v.aval)
+    sizes = {v.aval.shape[dim] for v in eqn.invars}
+    equal = len(sizes) == 1 and len(eqn.invars) > 1 and min(sizes) > 1
+    if equal:
+      parts = self.atoms.new(len(eqn.invars))
+      self.atoms.mark([parts], "cut into parts (concatenate)")
+      piece = [self.atoms.new(min(sizes))]
+      self.link(out[dim], [parts] + piece, "concatenate")
     for v in eqn.invars:
       for i, (a, b) in enumerate(zip(self.axes(v), out)):
-        if i == dim:
-          self.atoms.mark(a + b, "concatenated")
-        else:
+        if i != dim:
           self.link(a, b, "concatenate")
+        elif equal:
+          self.link(a, piece, "concatenate")
+        else:
+          self.atoms.mark(a + b, "concatenated")
     self.define(out_v, out)
 
   def pad(self, eqn: Any) -> None:

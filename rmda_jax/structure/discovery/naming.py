@@ -3,7 +3,7 @@
 Example:
   >>> from rmda_jax.structure.discovery.naming import canonical_slice
   >>> canonical_slice("attn/query/kernel", 1, [4, 16], 0)   # head factor of a fused (4 * 16) axis
-  Slice(path='attn/query/kernel', axis=1, split=(4, 16), position=0)
+  Slice(path='attn/query/kernel', axis=1, split=(4, 16), position=0, layer_axis=None)
 """
 
 from __future__ import annotations
@@ -44,24 +44,35 @@ def family_name(
 ) -> str:
   """The layer a family belongs to.
 
-  The module holding all its leaves, else the module of its first producer
-  kernel (the layer whose outputs the units are), else of its first producer.
+  The module holding all its leaves, else the module holding all its
+  producers (the cell of a recurrent layer, whose gates produce the units),
+  else the module of its first producer kernel (the layer whose outputs the
+  units are), else of its first producer.
   """
   if kind == "inputs":
     return "inputs of " + module_path(paths[min(consumers)]) if consumers else "inputs"
-  modules = [module_path(paths[i]).split("/") for i, _ in members]
+  common = _common_module([paths[i] for i, _ in members])
+  if common and len(members) > 1:
+    return common
+  producers = [paths[i] for i, _ in members if i not in consumers]
+  common = _common_module(producers)
+  if common and len({module_path(p) for p in producers}) > 1:
+    return common
+  kernels = [p for p in producers if p.rsplit("/", 1)[-1] == "kernel"]
+  if kernels or producers:
+    return module_path((kernels or producers)[0])
+  return module_path(paths[members[0][0]]) + " (consumer side)"
+
+
+def _common_module(paths: Sequence[str]) -> str:
+  """The longest module path holding all ``paths`` ("" if none)."""
+  modules = [module_path(p).split("/") for p in paths]
   common = []
   for parts in zip(*modules):
     if len(set(parts)) != 1:
       break
     common.append(parts[0])
-  if common and len(members) > 1:
-    return "/".join(common)
-  producers = [paths[i] for i, _ in members if i not in consumers]
-  kernels = [p for p in producers if p.rsplit("/", 1)[-1] == "kernel"]
-  if kernels or producers:
-    return module_path((kernels or producers)[0])
-  return module_path(paths[members[0][0]]) + " (consumer side)"
+  return "/".join(common)
 
 
 def unique_names(families: Sequence[Family]) -> list[Family]:

@@ -104,6 +104,9 @@ OTHER_BINARY = frozenset(
   }
 )
 
+#: Primitives on operands of one shape (up to size-1 broadcasting), entry by entry.
+ELEMENTWISE = MULTIPLICATIVE | ADDITIVE | OTHER_BINARY | frozenset({"select_n", "clamp"})
+
 
 LAYOUT = frozenset(
   {

@@ -5,11 +5,20 @@ abstract params, then both passes over the jaxpr (:mod:`~rmda_jax.structure.disc
 :mod:`~rmda_jax.structure.discovery.exits`); the :class:`Traced` result is
 what discovery assigns families from and what compaction re-evaluates with
 smaller shapes.
+
+**Layers of a scan.** The body of a ``scan`` over stacked layers runs once
+for all iterations, so a dimension of the body (a block's hidden units) is one
+dimension for all layers. It is *per layer* when nothing outside the body
+carries it without also carrying the scan's iteration axis: the stacked
+params ``(layers, ..., n)`` and the stacked outputs do, a carry or a
+closed-over param does not. Then unit ``j`` of layer ``l`` is a unit of its
+own (:meth:`Traced.layer_loops`), and discovery offers ``layers x n`` groups.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +30,7 @@ from jax.extend import core as jcore
 from rmda_jax.core.groups import Slice
 from rmda_jax.core.trees import path_to_str
 from rmda_jax.structure.discovery.atoms import Atoms
+from rmda_jax.structure.discovery.control_flow import Loop
 from rmda_jax.structure.discovery.exits import Exits
 from rmda_jax.structure.discovery.graph import DimensionGraph
 from rmda_jax.structure.discovery.naming import canonical_slice
@@ -91,6 +101,38 @@ class Traced:
       f"{member.describe()} is not a dimension of the computation (its axis is {sizes})."
     )
 
+  @functools.cached_property
+  def layer_loops(self) -> dict[int, Loop]:
+    """Per dimension that is per layer of a scan (module doc), that scan (the innermost)."""
+    find = self.atoms.find
+    carried = [
+      (scope, {find(a) for axis in axes for a in axis})
+      for (scope, _), axes in self.graph.env.items()
+    ]
+    loops = [loop for loop in self.graph.loops if loop.iteration is not None]
+    out: dict[int, Loop] = {}
+    for loop in sorted(loops, key=lambda loop: -len(loop.scope)):
+      assert loop.iteration is not None, "loops of one iteration were left out"
+      iteration, depth = find(loop.iteration), len(loop.scope)
+      inside, outside = set(), set()
+      for scope, classes in carried:
+        if scope[:depth] == loop.scope:
+          inside |= classes
+        elif iteration not in classes:
+          outside |= classes
+      for cls in inside - outside - {iteration}:
+        out.setdefault(cls, loop)
+    return out
+
+  def layer_axis(self, leaf: int, loop: Loop) -> int | None:
+    """The axis of leaf ``leaf`` that is exactly the iterations of ``loop`` (None if none is)."""
+    assert loop.iteration is not None, "a loop of one iteration has no layers"
+    iteration = self.atoms.find(loop.iteration)
+    for axis, atoms in enumerate(self.axis_atoms(leaf)):
+      if len(atoms) == 1 and self.atoms.find(atoms[0]) == iteration:
+        return axis
+    return None
+
 
 def trace(
   fn: Callable[..., Any],
@@ -141,9 +183,11 @@ def trace(
     va, vb = jaxpr.invars[index_of[pa]], jaxpr.invars[index_of[pb]]
     graph.link(graph.axes(va)[aa], graph.axes(vb)[ab], "a declared coupling")
   graph.run(jaxpr)
+  graph.finish()
 
   semantics = Exits(graph, param_vars)
   semantics.run(jaxpr)
+  semantics.finish()
   for v in jaxpr.outvars:
     if not isinstance(v, jcore.Literal):
       semantics.atoms_mark_classes(semantics.classes(v), "a model output")
