@@ -22,6 +22,7 @@ from control_flow_models import (
   StagedNet,
   bottleneck_resnet,
   cond_model,
+  gru_tagger,
   head_mask_encoder,
   lstm_tagger,
   nnx_stack,
@@ -38,6 +39,7 @@ from rmda_jax import compaction
 TRAINED = {
   "scanned_decoder": (scanned_decoder, 0.02, 60),
   "lstm_tagger": (lstm_tagger, 0.02, 60),
+  "gru_tagger": (gru_tagger, 0.02, 60),
   "bottleneck_resnet": (bottleneck_resnet, 0.02, 60),
   "cond_model": (cond_model, 0.05, 60),
   "while_recurrence": (while_recurrence, 0.1, 60),
@@ -194,3 +196,33 @@ def test_compact_nnx_cuts_scanned_blocks_and_they_keep_training():
     grads = nnx.grad(loss)(small)
     optimizer.update(small, grads)
   assert np.isfinite(float(loss(small))) and float(loss(small)) != before
+
+
+def test_nnx_scanned_blocks_trained_with_group_lasso_lose_units_per_layer():
+  model = nnx_stack()
+  model.eval()  # BatchNorm reads its statistics; the params still train
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 5))
+  groups = rmda_jax.discover_nnx(model, x)
+  nnx.update(model, weakened(nnx.state(model, nnx.Param), groups))
+  target = jax.random.normal(jax.random.PRNGKey(3), (4, 4, 3))
+  # momentum 1: the params are the structured point itself
+  tx = rmda_jax.rmda(0.05, momentum=1.0, regularizer=rmda_jax.group_lasso(0.02, groups=groups))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    grads = nnx.grad(lambda m: jnp.mean(jnp.square(m(x) - target)))(model)
+    optimizer.update(model, grads)
+
+  for _ in range(60):
+    step(model, optimizer)
+  arrays = flat(nnx.state(model, nnx.Param))
+  for family in groups.families:
+    zero = group_norms(arrays, family) == 0
+    assert zero.any() and not zero.all(), family.name
+    assert len({tuple(np.flatnonzero(r)) for r in zero}) > 1, family.name
+  other = jax.random.normal(jax.random.PRNGKey(1), (3, 6, 5))
+  want = model(other)
+  small, kept = compaction.compact_nnx(model, groups, x)
+  assert sum(k.size for k in kept.values()) < sum(f.num_groups for f in groups.families)
+  assert_close(small(other), want)

@@ -1,7 +1,8 @@
 """Discovery through control flow, on models in the shapes public model code gives them.
 
 A scanned and rematerialized decoder (linen), blocks made by ``nnx.vmap`` and
-run by ``nnx.scan`` with BatchNorm (NNX), an LSTM tagger (``nn.RNN``),
+run by ``nnx.scan`` with BatchNorm, with and without ``nnx.remat`` (NNX), LSTM
+and GRU taggers (``nn.RNN``),
 bottleneck blocks with unnamed layers, a ``lax.cond`` model, a
 ``lax.while_loop`` recurrence, a per-layer constant head mask and
 multi-query attention (``tests/support/control_flow_models.py``).
@@ -24,6 +25,7 @@ from control_flow_models import (
   DecoderLayer,
   bottleneck_resnet,
   cond_model,
+  gru_tagger,
   head_mask_encoder,
   lstm_tagger,
   mqa_attention,
@@ -38,6 +40,7 @@ import rmda_jax
 BUILDERS = {
   "scanned_decoder": scanned_decoder,
   "lstm_tagger": lstm_tagger,
+  "gru_tagger": gru_tagger,
   "bottleneck_resnet": bottleneck_resnet,
   "cond_model": cond_model,
   "while_recurrence": while_recurrence,
@@ -161,8 +164,9 @@ def test_scanned_and_unrolled_decoders_have_the_same_groups():
   assert per_layer == from_scan
 
 
-def test_nnx_scan_over_vmapped_blocks_with_batch_statistics():
-  model = nnx_stack()
+@pytest.mark.parametrize("remat", [False, True])
+def test_nnx_scan_over_vmapped_blocks_with_batch_statistics(remat):
+  model = nnx_stack(remat=remat)
   model.eval()
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 5))
   groups = rmda_jax.discover_nnx(model, x)

@@ -13,6 +13,7 @@ expects, by kind, layers, size and member leaves.
   Linear-BatchNorm-ReLU-Linear MLP.
 * ``lstm_tagger``: ``nn.RNN(nn.OptimizedLSTMCell)`` over time and a Dense
   head, as sequence taggers are written.
+* ``gru_tagger``: the same with ``nn.GRUCell``.
 * ``bottleneck_resnet``: two bottleneck blocks whose convolutions and norms
   are unnamed, as in the Flax ImageNet example.
 * ``cond_model``: a user's function choosing one of two Dense heads with
@@ -154,7 +155,17 @@ class NNXBlock(nnx.Module):
 
 
 class NNXStack(nnx.Module):
-  def __init__(self, dim: int = 8, hidden: int = 12, *, layers: int = LAYERS, rngs: nnx.Rngs):
+  """Blocks made by ``nnx.vmap``, run by ``nnx.scan`` (each block under ``nnx.remat`` if asked)."""
+
+  def __init__(
+    self,
+    dim: int = 8,
+    hidden: int = 12,
+    *,
+    layers: int = LAYERS,
+    remat: bool = False,
+    rngs: nnx.Rngs,
+  ):
     @nnx.split_rngs(splits=layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=layers)
     def create(rngs):
@@ -163,17 +174,23 @@ class NNXStack(nnx.Module):
     self.embed = nnx.Linear(5, dim, rngs=rngs)
     self.blocks = create(rngs)
     self.head = nnx.Linear(dim, 3, rngs=rngs)
+    self.remat = remat
 
   def __call__(self, x):
+    def apply(block, x):
+      return block(x)
+
+    run = nnx.remat(apply) if self.remat else apply
+
     @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
     def forward(x, block):
-      return block(x)
+      return run(block, x)
 
     return self.head(forward(self.embed(x), self.blocks))
 
 
-def nnx_stack(seed=0) -> NNXStack:
-  return NNXStack(rngs=nnx.Rngs(seed))
+def nnx_stack(seed=0, remat=False) -> NNXStack:
+  return NNXStack(remat=remat, rngs=nnx.Rngs(seed))
 
 
 SCANNED_NNX_EXPECTED = [
@@ -229,6 +246,33 @@ def lstm_tagger(seed=0) -> Model:
   )
   model.module = module
   model.cell = cell
+  return model
+
+
+class GRUTagger(nn.Module):
+  hidden: int = 6
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3, name="head")(nn.RNN(nn.GRUCell(self.hidden), name="rnn")(x))
+
+
+def gru_tagger(seed=0) -> Model:
+  module = GRUTagger()
+  x = jax.random.normal(jax.random.PRNGKey(seed), (2, 5, 4))
+  params = module.init(jax.random.PRNGKey(seed + 1), x)["params"]
+  other = jax.random.normal(jax.random.PRNGKey(seed + 2), (3, 8, 4))
+  cell = "GRUCell_0/"
+  members = {cell + f"h{g}/kernel" for g in "rzn"} | {cell + f"i{g}/kernel" for g in "rzn"}
+  members |= {cell + f"i{g}/bias" for g in "rzn"} | {cell + "hn/bias", "head/kernel"}
+  model = Model(
+    lambda p, x: module.apply({"params": p}, x),
+    params,
+    (x,),
+    (other,),
+    [("units", None, module.hidden, members)],
+  )
+  model.module = module
   return model
 
 
