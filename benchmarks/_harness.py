@@ -31,7 +31,7 @@ def print_table(rows: list, columns: list, title: str = "") -> None:
   if title:
     print(f"\n{title}")
   text = [[_fmt(r.get(c)) for c in columns] for r in rows]
-  widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
+  widths = [max([len(c), *(len(t[i]) for t in text)]) for i, c in enumerate(columns)]
   print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
   print("  ".join("-" * w for w in widths))
   for t in text:
