@@ -10,8 +10,22 @@ same command with --resume when a checkpoint step exists). A try ends when a
 run finishes; its log records (less wall-clock seconds) and final params and
 optimizer state are then compared bit for bit with an uninterrupted run.
 
-    python benchmarks/soak_resume.py              # 5 tries, ~2 min on 2 CPU cores
-    python benchmarks/soak_resume.py --tries 20
+Two more kinds of tries follow:
+
+* two writers: a second ``rmda-jax train`` on the same ``--out`` (plain,
+  ``--resume`` or ``--overwrite``) starts 0-3 s after the first. The
+  directory lock must refuse it with one line while the first runs (or, once
+  the first has finished, it must do what its flag says), and the run left in
+  the directory must be bit-identical to the uninterrupted one: never two
+  runs' steps and logs mixed.
+* a full disk: the run writes to a 1 MiB tmpfs (mounted when this machine
+  lets a process mount one; else orbax's save is made to fail as TensorStore
+  does on ENOSPC, from the third save on). It must stop with one line naming
+  the step and the last intact checkpoint; after space is freed, the printed
+  ``--resume`` command must finish bit-identical to an uninterrupted run.
+
+    python benchmarks/soak_resume.py              # ~3 min on 2 CPU cores
+    python benchmarks/soak_resume.py --tries 20 --writers 10 --full-disk 4
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ import json
 import os
 import queue
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,14 +74,35 @@ FAULTS = {
 }
 
 
-def launch(args, env, fault, rng, pause):
-  """Run the training module; send ``fault`` = (signals, moment).
+WIDE = ["--hidden", "128,128", *ARGS[2:]]  # 0.4 MB a step: a 1 MiB disk fills at the third
 
-  Returns (exit code, output lines, seconds).
+# run in the child in place of `python -m rmda_jax`: orbax's save fails from its third call on, as
+# TensorStore's writes do on a full disk
+FULL_DISK_CHILD = """
+import sys
+import orbax.checkpoint as ocp
+original, calls = ocp.CheckpointManager.save, []
+def save(self, step, *args, **kwargs):
+  calls.append(step)
+  if len(calls) >= 3:
+    raise ValueError("RESOURCE_EXHAUSTED: Failed to write: No space left on device "
+                     "[os_error_code='28']")
+  return original(self, step, *args, **kwargs)
+ocp.CheckpointManager.save = save
+from rmda_jax.app import cli
+sys.exit(cli.main(sys.argv[1:], process=True))
+"""
+
+
+def launch(args, env, fault, rng, pause, child=None):
+  """Run the training module (or ``child``, a ``python -c`` program); send ``fault``.
+
+  ``fault`` = (signals, moment). Returns (exit code, output lines, seconds).
   """
   started = time.perf_counter()
+  program = ["-m", "rmda_jax"] if child is None else ["-c", child]
   proc = subprocess.Popen(
-    [sys.executable, "-m", "rmda_jax", "train", *args],
+    [sys.executable, *program, "train", *args],
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
@@ -113,6 +149,124 @@ def launch(args, env, fault, rng, pause):
   return code, output, time.perf_counter() - started
 
 
+def _mount_tmpfs(path, size):
+  """Mount a tmpfs of ``size`` at ``path``; whether this machine allowed it."""
+  if os.geteuid() != 0 or shutil.which("mount") is None:
+    return False
+  os.makedirs(path, exist_ok=True)
+  done = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True
+  )
+  return done.returncode == 0
+
+
+def _one_line_error(output, *fragments):
+  errors = [line for line in output if line.startswith("rmda-jax train: ")]
+  return (
+    len(errors) == 1
+    and not any("Traceback" in line for line in output)
+    and all(f in errors[0] for f in fragments)
+  )
+
+
+def writer_tries(n, work, env, rng, reference):
+  """Two writers on one --out: the lock must keep exactly one run there."""
+  rows = []
+  for t in range(n):
+    out = os.path.join(work, f"writers{t}")
+    flag = str(rng.choice(["", "--resume", "--overwrite"]))
+    delay = float(rng.uniform(0.0, 3.0))
+    results = {}
+
+    def run(name, args, wait, results=results):
+      time.sleep(wait)
+      results[name] = launch(args, env, None, rng, 0.0)
+
+    first = threading.Thread(target=run, args=("first", [*ARGS, "--out", out], 0.0))
+    second_args = [*ARGS, "--out", out] + ([flag] if flag else [])
+    second = threading.Thread(target=run, args=("second", second_args, delay))
+    first.start()
+    second.start()
+    first.join()
+    second.join()
+    (code_a, out_a, _), (code_b, out_b, _) = results["first"], results["second"]
+
+    def refused(code, output):
+      # while the other runs: the lock; once it has finished, a plain start meets its run; a
+      # --resume that starts before the first has made the directory finds nothing to resume
+      return (code == 1 and _one_line_error(output, "is in use by another rmda-jax process")) or (
+        code == 2
+        and (
+          _one_line_error(output, "already holds a training run")
+          or _one_line_error(output, "nothing to resume")
+        )
+      )
+
+    clean = 0 in (code_a, code_b) and all(
+      code == 0 or refused(code, output) for code, output in ((code_a, out_a), (code_b, out_b))
+    )
+    steps = sorted(n for n in os.listdir(os.path.join(out, "checkpoint")) if n.isdigit())
+    same = identical(out, reference)
+    rows.append(
+      {
+        "try": t,
+        "second writer": flag or "(plain)",
+        "after s": round(delay, 2),
+        "first exit": code_a,
+        "second exit": code_b,
+        "every failure one line": clean,
+        "steps kept": len(steps),
+        "identical to uninterrupted": same,
+        "mixed": not (same and clean) or len(steps) > train.KEEP_CHECKPOINTS,
+      }
+    )
+    print(
+      f"writers {t}: second {flag or '(plain)'} after {delay:.2f} s: exit {code_b}, "
+      f"identical {same}",
+      flush=True,
+    )
+  return rows
+
+
+def full_disk_tries(n, work, env, rng):
+  """Training into a full disk: one line, the last checkpoint intact, an exact resume."""
+  reference = os.path.join(work, "reference-wide")
+  code, output, _ = launch([*WIDE, "--out", reference, "--overwrite"], env, None, rng, 0.0)
+  if code != 0:
+    raise SystemExit("\n".join(output))
+  rows = []
+  for t in range(n):
+    disk = os.path.join(work, f"disk{t}")
+    real = _mount_tmpfs(disk, "1m")
+    out = os.path.join(disk, "run")
+    code, output, _ = launch(
+      [*WIDE, "--out", out], env, None, rng, 0.0, None if real else FULL_DISK_CHILD
+    )
+    message = output[-1] if output else ""
+    one_line = code == 1 and _one_line_error(output, "No space left on device", "--resume")
+    intact = sorted(os.listdir(os.path.join(out, "checkpoint")))
+    if real:
+      subprocess.run(["mount", "-o", "remount,size=16m", disk], check=True)  # space freed
+    resume = shlex.split(message.split(" with: ", 1)[1])[2:] if " with: " in message else None
+    code_r = launch(resume, env, None, rng, 0.0)[0] if resume else None
+    same = code_r == 0 and identical(out, reference)
+    if real:
+      subprocess.run(["umount", "-l", disk], capture_output=True)
+    rows.append(
+      {
+        "try": t,
+        "disk": "tmpfs 1 MiB" if real else "injected ENOSPC",
+        "exit": code,
+        "one-line message": one_line,
+        "steps left": ",".join(intact),
+        "resumed exit": code_r,
+        "identical to uninterrupted": same,
+      }
+    )
+    print(f"full disk {t}: exit {code}, one line {one_line}, resumed identical {same}", flush=True)
+  return rows
+
+
 def records(out):
   with open(os.path.join(out, "log.json")) as f:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in json.load(f)["epochs"]]
@@ -141,6 +295,8 @@ def main():
     help="seconds the test hook pauses before and after each checkpoint write",
   )
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--writers", type=int, default=3, help="tries with two writers on one --out")
+  parser.add_argument("--full-disk", type=int, default=2, help="tries that fill the disk")
   parser.add_argument(
     "--work", default=None, help="directory for the runs (default: a temporary one)"
   )
@@ -264,12 +420,21 @@ def main():
       print(f"try {t}: {p}")
     print(f"try {t}: {interrupts} interrupts, finished {code == 0}, identical {same}", flush=True)
 
+  writers = writer_tries(args.writers, work, env, rng, reference)
+  disks = full_disk_tries(args.full_disk, work, env, rng)
   _harness.print_table(list(per_fault.values()), list(per_fault["SIGINT random"]), "interrupts")
   _harness.print_table(tries, list(tries[0]), "tries")
+  if writers:
+    _harness.print_table(writers, list(writers[0]), "two writers on one --out")
+  if disks:
+    _harness.print_table(disks, list(disks[0]), "a full disk")
   lost = sum(not t["identical to uninterrupted"] for t in tries)
+  mixed = sum(w["mixed"] for w in writers)
+  disk_lost = sum(not d["identical to uninterrupted"] or not d["one-line message"] for d in disks)
   print(
     f"\n{sum(t['interrupts'] for t in tries)} interrupts in {len(tries)} tries; "
-    f"runs lost or changed: {lost}"
+    f"runs lost or changed: {lost}; two-writer tries mixed: {mixed} of {len(writers)}; "
+    f"full-disk tries lost or without a one-line message: {disk_lost} of {len(disks)}"
   )
   _harness.write_json(
     "soak_resume",
@@ -279,6 +444,8 @@ def main():
       "tries": tries,
       "events": events,
       "problems": problem_log,
+      "writers": writers,
+      "full_disk": disks,
     },
   )
 

@@ -205,6 +205,12 @@ def build_optimizer(
     # RigL's protocol: mask updates until 75% of training
     assert config.epochs is not None  # set by TrainConfig.__post_init__
     end_step = max(int(0.75 * config.epochs * steps_per_epoch), 1)
+    if config.rigl_update_every >= end_step:
+      raise ConfigError(
+        f"--rigl-update-every {config.rigl_update_every} leaves RigL no mask update: they stop "
+        f"at 75% of training (step {end_step} of {config.epochs} epochs x {steps_per_epoch} "
+        f"steps); use --rigl-update-every below {end_step}, or more --epochs"
+      )
     return rigl(
       optax.sgd(schedule, momentum=c or None),
       config.sparsity,

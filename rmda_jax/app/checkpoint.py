@@ -10,10 +10,14 @@ Two levels:
 * :class:`Steps`: a directory of step-numbered checkpoints, each a pytree plus
   a JSON record. A step is written under a temporary name and renamed when
   complete (orbax's ``CheckpointManager``), so an interrupt at any moment
-  leaves the previous steps intact; the newest ``max_to_keep`` are kept. The
-  record stores the SHA-256 of every leaf and of itself, and
-  :meth:`Steps.restore` checks them: a damaged step raises
-  :class:`CheckpointError` instead of restoring wrong numbers.
+  leaves the previous steps intact; the newest ``max_to_keep`` are kept, an
+  older step being renamed out of the listing (into ``.rotated/``) before it
+  is deleted, so that a reader never sees a step half deleted. The record
+  stores the SHA-256 of every leaf and of itself, and :meth:`Steps.restore`
+  checks them: a damaged step raises :class:`CheckpointError` instead of
+  restoring wrong numbers. A write that fails (a full disk, a read-only file
+  system) raises :class:`CheckpointWriteError`, an ``OSError`` with the
+  errno, after removing what it had written: the older steps stay as they were.
 
 Example:
   >>> import jax.numpy as jnp, tempfile, os, rmda_jax
@@ -35,23 +39,102 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
+import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import jax
 import numpy as np
 
+from rmda_jax.core import files
 from rmda_jax.core.extras import optional_import
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 MANIFEST = "files.sha256.json"  # in each step directory, written once the step is complete
+ROTATED = ".rotated"  # steps past max_to_keep are renamed here, then deleted
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint step cannot be used: unreadable, incomplete, or not matching its checksums."""
+
+
+class CheckpointWriteError(OSError):
+  """A step could not be written (``errno`` and ``filename`` say why and where)."""
+
+
+def _write_error(err: BaseException, path: str) -> CheckpointWriteError:
+  os_error = files.as_os_error(err, path)
+  return CheckpointWriteError(os_error.errno, os_error.strerror, path)
+
+
+class _AbandonedWrites(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in record.getMessage()
+
+
+def _without_closed_loop_reports(previous: Any) -> Any:
+  """``sys.unraisablehook`` ``previous`` less "Event loop is closed" (see :func:`_quiet_orbax`)."""
+
+  def hook(unraisable: Any) -> None:
+    if not (
+      isinstance(unraisable.exc_value, RuntimeError)
+      and "Event loop is closed" in str(unraisable.exc_value)
+    ):
+      previous(unraisable)
+
+  return hook
+
+
+_abandoned_writes_muted = False
+
+
+def _mute_abandoned_writes() -> None:
+  """Keep dropping what the writes of a failed save report after it was given up.
+
+  The other writes of that save finish on TensorStore's threads after orbax's
+  event loop is closed, also after the save has returned: their callbacks
+  raise "Event loop is closed" (as unraisable exceptions), and their futures
+  log "exception was never retrieved" when collected. The failure itself was
+  raised as :class:`CheckpointWriteError`; these reports would bury it in
+  tracebacks.
+  """
+  global _abandoned_writes_muted
+  if _abandoned_writes_muted:
+    return
+  _abandoned_writes_muted = True
+  logging.getLogger("asyncio").addFilter(_AbandonedWrites())
+  warnings.filterwarnings(
+    "ignore", message="coroutine .* was never awaited", category=RuntimeWarning
+  )
+  sys.unraisablehook = _without_closed_loop_reports(sys.unraisablehook)
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+  """Silence the tracebacks of a failing write that orbax reports besides raising it.
+
+  Orbax logs them through absl; the writes running beside the failed one
+  report "Event loop is closed" as unraisable exceptions, some while the save
+  is still under way (:func:`_mute_abandoned_writes` covers those after it).
+  """
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  hook = sys.unraisablehook
+  sys.unraisablehook = _without_closed_loop_reports(hook)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+    if not _abandoned_writes_muted:
+      sys.unraisablehook = hook
 
 
 def _orbax() -> Any:
@@ -120,27 +203,6 @@ def _reason(err: BaseException) -> str:
   return text if name == "Exception" and text else f"{name}: {text}" if text else name
 
 
-def _file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _file_checksums(root: str) -> dict:
-  """SHA-256 of every file under ``root`` (but the manifest), keyed by relative path."""
-  out = {}
-  for folder, subfolders, names in os.walk(root):
-    subfolders.sort()
-    for name in sorted(names):
-      path = os.path.join(folder, name)
-      relative = os.path.relpath(path, root)
-      if not relative.startswith(MANIFEST):
-        out[relative] = _file_sha256(path)
-  return out
-
-
 class Steps:
   """Step-numbered checkpoints in one directory, each committed atomically and verified on restore.
 
@@ -163,6 +225,7 @@ class Steps:
       lightweight_initialize=True,
       save_root_metadata=False,
       preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+      todelete_subdir=None if read_only else ROTATED,
     )
     self._manager = ocp.CheckpointManager(
       self.path, options=options, item_names=("state", "record")
@@ -173,7 +236,7 @@ class Steps:
     if not os.path.isdir(self.path):
       return
     for name in os.listdir(self.path):
-      if TMP_MARKER in name:
+      if TMP_MARKER in name or name == ROTATED:
         shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
 
   def __enter__(self) -> Steps:
@@ -205,22 +268,34 @@ class Steps:
       raise ValueError(f"{self.path} was opened read-only")
     body = dict(record, checksums=tree_checksums(tree))
     envelope = {"body": body, "sha256": _json_digest(body)}
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), record=ocp.args.JsonSave(envelope)
-      ),
-      force=True,
-    )
-    self._manager.wait_until_finished()
+    with _quiet_orbax():
+      try:
+        self._manager.save(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardSave(tree), record=ocp.args.JsonSave(envelope)
+          ),
+          force=True,
+        )
+        self._manager.wait_until_finished()
+      except Exception as err:  # TensorStore reports OS errors as ValueError with the errno inside
+        _mute_abandoned_writes()
+        self._remove_unfinished()
+        raise _write_error(err, self.step_dir(step)) from None
     # the step is complete and visible; its file checksums let a restore find damage before orbax
-    # reads it
+    # reads it (a step without them is checked leaf by leaf)
     manifest = os.path.join(self.step_dir(step), MANIFEST)
-    with open(manifest + ".tmp", "w") as f:
-      json.dump(_file_checksums(self.step_dir(step)), f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(manifest + ".tmp", manifest)
+    try:
+      with open(manifest + ".tmp", "w") as f:
+        json.dump(files.checksums(self.step_dir(step), skip=(MANIFEST,)), f)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(manifest + ".tmp", manifest)
+    except OSError as err:
+      with contextlib.suppress(OSError):
+        os.remove(manifest + ".tmp")
+      raise _write_error(err, manifest) from None
+    shutil.rmtree(os.path.join(self.path, ROTATED), ignore_errors=True)
 
   def verify_files(self, step: int) -> None:
     """Check the files of ``step`` against its manifest.
@@ -235,12 +310,9 @@ class Steps:
       return
     if not isinstance(expected, dict):
       return
-    for relative, digest in expected.items():
-      path = os.path.join(root, relative)
-      if not os.path.isfile(path):
-        raise CheckpointError(f"{relative} is missing")
-      if _file_sha256(path) != digest:
-        raise CheckpointError(f"{relative} does not match its checksum")
+    problem = files.first_mismatch(root, expected)
+    if problem is not None:
+      raise CheckpointError(problem)
 
   def read_record(self, step: int) -> dict[str, Any]:
     """The JSON record of ``step``, checked against its own checksum."""

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, cast
 from rmda_jax.app import commands
 from rmda_jax.app import data as datasets
 from rmda_jax.app import train as training
+from rmda_jax.app.rundir import describe_os_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -203,6 +204,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     "run the same command on each after jax.distributed.initialize (see README)",
   )
   add(
+    "--allow-data-change",
+    action="store_true",
+    help="with --resume: continue although the data's fingerprint differs from the run's "
+    "(a changed text:PATH file, another dataset cache)",
+  )
+  add(
     "--skip-nonfinite",
     type=int,
     default=d.skip_nonfinite,
@@ -250,9 +257,17 @@ def _train(args: argparse.Namespace) -> int:
     tied=not args.untied,
     groups=args.groups,
     mesh=args.mesh,
+    allow_data_change=args.allow_data_change,
   )
   try:
     training.run(config)
+  except training.RunFault as err:
+    if err.stdout_closed and args.process:
+      _drop_stdout()
+    what = "resume with" if err.restart_flag == "--resume" else "start again with"
+    again = _train_command(args, err.restart_flag)
+    print(f"rmda-jax train: error: {err}; stopped {err.where}; {what}: {again}", file=sys.stderr)
+    return 1
   except training.Interrupted as err:
     what = "resume with" if err.restart_flag == "--resume" else "start again with"
     again = _train_command(args, err.restart_flag)
@@ -327,12 +342,35 @@ def main(argv: Sequence[str] | None = None, process: bool | None = None) -> int:
   except (training.ConfigError, datasets.DataError) as err:
     print(f"rmda-jax {args.command}: error: {err}", file=sys.stderr)
     return 2
-  except training.Diverged as err:
+  except (training.Diverged, training.RunDirError) as err:
     print(f"rmda-jax {args.command}: error: {err}", file=sys.stderr)
+    return 1
+  except BrokenPipeError:
+    if args.process:
+      _drop_stdout()
+    print(
+      f"rmda-jax {args.command}: error: standard output was closed before the output was "
+      "complete (broken pipe: the program reading it ended first)",
+      file=sys.stderr,
+    )
+    return 1
+  except OSError as err:
+    print(f"rmda-jax {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print(f"rmda-jax {args.command}: interrupted", file=sys.stderr)
     return 130
+
+
+def _drop_stdout() -> None:
+  # what is still buffered for a closed pipe would raise again when the interpreter flushes it
+  # at exit; standard output goes to the null device from here on
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+  except (OSError, ValueError):
+    pass
 
 
 def _keep_freed_memory() -> None:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import optax
 
 from rmda_jax.app import data as datasets
-from rmda_jax.app import models
+from rmda_jax.app import models, rundir
 from rmda_jax.app.config import ConfigError
 from rmda_jax.app.runs import load_run
 
@@ -46,6 +46,11 @@ def add_compact(sub: argparse._SubParsersAction) -> None:
     "--batch-size", type=int, default=256, help="batch for the timing (default %(default)s)"
   )
   p.add_argument("--out", default=None, help="write the compact params (orbax) and model.json here")
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace a compact model already in --out (without it, one there is an error)",
+  )
 
 
 def compact(args: argparse.Namespace) -> int:
@@ -61,8 +66,15 @@ def compact(args: argparse.Namespace) -> int:
 
   if args.batch_size < 1:
     raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-  if args.out and os.path.lexists(args.out) and not os.path.isdir(args.out):
-    raise ConfigError(f"--out {args.out} is a file, not a directory")
+  if args.out:  # before any work: a target that cannot take the model fails at once
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
+      raise ConfigError(f"--out {args.out} is a file, not a directory")
+    if compaction.storage.holds_model(args.out) and not args.overwrite:
+      raise ConfigError(
+        f"--out {args.out} already holds a compact model (model.json, params/); add --overwrite "
+        "to replace it"
+      )
+    rundir.check_writable(args.out, "--out")
   config, dataset, model, params, opt_state = load_run(args.run)
   source = "final params"
   if args.params == "structured" and config.optimizer in ("rmda", "ramda"):
@@ -120,7 +132,7 @@ def compact(args: argparse.Namespace) -> int:
       f"{speeds[1] / speeds[0]:8.3f}"
     )
   if args.out:
-    compaction.save(args.out, small)
+    compaction.save(args.out, small, overwrite=args.overwrite)
     print(
       f"wrote {args.out}/params and {args.out}/model.json (rmda_jax.compaction.load reads them)"
     )
@@ -181,7 +193,10 @@ def generate(args: argparse.Namespace) -> int:
       f"--tokens and --temperature must be >= 0, got {args.tokens} and {args.temperature}"
     )
   if os.path.isfile(os.path.join(args.run, "model.json")):
-    compact = compaction.load(args.run, classes=models.ZOO)
+    try:
+      compact = compaction.load(args.run, classes=models.ZOO)
+    except ValueError as err:  # damaged, or not a model of the zoo: one line either way
+      raise ConfigError(str(err)) from None
     model, params = compact.model, compact.params
   else:
     config, _, model, params, opt_state = load_run(args.run)

@@ -72,6 +72,7 @@ RESUMABLE_CHANGES = (
   "data_dir",
   "download",
   "skip_nonfinite",
+  "allow_data_change",
 )
 
 
@@ -90,8 +91,10 @@ class TrainConfig:
   restart, and ramp their momentum to 1 after the last one).
 
   ``resume`` continues the run in ``out``; ``overwrite`` deletes it first
-  (without either, an existing run in ``out`` is an error). Up to
-  ``skip_nonfinite`` consecutive steps with a non-finite gradient are skipped.
+  (without either, an existing run in ``out`` is an error). A resume on data
+  whose fingerprint differs from the run's is refused unless
+  ``allow_data_change``. Up to ``skip_nonfinite`` consecutive steps with a
+  non-finite gradient are skipped.
   """
 
   model: str = "mlp"
@@ -132,6 +135,7 @@ class TrainConfig:
   tied: bool = True
   groups: str = "auto"
   mesh: str | None = None
+  allow_data_change: bool = False
 
   def __post_init__(self) -> None:
     # a language model's epoch is many steps: its defaults train in a few minutes on a CPU

@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -314,7 +314,17 @@ def _text_bytes(name: str) -> bytes:
     return f.read()
 
 
-@functools.lru_cache(maxsize=16)
+def _file_stamp(name: str) -> tuple[int, int] | None:
+  """``(size, mtime_ns)`` of a ``text:PATH`` file (None for built-in text or a missing file)."""
+  if not name.startswith(TEXT_PREFIX):
+    return None
+  try:
+    stat = os.stat(name[len(TEXT_PREFIX) :])
+  except OSError:
+    return None
+  return stat.st_size, stat.st_mtime_ns
+
+
 def load_text(name: str, context: int) -> Dataset:
   """A byte-level language-modelling dataset of int32 windows of ``context`` bytes.
 
@@ -322,7 +332,14 @@ def load_text(name: str, context: int) -> Dataset:
 
   The text is split 90/10 at a byte offset (train first, so validation is
   text never seen in training); each part is cut into non-overlapping windows.
+  A file is read again when its size or modification time changed.
   """
+  return _load_text(name, context, _file_stamp(name))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_text(name: str, context: int, stamp: tuple[int, int] | None) -> Dataset:
+  del stamp  # part of the cache key only
   if context < 1:
     raise DataError(f"context must be >= 1, got {context}.")
   data = np.frombuffer(_text_bytes(name), np.uint8)
@@ -340,6 +357,38 @@ def load_text(name: str, context: int) -> Dataset:
     parts.append((x, y))
   (x_train, y_train), (x_test, y_test) = parts
   return _read_only(Dataset(name, x_train, y_train, x_test, y_test, VOCAB))
+
+
+def fingerprint(dataset: Dataset) -> dict[str, Any]:
+  """What identifies the data of a run: name, sizes, input shape, classes and content hashes.
+
+  ``sha256`` covers the dtype, shape and bytes of the four arrays (after
+  preprocessing and the seeded split), so any change of what the model sees
+  changes it; a ``text:PATH`` dataset adds ``file_sha256``, the hash of the
+  file itself.
+
+  Example:
+    >>> from rmda_jax.app import data
+    >>> fp = data.fingerprint(data.load("digits"))
+    >>> fp["train"], fp["validation"], len(fp["sha256"])
+    (1347, 450, 64)
+  """
+  digest = hashlib.sha256()
+  for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+    array = np.ascontiguousarray(array)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+  found: dict[str, Any] = {
+    "name": dataset.name,
+    "train": len(dataset.x_train),
+    "validation": len(dataset.x_test),
+    "input_shape": list(dataset.input_shape),
+    "classes": dataset.num_classes,
+    "sha256": digest.hexdigest(),
+  }
+  if dataset.name.startswith(TEXT_PREFIX):
+    found["file_sha256"] = hashlib.sha256(_text_bytes(dataset.name)).hexdigest()
+  return found
 
 
 def unigram_perplexity(dataset: Dataset) -> float:

@@ -11,6 +11,14 @@ more than ``skip_nonfinite`` in a row, or non-finite params or loss, stop the
 run with :class:`Diverged` before anything of that state is saved. A run
 resumed any number of times, also in the middle of an epoch, ends with the
 same numbers as one that was never stopped.
+
+The run holds the lock of ``out`` (:mod:`rmda_jax.app.rundir`) from before
+it reads what is there until it ends. A write that fails (a full disk, a
+read-only file system, standard output closed, ``out`` deleted under it)
+stops the run with :class:`RunFault`, whose message is one line; the
+checkpoints written before are left intact. The data's fingerprint
+(:func:`rmda_jax.app.data.fingerprint`) is stored with the run, and a resume
+on other data is refused unless ``allow_data_change``.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from rmda_jax.app.reporting import (
   structure_metrics,
   summary_table,
 )
+from rmda_jax.app.rundir import describe_os_error
 from rmda_jax.app.runs import (
   CHECKPOINT_FORMAT,
   KEEP_CHECKPOINTS,
@@ -71,8 +80,8 @@ from rmda_jax.app.runs import (
   restore_newest,
   save_pause,
   unique_path,
-  write_json,
 )
+from rmda_jax.core.files import write_json
 from rmda_jax.cpu import compiler_options as cpu_compiler_options
 from rmda_jax.optim import structured_params
 from rmda_jax.prox import discrete
@@ -80,6 +89,20 @@ from rmda_jax.prox import discrete
 
 class Diverged(RuntimeError):
   """Non-finite loss or params, or more than ``skip_nonfinite`` non-finite gradients in a row."""
+
+
+class RunFault(RuntimeError):
+  """A write failed or ``out`` was lost: the run stopped; the message is one line.
+
+  ``where`` and ``restart_flag`` are set as for :class:`Interrupted`;
+  ``stdout_closed`` says that the fault was standard output's (a broken pipe).
+  """
+
+  def __init__(self, message: str, stdout_closed: bool = False):
+    super().__init__(message)
+    self.where = ""
+    self.restart_flag: str | None = None
+    self.stdout_closed = stdout_closed
 
 
 class Interrupted(KeyboardInterrupt):
@@ -195,6 +218,7 @@ class _Position:
     # (step, epoch, mid_epoch) of the newest checkpoint of this run on disk
     self.checkpoint: tuple[int, int, bool] | None = None
     self.owns_out = False  # whether --out holds this run (or nothing yet); before that, start again
+    self.lost_out = False  # --out was deleted or replaced during the run
 
   def describe(self) -> str:
     where = f"at step {self.step} (epoch {self.epoch})" if self.step else "before the first step"
@@ -220,16 +244,31 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
   with _Signals() as signals:
     try:
       return _Job(config, log, signals, position).run()
-    except Interrupted as err:
-      checkpoint_dir = os.path.join(config.out, "checkpoint")
-      if config.resume or (position.owns_out and has_steps(checkpoint_dir)):
-        err.restart_flag = "--resume"
-      elif (config.overwrite or position.owns_out) and existing_run(config.out) is not None:
-        err.restart_flag = (
-          "--overwrite"  # what is there is this run's (or one the command replaces)
-        )
-      err.where = position.describe()
+    except (Interrupted, RunFault) as err:
+      _locate(err, config, position)
       raise
+    except OSError as err:
+      fault = RunFault(_os_fault_text(err), stdout_closed=isinstance(err, BrokenPipeError))
+      _locate(fault, config, position)
+      raise fault from None
+
+
+def _os_fault_text(err: OSError) -> str:
+  if isinstance(err, BrokenPipeError):
+    return "standard output was closed (broken pipe: the program reading it ended first)"
+  return describe_os_error(err)
+
+
+def _locate(err: Interrupted | RunFault, config: TrainConfig, position: _Position) -> None:
+  """Set ``err.where`` and ``err.restart_flag`` from the position the run reached."""
+  checkpoint_dir = os.path.join(config.out, "checkpoint")
+  if position.lost_out:
+    err.restart_flag = None
+  elif config.resume or (position.owns_out and has_steps(checkpoint_dir)):
+    err.restart_flag = "--resume"
+  elif (config.overwrite or position.owns_out) and existing_run(config.out) is not None:
+    err.restart_flag = "--overwrite"  # what is there is this run's (or one the command replaces)
+  err.where = position.describe()
 
 
 class _Job:
@@ -252,12 +291,19 @@ class _Job:
     self.epoch_losses, self.epoch_skipped, self.epoch_seconds = [], 0, 0.0
 
   def run(self) -> TrainResult:
+    self.lock = prepare_out(self.config)
+    try:
+      return self._run_locked()
+    finally:
+      self.lock.release()
+
+  def _run_locked(self) -> TrainResult:
     config = self.config
-    prepare_out(config)
     if config.resume:
       precheck_resume(config, self.checkpoint_dir)
     with self.signals.immediate():
       self.dataset = _load_dataset(config)
+    self.data_fingerprint = datasets.fingerprint(self.dataset)
     self.model = build_model(config, self.dataset)
     self.params = self.model.init(jax.random.PRNGKey(config.seed), self.dataset.x_train[:1])[
       "params"
@@ -291,6 +337,24 @@ class _Job:
     finally:
       self.steps.close()
 
+  def _check_same_data(self, record: dict[str, Any]) -> None:
+    stored = record.get("data_fingerprint")
+    if stored is None or stored == self.data_fingerprint or self.config.allow_data_change:
+      return
+
+    def shown(fp: dict[str, Any]) -> str:
+      return (
+        f"{fp.get('name')} {fp.get('train')}/{fp.get('validation')} examples, "
+        f"sha256 {str(fp.get('sha256'))[:12]}"
+        + (f", file sha256 {fp['file_sha256'][:12]}" if "file_sha256" in fp else "")
+      )
+
+    raise ConfigError(
+      f"--resume: the data differ from the run's in {self.config.out} (stored: "
+      f"{shown(stored)}; now: {shown(self.data_fingerprint)}); resume on the same data, or add "
+      "--allow-data-change to continue on these"
+    )
+
   def _place(self) -> None:
     """Lay params and optimizer state on the mesh (see :func:`param_shardings`)."""
     if self.mesh is None:
@@ -314,6 +378,7 @@ class _Job:
       lambda fields: check_same_run(fields, config, config.out),
       prefix="--resume: ",
     )
+    self._check_same_data(record)
     self.position.owns_out = True
     self.params, self.opt_state = tree["params"], tree["opt_state"]
     self._place()
@@ -373,7 +438,14 @@ class _Job:
       "epoch_seconds": self.epoch_seconds,
       "history": self.history,
       "partial": self.partial,
+      "data_fingerprint": self.data_fingerprint,
     }
+    if not self.lock.still_held():
+      self.position.lost_out = True
+      raise RunFault(
+        f"--out {self.config.out} was deleted or replaced while the run was writing it; nothing "
+        "more is written there"
+      )
     pause = save_pause()
     self.signals.saving = True
     try:
@@ -386,7 +458,10 @@ class _Job:
       if pause:
         time.sleep(pause)
       if not self.config_written:
-        write_json(os.path.join(self.config.out, "config.json"), dataclasses.asdict(self.config))
+        write_json(
+          os.path.join(self.config.out, "config.json"),
+          {**dataclasses.asdict(self.config), "data_fingerprint": self.data_fingerprint},
+        )
         self.config_written = True
       self._write_log()
     finally:

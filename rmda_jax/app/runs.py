@@ -10,7 +10,6 @@ older one; :func:`load_run` reads a finished or interrupted run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -24,16 +23,21 @@ import optax
 
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
+from rmda_jax.app import rundir
 from rmda_jax.app.builders import build_model, build_regularizer, rigl_groups, training_optimizer
 from rmda_jax.app.config import ConfigError, TrainConfig, check_same_run, config_from_fields
 
 KEEP_CHECKPOINTS = 2  # newest checkpoint steps kept in OUT/checkpoint
 
 
+# how many times a reader lists the steps again when the writer rotated one away under it
+ROTATION_RETRIES = 20
+
+
 CHECKPOINT_FORMAT = 2
 
 
-# the files of a run in OUT (what --overwrite deletes)
+# the files of a run in OUT (what --overwrite deletes), with a compact model written into it
 RUN_FILES = (
   "config.json",
   "log.json",
@@ -42,6 +46,9 @@ RUN_FILES = (
   "curves.png",
   "groups.png",
   "heads.png",
+  "model.json",
+  "params",
+  "collections",
 )
 
 
@@ -60,7 +67,7 @@ def existing_run(out: str) -> str | None:
       return name
   checkpoint_dir = os.path.join(out, "checkpoint")
   if os.path.isdir(checkpoint_dir):
-    if any(ckpt.TMP_MARKER not in name for name in os.listdir(checkpoint_dir)):
+    if has_steps(checkpoint_dir):
       return "checkpoint/"
   elif os.path.lexists(checkpoint_dir):
     return "checkpoint"
@@ -102,28 +109,42 @@ def restore_newest(
   """``(step, tree, record, damaged)`` of the newest step that restores and verifies.
 
   ``template_for(config)`` gives the tree to restore into for a stored config;
-  ``damaged`` lists ``(step, reason)`` of the newer steps that failed. Raises
-  ConfigError (its message starting with ``prefix``) when no step is usable.
+  ``damaged`` lists ``(step, reason)`` of the newer steps that failed. A step
+  that a training run writing the directory rotates away while it is read is
+  not damaged: the listing is read again and the newest step tried anew.
+  Raises ConfigError (its message starting with ``prefix``) when no step is
+  usable.
   """
-  available = steps.steps()
-  if not available:
-    raise ConfigError(f"{prefix}no complete checkpoint in {steps.path}")
-  damaged: list[tuple[int, str]] = []
-  for step in available:
-    try:
-      record = steps.read_record(step)
-      _check_record(record)
-      check_config(record["config"])
-      tree, record = steps.restore(step, template_for(config_from_fields(record["config"])))
-      if not bool(all_finite(tree["params"])):
-        raise ckpt.CheckpointError("its params are not finite")
-    except ckpt.CheckpointError as err:
-      damaged.append((step, str(err)))
-      continue
-    return step, tree, record, damaged
+  damaged: dict[int, str] = {}
+  for _ in range(ROTATION_RETRIES):
+    available = steps.steps()
+    if not available:
+      raise ConfigError(f"{prefix}no complete checkpoint in {steps.path}")
+    rotated = False
+    for step in available:
+      if step in damaged:
+        continue
+      try:
+        record = steps.read_record(step)
+        _check_record(record)
+        check_config(record["config"])
+        tree, record = steps.restore(step, template_for(config_from_fields(record["config"])))
+        if not bool(all_finite(tree["params"])):
+          raise ckpt.CheckpointError("its params are not finite")
+      except ckpt.CheckpointError as err:
+        if not os.path.isdir(steps.step_dir(step)):  # rotated away by the writer, not damaged
+          rotated = True
+          break
+        damaged[step] = str(err)
+        continue
+      return step, tree, record, sorted(damaged.items(), reverse=True)
+    if not rotated:
+      break
   raise ConfigError(
     f"{prefix}no usable checkpoint in {steps.path}: "
-    + "; ".join(f"step {step} is damaged ({why})" for step, why in damaged)
+    + "; ".join(
+      f"step {step} is damaged ({why})" for step, why in sorted(damaged.items(), reverse=True)
+    )
   )
 
 
@@ -189,16 +210,6 @@ def load_run(
   return config, built["dataset"], built["model"], tree["params"], tree["opt_state"]
 
 
-def write_json(path: str, content: Any) -> None:
-  """Write ``content`` to ``path`` atomically (temporary file, fsync, rename)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(content, f, indent=2)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def remove_path(path: str) -> None:
   """Delete the file, link or directory tree at ``path``, if there is one."""
   if os.path.isdir(path) and not os.path.islink(path):
@@ -207,8 +218,14 @@ def remove_path(path: str) -> None:
     os.remove(path)
 
 
-def prepare_out(config: TrainConfig) -> None:
-  """Check ``--out`` / ``--data-dir`` and refuse to replace an existing run silently."""
+def prepare_out(config: TrainConfig) -> rundir.RunLock:
+  """Check ``--out`` / ``--data-dir``, take the run directory's lock, refuse to replace a run.
+
+  Returns the held :class:`~rmda_jax.app.rundir.RunLock` (the caller releases
+  it). Raises ConfigError for a bad path or an existing run without
+  ``--resume`` / ``--overwrite``; :class:`~rmda_jax.app.rundir.RunDirError`
+  when another process holds the directory or it cannot be written.
+  """
   out = config.out
   if os.path.lexists(out) and not os.path.isdir(out):
     raise ConfigError(f"--out {out} is a file, not a directory")
@@ -223,17 +240,27 @@ def prepare_out(config: TrainConfig) -> None:
       f"--resume: no checkpoint in {os.path.join(out, 'checkpoint')} (nothing to resume; "
       "train without --resume)"
     )
-  if not (config.resume or config.overwrite):
-    found = existing_run(out)
-    if found is not None:
-      raise ConfigError(
-        f"--out {out} already holds a training run ({found}); add --resume to continue it "
-        "or --overwrite to replace it"
-      )
+  _refuse_existing_run(config)  # a usage error first, even where nothing can be written
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as err:
-    raise ConfigError(f"--out {out}: cannot create the directory ({err.strerror or err})") from None
+    raise rundir.RunDirError(f"--out {out}: {rundir.describe_os_error(err, out)}") from None
+  lock = rundir.RunLock(out, "--out").acquire()
+  try:
+    _refuse_existing_run(config)  # again under the lock: another run may have begun meanwhile
+  except ConfigError:
+    lock.release()
+    raise
+  return lock
+
+
+def _refuse_existing_run(config: TrainConfig) -> None:
+  found = None if config.resume or config.overwrite else existing_run(config.out)
+  if found is not None:
+    raise ConfigError(
+      f"--out {config.out} already holds a training run ({found}); add --resume to continue it "
+      "or --overwrite to replace it"
+    )
 
 
 def save_pause() -> float:

@@ -45,8 +45,9 @@ from rmda_jax.app.config import (
   ConfigError,
   TrainConfig,
 )
-from rmda_jax.app.loop import Diverged, Interrupted, TrainResult, run
+from rmda_jax.app.loop import Diverged, Interrupted, RunFault, TrainResult, run
 from rmda_jax.app.reporting import structure_metrics
+from rmda_jax.app.rundir import RunDirError
 from rmda_jax.app.runs import KEEP_CHECKPOINTS, SAVE_PAUSE_ENV, existing_run, load_run
 
 __all__ = [
@@ -65,6 +66,8 @@ __all__ = [
   "OPTIMIZERS",
   "POSITIONS",
   "REGULARIZERS",
+  "RunDirError",
+  "RunFault",
   "SAVE_PAUSE_ENV",
   "TrainConfig",
   "TrainResult",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -235,3 +235,89 @@ def check_skip_nonfinite(value: Any) -> int | None:
     f"skip_nonfinite must be a bool or an integer >= 0 (a Python value; under "
     f"optax.inject_hyperparams list it in static_args), got {type(value).__name__}."
   )
+
+
+class Bounds(NamedTuple):
+  """The accepted range of a hyperparameter, for :func:`guarded`."""
+
+  argname: str
+  low: float = -math.inf
+  high: float = math.inf
+  low_open: bool = False
+  high_open: bool = False
+
+  def text(self) -> str:
+    """The range in words (``a finite number >= 0``, ``in (0, 1]``)."""
+    return _range_text(self.low, self.high, self.low_open, self.high_open)
+
+
+LEARNING_RATE = Bounds("learning_rate", low=0.0)
+MOMENTUM = Bounds("momentum", 0.0, 1.0, low_open=True)
+STRENGTH = Bounds("strength", low=0.0)
+
+_checked_mode = False
+
+
+def set_checked_mode(enabled: bool) -> None:
+  """Turn the checked mode of hyperparameters on or off (off by default).
+
+  A hyperparameter whose value is only known in the step (a schedule, or a
+  traced array under ``jax.jit`` or ``optax.inject_hyperparams``) cannot be
+  checked when the optimizer is built. Its value is always guarded in the
+  step: one out of range or not finite is replaced by NaN, so the update is
+  NaN (and a finiteness check, e.g. ``optax.apply_if_finite`` on the next
+  gradient or the training loop's, sees it) instead of a finite, fake
+  structure. In checked mode the step also reports it as a
+  ``jax.experimental.checkify`` error naming the argument, the range, the
+  value and the step: run the step under ``checkify.checkify`` and call
+  ``err.throw()``.
+
+  The mode is read when a step is traced: set it before the first call of a
+  jitted step (or clear its cache with ``jax.clear_caches()``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, rmda_jax
+    >>> from jax.experimental import checkify
+    >>> from rmda_jax.core import checks
+    >>> checks.set_checked_mode(True)
+    >>> tx = rmda_jax.rmda(optax.linear_schedule(0.5, -0.5, 4))  # -0.25 at step 3
+    >>> params = {"w": jnp.ones(3)}
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+    ...   return optax.apply_updates(params, updates), state
+    >>> checked = jax.jit(checkify.checkify(step))
+    >>> state = tx.init(params)
+    >>> for _ in range(4):
+    ...   err, (params, state) = checked(params, state)
+    >>> print(err.get().split(" (")[0])
+    learning_rate must be a finite number >= 0, got -0.25 at step 3
+    >>> checks.set_checked_mode(False)
+  """
+  global _checked_mode
+  _checked_mode = bool(enabled)
+
+
+def checked_mode() -> bool:
+  """Whether the checked mode of :func:`set_checked_mode` is on."""
+  return _checked_mode
+
+
+def guarded(value: jax.Array, bounds: Bounds, step: Any) -> jax.Array:
+  """``value`` if finite and within ``bounds``, else NaN; in checked mode also a checkify error.
+
+  For hyperparameters evaluated in the step (see :func:`set_checked_mode`).
+  """
+  low_ok = value > bounds.low if bounds.low_open else value >= bounds.low
+  high_ok = value < bounds.high if bounds.high_open else value <= bounds.high
+  valid = jnp.isfinite(value) & low_ok & high_ok
+  if _checked_mode:
+    from jax.experimental import checkify
+
+    checkify.check(
+      valid,
+      f"{bounds.argname} must be {bounds.text()}, got {{value}} at step {{step}}",
+      value=value,
+      step=step,
+    )
+  return jnp.where(valid, value, jnp.nan)

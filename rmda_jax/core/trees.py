@@ -106,6 +106,44 @@ def check_like_params(
       )
 
 
+def check_real_floating(params: optax.Params, name: str) -> None:
+  """Every leaf of ``params`` has a real floating dtype (float16, bfloat16, float32, float64).
+
+  An integer leaf would have its updates truncated and a complex one its
+  prox taken on the wrong quantity (the proximal operators are defined on
+  real numbers), so both are refused where the state is made.
+
+  Raises:
+    TypeError: naming ``name``, the first such leaf and its dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from rmda_jax.core.trees import check_real_floating
+    >>> check_real_floating({"w": jnp.zeros(2, jnp.int32)}, "rmda")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: rmda.init: params leaf 'w' has dtype int32; ...
+  """
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    dtype = jnp.result_type(leaf)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      why = (
+        "the proximal operators are defined on real numbers: optimize the real and imaginary "
+        "parts as two real leaves"
+      )
+    elif not jnp.issubdtype(dtype, jnp.floating):
+      why = (
+        "its updates would be truncated: cast it to a floating dtype, or keep it out of the "
+        "optimized params (optax.masked, optax.multi_transform)"
+      )
+    else:
+      continue
+    raise TypeError(
+      f"{name}.init: params leaf {path_to_str(key_path)!r} has dtype {dtype}; {name} updates "
+      f"real floating-point params only (float16, bfloat16, float32, float64): {why}."
+    )
+
+
 def to_float32(tree: optax.Params) -> optax.Params:
   """Accumulator copy of a tree: float32 at least, whatever the params' dtype."""
   return jax.tree_util.tree_map(

@@ -149,7 +149,7 @@ def _begin_step(learning_rate, stages, reset, updates, state, params, name):
     state = jax.lax.cond(
       stages.is_restart(state.count), lambda s: reset(s, params), lambda s: s, state
     )
-  lr = value_at(learning_rate, state.count) * decay(stages, state.count)
+  lr = value_at(learning_rate, state.count, checks.LEARNING_RATE) * decay(stages, state.count)
   return state, lr, state.stage_count + 1
 
 

@@ -172,6 +172,7 @@ def prox_sgd(
     proximal_step(regularizer, solver=None, keep_point=False, strength=strength),
     to_updates(),
     check=_checker("prox_sgd", lambda state: state.momentum),
+    name="prox_sgd",
   )
   return chain.skipping_nonfinite(tx, max_errors)
 
@@ -192,6 +193,7 @@ def _prox_adam(name, subproblem, b1, b2, regularizer, solver, max_errors, streng
     proximal_step(regularizer, solver, keep_point=False, strength=strength),
     to_updates(),
     check=_checker(name, lambda state: state.mu),
+    name=name,
   )
   return chain.skipping_nonfinite(tx, max_errors)
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rmda_jax.core.trees import check_like_params
+from rmda_jax.core.trees import check_like_params, check_real_floating
 
 
 class CountState(NamedTuple):
@@ -83,6 +83,7 @@ def named_chain(
   state_type: type,
   *transforms: optax.GradientTransformation,
   check: Callable[[Any, Any, Any], None] | None = None,
+  name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """``optax.chain(*transforms)`` whose state is ``state_type(*states)`` instead of a tuple.
 
@@ -92,6 +93,8 @@ def named_chain(
       does).
     *transforms: the transformations, in order.
     check: if given, ``check(grads, state, params)`` runs first in ``update``.
+    name: if given, ``init`` refuses params that are not real floating point
+      (:func:`~rmda_jax.core.trees.check_real_floating`), naming ``name``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -99,6 +102,8 @@ def named_chain(
   chained = optax.chain(*transforms)
 
   def init_fn(params: optax.Params) -> Any:
+    if name is not None:
+      check_real_floating(params, name)
     return state_type(*cast(tuple, chained.init(params)))
 
   def update_fn(

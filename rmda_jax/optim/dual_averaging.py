@@ -243,6 +243,7 @@ def rmda(
     proximal_step(regularizer, solver=None, keep_point=keep_point, strength=strength),
     momentum_average(momentum, stages),
     check=_checker("rmda"),
+    name="rmda",
   )
   return chain.skipping_nonfinite(tx, max_errors)
 
@@ -321,5 +322,6 @@ def ramda(
     proximal_step(regularizer, solver, strength=strength),
     momentum_average(momentum, stages),
     check=_checker("ramda"),
+    name="ramda",
   )
   return chain.skipping_nonfinite(tx, max_errors)

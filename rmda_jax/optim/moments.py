@@ -87,7 +87,7 @@ def dampened_momentum(
     updates: Any, state: Any, params: optax.Params | None = None, **extra_args: Any
   ) -> tuple[Any, Any]:
     del params, extra_args
-    c = value_at(momentum, state.count)
+    c = value_at(momentum, state.count, checks.MOMENTUM)
     m = jax.tree_util.tree_map(
       lambda m, g: (1 - c) * m + c * g.astype(m.dtype), state.momentum, updates
     )

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from rmda_jax.core import checks, trees
@@ -183,10 +184,12 @@ def proximal_step(
   if solver is not None:
     solver = solvers.make_solver(solver, regularizer)
 
+  guarded_strength = strength is not None and (callable(strength) or checks.is_tracer(strength))
+
   def regularizer_at(count: jax.Array) -> Regularizer | None:
     if strength is None or regularizer is None:  # check_strength: a strength has a regularizer
       return regularizer
-    return dataclasses.replace(regularizer, strength=value_at(strength, count))
+    return dataclasses.replace(regularizer, strength=value_at(strength, count, checks.STRENGTH))
 
   def init_fn(params: optax.Params) -> Any:
     if regularizer is not None:
@@ -232,6 +235,11 @@ def proximal_step(
         count=problem.count,
         anchor=problem.anchor,
       )
+    if guarded_strength and reg is not None:
+      # a strength out of range is NaN here (value_at); the prox would read it as no threshold,
+      # or as a threshold that zeroes everything: the point is NaN instead, never a fake structure
+      invalid = jnp.isnan(reg.strength)
+      z = jax.tree_util.tree_map(lambda a: jnp.where(invalid, jnp.nan, a), z)
     structured = state.structured
     if keep_point:
       params = chain.require_params(params, "proximal_step")

@@ -244,6 +244,12 @@ def rigl(
     raise TypeError(
       f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}."
     )
+  if end_step <= update_every and drop_fraction > 0:
+    raise ValueError(
+      f"rigl: end_step ({end_step}) must be > update_every ({update_every}): the masks are "
+      "updated at the multiples of update_every below end_step, so none would be; lower "
+      "update_every, raise end_step, or pass drop_fraction=0 for masks that never change."
+    )
   if groups is not None:
     if rules is not None:
       raise ValueError(
@@ -290,6 +296,7 @@ def _drop_and_grow_training(
   """``optimizer`` on masked gradients and weights, the masks updated every few steps."""
 
   def init_fn(params: optax.Params) -> RigLState:
+    trees.check_real_floating(params, "rigl")
     return RigLState(chain.zero_count(), masks.initial(params), optimizer.init(params))
 
   def update_fn(

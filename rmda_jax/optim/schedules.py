@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rmda_jax.core import checks
+
 
 @dataclasses.dataclass(frozen=True)
 class Stagewise:
@@ -139,11 +141,24 @@ def stagewise(
   return Stagewise(tuple(milestones), gamma, momentum_ramp, ramp_start, restart)
 
 
-def value_at(hyperparameter: optax.ScalarOrSchedule, count: chex.Numeric) -> jax.Array:
-  """A hyperparameter (a number, a scalar array or a schedule) at step ``count``, float32."""
-  return jnp.asarray(
+def value_at(
+  hyperparameter: optax.ScalarOrSchedule,
+  count: chex.Numeric,
+  bounds: checks.Bounds | None = None,
+) -> jax.Array:
+  """A hyperparameter (a number, a scalar array or a schedule) at step ``count``, float32.
+
+  With ``bounds``, a value that could not be checked when the optimizer was
+  built (a schedule's, or a traced array's) is guarded: NaN when out of range
+  or not finite, and in checked mode a checkify error
+  (:func:`rmda_jax.core.checks.set_checked_mode`).
+  """
+  value = jnp.asarray(
     hyperparameter(count) if callable(hyperparameter) else hyperparameter, jnp.float32
   )
+  if bounds is None or not (callable(hyperparameter) or checks.is_tracer(hyperparameter)):
+    return value
+  return checks.guarded(value, bounds, count)
 
 
 def check_stages(stages: Any) -> None:

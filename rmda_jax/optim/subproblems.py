@@ -69,7 +69,7 @@ def proximal_gradient_subproblem(
   ) -> tuple[Any, Any]:
     del extra_args
     params = chain.require_params(params, "proximal_gradient_subproblem")
-    lr = value_at(learning_rate, state.steps)
+    lr = value_at(learning_rate, state.steps, checks.LEARNING_RATE)
 
     def center(params: optax.Params, direction: optax.Updates) -> optax.Params:
       return jax.tree_util.tree_map(lambda x, m: x.astype(m.dtype) - lr * m, params, direction)
@@ -130,7 +130,7 @@ def proxgen_subproblem(
   ) -> tuple[Any, Any]:
     del extra_args
     params = chain.require_params(params, "proxgen_subproblem")
-    lr = value_at(learning_rate, updates.count)
+    lr = value_at(learning_rate, updates.count, checks.LEARNING_RATE)
     tf = chain.next_count(updates.count).astype(jnp.float32)
     x = jax.tree_util.tree_map(
       lambda p, m: (1 - lr * weight_decay) * p.astype(m.dtype), params, updates.mu
@@ -204,7 +204,7 @@ def prox_ssi_subproblem(
   ) -> tuple[Any, Any]:
     del extra_args
     params = chain.require_params(params, "prox_ssi_subproblem")
-    lr = value_at(learning_rate, updates.count)
+    lr = value_at(learning_rate, updates.count, checks.LEARNING_RATE)
     tf = chain.next_count(updates.count).astype(jnp.float32)
     if bias_correction:
       bias1, bias2 = 1 - b1**tf, 1 - b2**tf

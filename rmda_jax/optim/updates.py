@@ -73,7 +73,7 @@ def momentum_average(
   ) -> tuple[Any, Any]:
     del extra_args
     params = chain.require_params(params, "momentum_average")
-    c = value_at(momentum, state.steps)
+    c = value_at(momentum, state.steps, checks.MOMENTUM)
     if stages is not None:
       c = stages.momentum(c, state.steps)
     new = trees.updates_to(_average(params, updates, c), params)

@@ -67,12 +67,14 @@ def _same_run(out, reference):
 @pytest.mark.parametrize("optimizer", train.OPTIMIZERS)
 def test_every_optimizer_runs_end_to_end_and_resumes_exactly(optimizer, tmp_path):
   out = str(tmp_path / optimizer)
-  assert cli.main(["train", "--optimizer", optimizer, "--out", out, *TINY]) == 0
+  # RigL's mask updates stop at 75% of the 2 epochs (step 63): update them every 20 steps
+  tiny = [*TINY, "--rigl-update-every", "20"] if optimizer == "rigl" else TINY
+  assert cli.main(["train", "--optimizer", optimizer, "--out", out, *tiny]) == 0
   log = _check_outputs(out, 1)
   # 3 of the 42 steps of epoch 1: logged as a partial epoch
   assert log["epochs"][0]["step"] == 3 and log["epochs"][0]["partial"]
   # resume: the step budget grows to 5, epoch 1 continues from step 3
-  resumed = [a if a != "3" else "5" for a in TINY]
+  resumed = [a if a != "3" else "5" for a in tiny]
   assert cli.main(["train", "--optimizer", optimizer, "--out", out, "--resume", *resumed]) == 0
   log = _check_outputs(out, 1)
   assert [r["step"] for r in log["epochs"]] == [5]
@@ -127,6 +129,8 @@ def test_structured_rigl_drops_whole_hidden_units(tmp_path):
     "discovered",
     "--sparsity",
     "0.5",
+    "--rigl-update-every",
+    "20",
     "--out",
     out,
     *TINY,
@@ -159,6 +163,8 @@ def test_structured_rigl_drops_whole_hidden_units(tmp_path):
     (["--model", "lenet5"], "lenet5 needs images"),
     (["--optimizer", "rigl", "--sparsity", "1"], "--sparsity must be in [0, 1)"),
     (["--optimizer", "rigl", "--momentum", "1"], "heavy-ball beta in [0, 1)"),
+    # 2 epochs of 42 steps: mask updates end at step 63, before the first at step 100
+    (["--optimizer", "rigl"], "--rigl-update-every 100 leaves RigL no mask update"),
     (
       ["--batch-size", "5000"],
       "--batch-size 5000 is larger than the training set (1347 examples of digits)",

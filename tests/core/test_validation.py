@@ -329,7 +329,7 @@ def test_zero_size_leaf_is_unregularized():
   with pytest.raises(ValueError, match="reduce axis 2"):
     rmda_jax.group_lasso(0.1, rules=rules).check(params)
   assert pruning.active_counts([(4, 3)], 0.5) == [6]
-  masks = rmda_jax.rigl(optax.sgd(0.1), 0.5, 10).init(params).masks
+  masks = rmda_jax.rigl(optax.sgd(0.1), 0.5, 10, update_every=2).init(params).masks
   assert masks["empty"]["kernel"].shape == (5, 0)
 
 

@@ -6,7 +6,6 @@ the wall-clock ``seconds``) and the final params and optimizer state must be equ
 """
 
 import glob
-import json
 import os
 import queue
 import shlex
@@ -19,6 +18,7 @@ import threading
 import jax
 import numpy as np
 import pytest
+from run_checks import assert_same_run, one_line_error, records
 
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import cli, train
@@ -26,36 +26,6 @@ from rmda_jax.app import data as datasets
 
 SMALL = ["--hidden", "16", "--batch-size", "32", "--milestones", "1", "--no-progress", "--no-plots"]
 SAVE_PAUSE = 0.25  # seconds the test hook pauses before and after each checkpoint write
-
-
-def records(out):
-  """log.json's epoch records without the wall-clock field."""
-  with open(os.path.join(out, "log.json")) as f:
-    epochs = json.load(f)["epochs"]
-  return [{k: v for k, v in r.items() if k != "seconds"} for r in epochs]
-
-
-def assert_same_run(out, reference):
-  """Same log records and bit-identical params and optimizer state as the reference run."""
-  assert records(out) == records(reference)
-  _, _, _, params, state = train.load_run(out)
-  _, _, _, ref_params, ref_state = train.load_run(reference)
-  leaves, ref_leaves = (
-    jax.tree_util.tree_leaves((params, state)),
-    jax.tree_util.tree_leaves((ref_params, ref_state)),
-  )
-  assert len(leaves) == len(ref_leaves)
-  for a, b in zip(leaves, ref_leaves):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-
-def one_line_error(capsys, *fragments):
-  err = capsys.readouterr().err.strip()
-  assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-  for fragment in fragments:
-    assert fragment in err, err
-  return err
 
 
 # --- interrupts in a real process -----------------------------------------------------------------

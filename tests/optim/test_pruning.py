@@ -209,10 +209,13 @@ def test_rigl_with_adam_masks_its_moments(problem):
     ({"update_every": 0}, "update_every"),
     ({"drop_fraction": 1.5}, "drop_fraction"),
     ({"distribution": "er"}, "distribution"),
+    # mask updates happen at multiples of update_every below end_step: none here
+    ({"update_every": 100}, r"end_step \(100\) must be > update_every \(100\)"),
+    ({"end_step": 5, "update_every": 8}, "none would be"),
   ],
 )
 def test_rigl_rejects_bad_arguments(kwargs, match):
-  args = dict(sparsity=0.9, end_step=100)
+  args = dict(sparsity=0.9, end_step=100, update_every=10)
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     rmda_jax.rigl(optax.sgd(0.1), **args)
