@@ -183,6 +183,14 @@ def proximal_step(
   check_strength(strength, regularizer)
   if solver is not None:
     solver = solvers.make_solver(solver, regularizer)
+  if (
+    strength is None
+    and regularizer is not None
+    and checks.is_tracer(getattr(regularizer, "strength", None))
+  ):
+    # a regularizer built inside the step with a traced strength: its value is known only
+    # there, so it is guarded like a strength schedule
+    strength = regularizer.strength
 
   guarded_strength = strength is not None and (callable(strength) or checks.is_tracer(strength))
 

@@ -141,3 +141,18 @@ def test_rigl_refuses_a_schedule_without_mask_updates_unless_the_masks_are_stati
   tx = rmda_jax.rigl(optax.sgd(0.1), 0.5, end_step=50, update_every=100, drop_fraction=0.0)
   state = tx.init({"w": jnp.ones((8, 8))})
   assert int(jnp.sum(state.masks["w"])) == 32
+
+
+@pytest.mark.parametrize("name", ["rmda", "prox_adamw"])
+def test_a_regularizer_built_in_the_step_with_a_bad_traced_strength_gives_nan(name):
+  make = {"rmda": rmda_jax.rmda, "prox_adamw": rmda_jax.prox_adamw}[name]
+
+  @jax.jit
+  def step(strength):
+    tx = make(1e-2, regularizer=rmda_jax.group_lasso(strength))
+    updates, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
+    return optax.apply_updates(PARAMS, updates)["w"]
+
+  assert bool(jnp.all(jnp.isnan(step(jnp.float32(-1.0)))))
+  assert bool(jnp.all(jnp.isnan(step(jnp.float32(np.nan)))))
+  assert bool(jnp.all(jnp.isfinite(step(jnp.float32(0.01)))))
