@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from rmda_jax.core import files
+
 if TYPE_CHECKING:
   from sklearn.utils import Bunch
 
@@ -67,6 +69,8 @@ class Dataset:
   x_test: np.ndarray
   y_test: np.ndarray
   num_classes: int
+  # the SHA-256 of the file a ``text:PATH`` dataset was read from (None otherwise)
+  source_sha256: str | None = None
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -132,15 +136,6 @@ def default_cache_dir() -> str:
   )
 
 
-def md5(path: str) -> str:
-  """The MD5 hex digest of the file ``path`` (read in 1 MiB chunks)."""
-  digest = hashlib.md5()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def fetch(name: str, cache_dir: str | None = None, download: bool = True) -> dict[str, str]:
   """Paths of the verified raw files of a downloadable dataset, downloading what is missing."""
   mirrors, files = _SOURCES[name]
@@ -149,7 +144,7 @@ def fetch(name: str, cache_dir: str | None = None, download: bool = True) -> dic
   paths = {}
   for filename, checksum in files.items():
     path = os.path.join(folder, filename)
-    if not (os.path.exists(path) and md5(path) == checksum):
+    if not (os.path.exists(path) and files.digest(path, "md5") == checksum):
       if not download:
         raise DataError(f"{name} is not in the cache ({folder}) and downloading is disabled.")
       _download(mirrors, filename, path, checksum, name)
@@ -171,7 +166,7 @@ def _download(mirrors: tuple[str, ...], filename: str, path: str, checksum: str,
     except (urllib.error.URLError, OSError, TimeoutError) as err:
       errors.append(f"{mirror}: {getattr(err, 'reason', err)}")
       continue
-    if md5(tmp) != checksum:
+    if files.digest(tmp, "md5") != checksum:
       os.remove(tmp)
       errors.append(f"{mirror}: checksum mismatch")
       continue
@@ -342,7 +337,8 @@ def _load_text(name: str, context: int, stamp: tuple[int, int] | None) -> Datase
   del stamp  # part of the cache key only
   if context < 1:
     raise DataError(f"context must be >= 1, got {context}.")
-  data = np.frombuffer(_text_bytes(name), np.uint8)
+  text = _text_bytes(name)
+  data = np.frombuffer(text, np.uint8)
   split = int(0.9 * len(data))
   parts = []
   for part in (data[:split], data[split:]):
@@ -356,7 +352,8 @@ def _load_text(name: str, context: int, stamp: tuple[int, int] | None) -> Datase
     y = part[1 : n * context + 1].reshape(n, context).astype(np.int32)
     parts.append((x, y))
   (x_train, y_train), (x_test, y_test) = parts
-  return _read_only(Dataset(name, x_train, y_train, x_test, y_test, VOCAB))
+  source = hashlib.sha256(text).hexdigest() if name.startswith(TEXT_PREFIX) else None
+  return _read_only(Dataset(name, x_train, y_train, x_test, y_test, VOCAB, source))
 
 
 def fingerprint(dataset: Dataset) -> dict[str, Any]:
@@ -386,8 +383,8 @@ def fingerprint(dataset: Dataset) -> dict[str, Any]:
     "classes": dataset.num_classes,
     "sha256": digest.hexdigest(),
   }
-  if dataset.name.startswith(TEXT_PREFIX):
-    found["file_sha256"] = hashlib.sha256(_text_bytes(dataset.name)).hexdigest()
+  if dataset.source_sha256 is not None:
+    found["file_sha256"] = dataset.source_sha256
   return found
 
 

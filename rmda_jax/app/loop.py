@@ -76,11 +76,11 @@ from rmda_jax.app.runs import (
   has_steps,
   precheck_resume,
   prepare_out,
-  remove_path,
   restore_newest,
   save_pause,
   unique_path,
 )
+from rmda_jax.core import files
 from rmda_jax.core.files import write_json
 from rmda_jax.cpu import compiler_options as cpu_compiler_options
 from rmda_jax.optim import structured_params
@@ -324,11 +324,11 @@ class _Job:
     self.signals.check()
     if config.overwrite:
       for name in RUN_FILES:
-        remove_path(os.path.join(config.out, name))
+        files.remove(os.path.join(config.out, name))
     self.position.owns_out = not config.resume
     for name in os.listdir(config.out):  # what an interrupted atomic JSON write left
       if ".json.tmp-" in name:
-        remove_path(os.path.join(config.out, name))
+        files.remove(os.path.join(config.out, name))
     self.steps = ckpt.Steps(self.checkpoint_dir, max_to_keep=KEEP_CHECKPOINTS)
     try:
       if config.resume:

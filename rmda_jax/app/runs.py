@@ -11,7 +11,6 @@ older one; :func:`load_run` reads a finished or interrupted run.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -208,14 +207,6 @@ def load_run(
   if built.get("config") != config:
     template_for(config)
   return config, built["dataset"], built["model"], tree["params"], tree["opt_state"]
-
-
-def remove_path(path: str) -> None:
-  """Delete the file, link or directory tree at ``path``, if there is one."""
-  if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path)
-  elif os.path.lexists(path):
-    os.remove(path)
 
 
 def prepare_out(config: TrainConfig) -> rundir.RunLock:

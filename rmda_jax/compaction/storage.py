@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any
 
 import numpy as np
@@ -41,13 +40,6 @@ def _to_tuple(value: Any) -> Any:
 def holds_model(path: str) -> bool:
   """Whether ``path`` holds (part of) a compact model (``model.json``, ``params``, ...)."""
   return any(os.path.lexists(os.path.join(path, name)) for name in ("model.json", *ARRAY_DIRS))
-
-
-def _remove(path: str) -> None:
-  if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path)
-  elif os.path.lexists(path):
-    os.remove(path)
 
 
 def save(path: str, compacted: Compacted, overwrite: bool = False) -> None:
@@ -87,7 +79,7 @@ def save(path: str, compacted: Compacted, overwrite: bool = False) -> None:
   try:
     os.makedirs(path, exist_ok=True)
     for name in ("model.json", *ARRAY_DIRS):  # the commit (model.json) goes first
-      _remove(os.path.join(path, name))
+      files.remove(os.path.join(path, name))
     with ocp.StandardCheckpointer() as writer:
       for name, tree in trees.items():
         writer.save(tmp[name], tree, force=True)
@@ -112,7 +104,7 @@ def save(path: str, compacted: Compacted, overwrite: bool = False) -> None:
   except Exception as err:  # orbax reports a failed write as a ValueError carrying the errno
     for name in trees:
       with contextlib.suppress(OSError):
-        _remove(tmp[name])
+        files.remove(tmp[name])
     if isinstance(err, OSError) and err.filename:
       raise
     raise files.as_os_error(err, path) from None

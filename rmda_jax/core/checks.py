@@ -303,6 +303,15 @@ def checked_mode() -> bool:
   return _checked_mode
 
 
+def known_only_in_step(value: Any) -> bool:
+  """Whether a hyperparameter's value is unknown when the optimizer is built.
+
+  A schedule or a traced array: the construction-time checks could not see
+  it, so the step guards it (:func:`guarded`).
+  """
+  return (callable(value) and not _is_array(value)) or is_tracer(value)
+
+
 def guarded(value: jax.Array, bounds: Bounds, step: Any) -> jax.Array:
   """``value`` if finite and within ``bounds``, else NaN; in checked mode also a checkify error.
 

@@ -29,18 +29,27 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from typing import Any
 
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
-def sha256(path: str) -> str:
-  """The SHA-256 of the file at ``path``, read in 1 MiB chunks."""
-  digest = hashlib.sha256()
+def digest(path: str, algorithm: str = "sha256") -> str:
+  """The hex digest (``hashlib`` ``algorithm``) of the file at ``path``, read in 1 MiB chunks."""
+  found = hashlib.new(algorithm)
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+      found.update(chunk)
+  return found.hexdigest()
+
+
+def remove(path: str) -> None:
+  """Delete the file, link or directory tree at ``path``, if there is one."""
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
 
 
 def checksums(root: str, skip: tuple[str, ...] = ()) -> dict[str, str]:
@@ -52,17 +61,17 @@ def checksums(root: str, skip: tuple[str, ...] = ()) -> dict[str, str]:
       path = os.path.join(folder, name)
       relative = os.path.relpath(path, root)
       if not (skip and relative.startswith(skip)):
-        found[relative] = sha256(path)
+        found[relative] = digest(path)
   return found
 
 
 def first_mismatch(root: str, expected: dict[str, str]) -> str | None:
   """The first file under ``root`` missing or differing from ``expected``, in words; or None."""
-  for relative, digest in expected.items():
+  for relative, expected_digest in expected.items():
     path = os.path.join(root, relative)
     if not os.path.isfile(path):
       return f"{relative} is missing"
-    if sha256(path) != digest:
+    if digest(path) != expected_digest:
       return f"{relative} does not match its checksum"
   return None
 

@@ -192,7 +192,7 @@ def proximal_step(
     # there, so it is guarded like a strength schedule
     strength = regularizer.strength
 
-  guarded_strength = strength is not None and (callable(strength) or checks.is_tracer(strength))
+  guarded_strength = strength is not None and checks.known_only_in_step(strength)
 
   def regularizer_at(count: jax.Array) -> Regularizer | None:
     if strength is None or regularizer is None:  # check_strength: a strength has a regularizer

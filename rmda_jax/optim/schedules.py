@@ -156,7 +156,7 @@ def value_at(
   value = jnp.asarray(
     hyperparameter(count) if callable(hyperparameter) else hyperparameter, jnp.float32
   )
-  if bounds is None or not (callable(hyperparameter) or checks.is_tracer(hyperparameter)):
+  if bounds is None or not checks.known_only_in_step(hyperparameter):
     return value
   return checks.guarded(value, bounds, count)
 
