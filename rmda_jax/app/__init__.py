@@ -9,7 +9,9 @@
   :mod:`~rmda_jax.app.reporting` (metrics and printing) and
   :mod:`~rmda_jax.app.runs` (run directories, checkpoints, resume) and
   :mod:`~rmda_jax.app.rundir` (one writer per run directory, I/O faults in
-  one line);
+  one line), :mod:`~rmda_jax.app.signals` (SIGINT / SIGTERM, acted on by
+  every process together) and :mod:`~rmda_jax.app.multihost` (joining a
+  multi-process run, agreeing across its processes);
 * :mod:`~rmda_jax.app.steps`: the jitted training step shared by the
   command, :mod:`~rmda_jax.app.identification` and the notebooks;
 * :mod:`~rmda_jax.app.models` (the model zoo), :mod:`~rmda_jax.app.data`

@@ -67,13 +67,24 @@ def build_model(config: TrainConfig, dataset: datasets.Dataset) -> nn.Module:
 def build_mesh(spec: str | None, batch_size: int) -> jax.sharding.Mesh | None:
   """The device mesh of a run, None on a single device.
 
-  The mesh is ``spec`` (``data=N[,model=M]``), or all local devices on ``data``.
+  The mesh is ``spec`` (``data=N[,model=M]``), or every device on ``data``.
+  With several processes it spans the devices of all (``jax.devices()``) and
+  must use every one; the hosts are laid along ``data``, so that a ``model``
+  axis that fits in one host keeps its traffic inside the host
+  (``mesh_utils.create_hybrid_device_mesh``, one granule per process).
   """
-  devices = jax.local_devices()
+  devices = jax.devices()
+  processes = jax.process_count()
   sizes = parse_mesh(spec) if spec is not None else {"data": len(devices), "model": 1}
   count = sizes["data"] * sizes["model"]
   if count > len(devices):
-    raise ConfigError(f"--mesh {spec} needs {count} devices, this process has {len(devices)}")
+    where = f"the {processes} processes have" if processes > 1 else "this process has"
+    raise ConfigError(f"--mesh {spec} needs {count} devices, {where} {len(devices)}")
+  if processes > 1 and count != len(devices):
+    raise ConfigError(
+      f"--mesh {spec} uses {count} of the {len(devices)} devices of the {processes} processes; "
+      f"a multi-process run needs a mesh over all of them (data x model = {len(devices)})"
+    )
   if spec is None and count == 1:
     return None
   if batch_size % sizes["data"]:
@@ -83,9 +94,21 @@ def build_mesh(spec: str | None, batch_size: int) -> jax.sharding.Mesh | None:
   auto = (
     jax.sharding.AxisType.Auto,
   ) * 2  # XLA propagates the shardings (no explicit-sharding types)
-  return jax.make_mesh(
-    (sizes["data"], sizes["model"]), MESH_AXES, devices=devices[:count], axis_types=auto
-  )
+  shape = (sizes["data"], sizes["model"])
+  if processes > 1 and sizes["data"] % processes == 0:
+    from jax.experimental import mesh_utils
+
+    grid = mesh_utils.create_hybrid_device_mesh(
+      (sizes["data"] // processes, sizes["model"]),
+      (processes, 1),
+      devices,
+      process_is_granule=True,
+    )
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=auto)
+  if processes > 1:  # the model axis spans hosts: processes in order, each one's devices together
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return jax.sharding.Mesh(np.array(ordered).reshape(shape), MESH_AXES, axis_types=auto)
+  return jax.make_mesh(shape, MESH_AXES, devices=devices[:count], axis_types=auto)
 
 
 def param_shardings(mesh: jax.sharding.Mesh, params: optax.Params) -> Any:
@@ -113,17 +136,31 @@ def param_shardings(mesh: jax.sharding.Mesh, params: optax.Params) -> Any:
   return jax.tree_util.tree_map(rule, params)
 
 
-def global_batch(batch_sharding: jax.sharding.Sharding, local: np.ndarray) -> jax.Array:
-  """The global batch as one array sharded over ``data``.
+def process_rows(batch_sharding: jax.sharding.Sharding, rows: int) -> slice:
+  """The rows of a global batch of ``rows`` that this process's devices hold.
+
+  A contiguous block when the hosts lie along ``data`` (:func:`build_mesh`);
+  ValueError otherwise.
+  """
+  held = set()
+  for index in batch_sharding.addressable_devices_indices_map((rows,)).values():
+    held.update(range(rows)[index[0]] if index else range(rows))
+  block = range(min(held), max(held) + 1)
+  if len(block) != len(held):
+    raise ValueError(f"this process's rows of the batch are not contiguous: {sorted(held)}")
+  return slice(block.start, block.stop)
+
+
+def global_batch(batch_sharding: jax.sharding.Sharding, batch: np.ndarray) -> jax.Array:
+  """The global ``batch`` as one array sharded over ``data``.
 
   Every process draws the same global batch (the same seeded order) and
-  contributes its share (one process: the whole batch).
+  feeds only the rows its devices hold (one process: the whole batch).
   """
   if jax.process_count() == 1:
-    return jax.device_put(local, batch_sharding)
-  share = len(local) // jax.process_count()
-  mine = local[jax.process_index() * share : (jax.process_index() + 1) * share]
-  return jax.make_array_from_process_local_data(batch_sharding, mine, local.shape)
+    return jax.device_put(batch, batch_sharding)
+  mine = batch[process_rows(batch_sharding, len(batch))]
+  return jax.make_array_from_process_local_data(batch_sharding, mine, batch.shape)
 
 
 def discovered(config: TrainConfig) -> bool:

@@ -53,6 +53,7 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from rmda_jax.app import multihost
 from rmda_jax.core import files
 from rmda_jax.core.extras import optional_import
 
@@ -178,10 +179,14 @@ def _leaf_name(path: tuple[Any, ...]) -> str:
 
 
 def tree_checksums(tree: Any) -> dict[str, str]:
-  """SHA-256 of each leaf's dtype, shape and bytes, keyed by path (``params/Dense_0/kernel``)."""
+  """SHA-256 of each leaf's dtype, shape and bytes, keyed by path (``params/Dense_0/kernel``).
+
+  A leaf with shards on other processes is gathered first (every process of a
+  multi-process run must call this, on the same tree).
+  """
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    array = np.ascontiguousarray(jax.device_get(leaf))
+    array = np.ascontiguousarray(multihost.host_copy(leaf))
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(array.tobytes())
     out[_leaf_name(path)] = digest.hexdigest()
@@ -217,7 +222,7 @@ class Steps:
     self.path = os.path.abspath(path)
     self.read_only = read_only
     if not read_only:
-      self._remove_unfinished()
+      multihost.on_primary(self._remove_unfinished)
     # (orbax's own read_only mode only adds warnings: nothing here writes unless save is called)
     options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=False,
@@ -280,10 +285,17 @@ class Steps:
         self._manager.wait_until_finished()
       except Exception as err:  # TensorStore reports OS errors as ValueError with the errno inside
         _mute_abandoned_writes()
-        self._remove_unfinished()
+        if multihost.is_primary():
+          self._remove_unfinished()
         raise _write_error(err, self.step_dir(step)) from None
-    # the step is complete and visible; its file checksums let a restore find damage before orbax
-    # reads it (a step without them is checked leaf by leaf)
+    multihost.on_primary(lambda: self._write_manifest(step))
+
+  def _write_manifest(self, step: int) -> None:
+    """Write the file checksums of the complete ``step`` (process 0 of a multi-process run).
+
+    They let a restore find damage before orbax reads the step (a step
+    without them is checked leaf by leaf).
+    """
     manifest = os.path.join(self.step_dir(step), MANIFEST)
     try:
       with open(manifest + ".tmp", "w") as f:
@@ -339,7 +351,8 @@ class Steps:
         leaf does not match its checksum.
     """
     ocp = _orbax()
-    self.verify_files(step)
+    # one process reads every file of the step; the others learn what it found
+    multihost.on_primary(lambda: self.verify_files(step), (CheckpointError,))
     record = self.read_record(step)
     expected = record.get("checksums")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
@@ -363,6 +376,10 @@ class Steps:
     """Move a (damaged) step out of the directory, to ``destination``."""
     if self.read_only:
       raise ValueError(f"{self.path} was opened read-only")
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
-    os.replace(self.step_dir(step), destination)
+
+    def move() -> None:
+      os.makedirs(os.path.dirname(destination), exist_ok=True)
+      os.replace(self.step_dir(step), destination)
+
+    multihost.on_primary(move)
     self._manager.reload()

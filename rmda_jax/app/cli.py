@@ -11,10 +11,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
-from rmda_jax.app import commands
+from rmda_jax.app import commands, multihost
 from rmda_jax.app import data as datasets
 from rmda_jax.app import train as training
 from rmda_jax.app.rundir import describe_os_error
+from rmda_jax.app.signals import end_within
 
 
 class _Parser(argparse.ArgumentParser):
@@ -200,8 +201,34 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     "--mesh",
     default=d.mesh,
     help="device mesh: data=N[,model=M]: batches sharded over data, params and optimizer state "
-    "fully sharded over model (FSDP-style); default: every local device on data. Several hosts: "
-    "run the same command on each after jax.distributed.initialize (see README)",
+    "fully sharded over model (FSDP-style); default: every device on data. With several "
+    "processes the mesh spans all their devices, hosts along data",
+  )
+  add(
+    "--distributed",
+    choices=multihost.MODES,
+    default="auto",
+    help="join a multi-process run (one process per host or GPU, the same command on each): "
+    "auto = when the options below, $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / "
+    "$JAX_PROCESS_ID, an srun step or Open MPI name several processes; on = always (JAX detects "
+    "SLURM, Open MPI, Cloud TPU pod slices); off = never",
+  )
+  add("--coordinator", default=None, help="HOST:PORT of process 0, for --distributed")
+  add("--num-processes", type=int, default=None, help="how many processes, for --distributed")
+  add("--process-id", type=int, default=None, help="this process's index, from 0")
+  add(
+    "--peer-timeout",
+    type=int,
+    default=multihost.DEFAULT_PEER_TIMEOUT,
+    help="seconds without a heartbeat after which a process counts as dead and every other "
+    "process stops (default %(default)s)",
+  )
+  add(
+    "--stop-timeout",
+    type=int,
+    default=training.DEFAULT_STOP_TIMEOUT,
+    help="multi-process: seconds after SIGINT/SIGTERM within which the processes stop "
+    "together; one still running then ends itself (default %(default)s)",
   )
   add(
     "--allow-data-change",
@@ -259,22 +286,37 @@ def _train(args: argparse.Namespace) -> int:
     mesh=args.mesh,
     allow_data_change=args.allow_data_change,
   )
+  status = 1
   try:
-    training.run(config)
+    status = _train_job(args, config)
+  finally:
+    if status and args.process and multihost.describe_process():
+      # the others may be gone or stuck: JAX's shutdown at exit would wait for them forever
+      end_within(max(args.stop_timeout, 1))
+  return status
+
+
+def _train_job(args: argparse.Namespace, config: training.TrainConfig) -> int:
+  """Run the job of ``config``; its exit status, with the line of an interrupt or a fault."""
+  try:
+    multihost.initialize(
+      args.distributed, args.coordinator, args.num_processes, args.process_id, args.peer_timeout
+    )
+    if args.stop_timeout < 1:
+      raise training.ConfigError(f"--stop-timeout must be at least 1, not {args.stop_timeout}")
+    training.run(config, stop_timeout=args.stop_timeout)
   except training.RunFault as err:
     if err.stdout_closed and args.process:
       _drop_stdout()
     what = "resume with" if err.restart_flag == "--resume" else "start again with"
     again = _train_command(args, err.restart_flag)
-    print(f"rmda-jax train: error: {err}; stopped {err.where}; {what}: {again}", file=sys.stderr)
+    print(f"{_who(args)}: error: {err}; stopped {err.where}; {what}: {again}", file=sys.stderr)
     return 1
   except training.Interrupted as err:
     what = "resume with" if err.restart_flag == "--resume" else "start again with"
     again = _train_command(args, err.restart_flag)
     cut = " during a checkpoint save (abandoned)" if err.abandoned_save else ""
-    print(
-      f"rmda-jax train: interrupted by {err}{cut} {err.where}; {what}: {again}", file=sys.stderr
-    )
+    print(f"{_who(args)}: interrupted by {err}{cut} {err.where}; {what}: {again}", file=sys.stderr)
     if err.abandoned_save and args.process:
       # orbax's writer threads of the abandoned save would report errors while the interpreter
       # shuts down; the step they were writing is unfinished (a temporary directory, removed on
@@ -340,26 +382,31 @@ def main(argv: Sequence[str] | None = None, process: bool | None = None) -> int:
   try:
     return handlers[args.command](args)
   except (training.ConfigError, datasets.DataError) as err:
-    print(f"rmda-jax {args.command}: error: {err}", file=sys.stderr)
+    print(f"{_who(args)}: error: {err}", file=sys.stderr)
     return 2
-  except (training.Diverged, training.RunDirError) as err:
-    print(f"rmda-jax {args.command}: error: {err}", file=sys.stderr)
+  except (training.Diverged, training.RunDirError, multihost.MultihostError) as err:
+    print(f"{_who(args)}: error: {err}", file=sys.stderr)
     return 1
   except BrokenPipeError:
     if args.process:
       _drop_stdout()
     print(
-      f"rmda-jax {args.command}: error: standard output was closed before the output was "
+      f"{_who(args)}: error: standard output was closed before the output was "
       "complete (broken pipe: the program reading it ended first)",
       file=sys.stderr,
     )
     return 1
   except OSError as err:
-    print(f"rmda-jax {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+    print(f"{_who(args)}: error: {describe_os_error(err)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print(f"rmda-jax {args.command}: interrupted", file=sys.stderr)
+    print(f"{_who(args)}: interrupted", file=sys.stderr)
     return 130
+
+
+def _who(args: argparse.Namespace) -> str:
+  """The name an error line starts with: ``rmda-jax train``, ``... (process 1/4)`` for several."""
+  return f"rmda-jax {args.command}{multihost.describe_process()}"
 
 
 def _drop_stdout() -> None:

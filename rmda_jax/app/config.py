@@ -310,6 +310,31 @@ def _shown(value: Any) -> str:
   )
 
 
+# what may differ between the processes of one multi-process run: paths as each host mounts them
+PER_PROCESS = ("out", "data_dir", "progress")
+
+
+def check_processes_agree(settings: list[dict[str, Any]]) -> None:
+  """Refuse a multi-process run whose processes were given different settings.
+
+  ``settings`` holds each process's ``dataclasses.asdict(config)``, in
+  process order; only :data:`PER_PROCESS` may differ. The ConfigError names
+  the first process that differs from process 0 and each differing flag.
+  """
+  first = settings[0]
+  for index, fields in enumerate(settings[1:], start=1):
+    changed = [
+      f"{_flag(name)} {_shown(fields.get(name))} (process 0: {_shown(value)})"
+      for name, value in first.items()
+      if name not in PER_PROCESS and fields.get(name) != value
+    ]
+    if changed:
+      raise ConfigError(
+        f"process {index} was started with other settings than process 0: {', '.join(changed)}; "
+        "start every process of a run with the same command"
+      )
+
+
 def check_same_run(stored: dict[str, Any], config: TrainConfig, out: str) -> None:
   """Refuse to resume with settings that change the numbers.
 

@@ -23,19 +23,15 @@ on other data is refused unless ``allow_data_change``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import itertools
 import math
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from types import FrameType
-from typing import Any, Literal, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +41,7 @@ import optax
 from rmda_jax import prox as regs
 from rmda_jax.app import checkpoint as ckpt
 from rmda_jax.app import data as datasets
-from rmda_jax.app import models, steps
+from rmda_jax.app import models, multihost, steps
 from rmda_jax.app.builders import (
   build_mesh,
   build_model,
@@ -56,7 +52,12 @@ from rmda_jax.app.builders import (
   rigl_groups,
   training_optimizer,
 )
-from rmda_jax.app.config import ConfigError, TrainConfig, check_same_run
+from rmda_jax.app.config import (
+  ConfigError,
+  TrainConfig,
+  check_processes_agree,
+  check_same_run,
+)
 from rmda_jax.app.reporting import (
   batched_mean,
   epoch_line,
@@ -64,8 +65,9 @@ from rmda_jax.app.reporting import (
   progress_factory,
   structure_metrics,
   summary_table,
+  throughput,
 )
-from rmda_jax.app.rundir import describe_os_error
+from rmda_jax.app.rundir import RunDirError, check_shared, describe_os_error
 from rmda_jax.app.runs import (
   CHECKPOINT_FORMAT,
   KEEP_CHECKPOINTS,
@@ -80,6 +82,7 @@ from rmda_jax.app.runs import (
   save_pause,
   unique_path,
 )
+from rmda_jax.app.signals import DEFAULT_STOP_TIMEOUT, Interrupted, Signals
 from rmda_jax.core import files
 from rmda_jax.core.files import write_json
 from rmda_jax.cpu import compiler_options as cpu_compiler_options
@@ -105,30 +108,6 @@ class RunFault(RuntimeError):
     self.stdout_closed = stdout_closed
 
 
-class Interrupted(KeyboardInterrupt):
-  """SIGINT or SIGTERM stopped the run.
-
-  ``signum`` is the signal; ``abandoned_save`` says that a second signal cut
-  a checkpoint save short; ``where`` describes the position reached and the
-  last checkpoint, in words; ``restart_flag`` is what to add to the same
-  command to go on: ``"--resume"`` (a checkpoint of this run is on disk),
-  ``"--overwrite"`` (start again, replacing what this run wrote) or None
-  (start again as it was).
-  """
-
-  def __init__(self, signum: int, abandoned_save: bool = False):
-    super().__init__(signal.Signals(signum).name)
-    self.signum = signum
-    self.abandoned_save = abandoned_save
-    self.where = ""
-    self.restart_flag: str | None = None
-
-  @property
-  def exit_code(self) -> int:
-    """The process exit status for the signal: 128 + its number."""
-    return 128 + self.signum
-
-
 @dataclasses.dataclass
 class TrainResult:
   """What a run ends with: its epoch records, final params and optimizer state, and ``out``."""
@@ -139,55 +118,6 @@ class TrainResult:
   opt_state: optax.OptState
   regularizer: regs.Regularizer | None
   out: str
-
-
-class _Signals:
-  """SIGINT / SIGTERM during a training job: noted, and acted on at the next safe point.
-
-  :meth:`check` raises :class:`Interrupted` for a noted signal; the job calls
-  it between steps, between evaluation batches and after a checkpoint and its
-  logs are written, so a save under way always completes. Inside
-  :meth:`immediate` (loading data, which may download) a signal stops the job
-  at once. A second signal before the first is acted on also stops it at
-  once, abandoning a save under way (orbax renames a step into place only
-  once it is complete, so an abandoned save leaves no trace).
-  """
-
-  def __init__(self):
-    self.pending = None
-    self.saving = False
-    self._immediate = 0
-    self._previous = {}
-
-  def __enter__(self) -> _Signals:
-    if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGINT, signal.SIGTERM):
-        self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def __exit__(self, *exc: object) -> Literal[False]:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    return False
-
-  def _handle(self, signum: int, frame: FrameType | None) -> None:
-    if self.pending is None and not self._immediate:
-      self.pending = signum
-      return
-    raise Interrupted(signum, abandoned_save=self.saving)
-
-  def check(self) -> None:
-    if self.pending is not None:
-      raise Interrupted(self.pending)
-
-  @contextlib.contextmanager
-  def immediate(self) -> Iterator[None]:
-    self.check()
-    self._immediate += 1
-    try:
-      yield
-    finally:
-      self._immediate -= 1
 
 
 def _load_dataset(config: TrainConfig) -> datasets.Dataset:
@@ -230,8 +160,17 @@ class _Position:
     )
 
 
-def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+def run(
+  config: TrainConfig,
+  log: Callable[[str], None] = print,
+  stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+) -> TrainResult:
   """Train as configured; see the module doc for what is written to ``config.out``.
+
+  In a multi-process run (:mod:`rmda_jax.app.multihost`) every process calls
+  this with the same ``config``; process 0 alone logs and writes the run's
+  files, and a process still running ``stop_timeout`` seconds after a signal
+  ends itself (:mod:`rmda_jax.app.signals`).
 
   Raises:
     ConfigError: a setting or an input (``out``, ``data_dir``, the checkpoint
@@ -241,7 +180,9 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
   """
   config.validate()
   position = _Position()
-  with _Signals() as signals:
+  if not multihost.is_primary():
+    log = _unlogged
+  with Signals(collective=multihost.count() > 1, stop_timeout=stop_timeout) as signals:
     try:
       return _Job(config, log, signals, position).run()
     except (Interrupted, RunFault) as err:
@@ -251,6 +192,10 @@ def run(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
       fault = RunFault(_os_fault_text(err), stdout_closed=isinstance(err, BrokenPipeError))
       _locate(fault, config, position)
       raise fault from None
+
+
+def _unlogged(line: str) -> None:
+  """The log of a process other than process 0 (whose lines are the run's)."""
 
 
 def _os_fault_text(err: OSError) -> str:
@@ -271,6 +216,10 @@ def _locate(err: Interrupted | RunFault, config: TrainConfig, position: _Positio
   err.where = position.describe()
 
 
+# what the setup of a run raises on one process and every process stops with
+_SETUP_ERRORS = (ConfigError, datasets.DataError, RunDirError, ckpt.CheckpointError)
+
+
 class _Job:
   """One invocation of the training job: setup, resume, the epoch loop, checkpoints."""
 
@@ -278,7 +227,7 @@ class _Job:
     self,
     config: TrainConfig,
     log: Callable[[str], None],
-    signals: _Signals,
+    signals: Signals,
     position: _Position,
   ):
     self.config, self.log, self.signals, self.position = config, log, signals, position
@@ -291,19 +240,31 @@ class _Job:
     self.epoch_losses, self.epoch_skipped, self.epoch_seconds = [], 0, 0.0
 
   def run(self) -> TrainResult:
-    self.lock = prepare_out(self.config)
+    config = self.config
+    # a multi-process run: the same settings everywhere, process 0 holds the lock of --out for
+    # all, and every process must see the --out process 0 writes
+    check_processes_agree(multihost.exchange(dataclasses.asdict(config)))
+    self.lock = multihost.on_primary(lambda: prepare_out(config), (ConfigError, RunDirError))
     try:
+      check_shared(config.out, "--out")
       return self._run_locked()
     finally:
-      self.lock.release()
+      if self.lock is not None:
+        self.lock.release()
 
   def _run_locked(self) -> TrainResult:
     config = self.config
     if config.resume:
-      precheck_resume(config, self.checkpoint_dir)
+      multihost.on_every(lambda: precheck_resume(config, self.checkpoint_dir), _SETUP_ERRORS)
     with self.signals.immediate():
-      self.dataset = _load_dataset(config)
+      # process 0 first: a dataset cache the hosts share is filled (downloaded) once
+      first = multihost.on_primary(lambda: _load_dataset(config), _SETUP_ERRORS)
+      self.dataset = multihost.on_every(
+        lambda: first if first is not None else _load_dataset(config), _SETUP_ERRORS
+      )
     self.data_fingerprint = datasets.fingerprint(self.dataset)
+    fingerprints = multihost.exchange(self.data_fingerprint)
+    multihost.check_agree(fingerprints, "data (the dataset's files differ between the hosts)")
     self.model = build_model(config, self.dataset)
     self.params = self.model.init(jax.random.PRNGKey(config.seed), self.dataset.x_train[:1])[
       "params"
@@ -321,14 +282,9 @@ class _Job:
     self.mesh = build_mesh(config.mesh, config.batch_size)
     self.opt_state = self.tx.init(self.params)
     self._place()
-    self.signals.check()
-    if config.overwrite:
-      for name in RUN_FILES:
-        files.remove(os.path.join(config.out, name))
+    self.signals.agree()
+    multihost.on_primary(self._clear_out)
     self.position.owns_out = not config.resume
-    for name in os.listdir(config.out):  # what an interrupted atomic JSON write left
-      if ".json.tmp-" in name:
-        files.remove(os.path.join(config.out, name))
     self.steps = ckpt.Steps(self.checkpoint_dir, max_to_keep=KEEP_CHECKPOINTS)
     try:
       if config.resume:
@@ -336,6 +292,15 @@ class _Job:
       return self._train()
     finally:
       self.steps.close()
+
+  def _clear_out(self) -> None:
+    """Delete the run replaced by ``--overwrite``, and what an interrupted JSON write left."""
+    if self.config.overwrite:
+      for name in RUN_FILES:
+        files.remove(os.path.join(self.config.out, name))
+    for name in os.listdir(self.config.out):
+      if ".json.tmp-" in name:
+        files.remove(os.path.join(self.config.out, name))
 
   def _check_same_data(self, record: dict[str, Any]) -> None:
     stored = record.get("data_fingerprint")
@@ -378,6 +343,8 @@ class _Job:
       lambda fields: check_same_run(fields, config, config.out),
       prefix="--resume: ",
     )
+    chosen = multihost.exchange([step, [bad for bad, _ in damaged]])
+    multihost.check_agree(chosen, "checkpoint steps to resume from (--out differs between hosts?)")
     self._check_same_data(record)
     self.position.owns_out = True
     self.params, self.opt_state = tree["params"], tree["opt_state"]
@@ -398,7 +365,7 @@ class _Job:
         self.steps.set_aside(bad, moved[-1])
       self.log(fallback_note(damaged, step, record, os.path.dirname(moved[0])))
     self._write_log()  # log.json follows the checkpoint (also when it was lost or damaged)
-    self.signals.check()
+    self.signals.agree()
     within = (
       f" + {self.epoch_pos} of {self.batches_per_epoch} steps of epoch {self.epoch_done + 1}"
       if self.epoch_pos
@@ -417,9 +384,9 @@ class _Job:
     return self.history + ([self.partial] if self.partial else [])
 
   def _write_log(self) -> None:
-    write_json(
-      self.log_path, {"config": dataclasses.asdict(self.config), "epochs": self._records()}
-    )
+    """Rewrite ``log.json`` (process 0; a collective in a multi-process run)."""
+    records = {"config": dataclasses.asdict(self.config), "epochs": self._records()}
+    multihost.on_primary(lambda: write_json(self.log_path, records))
 
   def _save(self) -> None:
     """Checkpoint the current state, then config.json and log.json.
@@ -440,7 +407,8 @@ class _Job:
       "partial": self.partial,
       "data_fingerprint": self.data_fingerprint,
     }
-    if not self.lock.still_held():
+    held = multihost.on_primary(lambda: self.lock is not None and self.lock.still_held())
+    if not multihost.exchange(held)[0]:
       self.position.lost_out = True
       raise RunFault(
         f"--out {self.config.out} was deleted or replaced while the run was writing it; nothing "
@@ -453,20 +421,28 @@ class _Job:
         print(f"checkpoint save window: step {self.step}", file=sys.stderr, flush=True)
         time.sleep(pause)
         print(f"checkpoint write: step {self.step}", file=sys.stderr, flush=True)
-      self.steps.save(self.step, tree, record)
+      try:
+        self.steps.save(self.step, tree, record)
+      except ckpt.CheckpointWriteError as err:
+        if multihost.count() == 1:
+          raise
+        raise RunFault(
+          f"{describe_os_error(err)}; in a run of {multihost.count()} processes this is also "
+          "what a process that died or stopped during the save leaves: see the other processes' "
+          "logs"
+        ) from None
       self._mark_checkpoint()
       if pause:
         time.sleep(pause)
       if not self.config_written:
-        write_json(
-          os.path.join(self.config.out, "config.json"),
-          {**dataclasses.asdict(self.config), "data_fingerprint": self.data_fingerprint},
-        )
+        fields = {**dataclasses.asdict(self.config), "data_fingerprint": self.data_fingerprint}
+        path = os.path.join(self.config.out, "config.json")
+        multihost.on_primary(lambda: write_json(path, fields))
         self.config_written = True
       self._write_log()
     finally:
       self.signals.saving = False
-    self.signals.check()
+    self.signals.agree()
 
   def _compile(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     model, tx = self.model, self.tx
@@ -480,10 +456,13 @@ class _Job:
     # CPU the step's sums may be reassociated, which lets XLA vectorize them
     # (RAMDA's and ProxGen's exact solves; IEEE NaN/inf otherwise kept).
     @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=cpu_compiler_options())
-    def train_step(p, s, x, y):
+    def train_step(p, s, x, y, stop):
       p, s, loss = step(p, s, x, y)
+      # stop: each device's process's noted signal (multi-process runs; else None); every process
+      # learns the largest and where it is, and all stop after the same step
+      noted = None if stop is None else (jnp.max(stop), jnp.argmax(stop))
       # s.notfinite_count: 0 after a step with a finite gradient, else how many in a row were not
-      return p, s, loss, s.notfinite_count
+      return p, s, loss, s.notfinite_count, noted
 
     @jax.jit
     def correct(p, x, y):
@@ -497,6 +476,46 @@ class _Job:
       return loss_fn(p, x, y) * x.shape[0]
 
     return train_step, correct, summed_loss
+
+  def _draw(self, records: list[dict[str, Any]], params: optax.Params, title: str) -> None:
+    """Draw the run's figures into ``out``."""
+    from rmda_jax.app import plots
+
+    out = self.config.out
+    plots.curves(records, os.path.join(out, "curves.png"), title=title)
+    drawn = (
+      self.regularizer
+      if self.rigl_groups is None
+      else regs.group_lasso(0.0, groups=self.rigl_groups)
+    )
+    plots.surviving_groups(params, drawn, self.dataset.input_shape, os.path.join(out, "groups.png"))
+    if self.config.model == "transformer":
+      plots.kept_heatmap(
+        records,
+        "heads_kept",
+        os.path.join(out, "heads.png"),
+        title="attention heads kept (structured point)",
+      )
+
+  def _stop_flags(self) -> jax.Array | None:
+    """This process's noted signal on each of its devices, for the step (None: one process)."""
+    if not self.signals.collective or self.mesh is None:
+      return None
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    n, flag = self.mesh.devices.size, self.signals.flag()
+    sharding = NamedSharding(self.mesh, PartitionSpec(("data", "model")))
+    return jax.make_array_from_callback(
+      (n,),
+      sharding,
+      lambda index: np.full(len(range(n)[index[0] if index else slice(None)]), flag, np.int32),
+    )
+
+  def _stop_if_noted(self, noted: tuple[jax.Array, jax.Array] | None) -> None:
+    """Stop every process after the step whose flags (``noted``) show a signal somewhere."""
+    if noted is not None and self.mesh is not None:
+      signum, device = int(noted[0]), int(noted[1])
+      self.signals.stop_for(signum, self.mesh.devices.flat[device].process_index)
 
   def _diverged(self, what: str, step: int, epoch: int) -> Diverged:
     last = self.position.checkpoint
@@ -536,7 +555,7 @@ class _Job:
       f"regularizer {config.regularizer} ({config.strength:g})"
     )
     self.log(header)
-    progress = progress_factory(config.progress)
+    progress = progress_factory(config.progress and multihost.is_primary())
 
     def batched(fn, p, x, y):
       return batched_mean(fn, p, x, y, config.eval_batch_size, self.signals.check)
@@ -574,23 +593,26 @@ class _Job:
       for xb, yb in batches:
         if self.mesh is not None:
           xb, yb = global_batch(self.batch_sharding, xb), global_batch(self.batch_sharding, yb)
-        self.params, self.opt_state, loss, nonfinite_run = train_step(
-          self.params, self.opt_state, xb, yb
+        self.params, self.opt_state, loss, nonfinite_run, noted = train_step(
+          self.params, self.opt_state, xb, yb, self._stop_flags()
         )
         self.step += 1
         self.epoch_pos += 1
         self.position.step = self.step
-        pending.append((self.step, loss, nonfinite_run))
+        pending.append((self.step, loss, nonfinite_run, noted))
         bar.update(1)
         self.signals.check()
-        if len(pending) > 1:  # the previous step's flag: reading it leaves this step running
-          previous, previous_loss, previous_run = pending[-2]
+        if len(pending) > 1:  # the previous step's flags: reading them leaves this step running
+          previous, previous_loss, previous_run, previous_noted = pending[-2]
           self._check_step(previous, epoch, previous_loss, previous_run)
+          self._stop_if_noted(previous_noted)
         if at_limit():
           break
       bar.close()
       self.epoch_seconds += time.perf_counter() - started
-      for step, loss, nonfinite_run in pending:
+      if pending:
+        self._stop_if_noted(pending[-1][3])
+      for step, loss, nonfinite_run, _ in pending:
         if self._check_step(step, epoch, loss, nonfinite_run):
           self.epoch_skipped += 1
         else:
@@ -601,23 +623,29 @@ class _Job:
       if complete and not self.epoch_losses:
         raise self._diverged("every step of the epoch had a non-finite gradient", self.step, epoch)
       params = self.params
+      # the metrics are eager jnp operations: with several processes on this process's copy
+      # (global arrays would make each one a computation over all hosts, run in step by none)
+      on_host = multihost.host_tree if multihost.count() > 1 else (lambda tree: tree)
+      params_here = on_host(params)
       record = {
         "epoch": epoch,
         "step": self.step,
         "seconds": self.epoch_seconds,
+        **throughput(self.epoch_pos * config.batch_size, self.epoch_seconds, multihost.count()),
         "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
         "train_accuracy": batched(correct, params, dataset.x_train, dataset.y_train),
         "val_loss": batched(summed_loss, params, dataset.x_test, dataset.y_test),
         "val_accuracy": batched(correct, params, dataset.x_test, dataset.y_test),
         "skipped_steps": self.epoch_skipped,
-        **structure_metrics(params, self.regularizer, self.rigl_groups),
+        **structure_metrics(params_here, self.regularizer, self.rigl_groups),
       }
       if self.regularizer is not None and not isinstance(self.regularizer, discrete.DiscreteSet):
         # (an indicator's value is +inf off the set: on_set_fraction reports feasibility instead)
-        record["objective"] = record["train_loss"] + float(self.regularizer.value(params))
+        record["objective"] = record["train_loss"] + float(self.regularizer.value(params_here))
       if dual_averaging:
         z = structured_params(self.opt_state)
-        z_structure = structure_metrics(z, self.regularizer)
+        z_here = on_host(z)
+        z_structure = structure_metrics(z_here, self.regularizer)
         record["structured_group_sparsity"] = z_structure["group_sparsity"]
         record["structured_weighted_group_sparsity"] = z_structure["weighted_group_sparsity"]
         if config.model == "transformer":
@@ -627,7 +655,9 @@ class _Job:
         record["structured_val_accuracy"] = batched(correct, z, dataset.x_test, dataset.y_test)
       if config.model == "transformer":
         record.update(
-          language_metrics(record, z if dual_averaging else params, self.lm_groups, self.unigram)
+          language_metrics(
+            record, z_here if dual_averaging else params_here, self.lm_groups, self.unigram
+          )
         )
       if complete:
         self.history.append(record)
@@ -641,27 +671,11 @@ class _Job:
         self._save()
       else:
         self._write_log()
-        self.signals.check()
+        self.signals.agree()
     records = self._records()
-    self.signals.check()
+    self.signals.agree()
     if config.plots and records:
-      from rmda_jax.app import plots
-
-      plots.curves(records, os.path.join(config.out, "curves.png"), title=header.split(":")[0])
-      drawn = (
-        self.regularizer
-        if self.rigl_groups is None
-        else regs.group_lasso(0.0, groups=self.rigl_groups)
-      )
-      plots.surviving_groups(
-        self.params, drawn, dataset.input_shape, os.path.join(config.out, "groups.png")
-      )
-      if config.model == "transformer":
-        plots.kept_heatmap(
-          records,
-          "heads_kept",
-          os.path.join(config.out, "heads.png"),
-          title="attention heads kept (structured point)",
-        )
+      params = multihost.host_tree(self.params) if multihost.count() > 1 else self.params
+      multihost.on_primary(lambda: self._draw(records, params, header.split(":")[0]))
     self.log(summary_table(records, config))
     return TrainResult(config, records, self.params, self.opt_state, self.regularizer, config.out)

@@ -68,6 +68,15 @@ def structure_metrics(
   return {k: float(v) for k, v in metrics.summary(params, regularizer, groups).items()}
 
 
+def throughput(examples: int, seconds: float, processes: int = 1) -> dict[str, float]:
+  """The training examples per second of an epoch, in total and (several processes) per process."""
+  total = examples / seconds if seconds > 0 else 0.0
+  rates = {"examples_per_second": total}
+  if processes > 1:
+    rates["examples_per_second_per_process"] = total / processes
+  return rates
+
+
 def epoch_line(r: dict[str, Any], batches_per_epoch: int | None = None) -> str:
   """The line printed for the epoch record ``r``."""
   line = (
@@ -75,6 +84,10 @@ def epoch_line(r: dict[str, Any], batches_per_epoch: int | None = None) -> str:
     f"val acc {r['val_accuracy']:.4f}  sparsity {r['unstructured_sparsity']:.3f}  "
     f"group {r['group_sparsity']:.3f}  weighted group {r['weighted_group_sparsity']:.3f}"
   )
+  if r.get("examples_per_second"):
+    line += f"  {r['examples_per_second']:.0f} ex/s"
+    if "examples_per_second_per_process" in r:
+      line += f" ({r['examples_per_second_per_process']:.0f} per process)"
   if r.get("skipped_steps"):
     line += f"  skipped {r['skipped_steps']} non-finite"
   if "low_rank_level" in r:

@@ -36,12 +36,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import socket
 import sys
 import time
 from typing import Literal
 
+from rmda_jax.app import multihost
+
 LOCK_NAME = ".rmda-jax.lock"
+
+SHARED_PROBE = ".rmda-jax-shared-probe.json"  # written by process 0, read by the others
 
 
 class RunDirError(RuntimeError):
@@ -206,6 +211,45 @@ def describe_os_error(err: OSError, path: str | None = None) -> str:
   what = f"cannot write {where}" if where else "an I/O operation failed"
   advice = _ADVICE.get(code) if code is not None else None
   return f"{what} ({reason})" + (f": {advice}" if advice else "")
+
+
+def check_shared(directory: str, flag: str) -> None:
+  """Check that every process of a multi-process run sees the same ``directory``.
+
+  Process 0 writes a file with a random token there, every process reads it
+  back: a process that does not find the token writes to storage of its own
+  (a local disk, another mount), where the run's shards and files would never
+  meet. A collective; nothing to check with one process.
+
+  Raises:
+    RunDirError: naming ``flag``, the directory and the processes (and hosts)
+      that do not see process 0's file.
+  """
+  if multihost.count() == 1:
+    return
+  probe = os.path.join(directory, SHARED_PROBE)
+  token = secrets.token_hex(16)
+
+  def write() -> None:
+    with open(probe, "w") as f:
+      json.dump({"token": token}, f)
+
+  multihost.on_primary(write, (RunDirError,))
+  expected = multihost.exchange(token)[0]
+  try:
+    with open(probe) as f:
+      seen = json.load(f).get("token") == expected
+  except (OSError, ValueError, AttributeError):
+    seen = False
+  views = multihost.exchange({"seen": seen, "host": socket.gethostname()})
+  multihost.on_primary(lambda: os.remove(probe))
+  blind = [f"{i} (on {view['host']})" for i, view in enumerate(views) if not view["seen"]]
+  if blind:
+    raise RunDirError(
+      f"{flag} {directory} is not shared storage: process{'es' if len(blind) > 1 else ''} "
+      f"{', '.join(blind)} cannot see the file process 0 wrote there; a multi-process run needs "
+      f"a {flag} that every host mounts (NFS, Lustre, a GCS or S3 FUSE mount), at any path"
+    )
 
 
 def check_writable(directory: str, flag: str) -> None:

@@ -49,11 +49,13 @@ from rmda_jax.app.loop import Diverged, Interrupted, RunFault, TrainResult, run
 from rmda_jax.app.reporting import structure_metrics
 from rmda_jax.app.rundir import RunDirError
 from rmda_jax.app.runs import KEEP_CHECKPOINTS, SAVE_PAUSE_ENV, existing_run, load_run
+from rmda_jax.app.signals import DEFAULT_STOP_TIMEOUT
 
 __all__ = [
   "ConfigError",
   "DEFAULT_LR",
   "DEFAULT_MOMENTUM",
+  "DEFAULT_STOP_TIMEOUT",
   "Diverged",
   "EPOCHS",
   "LM_EPOCHS",
