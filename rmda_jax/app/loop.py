@@ -407,8 +407,8 @@ class _Job:
       "partial": self.partial,
       "data_fingerprint": self.data_fingerprint,
     }
-    held = multihost.on_primary(lambda: self.lock is not None and self.lock.still_held())
-    if not multihost.exchange(held)[0]:
+    # process 0's answer (the others hold no lock), for every process
+    if not multihost.exchange(self.lock is not None and self.lock.still_held())[0]:
       self.position.lost_out = True
       raise RunFault(
         f"--out {self.config.out} was deleted or replaced while the run was writing it; nothing "

@@ -112,7 +112,6 @@ class Signals:
     self._previous = {}
     self._wakeup: tuple[int, int] | None = None
     self._armed = False
-    self._lock = threading.Lock()
 
   def __enter__(self) -> Signals:
     if threading.current_thread() is not threading.main_thread():
@@ -161,10 +160,9 @@ class Signals:
           os.close(fd)
 
   def _arm(self, signum: int) -> None:
-    with self._lock:
-      if self._armed:
-        return
-      self._armed = True
+    if self._armed:  # (only the watching thread arms)
+      return
+    self._armed = True
     end_within(self.stop_timeout, f"{signal.Signals(signum).name} received")
 
   def check(self) -> None:

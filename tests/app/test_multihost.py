@@ -44,12 +44,15 @@ def command(args):
 
 
 def start_processes(args, tmp_path, name, peer_timeout=60):
-  """Two processes of ``rmda-jax train args``; their Popen objects (output in files)."""
+  """Two processes of ``rmda-jax train args``; their Popen objects (output in files).
+
+  ``args`` is the processes' argument list, or a function of the process index giving it.
+  """
   port = free_port()
   procs = []
   for i in range(2):
     joined = [
-      *args,
+      *(args(i) if callable(args) else args),
       "--coordinator",
       f"localhost:{port}",
       "--num-processes",
@@ -80,10 +83,14 @@ def finish(procs, timeout=300):
   return codes
 
 
+def run_processes(args, tmp_path, name):
+  """The exit statuses and outputs of two processes of ``rmda-jax train args``."""
+  codes = finish(start_processes(args, tmp_path, name))
+  return codes, [(tmp_path / f"{name}.p{i}.log").read_text() for i in range(2)]
+
+
 def two_processes(args, tmp_path, name):
-  procs = start_processes(args, tmp_path, name)
-  codes = finish(procs)
-  logs = [(tmp_path / f"{name}.p{i}.log").read_text() for i in range(2)]
+  codes, logs = run_processes(args, tmp_path, name)
   assert codes == [0, 0], logs
   return logs
 
@@ -245,38 +252,23 @@ def test_a_signal_or_a_dead_peer_ends_every_process_with_the_checkpoint_intact(f
 def test_processes_that_cannot_work_together_stop_in_one_line(tmp_path):
   args = [*COMMON, "--epochs", "1", "--max-steps", "2"]
   # other settings on process 1 (the processes start with the same arguments but one)
-  port = free_port()
-  procs = []
-  for i in range(2):
-    extra = ["--lr", "0.2"] if i else []
-    joined = [*args, *extra, "--out", str(tmp_path / "run")]
-    joined += ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)]
-    procs.append(
-      subprocess.Popen(
-        command(joined), env=environment(2), stderr=subprocess.PIPE, text=True, cwd=tmp_path
-      )
-    )
-  errors = [p.communicate(timeout=300)[1] for p in procs]
-  assert [p.returncode for p in procs] == [2, 2], errors
-  for i, err in enumerate(errors):
-    line = [e for e in err.splitlines() if "error" in e]
-    assert len(line) == 1 and f"(process {i}/2)" in line[0], err
+  codes, logs = run_processes(
+    lambda i: [*args, *(["--lr", "0.2"] if i else []), "--out", str(tmp_path / "run")],
+    tmp_path,
+    "settings",
+  )
+  assert codes == [2, 2], logs
+  for i, log in enumerate(logs):
+    line = [e for e in log.splitlines() if "error" in e]
+    assert len(line) == 1 and f"(process {i}/2)" in line[0], log
     assert "process 1 was started with other settings than process 0: --lr 0.2" in line[0]
   # an --out that is not the same directory for both (as a disk local to each host)
-  port = free_port()
-  procs = []
-  for i in range(2):
-    joined = [*args, "--out", str(tmp_path / f"local{i}")]
-    joined += ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)]
-    procs.append(
-      subprocess.Popen(
-        command(joined), env=environment(2), stderr=subprocess.PIPE, text=True, cwd=tmp_path
-      )
-    )
-  errors = [p.communicate(timeout=300)[1] for p in procs]
-  assert [p.returncode for p in procs] == [1, 1], errors
-  for err in errors:
-    assert "is not shared storage: process 1" in err, err
+  codes, logs = run_processes(
+    lambda i: [*args, "--out", str(tmp_path / f"local{i}")], tmp_path, "storage"
+  )
+  assert codes == [1, 1], logs
+  for log in logs:
+    assert "is not shared storage: process 1" in log, log
   assert not os.path.exists(tmp_path / "local0" / "checkpoint")
 
 
@@ -290,30 +282,9 @@ def test_processes_that_cannot_work_together_stop_in_one_line(tmp_path):
 def test_bad_multi_process_settings(args, fragment, tmp_path):
   joined = [*COMMON, "--epochs", "1", "--out", str(tmp_path / "run"), *args]
   if "--num-processes" not in args:
-    port = free_port()
-    procs = [
-      subprocess.Popen(
-        command(
-          [
-            *joined,
-            "--coordinator",
-            f"localhost:{port}",
-            "--num-processes",
-            "2",
-            "--process-id",
-            str(i),
-          ]
-        ),
-        env=environment(2),
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-      )
-      for i in range(2)
-    ]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert all(p.returncode not in (0, None) for p in procs), errors
-    assert all(fragment in err for err in errors), errors
+    codes, logs = run_processes(joined, tmp_path, "bad")
+    assert all(code != 0 for code in codes), logs
+    assert all(fragment in log for log in logs), logs
   else:
     done = subprocess.run(
       command([*joined, "--coordinator", "localhost:1"]),
